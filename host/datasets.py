@@ -1,0 +1,372 @@
+"""Dataset readers: file lists, labels and splits from each dataset's official on-disk layout.
+
+Nothing is downloaded. ``open_dataset(name, split, data_dir, **options)`` returns an
+``ImageDataset`` for every name in ``DATASETS``; a missing index file or folder raises BnnError
+naming the path. Images are decoded lazily by ``ImageDataset.load`` (an unreadable one raises
+ImageError so that callers can skip and count it).
+
+Flowers102 splits: the official split trains on 2,040 images (``trnid`` + ``valid``) and tests on
+6,149 (``tstid``). The paper reports 6,149 training / 1,020 test images, i.e. the official sets with
+their roles swapped: train = ``tstid``, test = ``trnid``. That is the default (``flowers_split="paper"``)
+so that the Table 2 numbers are comparable; ``flowers_split="official"`` gives the standard split.
+"""
+
+import hashlib
+import json
+import os
+import zlib
+
+import numpy as np
+
+from .errors import BnnError
+from .preprocess import decode_image
+
+DATASETS = ("imagenet", "flowers102", "cub200", "indoor67", "folder", "synthetic", "synthetic-transfer")
+SPLITS = ("train", "test")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+_EXT_LIST = "/".join(e[1:] for e in IMAGE_EXTENSIONS)
+
+
+class ImageDataset:
+    """An indexable list of (image source, label) pairs of one split.
+
+    ``source(i)`` is a file path (or a synthetic id), ``load(i)`` the decoded HWC uint8 RGB image.
+    ``classes`` are the class identifiers (folder names, wnids, ...), ``class_names`` their
+    human-readable names (the same strings unless the dataset ships a mapping).
+    """
+
+    native_size = None  # fixed image side of generated datasets; None for files of any size
+
+    def __init__(self, name, split, root, classes, sources, labels, class_names=None, options=None):
+        self.name = name
+        self.split = split
+        self.root = root
+        self.classes = list(classes)
+        self.class_names = list(class_names) if class_names is not None else list(self.classes)
+        # Subclasses that generate their sources (synthetic) pass None and override source().
+        self._sources = list(sources) if sources is not None else None
+        self.labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+        self.options = dict(options or {})
+        self._fingerprint = None
+        if self._sources is not None and len(self._sources) != len(self.labels):
+            raise ValueError("%d sources but %d labels" % (len(self._sources), len(self.labels)))
+        if len(self.labels) and (self.labels.min() < 0 or self.labels.max() >= len(self.classes)):
+            raise BnnError("%s: labels outside 0..%d" % (root or name, len(self.classes) - 1))
+
+    def __len__(self):
+        return int(self.labels.shape[0])
+
+    def source(self, i):
+        return self._sources[i]
+
+    def load(self, i):
+        return decode_image(self._sources[i])
+
+    def fingerprint(self):
+        """sha256 over name, split, classes, every source and label: the key of derived caches."""
+        if self._fingerprint is None:
+            h = hashlib.sha256()
+            h.update(json.dumps([self.name, self.split, self.classes]).encode("utf-8", "surrogateescape"))
+            for i in range(len(self)):
+                # surrogateescape: file names that are not valid UTF-8 still hash (and differ).
+                h.update(self.source(i).encode("utf-8", "surrogateescape") + b"\0")
+            h.update(self.labels.astype("<i8").tobytes())
+            self._fingerprint = h.hexdigest()
+        return self._fingerprint
+
+    def describe(self):
+        """What a manifest records about its input data."""
+        return {
+            "name": self.name,
+            "split": self.split,
+            "root": self.root,
+            "count": len(self),
+            "num_classes": len(self.classes),
+            "options": dict(self.options),
+            "fingerprint": self.fingerprint(),
+        }
+
+    def class_counts(self):
+        return np.bincount(self.labels, minlength=len(self.classes))
+
+    def __repr__(self):
+        return "ImageDataset(%r, %r, %d images, %d classes)" % (self.name, self.split, len(self), len(self.classes))
+
+
+# --- helpers ---------------------------------------------------------------------------------------
+
+def _need(path, what):
+    if not os.path.exists(path):
+        raise BnnError("%s: not found (%s)" % (path, what))
+    return path
+
+
+def _need_dir(path, what):
+    if not os.path.isdir(path):
+        raise BnnError("%s: %s (%s)" % (path, "is not a directory" if os.path.exists(path) else "not found", what))
+    return path
+
+
+def is_image_file(name):
+    return not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def list_images(directory):
+    """Image files under ``directory`` (recursively), as sorted paths; hidden files and folders skipped."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(directory, followlinks=True):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        out.extend(os.path.join(dirpath, f) for f in filenames if is_image_file(f))
+    return sorted(out)
+
+
+def list_subdirs(directory):
+    """Sorted names of the non-hidden sub-folders of ``directory``."""
+    with os.scandir(directory) as it:
+        return sorted(e.name for e in it if not e.name.startswith(".") and e.is_dir())
+
+
+def _read_lines(path, what):
+    _need(path, what)
+    try:
+        with open(path, encoding="utf-8") as f:
+            return [(n, line.strip()) for n, line in enumerate(f, 1) if line.strip()]
+    except (OSError, UnicodeDecodeError) as e:
+        raise BnnError("%s: cannot read %s (%s)" % (path, what, e)) from None
+
+
+def _read_table(path, what, ncols):
+    """Whitespace-separated rows ``id value...`` -> {int id: [values]} (extra spaces kept in the last column)."""
+    rows = {}
+    for n, line in _read_lines(path, what):
+        parts = line.split(None, ncols - 1)
+        try:
+            if len(parts) != ncols:
+                raise ValueError
+            key = int(parts[0])
+        except ValueError:
+            raise BnnError("%s:%d: expected %d columns 'id ...', got %r" % (path, n, ncols, line)) from None
+        rows[key] = parts[1:]
+    return rows
+
+
+def _from_class_dirs(name, split, root, split_dir, classes, options, class_names=None):
+    index = {c: k for k, c in enumerate(classes)}
+    sources, labels = [], []
+    for c in list_subdirs(split_dir):
+        files = list_images(os.path.join(split_dir, c))
+        sources.extend(files)
+        labels.extend([index[c]] * len(files))
+    if not sources:
+        raise BnnError("%s: no images (%s) in its class folders" % (split_dir, _EXT_LIST))
+    return ImageDataset(name, split, root, classes, sources, labels, class_names, options)
+
+
+# --- readers ---------------------------------------------------------------------------------------
+
+def _imagenet(root, split):
+    layout = "ILSVRC2012 layout: DIR/train/<wnid>/*.JPEG and DIR/val/<wnid>/*.JPEG"
+    split_dir = _need_dir(os.path.join(root, "train" if split == "train" else "val"), layout)
+    if not list_subdirs(split_dir):
+        raise BnnError("%s: expected one folder per class (val/<wnid>/*.JPEG); move the flat validation images "
+                       "into class folders using LOC_val_solution.csv" % split_dir)
+    # Labels must agree between the splits, so the class list is the union of both folders.
+    classes = set()
+    for d in ("train", "val"):
+        if os.path.isdir(os.path.join(root, d)):
+            classes.update(list_subdirs(os.path.join(root, d)))
+    classes = sorted(classes)
+    names = None
+    mapping = os.path.join(root, "LOC_synset_mapping.txt")
+    if os.path.exists(mapping):
+        human = {}
+        for _, line in _read_lines(mapping, "wnid to name mapping"):
+            wnid, _, desc = line.partition(" ")
+            human[wnid] = desc.strip() or wnid
+        names = [human.get(c, c) for c in classes]
+    return _from_class_dirs("imagenet", split, root, split_dir, classes, {}, names)
+
+
+def _load_mat(path, keys, what):
+    _need(path, what)
+    import scipy.io  # only this reader needs scipy; the board runtime never imports it otherwise
+
+    try:
+        mat = scipy.io.loadmat(path)
+    except Exception as e:
+        raise BnnError("%s: cannot read .mat file (%s)" % (path, e)) from None
+    out = []
+    for k in keys:
+        if k not in mat:
+            found = sorted(x for x in mat if not x.startswith("__"))
+            raise BnnError("%s: has no variable %r (found %s)" % (path, k, found))
+        out.append(np.asarray(mat[k]).reshape(-1).astype(np.int64))
+    return out
+
+
+def _flowers(root, split, flowers_split="paper", names_file=None):
+    layout = "Flowers102 layout: DIR/jpg/image_00001.jpg, DIR/imagelabels.mat, DIR/setid.mat"
+    if flowers_split not in ("paper", "official"):
+        raise BnnError("flowers_split=%r: expected 'paper' (6,149 train / 1,020 test) or 'official'" % (flowers_split,))
+    jpg = _need_dir(os.path.join(root, "jpg"), layout)
+    (labels,) = _load_mat(os.path.join(root, "imagelabels.mat"), ["labels"], layout)
+    trnid, valid, tstid = _load_mat(os.path.join(root, "setid.mat"), ["trnid", "valid", "tstid"], layout)
+    if flowers_split == "paper":
+        ids = tstid if split == "train" else trnid
+    else:
+        ids = np.concatenate([trnid, valid]) if split == "train" else tstid
+    ids = np.sort(ids)
+    if len(ids) and (ids.min() < 1 or ids.max() > len(labels)):
+        raise BnnError("%s: image ids outside 1..%d (the number of labels in imagelabels.mat)"
+                       % (os.path.join(root, "setid.mat"), len(labels)))
+    num_classes = int(labels.max()) if len(labels) else 0
+    classes = ["class_%03d" % (k + 1) for k in range(num_classes)]
+    names = None
+    if names_file:
+        path = names_file if os.path.isabs(names_file) else os.path.join(root, names_file)
+        names = [line for _, line in _read_lines(path, "class names, one per line")]
+        if len(names) != num_classes:
+            raise BnnError("%s: %d class names for %d classes" % (path, len(names), num_classes))
+    sources = [os.path.join(jpg, "image_%05d.jpg" % i) for i in ids]
+    return ImageDataset("flowers102", split, root, classes, sources, labels[ids - 1] - 1, names,
+                        {"flowers_split": flowers_split})
+
+
+def _cub200(root, split):
+    layout = "CUB-200-2011 layout: DIR/images.txt, image_class_labels.txt, train_test_split.txt, images/"
+    images = _read_table(os.path.join(root, "images.txt"), layout, 2)
+    labels = _read_table(os.path.join(root, "image_class_labels.txt"), layout, 2)
+    is_train = _read_table(os.path.join(root, "train_test_split.txt"), layout, 2)
+    image_dir = _need_dir(os.path.join(root, "images"), layout)
+    for path, table in (("image_class_labels.txt", labels), ("train_test_split.txt", is_train)):
+        missing = sorted(set(images) - set(table))
+        if missing:
+            raise BnnError("%s: no entry for image id %d (listed in images.txt)"
+                           % (os.path.join(root, path), missing[0]))
+    try:
+        lab = {i: int(labels[i][0]) - 1 for i in images}
+        train = {i: int(is_train[i][0]) == 1 for i in images}
+    except ValueError as e:
+        raise BnnError("%s: non-integer label or split flag (%s)" % (root, e)) from None
+    classes_txt = os.path.join(root, "classes.txt")
+    if os.path.exists(classes_txt):
+        table = _read_table(classes_txt, "class names", 2)
+        classes = [table[k][0] for k in sorted(table)]
+    else:
+        # The image folders are named after the classes ("001.Black_footed_Albatross").
+        by_label = {}
+        for i in sorted(images):
+            by_label.setdefault(lab[i], images[i][0].replace("\\", "/").split("/")[0])
+        classes = [by_label.get(k, "class_%03d" % (k + 1)) for k in range(max(lab.values()) + 1)]
+    ids = [i for i in sorted(images) if train[i] == (split == "train")]
+    sources = [os.path.join(image_dir, images[i][0]) for i in ids]
+    return ImageDataset("cub200", split, root, classes, sources, [lab[i] for i in ids], None, {})
+
+
+def _indoor67(root, split):
+    layout = "MIT Indoor 67 layout: DIR/Images/<class>/*.jpg, DIR/TrainImages.txt, DIR/TestImages.txt"
+    image_dir = _need_dir(os.path.join(root, "Images"), layout)
+    lists = {}
+    for s, fn in (("train", "TrainImages.txt"), ("test", "TestImages.txt")):
+        path = os.path.join(root, fn)
+        entries = []
+        for n, line in _read_lines(path, layout):
+            rel = line.replace("\\", "/")
+            if "/" not in rel:
+                raise BnnError("%s:%d: expected 'class/file.jpg', got %r" % (path, n, line))
+            entries.append(rel)
+        lists[s] = entries
+    # Both lists define the classes so that labels agree between the splits.
+    classes = sorted({rel.split("/")[0] for s in lists for rel in lists[s]})
+    index = {c: k for k, c in enumerate(classes)}
+    entries = lists[split]
+    sources = [os.path.join(image_dir, *rel.split("/")) for rel in entries]
+    labels = [index[rel.split("/")[0]] for rel in entries]
+    return ImageDataset("indoor67", split, root, classes, sources, labels, None, {})
+
+
+def _folder(root, split, seed=0, test_fraction=0.2):
+    train_dir, test_dir = os.path.join(root, "train"), os.path.join(root, "test")
+    has_train, has_test = os.path.isdir(train_dir), os.path.isdir(test_dir)
+    if has_train and has_test:
+        classes = sorted(set(list_subdirs(train_dir)) | set(list_subdirs(test_dir)))
+        return _from_class_dirs("folder", split, root, train_dir if split == "train" else test_dir, classes,
+                                {"layout": "train/test"})
+    if has_train != has_test:
+        present, absent = (train_dir, test_dir) if has_train else (test_dir, train_dir)
+        raise BnnError("%s: not found (found %s; the split layout needs both DIR/train/<class>/ and DIR/test/<class>/, "
+                       "the single layout is DIR/<class>/)" % (absent, present))
+    try:
+        test_fraction = float(test_fraction)
+        seed = int(seed)
+    except (TypeError, ValueError):
+        raise BnnError("folder: seed must be an integer and test_fraction a number") from None
+    if not 0.0 <= test_fraction < 1.0:
+        raise BnnError("folder: test_fraction=%r must be in [0, 1)" % test_fraction)
+    classes = list_subdirs(root)
+    if not classes:
+        raise BnnError("%s: no class folders (expected DIR/<class>/*.jpg, or DIR/train/<class>/ and DIR/test/<class>/)"
+                       % root)
+    sources, labels = [], []
+    for k, c in enumerate(classes):
+        files = list_images(os.path.join(root, c))
+        if not files:
+            raise BnnError("%s: class folder has no images (%s)" % (os.path.join(root, c), _EXT_LIST))
+        n = len(files)
+        n_test = int(round(n * test_fraction))
+        if test_fraction > 0 and n >= 2:
+            n_test = min(max(n_test, 1), n - 1)  # every class in both splits when it can be
+        elif n < 2:
+            n_test = 0
+        # Seeded per class (not one stream for all): adding a class leaves the others' splits unchanged.
+        rng = np.random.default_rng([seed, zlib.crc32(c.encode("utf-8", "surrogateescape"))])
+        test_idx = set(rng.permutation(n)[:n_test].tolist())
+        keep = [f for j, f in enumerate(files) if (j in test_idx) == (split == "test")]
+        sources.extend(keep)
+        labels.extend([k] * len(keep))
+    return ImageDataset("folder", split, root, classes, sources, labels, None,
+                        {"layout": "class folders", "seed": seed, "test_fraction": test_fraction})
+
+
+_READERS = {
+    "imagenet": (_imagenet, {}),
+    "flowers102": (_flowers, {"flowers_split": "paper", "names_file": None}),
+    "cub200": (_cub200, {}),
+    "indoor67": (_indoor67, {}),
+    "folder": (_folder, {"seed": 0, "test_fraction": 0.2}),
+}
+
+
+def dataset_option_names(name):
+    """The options ``open_dataset`` accepts for ``name`` (for CLI help and validation)."""
+    if name in ("synthetic", "synthetic-transfer"):
+        from .synthetic import OPTION_NAMES
+
+        return tuple(OPTION_NAMES)
+    return tuple(sorted(_READERS[name][1])) if name in _READERS else ()
+
+
+def open_dataset(name, split, data_dir=None, **options):
+    """The ``split`` ("train" or "test") of dataset ``name`` read from ``data_dir``.
+
+    ``data_dir`` is ignored by the synthetic datasets. Options are per dataset (see
+    ``dataset_option_names``); an unknown one raises BnnError rather than being ignored.
+    """
+    if name not in DATASETS:
+        raise BnnError("dataset %r: unknown, choose one of %s" % (name, ", ".join(DATASETS)))
+    if split not in SPLITS:
+        raise BnnError("split %r: expected 'train' or 'test'" % (split,))
+    unknown = sorted(set(options) - set(dataset_option_names(name)))
+    if unknown:
+        raise BnnError("dataset %s: unknown option(s) %s (valid: %s)"
+                       % (name, ", ".join(unknown), ", ".join(dataset_option_names(name)) or "none"))
+    if name in ("synthetic", "synthetic-transfer"):
+        from .synthetic import open_synthetic
+
+        return open_synthetic(name, split, **options)
+    if not data_dir:
+        raise BnnError("dataset %s: needs --data-dir (the folder in its official layout)" % name)
+    root = os.path.abspath(os.path.expanduser(os.fspath(data_dir)))
+    _need_dir(root, "dataset directory of %s" % name)
+    reader, _ = _READERS[name]
+    return reader(root, split, **options)

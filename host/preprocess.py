@@ -1,0 +1,189 @@
+"""The paper's preprocessing on uint8 HWC RGB images, shared by training and the board.
+
+Resize so that the longest side is ``resize_longest`` (256 for a 224 input), zero-pad where the
+crop does not fit, then a random crop plus horizontal flip for training or a center crop for
+evaluation. Everything stays uint8: the network takes raw camera bytes.
+
+The ``*_resized`` variants take an image whose longest side is already ``resize_longest`` (the
+decoded-image cache stores images that way); the full transforms are resize + those.
+"""
+
+from dataclasses import asdict, dataclass, fields
+
+import numpy as np
+
+from .errors import BnnError, ImageError
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """Geometry of the preprocessing: crop size and the longest side after resizing."""
+
+    input_size: int
+    resize_longest: int
+
+    def __post_init__(self):
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+                raise BnnError("preprocess: %s must be a positive integer, got %r" % (f.name, v))
+
+    @classmethod
+    def for_input_size(cls, n):
+        """The paper's ratio scaled to ``n``: 224 -> 256, 32 -> 37."""
+        return cls(int(n), int(round(n * 256 / 224)))
+
+    def to_dict(self):
+        return {k: int(v) for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d, where="preprocess"):
+        """Inverse of to_dict; ``where`` (a file name) prefixes the error message."""
+        if not isinstance(d, dict):
+            raise BnnError("%s: expected a dict with the preprocessing parameters, got %r" % (where, type(d).__name__))
+        names = {f.name for f in fields(cls)}
+        missing = sorted(names - set(d))
+        extra = sorted(set(d) - names)
+        if missing or extra:
+            raise BnnError("%s: preprocessing keys do not match (missing %s, unexpected %s)" % (where, missing, extra))
+        return cls(**{k: d[k] for k in names})
+
+
+def decode_image(path):
+    """Decode an image file into HWC uint8 RGB; raise ImageError when it cannot be read."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            # load() forces the full decode: a truncated file fails here, not later in a worker.
+            im.load()
+            if im.mode != "RGB":
+                im = im.convert("RGB")
+            arr = np.asarray(im, dtype=np.uint8)
+    except Exception as e:  # PIL raises many types for malformed files (OSError, SyntaxError, struct.error, ...)
+        raise ImageError("%s: cannot decode image (%s)" % (path, _reason(e))) from None
+    if arr.ndim != 3 or arr.shape[2] != 3 or arr.shape[0] < 1 or arr.shape[1] < 1:
+        raise ImageError("%s: cannot decode image (unexpected shape %s)" % (path, arr.shape))
+    return np.ascontiguousarray(arr)
+
+
+def _reason(e):
+    msg = str(e).strip().splitlines()
+    return "%s: %s" % (type(e).__name__, msg[0]) if msg else type(e).__name__
+
+
+def _check_image(img):
+    if not isinstance(img, np.ndarray) or img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
+        desc = "%s %s" % (img.dtype, img.shape) if isinstance(img, np.ndarray) else type(img).__name__
+        raise ValueError("expected an HWC uint8 RGB image, got %s" % desc)
+    if img.shape[0] < 1 or img.shape[1] < 1:
+        raise ValueError("empty image of shape %s" % (img.shape,))
+
+
+def resized_shape(h, w, longest):
+    """(height, width) after scaling so that the longer side is ``longest`` (aspect kept, >= 1)."""
+    scale = longest / float(max(h, w))
+    return max(1, int(round(h * scale))), max(1, int(round(w * scale)))
+
+
+def resize_longest_side(img, longest):
+    """Scale (up or down) so that max(h, w) == longest, with PIL's bilinear filter."""
+    _check_image(img)
+    h, w = img.shape[:2]
+    nh, nw = resized_shape(h, w, longest)
+    if (nh, nw) == (h, w):
+        return img
+    from PIL import Image
+
+    out = Image.fromarray(img, "RGB").resize((nw, nh), Image.BILINEAR)
+    return np.asarray(out, dtype=np.uint8)
+
+
+def pad_to_min(img, size):
+    """Zero-pad symmetrically (extra pixel at the bottom/right) so both sides are >= size."""
+    h, w = img.shape[:2]
+    ph, pw = max(0, size - h), max(0, size - w)
+    if ph == 0 and pw == 0:
+        return img
+    pad = ((ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2)) + ((0, 0),) * (img.ndim - 2)
+    return np.pad(img, pad, mode="constant")
+
+
+def _check_crop(img, size):
+    if img.shape[0] < size or img.shape[1] < size:
+        raise ValueError("image of %dx%d is smaller than the %d crop; pad it first" % (img.shape[:2] + (size,)))
+
+
+def center_crop(img, size):
+    """The central size x size window (top-left bias when the margin is odd)."""
+    _check_crop(img, size)
+    top = (img.shape[0] - size) // 2
+    left = (img.shape[1] - size) // 2
+    return img[top:top + size, left:left + size]
+
+
+def random_crop_flip(img, size, rng):
+    """A uniformly placed size x size window, mirrored left-right with probability 0.5."""
+    _check_crop(img, size)
+    top = int(rng.integers(0, img.shape[0] - size + 1))
+    left = int(rng.integers(0, img.shape[1] - size + 1))
+    out = img[top:top + size, left:left + size]
+    if rng.random() < 0.5:
+        out = out[:, ::-1]
+    return out
+
+
+def eval_transform_resized(img, pp):
+    """Pad + center crop of an image already resized to pp.resize_longest."""
+    _check_image(img)
+    return np.ascontiguousarray(center_crop(pad_to_min(img, pp.input_size), pp.input_size))
+
+
+def train_transform_resized(img, pp, rng):
+    """Pad + random crop + flip of an image already resized to pp.resize_longest."""
+    _check_image(img)
+    return np.ascontiguousarray(random_crop_flip(pad_to_min(img, pp.input_size), pp.input_size, rng))
+
+
+def eval_transform(img, pp):
+    """Decoded image -> input_size x input_size x 3 uint8 (resize, pad, center crop)."""
+    return eval_transform_resized(resize_longest_side(img, pp.resize_longest), pp)
+
+
+def train_transform(img, pp, rng):
+    """Decoded image -> input_size x input_size x 3 uint8 (resize, pad, random crop + flip)."""
+    return train_transform_resized(resize_longest_side(img, pp.resize_longest), pp, rng)
+
+
+def prepare_batch(images, pp):
+    """Evaluation preprocessing of a list of decoded HWC images into one NHWC uint8 batch."""
+    n = pp.input_size
+    out = np.empty((len(images), n, n, 3), dtype=np.uint8)
+    for k, img in enumerate(images):
+        out[k] = eval_transform(img, pp)
+    return out
+
+
+def check_batch(x, pp, name="images"):
+    """Raise BnnError unless ``x`` is an NHWC uint8 batch of pp.input_size RGB images."""
+    n = pp.input_size
+    want = "uint8 NHWC batch (N, %d, %d, 3)" % (n, n)
+    if not isinstance(x, np.ndarray):
+        raise BnnError("%s: expected a numpy %s, got %s" % (name, want, type(x).__name__))
+    if x.dtype != np.uint8:
+        raise BnnError("%s: expected dtype uint8 (raw pixels 0..255), got %s" % (name, x.dtype))
+    if x.ndim != 4:
+        raise BnnError("%s: expected a %s, got rank %d shape %s" % (name, want, x.ndim, x.shape))
+    if x.shape[3] != 3:
+        raise BnnError("%s: expected 3 channels (RGB, channels last), got %d in shape %s" % (name, x.shape[3], x.shape))
+    if x.shape[1:3] != (n, n):
+        raise BnnError("%s: expected %dx%d images, got %dx%d (preprocess with resize %d + crop %d)"
+                       % (name, n, n, x.shape[1], x.shape[2], pp.resize_longest, n))
+    return x
+
+
+__all__ = [
+    "Preprocess", "decode_image", "resized_shape", "resize_longest_side", "pad_to_min",
+    "center_crop", "random_crop_flip", "eval_transform", "train_transform", "eval_transform_resized",
+    "train_transform_resized", "prepare_batch", "check_batch",
+]
