@@ -1,0 +1,1 @@
+"""Training stage: Brevitas binary AlexNets, fine-tuning and evaluation (python -m train)."""

@@ -1,0 +1,97 @@
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from host.errors import BnnError
+from train.checkpoint import load_checkpoint
+from train.fit import FitConfig, run
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SMALL = {"n_train_per_class": 12, "n_test_per_class": 4, "num_classes": 6}
+
+
+def _cfg(out, **kw):
+    base = dict(out=str(out), preset="tiny", dataset="synthetic", dataset_options=dict(SMALL), epochs=2,
+                batch_size=16, workers=0, seed=3)
+    base.update(kw)
+    return FitConfig(**base)
+
+
+def cli(*args):
+    return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_resume_after_interruption_reaches_the_same_state(tmp_path):
+    run(_cfg(tmp_path / "straight"), progress=False)
+
+    def stop_after_first(epoch, row):
+        if epoch == 1:
+            raise Interrupt()
+
+    with pytest.raises(Interrupt):
+        run(_cfg(tmp_path / "killed"), on_epoch_end=stop_after_first, progress=False)
+    assert load_checkpoint(tmp_path / "killed")["epoch"] == 1
+    run(_cfg(tmp_path / "killed", resume=True), progress=False)
+
+    a = load_checkpoint(tmp_path / "straight")
+    b = load_checkpoint(tmp_path / "killed")
+    assert b["epoch"] == 2
+    for k, v in a["model"].items():
+        assert torch.equal(v, b["model"][k]), k
+    rows = [json.loads(line) for line in open(tmp_path / "killed" / "metrics.jsonl")]
+    assert [r["epoch"] for r in rows] == [1, 2]
+
+
+def test_finished_run_is_skipped_and_different_run_in_same_dir_refused(tmp_path, capsys):
+    cfg = _cfg(tmp_path / "r", epochs=1)
+    first = run(cfg, progress=False)
+    again = run(_cfg(tmp_path / "r", epochs=1), progress=False)
+    assert again == first and "up to date" in capsys.readouterr().out
+    with pytest.raises(BnnError, match="a run already exists here"):
+        run(_cfg(tmp_path / "r", epochs=2), progress=False)
+
+
+def test_corrupt_images_are_skipped_and_counted(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for c in ("a", "b"):
+            d = tmp_path / "data" / split / c
+            d.mkdir(parents=True)
+            for i in range(6):
+                Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(d / ("%d.jpg" % i))
+    good = (tmp_path / "data" / "train" / "a" / "0.jpg").read_bytes()
+    (tmp_path / "data" / "train" / "a" / "bad.jpg").write_bytes(b"garbage")
+    (tmp_path / "data" / "train" / "b" / "cut.jpg").write_bytes(good[: len(good) // 2])
+    row = run(_cfg(tmp_path / "r", dataset="folder", data_dir=str(tmp_path / "data"), dataset_options={},
+                   epochs=1, batch_size=4), progress=False)
+    assert row["skipped_images"] == 2
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    r = cli("train", "fit", "--dataset", "flowers102", "--data-dir", str(tmp_path / "nope"), "--out", str(tmp_path / "o"))
+    assert r.returncode == 2
+    assert r.stderr.strip().startswith("error: ") and len(r.stderr.strip().splitlines()) == 1
+    assert "nope" in r.stderr
+
+    run(_cfg(tmp_path / "tiny", epochs=1), progress=False)
+    r = cli("train", "fit", "--preset", "z2", "--resume", "--out", str(tmp_path / "tiny"), "--epochs", "1",
+            "--option", "n_train_per_class=2")
+    assert r.returncode == 2 and "preset 'tiny', expected 'z2'" in r.stderr
+
+    (tmp_path / "trunc").mkdir()
+    data = (tmp_path / "tiny" / "checkpoint.pt").read_bytes()
+    (tmp_path / "trunc" / "checkpoint.pt").write_bytes(data[: len(data) // 3])
+    r = cli("train", "eval", "--run", str(tmp_path / "trunc"), "--dataset", "synthetic")
+    assert r.returncode == 2 and "not a readable checkpoint" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1

@@ -1,0 +1,352 @@
+"""Training from scratch (``fit``), fine-tuning after a frozen cut (``finetune``) and evaluation.
+
+Both modes share one loop. Fine-tuning freezes every block before the cut point: a binary
+backbone is folded to its integer definition (train/freeze.py) and evaluated through it, so the
+head is trained on exactly the bits the accelerator will produce; a float backbone is simply
+frozen in eval mode.
+"""
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from host.datasets import open_dataset
+from host.errors import BnnError
+from host.manifest import finalize_manifest, new_manifest, read_json, sha256_file, write_bytes_atomic
+from host.preprocess import Preprocess
+
+from . import engine
+from .checkpoint import CHECKPOINT, load_checkpoint, load_model_state, save_checkpoint
+from .data import make_loader
+from .freeze import IntegerBackbone, fold_backbone
+from .models import ModelConfig, build_model
+from .plots import plot_curves
+
+RUN_MANIFEST = "run.json"
+METRICS = "metrics.jsonl"
+CURVES = "curves.png"
+
+
+@dataclass
+class FitConfig:
+    out: str
+    preset: str = "tiny"
+    dataset: str = "synthetic"
+    data_dir: Optional[str] = None
+    dataset_options: dict = field(default_factory=dict)
+    epochs: int = 10
+    batch_size: int = 64
+    lr: Optional[float] = None  # default: 5e-3 for Adam (binary), 0.05 for SGD (fp)
+    weight_decay: Optional[float] = None  # default: 0 for binary, 5e-4 for fp
+    precision: str = "binary"
+    head: str = "binary"
+    cut: str = "fc3"
+    seed: int = 0
+    workers: int = 2
+    device: Optional[str] = None
+    amp: bool = True
+    cache_dir: Optional[str] = None
+    init_from: Optional[str] = None  # fine-tuning: the pretrained run directory
+    resume: bool = False
+
+    def optimizer_name(self):
+        return "adam" if self.precision == "binary" else "sgd"
+
+    def resolved_lr(self):
+        return self.lr if self.lr is not None else (5e-3 if self.precision == "binary" else 0.05)
+
+    def resolved_weight_decay(self):
+        if self.weight_decay is not None:
+            return self.weight_decay
+        return 0.0 if self.precision == "binary" else 5e-4
+
+    def identity(self):
+        """The parameters that define the result (not where or how fast it runs)."""
+        d = asdict(self)
+        for k in ("out", "workers", "device", "resume", "cache_dir"):
+            d.pop(k)
+        return d
+
+
+def seed_everything(seed):
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+
+
+def make_optimizer(params, cfg: FitConfig):
+    if cfg.optimizer_name() == "adam":
+        # Adam for binary networks, as in Courbariaux et al. and the paper.
+        return torch.optim.Adam(params, lr=cfg.resolved_lr(), weight_decay=cfg.resolved_weight_decay())
+    return torch.optim.SGD(
+        params, lr=cfg.resolved_lr(), momentum=0.9, nesterov=True, weight_decay=cfg.resolved_weight_decay()
+    )
+
+
+class Frozen(nn.Module):
+    """The frozen part before the cut: integer-defined for binary nets, eval-mode float otherwise."""
+
+    def __init__(self, model, cut):
+        super().__init__()
+        names = list(model.blocks)
+        self.cut = cut
+        if model.cfg.precision == "binary":
+            self.body = IntegerBackbone(fold_backbone(model, cut))
+        else:
+            self.body = None
+            self.blocks = nn.ModuleList(model.blocks[n] for n in names[: names.index(cut)])
+
+    @torch.no_grad()
+    def forward(self, x):
+        if self.body is not None:
+            return self.body(x)
+        for b in self.blocks:
+            b.eval()
+            if isinstance(b[0], nn.Linear) and x.dim() > 2:
+                x = torch.flatten(x, 1)
+            x = b(x)
+        return torch.flatten(x, 1)
+
+
+def build_for_run(state, path):
+    """(model, frozen-or-None) as a checkpoint describes them."""
+    cfg = ModelConfig.from_dict(state["model_config"])
+    model = build_model(cfg)
+    load_model_state(model, state, path)
+    model.eval()
+    frozen = Frozen(model, cfg.cut) if state.get("mode") == "finetune" else None
+    return model, frozen
+
+
+def forward_fn(model, frozen, cut):
+    if frozen is None:
+        return model
+    return lambda x: model(frozen(x), start=cut)
+
+
+def _trim_metrics(path, epochs_done):
+    if not os.path.exists(path):
+        return
+    with open(path, encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    keep = [r for r in rows if r["epoch"] <= epochs_done]
+    write_bytes_atomic(path, "".join(json.dumps(r) + "\n" for r in keep).encode())
+
+
+def _append_metrics(path, row):
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def is_up_to_date(out, cfg: FitConfig, mode):
+    path = os.path.join(out, RUN_MANIFEST)
+    if not os.path.exists(path):
+        return False
+    m = read_json(path)
+    return m.get("finished") and m.get("params") == cfg.identity() and m.get("mode") == mode
+
+
+def run(cfg: FitConfig, mode="fit", on_epoch_end=None, progress=True):
+    """Train (mode "fit") or fine-tune (mode "finetune"); returns the final metrics row.
+
+    ``on_epoch_end(epoch, row)`` is called after each checkpoint (tests use it to interrupt).
+    """
+    out = os.path.abspath(cfg.out)
+    ckpt_path = os.path.join(out, CHECKPOINT)
+    pretrained = None
+    if mode == "finetune":
+        if not cfg.init_from:
+            raise BnnError("finetune needs --from RUN_DIR (a pretrained run)")
+        pretrained = load_checkpoint(cfg.init_from)
+        pcfg = ModelConfig.from_dict(pretrained["model_config"])
+        if pcfg.preset != cfg.preset:
+            raise BnnError(
+                "%s: pretrained run is of preset %r, not %r" % (cfg.init_from, pcfg.preset, cfg.preset)
+            )
+        # The backbone's precision is the pretrained network's.
+        cfg.precision = pcfg.precision
+    if not cfg.resume and is_up_to_date(out, cfg, mode):
+        m = read_json(os.path.join(out, RUN_MANIFEST))
+        print("train: %s is up to date (%s finished), skipping" % (out, mode))
+        return m["final"]
+    if not cfg.resume and os.path.exists(ckpt_path):
+        raise BnnError("%s: a run already exists here; pass --resume to continue it or choose another --out" % out)
+
+    rt = engine.setup_runtime(cfg.device)
+    seed_everything(cfg.seed)
+    train_ds = open_dataset(cfg.dataset, "train", cfg.data_dir, **cfg.dataset_options)
+    test_ds = open_dataset(cfg.dataset, "test", cfg.data_dir, **cfg.dataset_options)
+    precision = cfg.precision
+    mcfg = ModelConfig(cfg.preset, len(train_ds.classes), precision, cfg.head, cfg.cut)
+    model = build_model(mcfg)
+    pp = Preprocess.for_input_size(mcfg.spec().input_size)
+
+    start_epoch = 0
+    state = None
+    if cfg.resume and os.path.exists(ckpt_path):
+        state = load_checkpoint(ckpt_path, expect_preset=cfg.preset)
+        if state.get("mode") != mode:
+            raise BnnError("%s: is a %s run, cannot resume it as %s" % (ckpt_path, state.get("mode"), mode))
+        load_model_state(model, state, ckpt_path)
+        start_epoch = int(state["epoch"])
+    elif pretrained is not None:
+        # Everything but the new classifier comes from the pretrained network.
+        own = model.state_dict()
+        src = {k: v for k, v in pretrained["model"].items() if not k.startswith("blocks.fc3.") and k in own}
+        own.update(src)
+        model.load_state_dict(own)
+
+    model.to(rt.device)
+    frozen = None
+    if mode == "finetune":
+        for name in model.frozen_names():
+            model.blocks[name].requires_grad_(False)
+        frozen = Frozen(model, cfg.cut).to(rt.device)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    net = model
+    if rt.distributed:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[rt.local_rank] if rt.cuda else None)
+    train_loader = make_loader(
+        train_ds, pp, True, cfg.batch_size, cfg.workers, cfg.seed, cfg.cache_dir, rt.distributed
+    )
+    test_loader = make_loader(
+        test_ds, pp, False, cfg.batch_size, cfg.workers, cfg.seed, cfg.cache_dir, rt.distributed
+    )
+    steps = cfg.epochs * len(train_loader)
+    optimizer = make_optimizer(trainable, cfg)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(steps, 1))
+    scaler = torch.amp.GradScaler("cuda") if (rt.cuda and cfg.amp and not torch.cuda.is_bf16_supported()) else None
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+
+    after_step = engine.unwrap(net).clip_weights if precision == "binary" else None
+    if mode == "finetune":
+        forward = lambda x: net(frozen(x), start=cfg.cut)  # noqa: E731
+    else:
+        forward = net
+    if rt.main:
+        os.makedirs(out, exist_ok=True)
+        _trim_metrics(os.path.join(out, METRICS), start_epoch)
+
+    row = None
+    for epoch in range(start_epoch, cfg.epochs):
+        # Every source of randomness is a function of (seed, epoch): a resumed run repeats it exactly.
+        seed_everything(cfg.seed * 1000003 + epoch)
+        for loader in (train_loader, test_loader):
+            if hasattr(loader, "set_epoch"):
+                loader.set_epoch(epoch)
+        t0 = time.time()
+        net.train()
+        if mode == "finetune":
+            for name in model.frozen_names():
+                model.blocks[name].eval()
+        bar = _bar(len(train_loader), "epoch %d/%d" % (epoch + 1, cfg.epochs), progress and rt.main)
+        tr = engine.run_epoch(rt, forward, train_loader, optimizer, scheduler, after_step, cfg.amp, scaler, bar)
+        if bar is not None:
+            bar.close()
+        net.eval()
+        te = engine.run_epoch(rt, forward, test_loader, amp=cfg.amp)
+        row = {
+            "epoch": epoch + 1,
+            "train_loss": tr["loss"],
+            "train_top1": tr["top1"],
+            "test_loss": te["loss"],
+            "test_top1": te["top1"],
+            "test_top5": te["top5"],
+            "lr": scheduler.get_last_lr()[0],
+            "seconds": round(time.time() - t0, 2),
+            "skipped_images": tr["skipped"] + te["skipped"],
+        }
+        if rt.main:
+            if row["skipped_images"]:
+                print("train: skipped %d unreadable images this epoch" % row["skipped_images"])
+            save_checkpoint(ckpt_path, {
+                "mode": mode,
+                "model_config": mcfg.to_dict(),
+                "fit_config": asdict(cfg),
+                "classes": list(train_ds.classes),
+                "preprocess": pp.to_dict(),
+                "epoch": epoch + 1,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict() if scaler is not None else {},
+                "metrics": row,
+            })
+            _append_metrics(os.path.join(out, METRICS), row)
+            _write_run_manifest(out, cfg, mode, mcfg, train_ds, test_ds, pp, row, epoch + 1 == cfg.epochs)
+            print(
+                "train: epoch %d/%d loss %.3f train %.1f%% test top-1 %.1f%% top-5 %.1f%% (%.0f s)"
+                % (epoch + 1, cfg.epochs, row["train_loss"], 100 * row["train_top1"], 100 * row["test_top1"],
+                   100 * row["test_top5"], row["seconds"])
+            )
+        if on_epoch_end is not None:
+            on_epoch_end(epoch + 1, row)
+    engine.shutdown_runtime(rt)
+    if row is None:  # resumed a finished run
+        row = state["metrics"]
+    return row
+
+
+def _bar(total, desc, enabled):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
+
+
+def _write_run_manifest(out, cfg, mode, mcfg, train_ds, test_ds, pp, row, finished):
+    from .plots import read_metrics
+
+    plot_curves(read_metrics(os.path.join(out, METRICS)), os.path.join(out, CURVES),
+                "%s %s %s on %s" % (mode, mcfg.preset, mcfg.precision, cfg.dataset))
+    inputs = {"train": train_ds.describe(), "test": test_ds.describe()}
+    if cfg.init_from:
+        src = os.path.join(cfg.init_from, CHECKPOINT)
+        inputs["pretrained"] = {"path": os.path.abspath(src), "sha256": sha256_file(src)}
+    m = new_manifest(
+        "train", "run", params=cfg.identity(), inputs=inputs, mode=mode, model_config=mcfg.to_dict(),
+        preset=mcfg.spec().to_dict(), preprocess=pp.to_dict(), classes=list(train_ds.classes),
+        epochs_done=row["epoch"], finished=bool(finished), final=row,
+        versions={"torch": torch.__version__, "brevitas": _version("brevitas")},
+    )
+    finalize_manifest(out, m, RUN_MANIFEST, files=[CHECKPOINT, METRICS, CURVES])
+
+
+def _version(pkg):
+    try:
+        from importlib.metadata import version
+
+        return version(pkg)
+    except Exception:
+        return None
+
+
+def evaluate_run(run_dir, dataset, data_dir=None, dataset_options=None, batch_size=128, workers=2, device=None):
+    """top-1/top-5 of a run on a dataset's test split, through the integer backbone when fine-tuned."""
+    state = load_checkpoint(run_dir)
+    model, frozen = build_for_run(state, run_dir)
+    ds = open_dataset(dataset, "test", data_dir, **(dataset_options or {}))
+    if list(ds.classes) != list(state["classes"]):
+        raise BnnError(
+            "%s: run was trained on %d classes that differ from %s's %d classes"
+            % (run_dir, len(state["classes"]), dataset, len(ds.classes))
+        )
+    rt = engine.setup_runtime(device)
+    model.to(rt.device)
+    if frozen is not None:
+        frozen.to(rt.device)
+    pp = Preprocess.from_dict(state["preprocess"])
+    loader = make_loader(ds, pp, False, batch_size, workers, 0, None, False)
+    cut = ModelConfig.from_dict(state["model_config"]).cut
+    res = engine.run_epoch(rt, forward_fn(model, frozen, cut), loader)
+    return {"top1": res["top1"], "top5": res["top5"], "images": res["n"], "skipped": res["skipped"]}
