@@ -1,0 +1,177 @@
+"""The pynq backend against a fake board that checks the IODMA protocol and computes with the emulator."""
+
+import importlib.util
+import sys
+import time
+
+import numpy as np
+import pytest
+from fake_pynq import DONE, FEATURE_WIDTH, INPUT_SIZE, FakeBoard, make_bundle, tiny_io
+
+from host.backends import available_backends, make_backend
+from host.bundle import load_bundle
+from host.emulator import load_emulator
+from host.errors import BnnError
+
+
+def _images(n, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, size=(n, INPUT_SIZE, INPUT_SIZE, 3)).astype(np.uint8)
+
+
+def _install(monkeypatch, bundle, **kwargs):
+    board = FakeBoard(bundle, **kwargs)
+    monkeypatch.setitem(sys.modules, "pynq", board.module())
+    return board
+
+
+@pytest.fixture
+def bundle(tmp_path):
+    return load_bundle(make_bundle(tmp_path / "bundle"))
+
+
+def test_module_imports_without_pynq(monkeypatch):
+    monkeypatch.setitem(sys.modules, "pynq", None)
+    monkeypatch.delitem(sys.modules, "host.backends.pynq", raising=False)
+    module = importlib.import_module("host.backends.pynq")
+    assert module.PynqBackend.name == "pynq"
+
+
+def test_pynq_equals_emulator_and_reuses_buffers(bundle, monkeypatch):
+    board = _install(monkeypatch, bundle)
+    assert available_backends(bundle) == ["pynq", "emulator"]
+    x = _images(10, seed=1)
+    want = load_emulator(bundle.emulator_path).extract(x)
+    assert len(np.unique(want, axis=0)) > 5
+
+    b = make_backend("pynq", bundle)
+    assert b.name == "pynq" and board.overlays == [bundle.bitfile_path]
+    assert np.array_equal(b.extract(x, batch_size=4), want)
+    assert board.runs == [4, 4, 2]  # split into runs of the buffer's size, the last one partial
+    assert board.allocations == [(4, 8, 8, 1, 3), (4, 2, 1)]  # the manifest's packed shapes
+    assert np.array_equal(b.extract(x[3:], batch_size=4), want[3:])
+    assert len(board.allocations) == 2 and board.freed == []  # same batch size: same buffers
+    got = b.extract(x, batch_size=3)
+    assert np.array_equal(got, want) and got.dtype == np.int8
+    assert board.allocations[2:] == [(3, 8, 8, 1, 3), (3, 2, 1)] and len(board.freed) == 2
+    assert np.array_equal(b.extract(x, batch_size=16), want)
+    assert board.runs[-1] == 10 and b.capacity == 16
+
+    assert board.errors == []
+    # every run: output DMA programmed and started before the input DMA, same count
+    pairs = [board.log[i: i + 2] for i in range(0, len(board.log), 2)]
+    assert all(p[0] == ("odma0", n) and p[1] == ("idma0", n) for p, n in zip(pairs, board.runs))
+    assert board.flushes == board.invalidates == len(board.runs)
+    b.close()
+    assert len(board.freed) == len(board.allocations) and board.dram == {}
+    with pytest.raises(BnnError, match=r"finn-accel\.bit: the pynq backend is closed"):
+        b.extract(x)
+
+
+def test_binary_output_datatype(tmp_path, monkeypatch):
+    bundle = load_bundle(make_bundle(tmp_path / "b", io=tiny_io(odt="BINARY")))
+    board = _install(monkeypatch, bundle)
+    x = _images(5, seed=2)
+    with make_backend("pynq", bundle) as b:
+        assert np.array_equal(b.extract(x), load_emulator(bundle.emulator_path).extract(x))
+    assert board.errors == []
+
+
+def test_external_weights_start_first_and_are_loaded_once(tmp_path, monkeypatch):
+    data = np.random.default_rng(7).integers(0, 256, size=37).astype(np.uint8)
+    bundle = load_bundle(make_bundle(tmp_path / "b", external_weights=[("idma1", data, 3)]))
+    board = _install(monkeypatch, bundle, weights={"idma1": (data, 3)})
+    x = _images(7, seed=3)
+    with make_backend("pynq", bundle) as b:
+        assert np.array_equal(b.extract(x, batch_size=4), load_emulator(bundle.emulator_path).extract(x))
+        assert np.array_equal(b.extract(x, batch_size=2), load_emulator(bundle.emulator_path).extract(x))
+    assert board.errors == []
+    assert board.log[:3] == [("idma1", 12), ("odma0", 4), ("idma0", 4)]
+    assert board.allocations.count((37,)) == 1
+
+
+def test_fake_board_enforces_the_start_order(bundle, monkeypatch):
+    """The fake is only a test if it refuses what real hardware would not survive."""
+    board = _install(monkeypatch, bundle)
+    buf_in = board.allocate((1, 8, 8, 1, 3))
+    buf_out = board.allocate((1, 2, 1))
+    for dma, buf in ((board.idma, buf_in), (board.odma, buf_out)):  # input first: wrong
+        dma.write(0x10, buf.device_address & 0xFFFFFFFF)
+        dma.write(0x14, buf.device_address >> 32)
+        dma.write(0x1C, 1)
+        dma.write(0x00, 1)
+    assert board.errors == ["input DMA started before the output DMA"]
+    assert not board.odma.read(0x00) & DONE and board.runs == []
+
+
+def test_hung_accelerator_times_out(bundle, monkeypatch):
+    board = _install(monkeypatch, bundle, hang=True)
+    b = make_backend("pynq", bundle, timeout_s=0.2, timeout_per_image_s=0.0)
+    t0 = time.monotonic()
+    with pytest.raises(BnnError, match=r"finn-accel\.bit: accelerator did not finish within 0\.2 s \(batch 3\); "):
+        b.extract(_images(3), batch_size=8)
+    assert time.monotonic() - t0 < 2.0
+    assert board.errors == []  # the protocol was right: the hardware just never answered
+    # the output DMA still waits for data: refuse to start another run on top of it
+    with pytest.raises(BnnError, match=r"the output DMA 'odma0' is busy \(did an earlier run time out\?\)"):
+        b.extract(_images(3))
+
+
+def test_timeout_options(bundle, monkeypatch):
+    _install(monkeypatch, bundle)
+    b = make_backend("pynq", bundle)
+    assert (b.timeout_s, b.timeout_per_image_s) == (10.0, 0.1)
+    with pytest.raises(BnnError, match=r"timeout_s must be a non-negative number of seconds"):
+        make_backend("pynq", bundle, timeout_s=-1)
+
+
+def test_overlay_without_the_manifests_dma(bundle, monkeypatch):
+    board = FakeBoard(bundle)
+    del board.dmas["odma0"]
+    monkeypatch.setitem(sys.modules, "pynq", board.module())
+    with pytest.raises(BnnError, match=r"finn-accel\.bit: the overlay has no IP 'odma0' \(it has idma0\): the bitfile "
+                                       r"does not match the bundle manifest$"):
+        make_backend("pynq", bundle)
+
+
+def test_allocation_failure_is_a_clear_error(bundle, monkeypatch):
+    board = _install(monkeypatch, bundle)
+
+    def no_memory(*args, **kwargs):
+        raise MemoryError("CMA exhausted")
+
+    monkeypatch.setattr(board, "allocate", no_memory)
+    b = make_backend("pynq", bundle)
+    with pytest.raises(BnnError, match=r"cannot allocate 153600 bytes of DMA memory for a batch of 800 images "
+                                       r"\(MemoryError: CMA exhausted\); try a smaller batch size$"):
+        b.extract(_images(2), batch_size=800)
+
+
+def test_broken_bitfile(bundle, monkeypatch):
+    board = _install(monkeypatch, bundle)
+    monkeypatch.setattr(sys.modules["pynq"], "Overlay", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("bad")))
+    with pytest.raises(BnnError, match=r"finn-accel\.bit: cannot load the overlay \(RuntimeError: bad\)$"):
+        make_backend("pynq", bundle)
+    assert board.allocations == []
+
+
+@pytest.mark.finn
+@pytest.mark.skipif(importlib.util.find_spec("finn") is None, reason="needs finn-plus")
+def test_buffers_hold_finns_driver_layout(bundle, monkeypatch):
+    """The bytes in the DMA buffers are what FINN's driver (pack_input/unpack_output) makes of them."""
+    from finn.util.data_packing import finnpy_to_packed_bytearray, packed_bytearray_to_finnpy
+    from qonnx.core.datatype import DataType
+
+    board = _install(monkeypatch, bundle)
+    n = 5
+    x = _images(n, seed=4)
+    feats = make_backend("pynq", bundle).extract(x, batch_size=n)
+    ifolded = [n] + bundle.io["ishape_folded"][0][1:]
+    ofolded = [n] + bundle.io["oshape_folded"][0][1:]
+    want_in = finnpy_to_packed_bytearray(x.reshape(ifolded), DataType["UINT8"], reverse_inner=True,
+                                         reverse_endian=True)
+    in_bytes = board.dram[board.idma.address]
+    assert np.array_equal(in_bytes, np.ascontiguousarray(want_in).reshape(-1))
+    out_bytes = board.dram[board.odma.address].reshape([n] + bundle.io["oshape_packed"][0][1:])
+    finn_feats = packed_bytearray_to_finnpy(out_bytes, DataType["BIPOLAR"], ofolded, reverse_inner=True,
+                                            reverse_endian=True)
+    assert np.array_equal(finn_feats.reshape(n, FEATURE_WIDTH), feats)
