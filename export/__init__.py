@@ -1,0 +1,1 @@
+"""Export stage: frozen backbone to QONNX, verified bit-exact, and the software head (python -m export)."""

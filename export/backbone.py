@@ -1,0 +1,152 @@
+"""``python -m export backbone``: cut, fold to integers, export to QONNX, verify, describe.
+
+The export directory is built under a temporary name and renamed into place only after the
+verification passed, so a failed export never leaves a directory that looks valid.
+"""
+
+import os
+import platform
+from dataclasses import asdict, dataclass
+from typing import Optional
+
+import numpy as np
+
+from host.datasets import open_dataset
+from host.errors import BnnError
+from host.manifest import atomic_dir, finalize_manifest, load_manifest, new_manifest, sha256_file
+from host.preprocess import Preprocess, eval_transform
+from train.checkpoint import CHECKPOINT, load_checkpoint, load_model_state
+from train.fit import RUN_MANIFEST
+from train.freeze import IntegerBackbone, backbone_digest, fold_backbone
+from train.models import ModelConfig, build_model
+
+from .qonnx_graph import INPUT_DATATYPE, OUTPUT_DATATYPE, export_qonnx_backbone
+from .verify import describe_failure, verify_backbone
+
+EXPORT_MANIFEST = "export.json"
+BACKBONE = "backbone.onnx"
+
+
+@dataclass
+class ExportConfig:
+    run: str
+    out: str
+    cut: Optional[str] = None  # default: the run's own cut point (the paper's: fc3)
+    preset: Optional[str] = None  # when given, the run must be of this preset
+    verify_dataset: str = "synthetic"
+    verify_data_dir: Optional[str] = None
+    verify_images: int = 64
+
+
+def verification_images(name, data_dir, pp: Preprocess, count):
+    """``count`` test images spread over the split, preprocessed exactly as the host will."""
+    ds = open_dataset(name, "test", data_dir)
+    idx = np.linspace(0, len(ds) - 1, num=min(count, len(ds))).astype(int)
+    out = []
+    for i in idx:
+        try:
+            out.append(eval_transform(ds.load(int(i)), pp))
+        except BnnError:
+            continue  # an unreadable image is not the export's problem; the others still verify
+    if not out:
+        raise BnnError("%s: no readable test images to verify the export with" % name)
+    return np.stack(out)
+
+
+def load_trained(run_dir, preset=None):
+    state = load_checkpoint(run_dir, expect_preset=preset)
+    mcfg = ModelConfig.from_dict(state["model_config"])
+    model = build_model(mcfg)
+    load_model_state(model, state, os.path.join(run_dir, CHECKPOINT))
+    return state, mcfg, model.eval()
+
+
+def inference_cost(path):
+    from qonnx.util.inference_cost import inference_cost as qonnx_cost
+
+    res = qonnx_cost(path, cost_breakdown=True)
+    total = res["total_cost"]
+    per_layer = {
+        name: {k: v for k, v in cost.items() if k.startswith(("op_mac", "mem_w"))}
+        for name, cost in res.get("node_cost", {}).items()
+        if any(k.startswith("op_mac") for k in cost)
+    }
+    return {
+        "total_macs": total.get("total_macs"),
+        "total_bops": total.get("total_bops"),
+        "total_mem_w_bits": total.get("total_mem_w_bits"),
+        "per_layer": per_layer,
+    }
+
+
+def export_backbone(cfg: ExportConfig, progress=print):
+    state, mcfg, model = load_trained(cfg.run, cfg.preset)
+    cut = cfg.cut or mcfg.cut
+    if cut not in model.blocks:
+        raise BnnError("--cut %r: no such layer in %s (layers: %s)" % (cut, cfg.run, ", ".join(model.blocks)))
+    if cut == list(model.blocks)[0]:
+        raise BnnError("--cut %r leaves nothing for the accelerator" % cut)
+    layers = fold_backbone(model, cut)
+    backbone = IntegerBackbone(layers)
+    spec = mcfg.spec()
+    pp = Preprocess.from_dict(state["preprocess"])
+    images = verification_images(cfg.verify_dataset, cfg.verify_data_dir, pp, cfg.verify_images)
+
+    with atomic_dir(cfg.out) as tmp:
+        path = os.path.join(tmp, BACKBONE)
+        progress("export: %s -> QONNX (cut before %s, %d binary layers)" % (cfg.run, cut, len(layers)))
+        model_onnx = export_qonnx_backbone(layers, spec.input_size, path)
+        progress("export: verifying on %d %s images (torch integer backbone vs qonnx execute_onnx)"
+                 % (len(images), cfg.verify_dataset))
+        ver = verify_backbone(backbone, model_onnx, images)
+        if ver.first_divergence is not None or ver.mismatched_bits:
+            raise BnnError("%s: export verification failed: %s" % (cfg.out, describe_failure(ver)))
+        run_manifest = os.path.join(cfg.run, RUN_MANIFEST)
+        inputs = {"checkpoint": {"path": os.path.abspath(os.path.join(cfg.run, CHECKPOINT)),
+                                 "sha256": sha256_file(os.path.join(cfg.run, CHECKPOINT))}}
+        if os.path.exists(run_manifest):
+            inputs["run_manifest"] = {"path": os.path.abspath(run_manifest), "sha256": sha256_file(run_manifest)}
+        manifest = new_manifest(
+            "export", "backbone", params=asdict(cfg), inputs=inputs,
+            preset=spec.name,
+            preset_spec=spec.to_dict(),
+            model_config=mcfg.to_dict(),
+            cut=cut,
+            layers=[{"name": il.name, "kind": il.kind, "weight_shape": list(il.weight.shape),
+                     "stride": il.stride, "padding": il.padding, "pad_value": il.pad_value,
+                     "pool": list(il.pool) if il.pool else None,
+                     "threshold_range": [int(il.threshold.min()), int(il.threshold.max())],
+                     "acc_bound": il.acc_bound} for il in layers],
+            input={"name": model_onnx.graph.input[0].name, "shape": [1, 3, spec.input_size, spec.input_size],
+                   "layout": "NCHW", "datatype": INPUT_DATATYPE},
+            output={"name": model_onnx.graph.output[0].name, "shape": [1, backbone.feature_width],
+                    "datatype": OUTPUT_DATATYPE},
+            feature_width=backbone.feature_width,
+            backbone_digest=backbone_digest(layers),
+            preprocess=pp.to_dict(),
+            classes=list(state["classes"]),
+            inference_cost=inference_cost(path),
+            verify=ver.to_dict(),
+            versions=_versions(),
+        )
+        finalize_manifest(tmp, manifest, EXPORT_MANIFEST, files=[BACKBONE])
+    progress("export: wrote %s (%d features, %d/%d bits identical)" % (
+        cfg.out, backbone.feature_width, ver.images * backbone.feature_width, ver.images * backbone.feature_width))
+    return manifest
+
+
+def load_export(export_dir):
+    """The export manifest, after checking every file's sha256; BnnError naming the file otherwise."""
+    return load_manifest(export_dir, EXPORT_MANIFEST, kind="backbone")
+
+
+def _versions():
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for pkg in ("torch", "brevitas", "qonnx", "onnx", "numpy"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = None
+    return out
