@@ -50,7 +50,8 @@ class Emulator:
         self.t = [np.asarray(t, dtype=np.float32) for t in thresholds]
         for layer, w, t in zip(self.layers, self.w, self.t):
             if w.shape[1] != t.shape[0]:
-                raise BnnError("emulator layer %s: %d thresholds for %d outputs" % (layer["name"], t.shape[0], w.shape[1]))
+                raise BnnError("emulator layer %s: %d thresholds for %d outputs"
+                               % (layer["name"], t.shape[0], w.shape[1]))
 
     @property
     def feature_width(self):

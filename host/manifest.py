@@ -147,7 +147,8 @@ def load_manifest(root, name, kind=None):
     path = os.path.join(root, name)
     m = read_json(path, "manifest")
     if not isinstance(m, dict) or m.get("format") != MANIFEST_FORMAT:
-        raise BnnError("%s: not a bnn-transfer manifest (format %r)" % (path, m.get("format") if isinstance(m, dict) else None))
+        found = m.get("format") if isinstance(m, dict) else None
+        raise BnnError("%s: not a bnn-transfer manifest (format %r)" % (path, found))
     if kind is not None and m.get("kind") != kind:
         raise BnnError("%s: is a %r manifest, expected %r" % (path, m.get("kind"), kind))
     verify_files(root, m, path)

@@ -64,7 +64,8 @@ def tiny_export(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("tiny")
     model = calibrated_model(ModelConfig(preset="tiny", num_classes=6), seed=1)
     run = write_run(tmp / "run", model, ["c%d" % i for i in range(6)])
-    manifest = export_backbone(ExportConfig(run=run, out=str(tmp / "export"), verify_images=32), progress=lambda s: None)
+    cfg = ExportConfig(run=run, out=str(tmp / "export"), verify_images=32)
+    manifest = export_backbone(cfg, progress=lambda s: None)
     return model, run, str(tmp / "export"), manifest
 
 

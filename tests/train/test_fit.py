@@ -79,7 +79,8 @@ def test_corrupt_images_are_skipped_and_counted(tmp_path):
 
 
 def test_cli_errors_are_one_line(tmp_path):
-    r = cli("train", "fit", "--dataset", "flowers102", "--data-dir", str(tmp_path / "nope"), "--out", str(tmp_path / "o"))
+    r = cli("train", "fit", "--dataset", "flowers102", "--data-dir", str(tmp_path / "nope"),
+            "--out", str(tmp_path / "o"))
     assert r.returncode == 2
     assert r.stderr.strip().startswith("error: ") and len(r.stderr.strip().splitlines()) == 1
     assert "nope" in r.stderr
