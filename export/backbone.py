@@ -79,7 +79,24 @@ def inference_cost(path):
     }
 
 
+def up_to_date(cfg: ExportConfig):
+    """The export in ``cfg.out`` when it was made from the same checkpoint with the same parameters."""
+    if not os.path.exists(os.path.join(cfg.out, EXPORT_MANIFEST)):
+        return None
+    try:
+        m = load_export(cfg.out)
+    except BnnError:
+        return None
+    ckpt = os.path.join(cfg.run, CHECKPOINT)
+    same_input = os.path.exists(ckpt) and m["inputs"].get("checkpoint", {}).get("sha256") == sha256_file(ckpt)
+    return m if same_input and m["params"] == asdict(cfg) else None
+
+
 def export_backbone(cfg: ExportConfig, progress=print):
+    done = up_to_date(cfg)
+    if done is not None:
+        progress("export: %s is up to date, skipping" % cfg.out)
+        return done
     state, mcfg, model = load_trained(cfg.run, cfg.preset)
     cut = cfg.cut or mcfg.cut
     if cut not in model.blocks:

@@ -82,6 +82,18 @@ def test_tiny_round_trip_is_bit_exact_and_self_describing(tiny_export):
     assert len(loaded["files"]["backbone.onnx"]) == 64
 
 
+def test_second_export_is_skipped_until_the_checkpoint_changes(tiny_export, tmp_path):
+    model, run, out, m = tiny_export
+    said = []
+    again = export_backbone(ExportConfig(run=run, out=out, verify_images=32), progress=said.append)
+    assert again["created"] == m["created"] and again["files"] == m["files"] and "up to date" in said[0]
+    fresh = tmp_path / "run2"
+    write_run(fresh, calibrated_model(ModelConfig(preset="tiny", num_classes=6), seed=9), ["c%d" % i for i in range(6)])
+    said.clear()
+    other = export_backbone(ExportConfig(run=str(fresh), out=str(tmp_path / "e2"), verify_images=4), said.append)
+    assert other["backbone_digest"] != m["backbone_digest"] and not any("up to date" in s for s in said)
+
+
 def test_qonnx_graph_equals_integer_backbone_on_fresh_images(tiny_export):
     from qonnx.core.modelwrapper import ModelWrapper
 
