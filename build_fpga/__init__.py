@@ -1,0 +1,1 @@
+"""FINN dataflow build of the frozen binary backbone: environment, boards, estimate flow."""

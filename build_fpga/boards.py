@@ -1,0 +1,119 @@
+"""The boards we build for: FINN's board name, part, clock and resource totals, read from FINN itself.
+
+Sources (finn-plus 1.6.1):
+- part: ``finn.util.basic.pynq_part_map[finn_board]`` (also what ``DataflowBuildConfig`` resolves
+  ``board`` to via ``part_map``).
+- resources ``[LUT, FF, BRAM_18K, URAM, DSP]``: ``finn.util.platforms.platforms[finn_board]()
+  .compute_resources[0]``. FINN has no platform for ``KV260_SOM``; its numbers come from AMD's Kria
+  K26 SOM data sheet (DS987): 117,120 CLB LUTs, 234,240 CLB flip-flops, 144 BRAM36 (= 288 BRAM18),
+  64 URAM, 1,248 DSP slices.
+- usable margins: ``finn.util.platforms.DEFAULT_RES_LIMITS`` = ``[0.7, 0.5, 0.80, 0.80, 0.80]`` for
+  LUT, FF, BRAM_18K, URAM, DSP ("recommended resource limits from Xilinx for timing closure").
+- clock: 100 MHz, FINN's default (``DataflowBuildConfig.synth_clk_period_ns = 10.0``; its Zynq
+  shell also sets the PS reference clock to 100 MHz in ``templates.custom_zynq_shell_template``).
+- shell flow: ``ShellFlowType.VIVADO_ZYNQ`` (``"vivado_zynq"``) for all five; the driver platform
+  FINN derives from it is ``"zynq-iodma"``.
+
+FINN's tables differ slightly from the data sheets for the UltraScale+ parts (ZU3EG: FINN 71,000 LUT /
+412 BRAM18 vs 70,560 / 432; ZU7EV: 230,000 LUT / 610 BRAM18 / 92 URAM vs 230,400 / 624 / 96); we use
+FINN's, as its estimates and partitioner do. ``ultra96`` means the Ultra96-V2 (``-i`` part), the
+board PYNQ ships images for; FINN's platform table only knows "Ultra96" (same ZU3EG die).
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import asdict, dataclass
+from typing import Dict
+
+from host.errors import BnnError
+
+RESOURCES = ("lut", "ff", "bram18", "uram", "dsp")
+DEFAULT_CLOCK_MHZ = 100.0
+
+# our name -> (FINN board name for part_map / ZynqBuild, FINN platforms key or None)
+_FINN_NAMES = {
+    "pynq-z1": ("Pynq-Z1", "Pynq-Z1"),
+    "pynq-z2": ("Pynq-Z2", "Pynq-Z2"),
+    "ultra96": ("Ultra96-V2", "Ultra96"),
+    "zcu104": ("ZCU104", "ZCU104"),
+    "kv260": ("KV260_SOM", None),
+}
+# AMD DS987, Kria K26 SOM (FINN 1.6.1 has KV260_SOM in pynq_part_map but not in platforms).
+_K26_RESOURCES = (117120, 234240, 288, 64, 1248)
+
+
+@dataclass(frozen=True)
+class Board:
+    name: str  # ours: pynq-z1, pynq-z2, ultra96, zcu104, kv260
+    finn_board: str  # DataflowBuildConfig.board / ZynqBuild platform
+    part: str
+    clock_mhz: float
+    shell_flow: str  # DataflowBuildConfig.shell_flow_type value
+    lut: int
+    ff: int
+    bram18: int
+    uram: int
+    dsp: int
+    margins: Dict[str, float]  # fraction of each resource FINN recommends using
+    source: str  # where the resource totals come from
+
+    @property
+    def totals(self) -> Dict[str, int]:
+        return {r: getattr(self, r) for r in RESOURCES}
+
+    @property
+    def usable(self) -> Dict[str, int]:
+        """Totals times FINN's margins, floored (e.g. pynq-z2: 37,240 LUT, 224 BRAM18)."""
+        return {r: int(getattr(self, r) * self.margins[r] + 1e-9) for r in RESOURCES}
+
+    @property
+    def synth_clk_period_ns(self) -> float:
+        return 1000.0 / self.clock_mhz
+
+    def to_dict(self):
+        d = asdict(self)
+        d["usable"] = self.usable
+        return d
+
+
+def finn_margins() -> Dict[str, float]:
+    from finn.util.platforms import DEFAULT_RES_LIMITS
+
+    return {r: float(v) for r, v in zip(RESOURCES, DEFAULT_RES_LIMITS)}
+
+
+@functools.lru_cache(maxsize=None)
+def get_board(name: str) -> Board:
+    try:
+        finn_board, platform_key = _FINN_NAMES[name]
+    except KeyError:
+        raise BnnError("unknown board %r (choose from %s)" % (name, ", ".join(_FINN_NAMES))) from None
+    from finn.builder.build_dataflow_config import ShellFlowType
+    from finn.util.basic import pynq_part_map
+    from finn.util.platforms import platforms
+
+    if platform_key is not None:
+        res = tuple(int(v) for v in platforms[platform_key]().compute_resources[0])
+        source = "finn.util.platforms.platforms[%r]" % platform_key
+    else:
+        res = _K26_RESOURCES
+        source = "AMD DS987 (Kria K26 SOM data sheet); FINN has no platform entry for %s" % finn_board
+    return Board(
+        name=name,
+        finn_board=finn_board,
+        part=pynq_part_map[finn_board],
+        clock_mhz=DEFAULT_CLOCK_MHZ,
+        shell_flow=ShellFlowType.VIVADO_ZYNQ.value,
+        lut=res[0],
+        ff=res[1],
+        bram18=res[2],
+        uram=res[3],
+        dsp=res[4],
+        margins=finn_margins(),
+        source=source,
+    )
+
+
+def board_names():
+    return tuple(_FINN_NAMES)
