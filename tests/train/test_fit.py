@@ -96,3 +96,22 @@ def test_cli_errors_are_one_line(tmp_path):
     r = cli("train", "eval", "--run", str(tmp_path / "trunc"), "--dataset", "synthetic")
     assert r.returncode == 2 and "not a readable checkpoint" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_torchrun_distributed_data_parallel_on_cpu(tmp_path):
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    if not os.path.exists(torchrun):
+        pytest.skip("torchrun not installed next to the interpreter")
+    out = tmp_path / "ddp"
+    r = subprocess.run(
+        [torchrun, "--nproc_per_node", "2", "--master_port", "29541", "-m", "train", "fit", "--preset", "tiny",
+         "--option", "n_train_per_class=8", "--option", "n_test_per_class=4", "--option", "num_classes=4",
+         "--epochs", "1", "--batch-size", "8", "--workers", "0", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    state = load_checkpoint(out)
+    assert state["epoch"] == 1 and state["model_config"]["num_classes"] == 4
+    rows = [json.loads(line) for line in open(out / "metrics.jsonl")]
+    assert len(rows) == 1  # rank 0 alone writes
