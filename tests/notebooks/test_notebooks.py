@@ -1,0 +1,285 @@
+"""The board notebooks: executed end to end with nbclient on a tiny bundle, and committed clean.
+
+Every run copies ``host/`` and ``notebooks/`` into a deploy bundle made by ``fake_pynq.make_bundle``
+(8x8 input, 12 features), as ``build_fpga`` ships them, and starts the kernel in the bundle's
+``notebooks/`` folder without ``BNN_BUNDLE``: the notebooks must find the bundle and ``host`` on
+their own. The bundle has a bitstream but no ``pynq`` is importable, so the notebooks pick the
+emulator, as on a PC; the throughput run adds a fake ``pynq`` package (the fake board of
+``tests/host/fake_pynq.py``) and the camera runs a fake ``cv2``, so those paths run too.
+"""
+
+import ast
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+nbformat = pytest.importorskip("nbformat")
+nbclient = pytest.importorskip("nbclient")
+
+REPO = Path(__file__).resolve().parents[2]
+NOTEBOOKS = REPO / "notebooks"
+HOST_TESTS = REPO / "tests" / "host"
+NAMES = ("transfer_learning", "live_classify", "throughput")
+# What a notebook may import: the board has no torch, and the notebooks run on host/ only.
+ALLOWED_IMPORTS = {"glob", "json", "os", "sys", "tempfile", "time", "numpy", "matplotlib", "PIL", "IPython",
+                   "host", "cv2"}
+SMALL_DATASET = {"n_train_per_class": 12, "n_test_per_class": 4, "image_size": 8}
+
+sys.path.insert(0, str(HOST_TESTS))
+from fake_pynq import FEATURE_WIDTH, make_bundle  # noqa: E402
+
+from host.bundle import check_head_compatible, load_bundle  # noqa: E402
+from host.heads import load_head  # noqa: E402
+
+FAKE_PYNQ = '''
+import os
+import sys
+
+sys.path.insert(0, {tests!r})
+from fake_pynq import FakeBoard  # noqa: E402
+
+from host.bundle import load_bundle  # noqa: E402
+
+_module = FakeBoard(load_bundle(os.environ["BNN_FAKE_PYNQ_BUNDLE"])).module()
+Overlay = _module.Overlay
+allocate = _module.allocate
+'''
+
+FAKE_CV2 = '''
+import numpy as np
+
+COLOR_BGR2RGB = 4
+
+
+class VideoCapture:
+    def __init__(self, index):
+        self.index = index
+
+    def isOpened(self):
+        return self.index == 0
+
+    def read(self):
+        frame = np.zeros((30, 40, 3), np.uint8)
+        frame[:, :, 2] = 220  # red in OpenCV's BGR order
+        return True, frame
+
+    def release(self):
+        pass
+
+
+def cvtColor(img, code):
+    assert code == COLOR_BGR2RGB
+    return img[:, :, ::-1].copy()
+'''
+
+
+def _module_dir(root, name, source):
+    """A folder for PYTHONPATH holding the package ``name`` with ``source`` as its __init__."""
+    (root / name).mkdir(parents=True)
+    (root / name / "__init__.py").write_text(source)
+    return root
+
+
+def board_bundle(root):
+    """A deploy bundle at ``root`` as copied to a board: with host/ and notebooks/ inside."""
+    make_bundle(root)
+    skip = shutil.ignore_patterns("__pycache__", "*.pyc", ".ipynb_checkpoints")
+    shutil.copytree(REPO / "host", root / "host", ignore=skip)
+    shutil.copytree(NOTEBOOKS, root / "notebooks", ignore=skip)
+    return root
+
+
+@pytest.fixture(scope="module")
+def board(tmp_path_factory):
+    """A bundle on the "board", and a kernel environment that writes nowhere but the test's folder."""
+    base = tmp_path_factory.mktemp("notebooks")
+    root = board_bundle(base / "bnn-transfer")
+    scratch = base / "scratch"
+    scratch.mkdir()
+    env = {"TMPDIR": str(scratch), "MPLCONFIGDIR": str(base / "mpl"), "IPYTHONDIR": str(base / "ipython"),
+           "JUPYTER_RUNTIME_DIR": str(base / "runtime"), "PYTHONDONTWRITEBYTECODE": "1", "OMP_NUM_THREADS": "1",
+           "BNN_DATASET_OPTIONS": json.dumps(SMALL_DATASET)}
+
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    if "python3" not in KernelSpecManager().find_kernel_specs():
+        import ipykernel.kernelspec
+
+        prefix = base / "kernelspec"
+        ipykernel.kernelspec.install(prefix=str(prefix))
+        env["JUPYTER_PATH"] = str(prefix / "share" / "jupyter")
+    return {"root": root, "base": base, "scratch": scratch, "env": env}
+
+
+def execute(board, name, root=None, **env):
+    """Run notebook ``name`` of the bundle ``root`` (default: the board's) in its own folder; return it executed."""
+    folder = (root or board["root"]) / "notebooks"
+    nb = nbformat.read(str(folder / (name + ".ipynb")), as_version=4)
+    with pytest.MonkeyPatch.context() as mp:
+        for key in [k for k in os.environ if k.startswith("BNN_")] + ["BOARD", "MPLBACKEND", "PYTHONPATH"]:
+            mp.delenv(key, raising=False)
+        for key, value in dict(board["env"], **env).items():
+            mp.setenv(key, value)
+        client = nbclient.NotebookClient(nb, timeout=120, kernel_name="python3",
+                                         resources={"metadata": {"path": str(folder)}})
+        client.execute()
+    return nb
+
+
+def outputs(nb, kind):
+    """Text (kind "text") or the number of PNG images (kind "png") in a notebook's outputs."""
+    texts, pngs = [], 0
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "stream":
+                texts.append(out["text"])
+            data = out.get("data", {})
+            texts.append(data.get("text/plain", ""))
+            pngs += "image/png" in data
+    return "".join(texts) if kind == "text" else pngs
+
+
+@pytest.fixture(scope="module")
+def trained(board):
+    """transfer_learning run once with its defaults: the head the other notebooks use."""
+    return execute(board, "transfer_learning")
+
+
+def test_transfer_learning_trains_evaluates_and_saves_a_head(board, trained):
+    root = board["root"]
+    head_path = root / "heads" / "synthetic-transfer-float.npz"
+    assert head_path.is_file()
+    head = load_head(str(head_path))
+    assert head.variant == "float" and head.num_classes == 10 and head.feature_width == FEATURE_WIDTH
+    assert head.meta["dataset"]["name"] == "synthetic-transfer"
+    assert head.meta["dataset"]["options"] == SMALL_DATASET
+    check_head_compatible(load_bundle(str(root)), head.meta, str(head_path))  # recorded this bundle's backbone
+    assert (root / "heads" / "synthetic-transfer-float-confusion.png").stat().st_size > 1000
+
+    text = outputs(trained, "text")
+    assert "using          emulator" in text  # bitstream present, but no PYNQ here
+    assert "120 images -> 12 features each, 2 bytes packed" in text
+    assert "on 40 test images (chance: 10.0%)" in text and "images/s end to end" in text
+    # one image per class, training curves, confusion matrix, sample predictions
+    assert outputs(trained, "png") == 4
+
+
+def write_photos(folder, specs):
+    """JPEG/PNG files of plain colours (size, colour) named photo<k>; returns their paths."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for k, (size, colour) in enumerate(specs):
+        paths.append(str(folder / ("photo%d.%s" % (k, "png" if k % 2 else "jpg"))))
+        Image.new("RGB", size, colour).save(paths[-1])
+    return paths
+
+
+def test_live_classify_files_and_camera(board, trained, tmp_path):
+    files = write_photos(tmp_path / "photos", [((20, 30), (200, 30, 30)), ((64, 48), (20, 40, 220))])
+    mods = _module_dir(tmp_path / "mods", "cv2", FAKE_CV2)
+    nb = execute(board, "live_classify", PYTHONPATH=str(mods), BNN_IMAGES=os.pathsep.join(files))
+    text = outputs(nb, "text")
+    # no BNN_HEAD: the newest head of the bundle's heads/, which transfer_learning saved
+    assert "synthetic-transfer-float.npz (float, 10 classes" in text
+    assert "2 images in" in text and "emulator backend" in text
+    assert "camera frame 40x30 classified" in text
+    assert outputs(nb, "png") == 2  # the files with their top-5 bars, then the camera frame
+
+
+def test_folder_task_binary_head_then_live_samples(board, tmp_path):
+    """A folder of images on the board: train/test class folders, one unreadable file; then live_classify
+    on the head's own test images, on a board without OpenCV."""
+    data = tmp_path / "fruit"
+    colours = {"apple": (200, 30, 30), "banana": (230, 220, 40), "cherry": (120, 0, 60)}
+    for name, colour in colours.items():
+        write_photos(data / "train" / name, [((24 + k, 30), colour) for k in range(6)])
+        write_photos(data / "test" / name, [((30, 24 + k), colour) for k in range(2)])
+    (data / "train" / "apple" / "broken.jpg").write_bytes(b"not a jpeg at all")
+    root = board_bundle(tmp_path / "board" / "bnn-transfer")
+
+    nb = execute(board, "transfer_learning", root=root, BNN_DATA_DIR=str(data), BNN_HEAD_VARIANT="binary",
+                 BNN_DATASET_OPTIONS="")
+    text = outputs(nb, "text")
+    assert "folder: 19 training and 6 test images, 3 classes" in text
+    assert "skipped 1 unreadable images of 19" in text and "broken.jpg" in text
+    assert "on 6 test images (chance: 33.3%)" in text
+    head = load_head(str(root / "heads" / "folder-binary.npz"))
+    assert head.variant == "binary" and head.classes == ["apple", "banana", "cherry"]
+    assert head.meta["dataset"] == {"name": "folder", "data_dir": str(data), "options": {}}
+
+    mods = _module_dir(tmp_path / "mods", "cv2", "raise ImportError('no OpenCV on this board')\n")
+    nb = execute(board, "live_classify", root=root, PYTHONPATH=str(mods), BNN_NUM_SAMPLES="2")
+    text = outputs(nb, "text")
+    assert "folder-binary.npz (binary, 3 classes" in text
+    # the head's own test images, read from their files: one of the first and one of the last class
+    assert str(data / "test" / "apple" / "photo0.jpg") in text and str(data / "test" / "cherry") in text
+    assert "2 images in" in text
+    assert "OpenCV (cv2) is not installed: skipping the camera" in text
+    assert outputs(nb, "png") == 1
+
+
+def test_throughput_accelerator_vs_emulator(board, tmp_path):
+    mods = _module_dir(tmp_path / "mods", "pynq", FAKE_PYNQ.format(tests=str(HOST_TESTS)))
+    nb = execute(board, "throughput", PYTHONPATH=str(mods), BNN_FAKE_PYNQ_BUNDLE=str(board["root"]),
+                 BNN_BATCH_SIZES="1,4", BNN_MIN_SECONDS="0.02")
+    text = outputs(nb, "text")
+    assert "measuring: pynq, emulator" in text
+    rows = [line.split() for line in text.splitlines() if line.split()[:1] in (["pynq"], ["emulator"])]
+    assert [(r[0], r[1]) for r in rows] == [("pynq", "1"), ("pynq", "4"), ("emulator", "1"), ("emulator", "4")]
+    assert all(float(r[2]) > 0 for r in rows) and all(r[4].endswith("x") for r in rows)
+    assert outputs(nb, "png") == 1
+
+
+# ------------------------------------------------------------------------------- committed notebooks
+
+
+def _code_cells(nb):
+    return [c for c in nb.cells if c.cell_type == "code"]
+
+
+def _python(source):
+    """A cell's source as plain Python: IPython turns its magics into function calls."""
+    from IPython.core.inputtransformer2 import TransformerManager
+
+    return TransformerManager().transform_cell(source)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_committed_notebook_is_clean(name):
+    path = NOTEBOOKS / (name + ".ipynb")
+    nb = nbformat.read(str(path), as_version=4)
+    nbformat.validate(nb)
+    assert nb.nbformat == 4
+    assert set(nb.metadata) <= {"kernelspec", "language_info"}
+    for cell in nb.cells:
+        assert not cell.metadata, "%s: cell %s carries metadata" % (path, cell.id)
+    for cell in _code_cells(nb):
+        assert cell.outputs == [] and cell.execution_count is None, "%s: cell %s has outputs" % (path, cell.id)
+    # the parameters cell comes first and lets tests and users point the notebook elsewhere
+    first = _code_cells(nb)[0].source
+    assert 'os.environ.get("BNN_BUNDLE", ROOT)' in first and "sys.path.insert(0, ROOT)" in first
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_notebook_code_runs_on_the_board(name):
+    """Python 3.8 syntax, host/ and the board's packages only, no absolute paths."""
+    nb = nbformat.read(str(NOTEBOOKS / (name + ".ipynb")), as_version=4)
+    for cell in _code_cells(nb):
+        tree = ast.parse(_python(cell.source), feature_version=(3, 8))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                modules = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                modules = [node.module or ""]
+            else:
+                if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                    assert not node.value.startswith(("/home", "/work", "/tmp", "/root")), node.value
+                continue
+            for m in modules:
+                assert m.split(".")[0] in ALLOWED_IMPORTS, "%s: cell %s imports %s" % (name, cell.id, m)
