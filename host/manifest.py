@@ -32,6 +32,12 @@ def sha256_bytes(data):
     return hashlib.sha256(data).hexdigest()
 
 
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(path):
     """Yield a temporary path next to ``path``; rename it over ``path`` only if the block succeeds.
@@ -43,6 +49,9 @@ def atomic_path(path):
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
     os.close(fd)
+    # mkstemp creates 0600; give the file the mode a plain open() would (on a board, root may write
+    # what the notebook user reads).
+    os.chmod(tmp, 0o666 & ~_umask())
     try:
         yield tmp
         os.replace(tmp, path)

@@ -1,0 +1,366 @@
+"""python -m host fit / eval / predict / bench end to end, and every bad input as one line."""
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from fake_pynq import INPUT_SIZE, FakeBoard, make_bundle, tiny_io
+
+from host.__main__ import main
+from host.bundle import load_bundle
+from host.cli import run_cli
+from host.datasets import open_dataset
+from host.heads import Head, load_head, predict_topk, save_head
+from host.packing import packed_shape
+from host.preprocess import Preprocess, eval_transform
+from host.report import save_confusion_png
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SYNTH = ["--dataset", "synthetic-transfer", "--option", "n_train_per_class=30", "--option", "n_test_per_class=10"]
+FIT_KEYS = {"command", "head", "variant", "backend", "dataset", "classes", "feature_width", "train_images", "skipped",
+            "n_train", "n_val", "val_top1", "best_epoch", "epochs_run", "cached", "cache", "extract_seconds",
+            "images_per_s", "train_seconds", "seconds", "peak_rss_mb"}
+EVAL_KEYS = {"command", "head", "variant", "backend", "dataset", "classes", "top1", "top5", "images", "skipped",
+             "cached", "cache", "images_per_s", "extract_seconds", "confusion", "seconds"}
+
+
+@pytest.fixture(autouse=True)
+def no_board_env(monkeypatch):
+    """In-process commands read $BOARD; a PYNQ machine running the tests must not change them."""
+    monkeypatch.delenv("BOARD", raising=False)
+
+
+def colour_network(pool=4, width=128, seed=0):
+    """A backbone whose features carry colour: 1x1 conv colour detectors, max pool, random +-1 projection.
+
+    The detectors threshold channel sums (brightness) and differences (red vs the rest, yellow,
+    magenta, ...); synthetic-transfer's classes differ in colour scheme, so a head on these
+    features beats chance clearly, unlike one on a random network.
+    """
+    det = [((1, 1, 1), t) for t in (150, 300, 450, 600)]
+    for w in ((1, -1, -1), (-1, 1, -1), (-1, -1, 1)):
+        det += [(w, t) for t in (-120, -60, 0, 40, 80)]
+    for w in ((1, 1, -1), (1, -1, 1), (-1, 1, 1)):
+        det += [(w, t) for t in (100, 200, 300, 400)]
+    k, side = len(det), INPUT_SIZE // pool
+    rng = np.random.default_rng(seed)
+    spec = {"input": {"shape": [INPUT_SIZE, INPUT_SIZE, 3], "datatype": "UINT8"}, "layers": [
+        {"name": "colour", "kind": "conv", "kernel": 1, "stride": 1, "padding": 0, "pad_value": 0.0,
+         "pool": [pool, pool], "in_shape": [INPUT_SIZE, INPUT_SIZE, 3], "out_shape": [side, side, k]},
+        {"name": "fc", "kind": "fc", "kernel": None, "stride": 1, "padding": 0, "pad_value": 0.0, "pool": None,
+         "in_shape": [side * side * k], "out_shape": [width]}]}
+    weights = [np.array([d[0] for d in det], np.int8),
+               rng.choice([-1, 1], size=(width, side * side * k)).astype(np.int8)]
+    thresholds = [np.array([d[1] for d in det], np.int64), rng.integers(-6, 7, size=width)]
+    io = tiny_io()
+    folded = [1, width // 4, 4]
+    io.update(oshape_normal=[[1, width]], oshape_folded=[folded], oshape_packed=[list(packed_shape(folded, "BIPOLAR"))])
+    return (spec, weights, thresholds), io, width
+
+
+def host(*args, env=None):
+    """``python -m host ARGS`` in a subprocess, without the caller's $BOARD."""
+    e = {k: v for k, v in os.environ.items() if k != "BOARD"}
+    e.update(env or {})
+    return subprocess.run([sys.executable, "-m", "host"] + [str(a) for a in args], cwd=ROOT, env=e,
+                          capture_output=True, text=True, timeout=120)
+
+
+def one_json_line(r):
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.strip().splitlines()
+    assert len(lines) == 1, r.stdout
+    return json.loads(lines[0])
+
+
+def one_error_line(rc, err, *fragments):
+    lines = err.strip().splitlines()
+    assert rc == 2 and len(lines) == 1, err
+    assert lines[0].startswith("error: ") and "Traceback" not in err
+    for f in fragments:
+        assert f in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A colour bundle and a float head fitted on it through the CLI (shared: fitting is the slow part)."""
+    d = tmp_path_factory.mktemp("cli")
+    network, io, width = colour_network()
+    bundle = make_bundle(d / "bundle", with_bitfile=False, network=network, io=io, feature_width=width)
+    head = d / "heads" / "float.npz"
+    r = host("fit", "--bundle", bundle, *SYNTH, "--head", "float", "--out", head, "--quiet")
+    return {"dir": d, "bundle": str(bundle), "head": str(head), "fit": one_json_line(r), "fit_stderr": r.stderr,
+            "width": width}
+
+
+def test_help_on_every_command(capsys):
+    for argv in ([], ["fit"], ["eval"], ["predict"], ["bench"]):
+        with pytest.raises(SystemExit) as e:
+            main(argv + ["--help"])
+        assert e.value.code == 0
+        out = capsys.readouterr().out
+        assert out.startswith("usage: python -m host")
+        assert ("--bundle" in out) == bool(argv)
+    with pytest.raises(SystemExit) as e:
+        main([])  # no command: argparse's usage error, exit 2
+    assert e.value.code == 2
+
+
+def test_fit_writes_a_head_that_knows_its_bundle(trained):
+    res = trained["fit"]
+    assert set(res) == FIT_KEYS and res["command"] == "fit" and res["backend"] == "emulator"
+    assert res["train_images"] == 300 and res["n_train"] + res["n_val"] == 300 and res["skipped"] == 0
+    assert res["classes"] == 10 and res["feature_width"] == trained["width"] and not res["cached"]
+    assert os.path.isfile(res["cache"]) and os.path.dirname(res["cache"]) == os.path.join(
+        os.path.dirname(trained["head"]), "features-cache")
+    assert res["images_per_s"] > 0 and res["peak_rss_mb"] > 0 and 0 < res["train_seconds"] < res["seconds"]
+    assert trained["fit_stderr"] == ""  # --quiet: no bars, and nothing went wrong
+
+    head = load_head(trained["head"])
+    bundle = load_bundle(trained["bundle"])
+    for key, value in bundle.head_meta().items():
+        assert head.meta[key] == value
+    assert head.meta["dataset"]["name"] == "synthetic-transfer" and head.meta["dataset"]["count"] == 300
+    assert head.meta["bundle"]["digest"] == bundle.digest and head.meta["train"]["best_epoch"] >= 1
+    assert head.classes == open_dataset("synthetic-transfer", "train").classes
+
+
+def test_second_fit_reads_the_cache(trained):
+    out = trained["dir"] / "heads" / "again.npz"
+    res = one_json_line(host("fit", "--bundle", trained["bundle"], *SYNTH, "--out", out, "--quiet"))
+    first = trained["fit"]
+    assert res["cached"] and res["cache"] == first["cache"] and res["images_per_s"] is None
+    assert res["extract_seconds"] < first["extract_seconds"]
+    assert res["val_top1"] == first["val_top1"]  # same features, same seed: the same head
+    assert np.array_equal(load_head(out).params["W"], load_head(trained["head"]).params["W"])
+
+
+def test_eval_beats_chance_and_draws_the_confusion_matrix(trained):
+    from PIL import Image
+
+    r = host("eval", "--bundle", trained["bundle"], "--head", trained["head"], *SYNTH, "--quiet")
+    res = one_json_line(r)
+    assert set(res) == EVAL_KEYS and res["images"] == 100 and res["classes"] == 10 and not res["cached"]
+    # chance is 0.1 top-1 / 0.5 top-5; colour alone gets this backbone to ~0.35 / ~0.85
+    assert res["top1"] >= 0.2 and res["top5"] >= 0.6 and res["top5"] >= res["top1"]
+    assert res["images_per_s"] > 0
+    png = trained["head"][:-4] + ".confusion.png"
+    assert res["confusion"] == png
+    with open(png, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    with Image.open(png) as im:
+        # the labelled matplotlib figure, or the plain fallback where matplotlib is missing
+        labelled = importlib.util.find_spec("matplotlib") is not None
+        assert im.format == "PNG" and min(im.size) > (300 if labelled else 30)
+    assert ("matplotlib is not installed" in r.stderr) != labelled
+
+    again = one_json_line(host("eval", "--bundle", trained["bundle"], "--head", trained["head"], *SYNTH, "--quiet",
+                               "--confusion", trained["dir"] / "cm.png"))
+    assert again["cached"] and again["images_per_s"] is None and again["top1"] == res["top1"]
+    assert os.path.isfile(str(trained["dir"] / "cm.png"))
+
+
+def _write_test_images(folder, n):
+    from PIL import Image
+
+    ds = open_dataset("synthetic-transfer", "test", n_test_per_class=1)
+    os.makedirs(str(folder), exist_ok=True)
+    paths = []
+    for i in range(n):
+        p = os.path.join(str(folder), "img%d.png" % i)
+        Image.fromarray(ds.load(i)).save(p)
+        paths.append(p)
+    return paths
+
+
+def test_predict_prints_top5_per_image_and_flags_unreadable_ones(trained, image_tools):
+    paths = _write_test_images(trained["dir"] / "images", 3)
+    bad = str(image_tools.write_corrupt(trained["dir"] / "images" / "broken.jpg"))
+    r = host("predict", "--bundle", trained["bundle"], "--head", trained["head"], paths[0], bad, paths[1], paths[2])
+    assert r.returncode == 1
+    err = r.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("warning: %s: cannot decode image" % bad)
+    rows = [json.loads(line) for line in r.stdout.strip().splitlines()]
+    assert [row["image"] for row in rows] == paths
+
+    # the same numbers as the library on the same pixels (PNG is lossless)
+    head = load_head(trained["head"])
+    bundle = load_bundle(trained["bundle"])
+    from host.backends import make_backend
+    from host.preprocess import decode_image
+
+    pp = Preprocess.from_dict(bundle.preprocess)
+    feats = make_backend("emulator", bundle).extract(np.stack([eval_transform(decode_image(p), pp) for p in paths]))
+    idx, prob = predict_topk(head, feats, k=5)
+    for row, i_row, p_row in zip(rows, idx, prob):
+        assert [t["class"] for t in row["top"]] == [head.classes[i] for i in i_row]
+        assert np.allclose([t["prob"] for t in row["top"]], p_row, atol=1e-6)
+        assert all(a["prob"] >= b["prob"] for a, b in zip(row["top"], row["top"][1:])) and row["top"][0]["prob"] <= 1
+
+    r = host("predict", "--bundle", trained["bundle"], "--head", trained["head"], "--table", "--top", "3", paths[0])
+    assert r.returncode == 0 and r.stderr == ""
+    lines = r.stdout.splitlines()
+    assert lines[0] == paths[0] and len(lines) == 4
+    assert lines[1].split()[:2] == ["1", head.classes[idx[0][0]]] and lines[1].endswith("%")
+
+
+def test_bad_bundles_and_heads_are_one_line_errors(trained, tmp_path):
+    bundle, head = trained["bundle"], trained["head"]
+    # a head of another feature width
+    other = make_bundle(tmp_path / "other", with_bitfile=False)
+    r = host("predict", "--bundle", other, "--head", head, "x.png")
+    one_error_line(r.returncode, r.stderr, head, "head was trained for %d features" % trained["width"], "produces 12")
+    # a bundle for another board, by flag and by $BOARD as PYNQ sets it
+    r = host("eval", "--bundle", bundle, "--head", head, *SYNTH, "--board", "ultra96")
+    one_error_line(r.returncode, r.stderr, "bundle was built for board 'pynq-z2', not 'ultra96'")
+    r = host("eval", "--bundle", bundle, "--head", head, *SYNTH, env={"BOARD": "KV260"})
+    one_error_line(r.returncode, r.stderr, "not 'KV260'")
+    # a tampered bundle
+    tampered = str(tmp_path / "tampered")
+    shutil.copytree(bundle, tampered)
+    with open(os.path.join(tampered, "emulator.npz"), "r+b") as f:
+        f.seek(100)
+        byte = f.read(1)
+        f.seek(100)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    r = host("fit", "--bundle", tampered, *SYNTH, "--out", tmp_path / "h.npz")
+    one_error_line(r.returncode, r.stderr, "emulator.npz: sha256 does not match")
+    assert not os.path.exists(str(tmp_path / "h.npz"))
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    """The small bundle of fake_pynq (with a bitfile, for the fake board) and a head that fits it."""
+    path = make_bundle(tmp_path / "bundle")
+    bundle = load_bundle(path)
+    classes = open_dataset("synthetic-transfer", "test", num_classes=3).classes
+    rng = np.random.default_rng(0)
+    head = Head("float", classes, bundle.feature_width,
+                {"W": rng.standard_normal((bundle.feature_width, 3)), "b": np.zeros(3)}, bundle.head_meta())
+    save_head(str(tmp_path / "head.npz"), head)
+    return {"path": path, "bundle": bundle, "head": str(tmp_path / "head.npz"), "dir": tmp_path}
+
+
+def _cli(capsys, *argv):
+    rc = run_cli(main, [str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+TINY_DATA = ["--dataset", "synthetic-transfer", "--option", "num_classes=3", "--option", "n_test_per_class=4",
+             "--quiet"]
+
+
+def test_hung_accelerator_ends_with_one_line_not_a_hang(tiny, monkeypatch, capsys):
+    board = FakeBoard(tiny["bundle"], hang=True)
+    monkeypatch.setitem(sys.modules, "pynq", board.module())
+    rc, out, err = _cli(capsys, "eval", "--bundle", tiny["path"], "--head", tiny["head"], *TINY_DATA, "--no-cache",
+                        "--timeout", "0.2")
+    one_error_line(rc, err, "accelerator did not finish within 0.2 s")
+    assert out == "" and board.freed  # the DMA buffers were given back
+    paths = _write_test_images(tiny["dir"] / "images", 1)
+    # the same (still hung) board: the next run is refused at once instead of mixing up two batches
+    rc, out, err = _cli(capsys, "predict", "--bundle", tiny["path"], "--head", tiny["head"], "--timeout", "0.2", *paths)
+    one_error_line(rc, err, "the output DMA 'odma0' is busy")
+
+
+def test_pynq_is_the_default_backend_where_it_is_available(tiny, monkeypatch, capsys):
+    board = FakeBoard(tiny["bundle"])
+    monkeypatch.setitem(sys.modules, "pynq", board.module())
+    rc, out, err = _cli(capsys, "eval", "--bundle", tiny["path"], "--head", tiny["head"], *TINY_DATA, "--no-cache")
+    assert rc == 0, err
+    res = json.loads(out)
+    assert res["backend"] == "pynq" and res["images"] == 12 and board.runs and board.errors == []
+
+
+@pytest.mark.parametrize("argv, fragments", [
+    (["eval", "--option", "colour=red"], ["unknown option(s) colour"]),
+    (["eval", "--option", "n_test_per_class"], ["--option 'n_test_per_class': expected KEY=VALUE"]),
+    (["eval", "--head", "{dir}/missing.npz"], ["missing.npz: head file not found"]),
+    (["eval", "--option", "num_classes=4"], ["head knows 3 classes but the synthetic-transfer test split has 4"]),
+    (["eval", "--batch-size", "0"], ["--batch-size: must be a positive integer"]),
+    (["fit", "--out", "{dir}"], ["is a directory; --out takes the head file to write"]),
+    (["fit", "--epochs", "0"], ["--epochs: must be a positive integer"]),
+    (["fit", "--val-fraction", "1"], ["--val-fraction in [0, 1)"]),
+    (["eval", "--bundle", "{dir}/nowhere"], ["nowhere: bundle directory not found"]),
+    (["bench", "--batch-sizes", "1,x"], ["--batch-sizes: expected positive integers"]),
+    (["bench", "--backends", "fpga"], ["--backends: unknown fpga"]),
+])
+def test_bad_arguments_are_one_line_errors(tiny, capsys, argv, fragments):
+    cmd, extra = argv[0], [a.format(dir=tiny["dir"]) for a in argv[1:]]
+    base = {"fit": {"--out": str(tiny["dir"] / "h.npz")}, "eval": {"--head": tiny["head"]}, "bench": {}}[cmd]
+    base["--bundle"] = tiny["path"]
+    args = [cmd]
+    for flag, value in base.items():
+        if flag not in extra:
+            args += [flag, value]
+    if cmd != "bench":
+        args += ["--dataset", "synthetic-transfer", "--option", "num_classes=3", "--quiet", "--no-cache"]
+    rc, out, err = _cli(capsys, *(args + extra))
+    one_error_line(rc, err, *[f.format(dir=tiny["dir"]) for f in fragments])
+    assert out == ""
+
+
+def test_fit_skips_unreadable_images_with_one_warning(tiny, capsys, image_tools):
+    root = tiny["dir"] / "data"
+    for k, c in enumerate(["cat", "dog"]):
+        for j in range(4):
+            image_tools.write_image(root / c / ("%d.png" % j), seed=k)
+    bad = str(image_tools.write_corrupt(root / "dog" / "2b.jpg"))
+    rc, out, err = _cli(capsys, "fit", "--bundle", tiny["path"], "--dataset", "folder", "--data-dir", root,
+                        "--option", "test_fraction=0", "--out", tiny["dir"] / "h.npz", "--quiet", "--epochs", "3")
+    assert rc == 0, err
+    assert err.strip().splitlines() == [err.strip()] and err.startswith(
+        "warning: skipped 1 unreadable images of 9 (first: %s: cannot decode image" % bad)
+    res = json.loads(out)
+    assert res["train_images"] == 8 and res["skipped"] == 1 and load_head(res["head"]).classes == ["cat", "dog"]
+
+
+def test_bench_measures_backends_packing_and_head_training(tiny, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "pynq", FakeBoard(tiny["bundle"]).module())
+    rc, out, err = _cli(capsys, "bench", "--bundle", tiny["path"], "--quick", "--batch-sizes", "1,4", "--seconds",
+                        "0.02")
+    assert rc == 0, err
+    res = json.loads(out)
+    assert res["available_backends"] == ["pynq", "emulator"]
+    for name in ("pynq", "emulator"):
+        for bs in ("1", "4"):
+            entry = res["backends"][name][bs]
+            assert entry["images_per_s"] > 0 and entry["batches"] >= 1
+    assert res["packing"]["input"]["datatype"] == "UINT8" and res["packing"]["input"]["bytes_per_image"] == 192
+    assert res["packing"]["output"]["unpack_images_per_s"] > 0
+    assert res["packing"]["feature_cache"]["bytes_per_image"] == 2
+    heads = res["head_training"]
+    assert heads["feature_width"] == 12 and heads["float"]["seconds"] > 0 and heads["float"]["epochs_run"] == 2
+    assert "bench: backend pynq" in err
+
+
+def test_bench_in_a_subprocess_reports_a_broken_backend_without_failing(tiny):
+    r = host("bench", "--bundle", tiny["path"], "--quick", "--batch-sizes", "2", "--seconds", "0.02",
+             "--backends", "emulator,pynq")
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)
+    assert res["backends"]["emulator"]["2"]["images_per_s"] > 0
+    assert "needs the pynq package" in res["backends"]["pynq"]["error"]
+
+
+def test_confusion_png_without_matplotlib_is_a_plain_heat_map(tmp_path, monkeypatch, capsys):
+    from PIL import Image
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    cm = np.array([[5, 1, 0], [0, 6, 0], [2, 0, 4]])
+    path = str(tmp_path / "cm.png")
+    assert save_confusion_png(path, cm, ["a", "b", "c"]) == "plain"
+    assert "matplotlib is not installed" in capsys.readouterr().err
+    with Image.open(path) as im:
+        px = np.asarray(im.convert("RGB"))
+    cell = px.shape[0] // 3
+    assert px.shape == (3 * cell, 3 * cell, 3) and cell > 1
+    # darker where the row's rate is higher: b->b (1.0) darker than a->a (5/6), empty cells white
+    assert px[cell + 1, cell + 1].sum() < px[1, 1].sum() < px[1, 2 * cell + 1].sum() == 3 * 255
