@@ -1,0 +1,617 @@
+"""The paper's Table 2 in one command: every row trained, resumable row by row, reported beside the paper's.
+
+    python -m train table2 --imagenet DIR --flowers DIR --birds DIR --indoor DIR --out REPORT_DIR
+    python -m train table2 --synthetic --out REPORT_DIR          # generated stand-ins, tiny preset, CPU
+
+Rows (each one ``FitConfig`` + ``fit.run``; nothing here trains by itself):
+
+- pretraining on ImageNet: the float network (``precision fp``) and the binary one (binary head);
+- for each of Flowers102, CUB-200 ("Birds") and MIT Indoor 67 ("Indoor scenes"):
+  FP trained from scratch; FP fine-tuned from the FP ImageNet run; binary trained from scratch;
+  binary fine-tuned with a binary last layer (a) and with a float last layer (b). Fine-tuning is the
+  paper's: everything before ``fc3`` frozen (the binary backbone through its integer definition),
+  only the last layer retrained (``fit.run(cfg, "finetune")``).
+
+Every row is its own run directory, ``REPORT_DIR/runs/<row-id>/``. A rerun skips finished rows
+(``fit.run`` recognises an identical finished run), resumes an interrupted one from its last
+checkpoint, and refuses a directory holding a run with other parameters (or fine-tuned from an
+earlier pretraining) instead of silently mixing results. ``--imagenet-run RUN_DIR`` (up to one fp
+and one binary run of the same preset) replaces the pretraining of that precision.
+
+Outputs, rewritten after every row so an interrupted command leaves a partial table ("—" where a
+row has not finished): ``table2.md`` (ours / paper per cell, shaped like the paper's table),
+``table2.json`` (the directory's manifest: accuracies as fractions, the paper's too, the sha256 of
+every row's run.json) and, at the end of the command, ``table2.png`` (top-1 ours vs paper).
+
+``--synthetic`` swaps the four datasets for generated stand-ins (``SYNTHETIC_STANDINS``; the tiny
+preset and a few epochs) so the whole command runs end to end on a CPU. The paper's numbers are
+still printed beside ours, but the two are not comparable: the stand-ins only exercise the flow.
+
+Expected compute for the real run (an estimate, not a measurement)
+------------------------------------------------------------------
+About 24 GPU-hours on one H100-class GPU fed by 16 CPU cores, with the default epochs (pretraining
+60, from scratch 100, fine-tuning 30) and the default workers (all cores but two); plan for 15-40.
+
+Basis. The ``paper`` preset is AlexNet without groups: 1.14 GMAC per 224 px image forward, about
+6.8 GFLOP per training image (forward + backward), so an ImageNet epoch (1.28M images) is 8.7 PFLOP,
+under a minute of H100 arithmetic even at 25% utilisation. Brevitas simulates the binary layers in
+float, so the binary network costs about what its float twin does. The bound is the input pipeline:
+decoding and resizing ImageNet JPEGs with PIL runs at roughly 150 images/s per core, ~2,000 images/s
+with 14 workers, i.e. ~11 minutes per epoch. Two pretrainings x 60 epochs x (1.28M train + 50k test
+images) at that rate are ~22 hours. The 15 target rows see 25.7k images per epoch over the three
+datasets (17.5k train + 8.2k test, Table 1): 2 x 100 epochs from scratch and 3 x 30 epochs of
+fine-tuning are 7.5M images, ~1 hour. With ``--imagenet-run`` for both networks only that hour
+remains. ``--cache-dir`` decodes each image once: a clear win for the target datasets; for ImageNet
+it needs ~250 GB of disk (every image stored in a 256 x 256 x 3 slot) and its speed-up depends on
+that disk.
+"""
+
+import functools
+import os
+from dataclasses import dataclass, field, replace
+from typing import List, Optional
+
+import numpy as np
+
+from host.datasets import open_dataset
+from host.errors import BnnError
+from host.manifest import atomic_path, finalize_manifest, new_manifest, read_json, sha256_file, write_bytes_atomic
+
+from .checkpoint import CHECKPOINT, load_checkpoint
+from .fit import RUN_MANIFEST, FitConfig, run
+from .models import ModelConfig
+
+REPORT_MD = "table2.md"
+REPORT_JSON = "table2.json"
+REPORT_PNG = "table2.png"
+RUNS = "runs"
+
+# S. Leroux, S. Bohez, T. Verbelen, B. Vankeirsbilck, P. Simoens, B. Dhoedt, "Transfer Learning with
+# Binary Neural Networks", NIPS 2017 workshop "Machine Learning on the Phone and other Consumer
+# Devices", arXiv:1711.10761. Table 2, in % as printed: (top-1, top-5) per row and dataset.
+PAPER_CITATION = ("Leroux et al., \"Transfer Learning with Binary Neural Networks\", NIPS 2017 workshop MLPCD, "
+                  "arXiv:1711.10761, Table 2")
+PAPER_TABLE2 = {
+    "fp-scratch": {"flowers": (71.7, 90.5), "birds": (32.4, 57.2), "indoor": (29.7, 56.4)},
+    "fp-finetuned": {"flowers": (85.4, 97.2), "birds": (50.4, 79.6), "indoor": (57.4, 86.8)},
+    "binary-scratch": {"flowers": (63.2, 85.1), "birds": (13.8, 32.4), "indoor": (29.0, 54.9)},
+    "binary-a": {"flowers": (80.6, 94.5), "birds": (33.9, 62.9), "indoor": (46.7, 77.4)},
+    "binary-b": {"flowers": (84.0, 95.5), "birds": (36.7, 63.4), "indoor": (48.3, 78.6)},
+}
+# Same paper, section "Experiments": the ImageNet (ILSVRC2012) networks the rows are fine-tuned from.
+PAPER_IMAGENET = {"fp": (57.0, 80.0), "binary": (42.0, 67.0)}
+
+# Epochs per kind of row. The paper gives none; these are AlexNet-on-ImageNet customs (cosine schedule).
+EPOCHS = {"pretrain": 60, "scratch": 100, "finetune": 30}
+SYNTHETIC_EPOCHS = {"pretrain": 4, "scratch": 4, "finetune": 3}
+
+# Stand-ins shaped like the paper's Table 1, scaled down: many classes with few images for Birds,
+# few classes with more images for Indoor scenes. The transfer sets draw their classes from the half
+# of the primitive combinations that pretraining never sees (host/synthetic.py); different class
+# counts and seeds make the three stand-ins different tasks.
+SYNTHETIC_STANDINS = {
+    "imagenet": ("synthetic", {"num_classes": 24, "n_train_per_class": 250, "n_test_per_class": 40,
+                               "image_size": 40, "seed": 0}),
+    "flowers": ("synthetic-transfer", {"num_classes": 12, "n_train_per_class": 48, "n_test_per_class": 10,
+                                       "image_size": 40, "seed": 1}),
+    "birds": ("synthetic-transfer", {"num_classes": 20, "n_train_per_class": 24, "n_test_per_class": 24,
+                                     "image_size": 40, "seed": 2}),
+    "indoor": ("synthetic-transfer", {"num_classes": 8, "n_train_per_class": 64, "n_test_per_class": 16,
+                                      "image_size": 40, "seed": 3}),
+}
+
+
+@dataclass(frozen=True)
+class Target:
+    key: str  # also the command-line flag (--flowers) and the paper's column key
+    dataset: str  # host.datasets name
+    title: str  # the paper's column title
+
+
+TARGETS = (
+    Target("flowers", "flowers102", "Flowers"),
+    Target("birds", "cub200", "Birds"),
+    Target("indoor", "indoor67", "Indoor scenes"),
+)
+
+
+@dataclass(frozen=True)
+class Row:
+    key: str
+    group: str  # "FP" or "Binary", the paper's row groups
+    label: str  # the paper's row title
+    short: str  # x tick label of the plot
+    precision: str
+    head: str
+    pretrained: Optional[str]  # precision of the ImageNet run it is fine-tuned from; None: from scratch
+
+
+ROWS = (
+    Row("fp-scratch", "FP", "trained from scratch", "FP scratch", "fp", "float", None),
+    Row("fp-finetuned", "FP", "fine-tuned", "FP fine-tuned", "fp", "float", "fp"),
+    Row("binary-scratch", "Binary", "trained from scratch", "binary scratch", "binary", "binary", None),
+    Row("binary-a", "Binary", "(a) fine-tuned binary last layer", "binary (a)", "binary", "binary", "binary"),
+    Row("binary-b", "Binary", "(b) fine-tuned FP last layer", "binary (b)", "binary", "float", "binary"),
+)
+PRETRAIN_HEADS = (("fp", "float"), ("binary", "binary"))
+
+
+@dataclass
+class Table2Config:
+    out: str
+    imagenet: Optional[str] = None
+    flowers: Optional[str] = None
+    birds: Optional[str] = None
+    indoor: Optional[str] = None
+    imagenet_runs: List[str] = field(default_factory=list)
+    preset: Optional[str] = None  # default: paper, tiny with synthetic
+    epochs_pretrain: Optional[int] = None
+    epochs_scratch: Optional[int] = None
+    epochs_finetune: Optional[int] = None
+    synthetic: bool = False
+    synthetic_scale: float = 1.0  # multiplies the stand-ins' images per class (tests shrink them)
+    batch_size: int = 64
+    workers: Optional[int] = None  # default: all cores but two (at most 16): decoding JPEGs is the bottleneck
+    device: Optional[str] = None
+    cache_dir: Optional[str] = None
+    seed: int = 0
+    amp: bool = True
+
+    @staticmethod
+    def from_args(args):
+        return Table2Config(
+            out=args.out, imagenet=args.imagenet, flowers=args.flowers, birds=args.birds, indoor=args.indoor,
+            imagenet_runs=list(args.imagenet_run), preset=args.preset, epochs_pretrain=args.epochs_pretrain,
+            epochs_scratch=args.epochs_scratch, epochs_finetune=args.epochs_finetune, synthetic=args.synthetic,
+            synthetic_scale=args.synthetic_scale, batch_size=args.batch_size, workers=args.workers,
+            device=args.device, cache_dir=args.cache_dir, seed=args.seed, amp=not args.no_amp,
+        )
+
+    def resolved(self):
+        """A copy with every default filled in and the numbers checked."""
+        base = SYNTHETIC_EPOCHS if self.synthetic else EPOCHS
+        c = replace(
+            self,
+            out=os.path.abspath(self.out),
+            preset=self.preset or ("tiny" if self.synthetic else "paper"),
+            epochs_pretrain=self.epochs_pretrain if self.epochs_pretrain is not None else base["pretrain"],
+            epochs_scratch=self.epochs_scratch if self.epochs_scratch is not None else base["scratch"],
+            epochs_finetune=self.epochs_finetune if self.epochs_finetune is not None else base["finetune"],
+            workers=self.workers if self.workers is not None else min(16, max(1, (os.cpu_count() or 1) - 2)),
+        )
+        for name in ("epochs_pretrain", "epochs_scratch", "epochs_finetune", "batch_size"):
+            if getattr(c, name) < 1:
+                raise BnnError("--%s must be at least 1, got %d" % (name.replace("_", "-"), getattr(c, name)))
+        if not c.synthetic_scale > 0:
+            raise BnnError("--synthetic-scale must be positive, got %r" % c.synthetic_scale)
+        return c
+
+    def epochs(self, kind):
+        return {"pretrain": self.epochs_pretrain, "scratch": self.epochs_scratch,
+                "finetune": self.epochs_finetune}[kind]
+
+
+@dataclass
+class Job:
+    """One row: the run directory ``fit.out`` trained by ``run(fit, mode)``."""
+
+    id: str
+    mode: str
+    fit: FitConfig
+    title: str
+    target: Optional[Target] = None
+    row: Optional[Row] = None
+    precision: Optional[str] = None  # of pretraining jobs
+
+
+# --- inputs ----------------------------------------------------------------------------------------
+
+def _source(cfg, key):
+    """(dataset name, data_dir, options) that stands for ``key`` (imagenet, flowers, birds, indoor)."""
+    if cfg.synthetic:
+        name, opts = SYNTHETIC_STANDINS[key]
+        opts = dict(opts)
+        for k in ("n_train_per_class", "n_test_per_class"):
+            opts[k] = max(1, int(round(opts[k] * cfg.synthetic_scale)))
+        return name, None, opts
+    name = "imagenet" if key == "imagenet" else _dataset_of(key)
+    return name, os.path.abspath(getattr(cfg, key)), {}
+
+
+def check_data_dirs(cfg, pretrained_elsewhere):
+    """Every dataset directory the table needs exists; checked before hours of pretraining start."""
+    keys = [t.key for t in TARGETS]
+    if len(pretrained_elsewhere) < len(PRETRAIN_HEADS):
+        keys.insert(0, "imagenet")
+    if cfg.synthetic:
+        given = [k for k in ("imagenet", *[t.key for t in TARGETS]) if getattr(cfg, k)]
+        if given:
+            raise BnnError("--synthetic generates stand-ins for every dataset; drop --%s" % given[0])
+        return
+    for key in keys:
+        path = getattr(cfg, key)
+        what = "the ILSVRC2012 directory" if key == "imagenet" else "the %s directory" % _dataset_of(key)
+        if not path:
+            hint = " (or two --imagenet-run)" if key == "imagenet" else ""
+            raise BnnError("--%s DIR is required%s: %s; or pass --synthetic" % (key, hint, what))
+        if not os.path.isdir(path):
+            state = "not a directory" if os.path.exists(path) else "not found"
+            raise BnnError("%s: %s (--%s, %s)" % (path, state, key, what))
+
+
+def _dataset_of(key):
+    return next(t.dataset for t in TARGETS if t.key == key)
+
+
+def check_layouts(jobs):
+    """Open both splits of every dataset a pending row reads, so a bad layout fails now, not mid-way."""
+    seen = set()
+    for job in jobs:
+        f = job.fit
+        ident = (f.dataset, f.data_dir, tuple(sorted(f.dataset_options.items())))
+        if ident in seen:
+            continue
+        seen.add(ident)
+        for split in ("train", "test"):
+            open_dataset(f.dataset, split, f.data_dir, **f.dataset_options)
+
+
+def load_imagenet_runs(cfg):
+    """{precision: run dir} of the --imagenet-run directories, checked against this table's preset."""
+    found = {}
+    for path in cfg.imagenet_runs:
+        path = os.path.abspath(path)
+        if not os.path.isdir(path):
+            raise BnnError("%s: not a run directory (--imagenet-run expects the directory of a python -m train fit)"
+                           % path)
+        state = load_checkpoint(path)
+        mc = ModelConfig.from_dict(state["model_config"])
+        if state.get("mode") != "fit":
+            raise BnnError("%s: is a %s run, not a pretraining (python -m train fit) run" % (path, state.get("mode")))
+        if mc.preset != cfg.preset:
+            raise BnnError("%s: is a %r run, this table uses preset %r (--preset)" % (path, mc.preset, cfg.preset))
+        if mc.precision in found:
+            raise BnnError("%s: a second %s --imagenet-run (the first is %s)"
+                           % (path, mc.precision, found[mc.precision]))
+        manifest = os.path.join(path, RUN_MANIFEST)
+        if os.path.exists(manifest) and not read_json(manifest, "run manifest").get("finished"):
+            raise BnnError("%s: the run has not finished; complete it with python -m train fit --resume" % path)
+        found[mc.precision] = path
+    return found
+
+
+# --- plan --------------------------------------------------------------------------------------------
+
+def plan_jobs(cfg, pretrained_elsewhere):
+    """The rows in the paper's order: the ImageNet pretrainings first, since fine-tuning needs them."""
+    runs_dir = os.path.join(cfg.out, RUNS)
+    jobs, pretrained = [], dict(pretrained_elsewhere)
+
+    def fit_config(job_id, key, kind, **kw):
+        name, data_dir, opts = _source(cfg, key)
+        return FitConfig(
+            out=os.path.join(runs_dir, job_id), preset=cfg.preset, dataset=name, data_dir=data_dir,
+            dataset_options=opts, epochs=cfg.epochs(kind), batch_size=cfg.batch_size, seed=cfg.seed,
+            workers=cfg.workers, device=cfg.device, amp=cfg.amp, cache_dir=cfg.cache_dir, **kw,
+        )
+
+    for precision, head in PRETRAIN_HEADS:
+        if precision in pretrained:
+            continue
+        job_id = "imagenet-%s" % precision
+        fc = fit_config(job_id, "imagenet", "pretrain", precision=precision, head=head)
+        jobs.append(Job(job_id, "fit", fc, "%s pretraining on %s" % (_group(precision), fc.dataset),
+                        precision=precision))
+        pretrained[precision] = fc.out
+    for t in TARGETS:
+        for r in ROWS:
+            job_id = "%s-%s" % (t.key, r.key)
+            if r.pretrained is None:
+                fc = fit_config(job_id, t.key, "scratch", precision=r.precision, head=r.head)
+                mode = "fit"
+            else:
+                # fit.run takes the backbone's precision from the pretrained run; set it here too so
+                # that the parameters compared with a finished run's are the ones run() will record.
+                fc = fit_config(job_id, t.key, "finetune", precision=r.pretrained, head=r.head, cut="fc3",
+                                init_from=pretrained[r.pretrained])
+                mode = "finetune"
+            title = "%s %s on %s (%s)" % (r.group, r.label, t.title, fc.dataset)
+            jobs.append(Job(job_id, mode, fc, title, target=t, row=r))
+    return jobs
+
+
+def _group(precision):
+    return "FP" if precision == "fp" else "Binary"
+
+
+# --- row state --------------------------------------------------------------------------------------
+
+def _recorded(job):
+    """(params, mode, finished, epochs done, manifest) of what the row's directory holds, or None."""
+    out = job.fit.out
+    manifest = os.path.join(out, RUN_MANIFEST)
+    if os.path.exists(manifest):
+        m = read_json(manifest, "run manifest")
+        return m.get("params"), m.get("mode"), bool(m.get("finished")), int(m.get("epochs_done", 0)), m
+    ckpt = os.path.join(out, CHECKPOINT)
+    if os.path.exists(ckpt):
+        # Killed between its first checkpoint and its first manifest: the checkpoint has the config.
+        state = load_checkpoint(ckpt)
+        return FitConfig(**state["fit_config"]).identity(), state.get("mode"), False, int(state["epoch"]), None
+    return None
+
+
+def _diff(have, want):
+    keys = sorted(set(have or {}) | set(want))
+    parts = ["%s %r -> %r" % (k, (have or {}).get(k), want.get(k)) for k in keys if (have or {}).get(k) != want.get(k)]
+    return ", ".join(parts) or "mode"
+
+
+def row_state(job):
+    """"done", "resume" or "new"; BnnError when the directory holds a run with other parameters."""
+    rec = _recorded(job)
+    if rec is None:
+        return "new"
+    params, mode, finished, _, _ = rec
+    want = job.fit.identity()
+    if mode != job.mode or params != want:
+        raise BnnError("%s: holds a %s run with other parameters (%s); delete the directory to redo this row"
+                       % (job.fit.out, mode, _diff(params, want)))
+    if finished:
+        return "done"
+    return "resume" if os.path.exists(os.path.join(job.fit.out, CHECKPOINT)) else "new"
+
+
+def check_pretrained_unchanged(job, digest):
+    """A fine-tuned row's pretrained checkpoint is the one it was made from (its path alone can't tell)."""
+    if job.mode != "finetune":
+        return
+    rec = _recorded(job)
+    if rec is None or rec[4] is None:
+        return
+    recorded = rec[4].get("inputs", {}).get("pretrained", {}).get("sha256")
+    src = os.path.join(job.fit.init_from, CHECKPOINT)
+    if recorded and recorded != digest(src):
+        raise BnnError("%s: was fine-tuned from an earlier %s; delete the directory to redo this row"
+                       % (job.fit.out, src))
+
+
+# --- the command ------------------------------------------------------------------------------------
+
+def run_table2(cfg, on_epoch_end=None, progress=True):
+    """Run every pending row, writing the report after each; returns the report (table2.json's content).
+
+    ``on_epoch_end(row_id, epoch, metrics)`` is passed to each row's ``fit.run`` (tests interrupt with it).
+    """
+    cfg = cfg.resolved()
+    elsewhere = load_imagenet_runs(cfg)
+    check_data_dirs(cfg, elsewhere)
+    jobs = plan_jobs(cfg, elsewhere)
+    states = {job.id: row_state(job) for job in jobs}
+    pending = [job for job in jobs if states[job.id] != "done"]
+    counts = {s: sum(1 for v in states.values() if v == s) for s in ("done", "resume", "new")}
+    print("table2: %d rows under %s: %d done, %d to resume, %d to run"
+          % (len(jobs), os.path.join(cfg.out, RUNS), counts["done"], counts["resume"], counts["new"]))
+    check_layouts(pending)
+    write_report(cfg, jobs, elsewhere, plot=False)
+    digest = functools.lru_cache(maxsize=None)(sha256_file)
+    for i, job in enumerate(jobs, 1):
+        state = states[job.id]
+        check_pretrained_unchanged(job, digest)
+        verb = {"done": "checking", "resume": "resuming", "new": "running"}[state]
+        print("table2: [%d/%d] %s %s: %s, %d epoch%s"
+              % (i, len(jobs), verb, job.id, job.title, job.fit.epochs, "" if job.fit.epochs == 1 else "s"))
+        job.fit.resume = state == "resume"
+        hook = None if on_epoch_end is None else functools.partial(on_epoch_end, job.id)
+        try:
+            run(job.fit, job.mode, on_epoch_end=hook, progress=progress)
+        finally:
+            # Also when the row is interrupted, so the report shows how far it got.
+            if state != "done":
+                write_report(cfg, jobs, elsewhere, plot=False)
+    report = write_report(cfg, jobs, elsewhere, plot=True)
+    print("\n".join(["", *table_lines(report["rows"]), ""]))
+    print("table2: wrote %s, %s and %s" % tuple(os.path.join(cfg.out, n) for n in (REPORT_MD, REPORT_JSON, REPORT_PNG)))
+    return report
+
+
+def main(args):
+    """``python -m train table2`` (arguments parsed by train/__main__.py)."""
+    run_table2(Table2Config.from_args(args))
+    return 0
+
+
+# --- results -----------------------------------------------------------------------------------------
+
+def _frac(pct):
+    return round(pct / 100.0, 4)
+
+
+def _result(job):
+    """What the row's directory says about this plan: status, epochs and accuracies (fractions or None)."""
+    rec = _recorded(job)
+    res = {"status": "not run", "epochs_done": 0, "top1": None, "top5": None}
+    if rec is None:
+        return res
+    params, mode, finished, epochs_done, m = rec
+    if mode != job.mode or params != job.fit.identity():
+        res["status"] = "other parameters"
+        return res
+    res["epochs_done"] = epochs_done
+    if finished and m is not None:
+        res.update(status="done", top1=float(m["final"]["test_top1"]), top5=float(m["final"]["test_top5"]))
+    else:
+        res["status"] = "interrupted"
+    return res
+
+
+def collect(cfg, jobs, elsewhere):
+    """(pretraining results, table rows) as plain dicts: the content of table2.json."""
+    pretrain = []
+    for precision, _ in PRETRAIN_HEADS:
+        paper = PAPER_IMAGENET[precision]
+        entry = {"id": "imagenet-%s" % precision, "group": _group(precision), "precision": precision,
+                 "paper_top1": _frac(paper[0]), "paper_top5": _frac(paper[1])}
+        if precision in elsewhere:
+            entry.update(_given_run(elsewhere[precision]), run_dir=elsewhere[precision])
+        else:
+            job = next(j for j in jobs if j.precision == precision)
+            entry.update(_result(job), run_dir=job.fit.out, epochs=job.fit.epochs, dataset=job.fit.dataset)
+        pretrain.append(entry)
+    rows = []
+    for job in jobs:
+        if job.row is None:
+            continue
+        p1, p5 = PAPER_TABLE2[job.row.key][job.target.key]
+        rows.append(dict(
+            id=job.id, group=job.row.group, row=job.row.key, label=job.row.label, target=job.target.key,
+            column=job.target.title, dataset=job.fit.dataset, dataset_options=job.fit.dataset_options,
+            mode=job.mode, epochs=job.fit.epochs, run_dir=job.fit.out, paper_top1=_frac(p1), paper_top5=_frac(p5),
+            **_result(job),
+        ))
+    return pretrain, rows
+
+
+def _given_run(path):
+    manifest = os.path.join(path, RUN_MANIFEST)
+    if not os.path.exists(manifest):
+        return {"status": "given", "top1": None, "top5": None}
+    final = read_json(manifest, "run manifest").get("final") or {}
+    return {"status": "given", "epochs_done": final.get("epoch"),
+            "top1": final.get("test_top1"), "top5": final.get("test_top5")}
+
+
+# --- report ------------------------------------------------------------------------------------------
+
+def write_report(cfg, jobs, elsewhere, plot):
+    """table2.md, [table2.png] and the manifest table2.json (written last: it hashes the other two)."""
+    pretrain, rows = collect(cfg, jobs, elsewhere)
+    write_bytes_atomic(os.path.join(cfg.out, REPORT_MD), render_markdown(cfg, pretrain, rows).encode("utf-8"))
+    if plot:
+        plot_table2(cfg, rows, os.path.join(cfg.out, REPORT_PNG))
+    files = [n for n in (REPORT_MD, REPORT_PNG) if os.path.exists(os.path.join(cfg.out, n))]
+    inputs = {}
+    for job in jobs:
+        manifest = os.path.join(job.fit.out, RUN_MANIFEST)
+        if os.path.exists(manifest):
+            inputs[job.id] = {"path": manifest, "sha256": sha256_file(manifest)}
+    params = {k: getattr(cfg, k) for k in ("preset", "epochs_pretrain", "epochs_scratch", "epochs_finetune",
+                                           "synthetic", "synthetic_scale", "batch_size", "seed")}
+    params["imagenet_runs"] = dict(elsewhere)
+    m = new_manifest(
+        "train", "table2", params=params, inputs=inputs, synthetic=cfg.synthetic,
+        paper={"citation": PAPER_CITATION,
+               "table2": {r: {t: {"top1": _frac(v[0]), "top5": _frac(v[1])} for t, v in cols.items()}
+                          for r, cols in PAPER_TABLE2.items()},
+               "imagenet": {p: {"top1": _frac(v[0]), "top5": _frac(v[1])} for p, v in PAPER_IMAGENET.items()}},
+        pretrain=pretrain, rows=rows,
+    )
+    return finalize_manifest(cfg.out, m, REPORT_JSON, files=files)
+
+
+def _pct(x):
+    return "—" if x is None else "%.1f" % (100.0 * x)
+
+
+def _cell(ours, paper):
+    return "%s / %s" % (_pct(ours), _pct(paper))
+
+
+def table_lines(rows):
+    """The table itself, shaped like the paper's: row groups FP / Binary, (top-1, top-5) per dataset."""
+    lines = [
+        "| | | " + " | ".join("%s top-1 | %s top-5" % (t.title, t.title) for t in TARGETS) + " |",
+        "|---|---|" + "---:|" * (2 * len(TARGETS)),
+    ]
+    for r in ROWS:
+        cells = []
+        for t in TARGETS:
+            res = next(x for x in rows if x["row"] == r.key and x["target"] == t.key)
+            cells += [_cell(res["top1"], res["paper_top1"]), _cell(res["top5"], res["paper_top5"])]
+        first_of_group = r is next(x for x in ROWS if x.group == r.group)
+        lines.append("| %s | %s | %s |" % (r.group if first_of_group else "", r.label, " | ".join(cells)))
+    return lines
+
+
+def render_markdown(cfg, pretrain, rows):
+    lines = []
+    if cfg.synthetic:
+        lines += [
+            "# Table 2 on synthetic stand-ins (not the paper's datasets)", "",
+            "> **Synthetic stand-ins.** ImageNet, Flowers, Birds and Indoor scenes are replaced by generated",
+            "> data (`--synthetic`) and the `%s` preset. This checks the flow end to end; our numbers are"
+            % cfg.preset,
+            "> not comparable with the paper's, which are shown only to give the table its shape.", "",
+        ]
+        for key in ("imagenet", *[t.key for t in TARGETS]):
+            name, _, opts = _source(cfg, key)
+            title = "ImageNet" if key == "imagenet" else next(t.title for t in TARGETS if t.key == key)
+            lines.append("- %s → `%s` %s" % (title, name, ", ".join("%s=%s" % kv for kv in sorted(opts.items()))))
+        lines.append("")
+    else:
+        lines += ["# Table 2: transfer learning with binary neural networks, ours beside the paper's", ""]
+    lines += [
+        "Top-1 and top-5 test accuracy (%%) per dataset; each cell is **ours / paper** (— : not run yet). "
+        "Preset `%s`; epochs: ImageNet pretraining %d, trained from scratch %d, fine-tuned %d (only the last "
+        "layer retrained, cut at fc3)." % (cfg.preset, cfg.epochs_pretrain, cfg.epochs_scratch, cfg.epochs_finetune),
+        "",
+        *table_lines(rows),
+    ]
+    lines += ["", "![top-1 accuracy, ours vs the paper's](%s)" % REPORT_PNG, "",
+              "## Pretraining on ImageNet%s" % (" (stand-in)" if cfg.synthetic else ""), "",
+              "| network | top-1 | top-5 | run |", "|---|---:|---:|---|"]
+    for p in pretrain:
+        lines.append("| %s | %s | %s | `%s` (%s) |" % (p["group"], _cell(p["top1"], p["paper_top1"]),
+                                                      _cell(p["top5"], p["paper_top5"]), _rel(cfg, p["run_dir"]),
+                                                      p["status"]))
+    lines += ["", "## Runs", "", "| row | dataset | status | epochs | directory |", "|---|---|---|---:|---|"]
+    for p in pretrain:
+        if p["status"] != "given":
+            lines.append("| %s | %s | %s | %d/%d | `%s` |"
+                         % (p["id"], p["dataset"], p["status"], p["epochs_done"], p["epochs"], _rel(cfg, p["run_dir"])))
+    for r in rows:
+        lines.append("| %s | %s | %s | %d/%d | `%s` |"
+                     % (r["id"], r["dataset"], r["status"], r["epochs_done"], r["epochs"], _rel(cfg, r["run_dir"])))
+    lines += ["", "Paper: %s." % PAPER_CITATION,
+              "Rerun the same command to resume: finished rows are skipped, an interrupted one continues "
+              "from its last checkpoint.", ""]
+    return "\n".join(lines)
+
+
+def _rel(cfg, path):
+    """Paths inside the report directory relative to it (the report moves with it), others absolute."""
+    if os.path.commonpath([path, cfg.out]) != cfg.out:
+        return path
+    return os.path.relpath(path, cfg.out).replace(os.sep, "/")
+
+
+def plot_table2(cfg, rows, out_png):
+    """Grouped bars per dataset: our top-1 beside the paper's for every row."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(TARGETS), figsize=(4.6 * len(TARGETS), 4.4), sharey=True)
+    width = 0.38
+    for ax, t in zip(axes, TARGETS):
+        res = [next(x for x in rows if x["row"] == r.key and x["target"] == t.key) for r in ROWS]
+        x = np.arange(len(ROWS))
+        ours = [np.nan if v["top1"] is None else 100.0 * v["top1"] for v in res]
+        ax.bar(x - width / 2, ours, width, label="ours", color="#1f77b4")
+        ax.bar(x + width / 2, [100.0 * v["paper_top1"] for v in res], width, label="paper", color="#bbbbbb")
+        for xi, v in zip(x, ours):
+            label = "—" if np.isnan(v) else "%.0f" % v
+            ax.text(xi - width / 2, 1.0 if np.isnan(v) else v + 1.0, label, ha="center", va="bottom", fontsize=8)
+        ax.set_xticks(x)
+        ax.set_xticklabels([r.short for r in ROWS], rotation=30, ha="right")
+        ax.set_title(t.title + (" (stand-in)" if cfg.synthetic else ""))
+        ax.set_ylim(0, 100)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].set_ylabel("top-1 test accuracy (%)")
+    axes[0].legend(loc="upper left")
+    fig.suptitle("Table 2: ours vs the paper's%s" % (" (synthetic stand-ins: not comparable)" if cfg.synthetic else ""))
+    fig.tight_layout()
+    with atomic_path(out_png) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
