@@ -1,7 +1,8 @@
-"""python -m train {fit,finetune,eval} — see --help of each command."""
+"""python -m train {fit,finetune,eval,table2,demo} — see --help of each command."""
 
 import argparse
 import json
+import os
 import sys
 
 from host.cli import dataset_options, run_cli
@@ -33,6 +34,40 @@ def _training(p):
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
 
 
+def _table2(sub):
+    t2 = sub.add_parser(
+        "table2", help="run every row of the paper's Table 2 (resumable) and report it beside the paper's",
+        description="Pretrain on ImageNet (fp and binary), then train from scratch and fine-tune on Flowers102, "
+                    "CUB-200 and MIT Indoor 67; writes REPORT_DIR/table2.md, table2.json, table2.png and one run "
+                    "directory per row under REPORT_DIR/runs/. Rerun the same command to resume.",
+    )
+    t2.add_argument("--imagenet", metavar="DIR", help="ILSVRC2012: DIR/train/<wnid>/, DIR/val/<wnid>/")
+    t2.add_argument("--flowers", metavar="DIR", help="Flowers102: DIR/jpg/, imagelabels.mat, setid.mat")
+    t2.add_argument("--birds", metavar="DIR", help="CUB-200-2011: DIR/images.txt, images/, ...")
+    t2.add_argument("--indoor", metavar="DIR", help="MIT Indoor 67: DIR/Images/, TrainImages.txt, TestImages.txt")
+    t2.add_argument("--out", required=True, metavar="REPORT_DIR", help="report and run directories")
+    t2.add_argument("--preset", choices=sorted(PRESETS), help="network preset (default: paper; tiny with --synthetic)")
+    t2.add_argument("--imagenet-run", action="append", default=[], metavar="RUN_DIR",
+                    help="an already-trained ImageNet run (python -m train fit) that replaces the pretraining of "
+                         "its precision; repeat with one fp and one binary run to skip pretraining entirely")
+    t2.add_argument("--epochs-pretrain", type=int, metavar="N",
+                    help="ImageNet epochs (default 60; 4 with --synthetic)")
+    t2.add_argument("--epochs-scratch", type=int, metavar="N",
+                    help="epochs of the from-scratch rows (default 100; 4 with --synthetic)")
+    t2.add_argument("--epochs-finetune", type=int, metavar="N",
+                    help="epochs of the fine-tuned rows (default 30; 3 with --synthetic)")
+    t2.add_argument("--synthetic", action="store_true",
+                    help="generated stand-ins for all four datasets and the tiny preset: the flow on a CPU")
+    t2.add_argument("--synthetic-scale", type=float, default=1.0, metavar="F",
+                    help="multiply the stand-ins' images per class (e.g. 0.1 for a smoke test)")
+    t2.add_argument("--batch-size", type=int, default=64)
+    t2.add_argument("--workers", type=int, help="DataLoader worker processes (default: CPU count - 2, at most 16)")
+    t2.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
+    t2.add_argument("--cache-dir", help="decoded-image cache directory (recommended for the JPEG datasets)")
+    t2.add_argument("--seed", type=int, default=0)
+    t2.add_argument("--no-amp", action="store_true", help="disable mixed precision on CUDA")
+
+
 def build_parser():
     ap = argparse.ArgumentParser(prog="python -m train", description="Train binary AlexNets (Brevitas).")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -41,8 +76,9 @@ def build_parser():
     fit.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
     fit.add_argument("--precision", default="binary", choices=("binary", "fp"),
                      help="binary network (default) or its floating-point twin (the paper's baseline)")
-    fit.add_argument("--head", default="binary", choices=("binary", "float"),
-                     help="type of the last layer (binary: paper variant a, float: variant b)")
+    fit.add_argument("--head", choices=("binary", "float"),
+                     help="type of the last layer (binary: paper variant a, float: variant b; "
+                          "default: binary for binary networks, float for fp)")
     _common(fit)
     _training(fit)
 
@@ -58,11 +94,38 @@ def build_parser():
     ev = sub.add_parser("eval", help="print top-1/top-5 of a run on a dataset's test split as one JSON line")
     ev.add_argument("--run", required=True, help="run directory")
     _common(ev, with_out=False)
+    _table2(sub)
+
+    demo = sub.add_parser(
+        "demo", help="the whole flow on the embedded synthetic data: train, export, build_fpga, host heads, table",
+        description="Trains the tiny binary backbone on synthetic, exports and verifies it, builds the FINN "
+                    "accelerator bundle (estimates + emulator without Vivado), trains software heads (a) binary and "
+                    "(b) float on synthetic-transfer on the host, compares with training from scratch and prints a "
+                    "table shaped like the paper's Table 2. Finished stages are skipped on a second run.",
+    )
+    demo.add_argument("--out", default="runs/demo", help="where everything goes (default runs/demo)")
+    demo.add_argument("--board", default="pynq-z2", help="board of the deploy bundle (default pynq-z2)")
+    demo.add_argument("--pretrain-epochs", type=int, default=10)
+    demo.add_argument("--scratch-epochs", type=int, default=20)
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--workers", type=int, default=2)
+    demo.add_argument("--quick", action="store_true", help="small datasets: a smoke test of the flow (tests use it)")
     return ap
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    if args.cmd == "table2":
+        from .table2 import main as table2_main
+
+        return table2_main(args)
+    if args.cmd == "demo":
+        from .demo import DemoConfig, run_demo
+
+        run_demo(DemoConfig(out=args.out, board=args.board, pretrain_epochs=args.pretrain_epochs,
+                            scratch_epochs=args.scratch_epochs, seed=args.seed, workers=args.workers,
+                            quick=args.quick))
+        return 0
     opts = dataset_options(args.option)
     if args.cmd == "eval":
         from .fit import evaluate_run
@@ -81,14 +144,16 @@ def main(argv=None):
         resume=args.resume,
     )
     if args.cmd == "fit":
-        cfg = FitConfig(preset=args.preset, precision=args.precision, head=args.head, **common)
+        head = args.head or ("float" if args.precision == "fp" else "binary")
+        cfg = FitConfig(preset=args.preset, precision=args.precision, head=head, **common)
         row = run(cfg, "fit")
     else:
         preset = load_checkpoint(args.init_from)["model_config"]["preset"]
         cfg = FitConfig(preset=preset, head=args.head, cut=args.cut, init_from=args.init_from, **common)
         row = run(cfg, "finetune")
-    print(json.dumps({"out": args.out, "epoch": row["epoch"], "test_top1": row["test_top1"],
-                      "test_top5": row["test_top5"]}))
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps({"out": args.out, "epoch": row["epoch"], "test_top1": row["test_top1"],
+                          "test_top5": row["test_top5"]}))
     return 0
 
 

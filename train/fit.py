@@ -148,7 +148,24 @@ def is_up_to_date(out, cfg: FitConfig, mode):
     if not os.path.exists(path):
         return False
     m = read_json(path)
-    return m.get("finished") and m.get("params") == cfg.identity() and m.get("mode") == mode
+    if not (m.get("finished") and m.get("params") == cfg.identity() and m.get("mode") == mode):
+        return False
+    if cfg.init_from:
+        # Same pretrained path is not enough: the pretrained run may have been retrained since.
+        src = os.path.join(cfg.init_from, CHECKPOINT)
+        return m.get("inputs", {}).get("pretrained", {}).get("sha256") == sha256_file(src)
+    return True
+
+
+def check_resumable(state, cfg: FitConfig, path):
+    """A resumed run must keep every parameter but the number of epochs."""
+    saved = dict(state.get("fit_config", {}))
+    now = asdict(cfg)
+    ignore = ("epochs", "out", "resume", "workers", "device", "cache_dir")
+    changed = sorted(k for k in now if k not in ignore and k in saved and saved[k] != now[k])
+    if changed:
+        raise BnnError("%s: cannot resume with other parameters (%s); use a new --out" % (
+            path, ", ".join("%s %r -> %r" % (k, saved[k], now[k]) for k in changed)))
 
 
 def run(cfg: FitConfig, mode="fit", on_epoch_end=None, progress=True):
@@ -170,6 +187,8 @@ def run(cfg: FitConfig, mode="fit", on_epoch_end=None, progress=True):
             )
         # The backbone's precision is the pretrained network's.
         cfg.precision = pcfg.precision
+    if cfg.precision == "fp" and cfg.head == "binary":
+        raise BnnError("--head binary needs a binary network: floating-point networks have a float last layer")
     if not cfg.resume and is_up_to_date(out, cfg, mode):
         m = read_json(os.path.join(out, RUN_MANIFEST))
         print("train: %s is up to date (%s finished), skipping" % (out, mode))
@@ -192,6 +211,7 @@ def run(cfg: FitConfig, mode="fit", on_epoch_end=None, progress=True):
         state = load_checkpoint(ckpt_path, expect_preset=cfg.preset)
         if state.get("mode") != mode:
             raise BnnError("%s: is a %s run, cannot resume it as %s" % (ckpt_path, state.get("mode"), mode))
+        check_resumable(state, cfg, ckpt_path)
         load_model_state(model, state, ckpt_path)
         start_epoch = int(state["epoch"])
     elif pretrained is not None:
@@ -290,9 +310,11 @@ def run(cfg: FitConfig, mode="fit", on_epoch_end=None, progress=True):
             )
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, row)
-    engine.shutdown_runtime(rt)
-    if row is None:  # resumed a finished run
+    if row is None:  # resumed a run whose last epoch was saved but not yet recorded as finished
         row = state["metrics"]
+        if rt.main:
+            _write_run_manifest(out, cfg, mode, mcfg, train_ds, test_ds, pp, row, True)
+    engine.shutdown_runtime(rt)
     return row
 
 

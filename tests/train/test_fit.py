@@ -60,6 +60,18 @@ def test_finished_run_is_skipped_and_different_run_in_same_dir_refused(tmp_path,
         run(_cfg(tmp_path / "r", epochs=2), progress=False)
 
 
+def test_resume_refuses_other_parameters_and_fp_refuses_binary_head(tmp_path):
+    def stop(epoch, row):
+        raise Interrupt()
+
+    with pytest.raises(Interrupt):
+        run(_cfg(tmp_path / "r"), on_epoch_end=stop, progress=False)
+    with pytest.raises(BnnError, match=r"cannot resume with other parameters \(lr None -> 0.1\)"):
+        run(_cfg(tmp_path / "r", resume=True, lr=0.1), progress=False)
+    with pytest.raises(BnnError, match="--head binary needs a binary network"):
+        run(_cfg(tmp_path / "fp", precision="fp", head="binary"), progress=False)
+
+
 def test_corrupt_images_are_skipped_and_counted(tmp_path):
     from PIL import Image
 
