@@ -96,6 +96,49 @@ def execute_batch(model, x: np.ndarray) -> np.ndarray:
     return np.concatenate(outs, 0)
 
 
+def finn_layer_outputs(model, x: np.ndarray) -> List[np.ndarray]:
+    """Every binary layer's +-1 output of a FINN graph (streamlined or despecialized HW), image by image.
+
+    ``x``: uint8 values, NCHW (as for :func:`execute_batch`; transposed when the graph takes NHWC).
+    A layer ends at a ``MultiThreshold`` (streamlined) or ``MVAU`` (HW graph) output, or at the max
+    pool that follows it (``MaxPoolNHWC``/``MaxPool``, or the HW graph's window generator + ``Pool``).
+    Returns one (N, -1) float32 array per layer in NHWC flattening order; FINN's BINARY {0,1} maps
+    are turned into +-1 (bit 1 = +1).
+    """
+    from finn.core.onnx_exec import execute_onnx
+
+    names = []
+    for n in model.graph.node:
+        if n.op_type not in ("MultiThreshold", "MVAU") and not n.op_type.startswith("MVAU_"):
+            continue
+        out = n.output[0]
+        nxt = model.find_consumer(out)
+        if nxt is not None and nxt.op_type in ("MaxPoolNHWC", "MaxPool"):
+            out = nxt.output[0]
+        elif nxt is not None and nxt.op_type.startswith("ConvolutionInputGenerator"):
+            pool = model.find_consumer(nxt.output[0])
+            if pool is not None and pool.op_type.startswith("Pool"):
+                out = pool.output[0]
+        names.append(out)
+    iname = model.graph.input[0].name
+    ishape = tuple(model.get_tensor_shape(iname))
+    per_layer: List[List[np.ndarray]] = [[] for _ in names]
+    for i in range(x.shape[0]):
+        xi = np.asarray(x[i : i + 1], dtype=np.float32)
+        if xi.shape != ishape and xi.ndim == 4 and xi.transpose(0, 2, 3, 1).shape == ishape:
+            xi = xi.transpose(0, 2, 3, 1)  # the dataflow graph takes NHWC
+        if xi.shape != ishape:
+            raise FlowError("graph input %s has shape %s, got images of shape %s (NCHW expected)"
+                            % (iname, list(ishape), list(x.shape)))
+        ctx = execute_onnx(model, {iname: xi}, return_full_exec_context=True)
+        for j, name in enumerate(names):
+            v = np.asarray(ctx[name], dtype=np.float32).reshape(1, -1)
+            if model.get_tensor_datatype(name).name == "BINARY":
+                v = 2 * v - 1
+            per_layer[j].append(v)
+    return [np.concatenate(v, 0) for v in per_layer]
+
+
 def extract_layers(model) -> List[Dict]:
     """What an emulator needs, per MVAU of a FINN dataflow graph (e.g. step_generate_estimate_reports.onnx).
 
@@ -333,7 +376,7 @@ def flow_steps(hw_codegen: bool = False, verify: bool = False) -> List:
 # ---------------------------------------------------------------- running FINN
 
 
-def build_config(out_dir, cfg: FlowConfig, board: Board, steps=None, start_step=None):
+def build_config(out_dir, cfg: FlowConfig, board: Board, steps=None, start_step=None, outputs=("ESTIMATE_REPORTS",)):
     import finn.builder.build_dataflow_config as bc
 
     clock = cfg.clock_mhz or board.clock_mhz
@@ -347,7 +390,7 @@ def build_config(out_dir, cfg: FlowConfig, board: Board, steps=None, start_step=
         target_fps=fps,
         folding_config_file=Path(cfg.folding_file).resolve() if cfg.folding_file else None,
         mvau_wwidth_max=cfg.mvau_wwidth_max,
-        generate_outputs=[bc.DataflowOutputType.ESTIMATE_REPORTS],
+        generate_outputs=[bc.DataflowOutputType[o] for o in outputs],
         steps=steps if steps is not None else flow_steps(cfg.hw_codegen, cfg.verify_images is not None),
         start_step=start_step,
         save_intermediate_models=True,
@@ -408,11 +451,12 @@ def run_flow(model_path, out_dir, cfg: FlowConfig, build_dir=None) -> Dict:
 def refold(out_dir, cfg: FlowConfig, build_dir=None) -> Dict:
     """Re-run only folding -> estimates on a finished :func:`run_flow` output dir (seconds, not minutes).
 
-    Uses FINN's ``start_step`` resume from ``intermediate_models/step_specialize_layers.onnx``.
+    Uses FINN's ``start_step`` resume from ``intermediate_models/step_specialize_layers.onnx``;
+    ``cfg.hw_codegen`` adds step_hw_codegen, the verify steps are not re-run.
     """
     out_dir = Path(out_dir).resolve()
     board = get_board(cfg.board)
-    steps = flow_steps(hw_codegen=False, verify=False)
+    steps = flow_steps(hw_codegen=cfg.hw_codegen, verify=False)
     dcfg = build_config(out_dir, cfg, board, steps=steps, start_step="step_target_fps_parallelization")
     with finn_session(build_dir or out_dir / "finn_build"):
         wall = _run("", out_dir, dcfg)
@@ -421,6 +465,45 @@ def refold(out_dir, cfg: FlowConfig, build_dir=None) -> Dict:
     est["target_fps"] = cfg.target_fps
     est["run"] = {"wall_s": round(wall, 2), "peak_rss_mb": _peak_rss_mb(), "config": cfg.to_dict()}
     return est
+
+
+# What FINN's Zynq flow produces after the estimates: IP, stitched design, bitstream, PYNQ driver.
+HARDWARE_OUTPUTS = ("ESTIMATE_REPORTS", "STITCHED_IP", "BITFILE", "PYNQ_DRIVER")
+
+
+def hardware_steps() -> List[str]:
+    """FINN's default build steps after the estimate reports (step_generate_hardware does HW codegen,
+    HLS IP generation and FIFO sizing; then stitched IP, ZynqBuild synthesis + bitstream, driver)."""
+    from finn.builder.build_dataflow_config import default_build_dataflow_steps as steps
+
+    return list(steps[steps.index("step_generate_estimate_reports") + 1 :])
+
+
+def run_hardware(out_dir, cfg: FlowConfig, build_dir=None) -> Dict:
+    """Continue a finished :func:`run_flow`/:func:`refold` output dir through synthesis (needs Vivado).
+
+    Resumes with FINN's ``start_step`` from the model our estimate steps left
+    (``intermediate_models/step_bnn_io_shapes.onnx``: folded, bit-width-minimized dataflow child), so
+    the hardware is exactly what was estimated and verified. Returns the paths of the ``.bit``,
+    ``.hwh`` and driver directory, and the ``io_shape_dict`` of FINN's ``driver/settings.json``.
+    """
+    out_dir = Path(out_dir).resolve()
+    board = get_board(cfg.board)
+    if not (out_dir / "intermediate_models" / "step_bnn_io_shapes.onnx").exists():
+        raise FlowError("%s: no finished estimate build to continue from" % out_dir)
+    hw = hardware_steps()
+    steps = flow_steps(hw_codegen=False, verify=False) + hw
+    dcfg = build_config(out_dir, cfg, board, steps=steps, start_step=hw[0], outputs=HARDWARE_OUTPUTS)
+    with finn_session(build_dir or out_dir / "finn_build"):
+        wall = _run("", out_dir, dcfg)
+    bit, hwh = out_dir / "bitfile" / "finn-accel.bit", out_dir / "bitfile" / "finn-accel.hwh"
+    settings = out_dir / "driver" / "settings.json"
+    for p in (bit, hwh, settings):
+        if not p.exists():
+            raise FlowError("%s: FINN's hardware build finished without %s" % (out_dir, p.name))
+    info = json.loads(settings.read_text())["driver_information"]
+    return {"bitfile": bit, "hwh": hwh, "driver_dir": out_dir / "driver", "io": info["io_shape_dict"],
+            "wall_s": round(wall, 1)}
 
 
 def _peak_rss_mb() -> float:

@@ -126,6 +126,14 @@ def list_files(root, exclude=()):
     return sorted(out)
 
 
+def _program():
+    """How the running command was invoked: "python -m train" rather than "__main__.py"."""
+    script = sys.argv[0] if sys.argv else ""
+    if os.path.basename(script) == "__main__.py":
+        return "python -m " + os.path.basename(os.path.dirname(os.path.abspath(script)))
+    return os.path.basename(script)
+
+
 def new_manifest(stage, kind, params=None, inputs=None, **fields):
     """The common header of every manifest: who made it, from what, with which parameters."""
     m = {
@@ -133,7 +141,7 @@ def new_manifest(stage, kind, params=None, inputs=None, **fields):
         "kind": kind,
         "stage": stage,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "command": " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]),
+        "command": " ".join([_program()] + sys.argv[1:]),
         "params": params or {},
         "inputs": inputs or {},
         "files": {},

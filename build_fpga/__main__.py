@@ -1,0 +1,75 @@
+"""python -m build_fpga: compile an exported backbone into a FINN accelerator and a deploy bundle.
+
+Progress goes to stderr; stdout gets one line (the result), so scripts can read it. Bad input ends
+with one line "error: ..." and exit code 2.
+"""
+
+import argparse
+import sys
+
+from host.cli import run_cli
+
+from .boards import board_names
+
+EPILOG = """\
+examples:
+  python -m build_fpga --export runs/tiny-export --board pynq-z2 --out deploy/pynq-z2
+  python -m build_fpga --export runs/z2-export --board pynq-z2 --out deploy/z2 --target-fps 1000
+  python -m build_fpga --export runs/z2-export --board pynq-z2 --out deploy/z2 \\
+      --folding deploy/z2/report/folding_config.json        (after editing PE/SIMD in it)
+
+Without Vivado on PATH (or with --estimate-only) the build stops after FINN's estimates: the bundle
+then holds the bit-exact numpy emulator, the QONNX graph and the reports, and host/ runs it with
+--backend emulator. With Vivado (2022.2 or 2024.2, XILINX_VIVADO set, 'finn deps update' done) the
+same command also synthesizes the bitstream for the board's Zynq shell.
+"""
+
+
+def build_parser():
+    ap = argparse.ArgumentParser(
+        prog="python -m build_fpga",
+        description="Build the frozen binary backbone of an export directory into a FINN dataflow accelerator "
+                    "for a PYNQ board: FINN's resource and throughput estimates, a fit check against the board, "
+                    "a bit-exact emulator, and (with Vivado) the bitstream, all in one deploy bundle.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--export", required=True, metavar="EXPORT_DIR",
+                    help="directory written by 'python -m export backbone' (backbone.onnx + export.json)")
+    ap.add_argument("--board", required=True, metavar="BOARD",
+                    help="target board: %s" % ", ".join(board_names()))
+    ap.add_argument("--out", required=True, metavar="DEPLOY_DIR",
+                    help="deploy bundle to write (replaced as a whole when the build succeeds)")
+    ap.add_argument("--target-fps", type=int, default=None, metavar="N",
+                    help="images per second FINN folds the layers for (default: the highest that fits the board "
+                         "within FINN's margins, 70%% LUT and 80%% BRAM18)")
+    ap.add_argument("--folding", metavar="FILE",
+                    help="FINN folding config JSON to use instead of a target fps, e.g. a bundle's "
+                         "report/folding_config.json with PE/SIMD edited")
+    ap.add_argument("--estimate-only", action="store_true",
+                    help="stop after FINN's estimates even where Vivado is on PATH")
+    ap.add_argument("--hw-codegen", action="store_true",
+                    help="also generate FINN's HLS C++ and RTL sources (no Vivado needed) and keep FINN's working "
+                         "folder next to DEPLOY_DIR (<DEPLOY_DIR>.finn-build) so a Vivado user can resume")
+    ap.add_argument("--build-dir", metavar="DIR",
+                    help="FINN's working folder (intermediate models, generated code), kept after the build "
+                         "(default: a temporary folder next to DEPLOY_DIR, removed afterwards; with --hw-codegen "
+                         "or Vivado: <DEPLOY_DIR>.finn-build)")
+    ap.add_argument("--verify-images", type=int, default=4, metavar="N",
+                    help="seeded random images on which FINN's graphs and the emulator must equal the torch "
+                         "integer backbone bit for bit (default 4; 0 skips; z2 takes ~4 s per image)")
+    return ap
+
+
+def main(argv=None):
+    from .build import BuildConfig, build
+
+    args = build_parser().parse_args(argv)
+    cfg = BuildConfig(export=args.export, board=args.board, out=args.out, target_fps=args.target_fps,
+                      folding=args.folding, estimate_only=args.estimate_only, hw_codegen=args.hw_codegen,
+                      build_dir=args.build_dir, verify_images=args.verify_images)
+    result = build(cfg)
+    print(result.message, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

@@ -1,0 +1,276 @@
+"""The bundle's report/: estimates.json, README.md, layers.png, folding_config.json, bitexact.json,
+and FINN's raw reports under finn/.
+
+``estimates.json`` holds at top level ``board``, ``part``, ``clock_mhz``, ``fps`` (FINN's estimate:
+clock / cycles of the slowest node), ``latency_cycles`` (critical path), and ``lut``, ``ff``,
+``bram18``, ``dsp``, ``uram`` as ``{"used", "available", ...}``, per-node rows under ``layers``, and
+``notes``. FINN's analytical models have no flip-flop estimate, so ``ff.used`` is null (said in
+``notes``) rather than a number we would have to invent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from typing import Dict, List, Optional
+
+from host.manifest import read_json, write_json_atomic
+
+RESOURCES = ("lut", "ff", "bram18", "uram", "dsp")
+_LABEL = {"lut": "LUT", "ff": "FF", "bram18": "BRAM18", "uram": "URAM", "dsp": "DSP"}
+# FINN's reports worth keeping (the intermediate models are not: 100+ MB for z2).
+FINN_REPORTS = (".json", ".rpt", ".log", ".txt")
+
+
+def fit_rows(est: Dict) -> List[Dict]:
+    """One row per resource: used, available, % of the board, FINN's margin and whether it is kept."""
+    rows = []
+    for r in RESOURCES:
+        e = est[r]
+        used, avail = e["used"], e["available"]
+        pct = None if used is None or not avail else 100.0 * used / avail
+        rows.append({"resource": r, "used": used, "available": avail, "percent": pct, "margin": e["margin"],
+                     "usable": e["usable"], "within_margin": None if used is None else used <= e["usable"],
+                     "within_board": None if used is None else used <= avail})
+    return rows
+
+
+def estimates_json(est: Dict, sweep: List[Dict], bitexact: Dict) -> Dict:
+    out = {k: v for k, v in est.items() if k != "run"}
+    out["fit"] = {row["resource"]: {k: row[k] for k in ("percent", "within_margin", "within_board")}
+                  for row in fit_rows(est)}
+    notes = [
+        "ff.used is null: FINN's analytical resource models have no flip-flop estimate (only Vivado's HLS "
+        "and synthesis reports do); no number is invented here",
+        "estimates exclude " + est.get("excludes", "FIFOs, data width converters, IODMAs and the Zynq shell"),
+        "fps is the clock divided by the cycles of the slowest node (%s: %s cycles)" % (
+            est["bottleneck"], format(est["max_cycles"], ",")),
+    ]
+    over = [row for row in fit_rows(est) if row["within_margin"] is False]
+    for row in over:
+        notes.append("%s %.1f%% exceeds FINN's recommended %d%% (timing closure may fail)" % (
+            _LABEL[row["resource"]], row["percent"], round(row["margin"] * 100)))
+    out["notes"] = notes
+    out["sweep"] = sweep
+    out["bitexact"] = {k: v.get("mismatched_bits") for k, v in bitexact.get("stages", {}).items()}
+    out["run"] = {"wall_s": est.get("run", {}).get("wall_s")}
+    return out
+
+
+def write_report(report_dir: str, est: Dict, finn_dir: str, *, board, export: Dict, sweep: List[Dict],
+                 bitexact: Dict, folding_file: str, hardware: bool) -> Dict:
+    """Write report/ into a fresh directory; returns the estimates.json content."""
+    os.makedirs(report_dir)
+    finn_out = os.path.join(report_dir, "finn")
+    os.makedirs(finn_out)
+    src = os.path.join(finn_dir, "report")
+    for name in sorted(os.listdir(src)):
+        if name.endswith(FINN_REPORTS) and os.path.isfile(os.path.join(src, name)):
+            shutil.copyfile(os.path.join(src, name), os.path.join(finn_out, name))
+    log = os.path.join(finn_dir, "build_dataflow.log")
+    if os.path.isfile(log):
+        shutil.copyfile(log, os.path.join(finn_out, "build_dataflow.log"))
+    shutil.copyfile(folding_file, os.path.join(report_dir, "folding_config.json"))
+    data = estimates_json(est, sweep, bitexact)
+    write_json_atomic(os.path.join(report_dir, "estimates.json"), data)
+    write_json_atomic(os.path.join(report_dir, "bitexact.json"), bitexact)
+    plot_layers(est, os.path.join(report_dir, "layers.png"))
+    text = readme(est, board=board, export=export, sweep=sweep, bitexact=bitexact, hardware=hardware)
+    with open(os.path.join(report_dir, "README.md"), "w", encoding="utf-8") as f:
+        f.write(text)
+    return data
+
+
+# ------------------------------------------------------------------------------------- tables
+
+
+def _n(v) -> str:
+    return "n/a" if v is None else format(int(round(v)), ",")
+
+
+def _p(v) -> str:
+    return "n/a" if v is None else "%.1f%%" % v
+
+
+def fit_table(est: Dict) -> List[str]:
+    lines = ["| resource | used | available | of the board | FINN margin | usable | fits |",
+             "|---|---:|---:|---:|---:|---:|---|"]
+    for row in fit_rows(est):
+        if row["used"] is None:
+            fits = "not estimated by FINN"
+        elif not row["within_board"]:
+            fits = "**no: over 100%**"
+        elif not row["within_margin"]:
+            fits = "over the margin"
+        else:
+            fits = "yes"
+        lines.append("| %s | %s | %s | %s | %d%% | %s | %s |" % (
+            _LABEL[row["resource"]], _n(row["used"]), _n(row["available"]), _p(row["percent"]),
+            round(row["margin"] * 100), _n(row["usable"]), fits))
+    return lines
+
+
+def layer_table(est: Dict) -> List[str]:
+    lines = ["| layer | FINN node | PE | SIMD | cycles | LUT | BRAM18 | URAM | DSP | weight bits |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for ly in est["layers"]:
+        lines.append("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
+            ly.get("layer") or "", ly["node"], ly.get("pe") or "", ly.get("simd") or "", _n(ly["cycles"]),
+            _n(ly["lut"]), _n(ly["bram18"]), _n(ly["uram"]), _n(ly["dsp"]),
+            _n(ly["weight_bits"]) if ly.get("weight_bits") else ""))
+    return lines
+
+
+def sweep_table(sweep: List[Dict]) -> List[str]:
+    lines = ["| target img/s | estimated img/s | LUT | BRAM18 | slowest node | within FINN's margins |",
+             "|---:|---:|---:|---:|---|---|"]
+    for row in sorted(sweep, key=lambda r: r["target_fps"]):
+        mark = "**yes (chosen)**" if row.get("chosen") else ("yes" if row["fits_margins"] else
+                                                              ("no" if row["fits_board"] else "no (over 100%)"))
+        lines.append("| %s | %s | %s (%s) | %s (%s) | %s | %s |" % (
+            _n(row["target_fps"]), _n(row["fps"]), _n(row["lut"]), _p(row["lut_pct"]), _n(row["bram18"]),
+            _p(row["bram18_pct"]), row["bottleneck"], mark))
+    return lines
+
+
+def tradeoff(est: Dict, sweep: List[Dict], export: Dict, board) -> List[str]:
+    """Accuracy vs fps vs resources for this preset on this board, from what the build knows."""
+    spec = export.get("preset_spec", {})
+    size = export["preprocess"]["input_size"]
+    mbit = est.get("weight_bits", 0) / 1e6
+    lines = ["## Trade-off: accuracy, throughput, resources", ""]
+    lines.append("Preset `%s`: %dx%d input, convs %s, FC %s, %.2f Mbit of stored weights; %s features." % (
+        export["preset"], size, size, "-".join(str(c["out_channels"]) for c in spec.get("convs", [])) or "?",
+        "-".join(str(f["out_features"]) for f in spec.get("fcs", [])) or "?", mbit, export["feature_width"]))
+    acc = _pretrain_accuracy(export)
+    lines.append("")
+    lines.append(acc if acc else "Accuracy: not recorded with this export (see the training run's run.json; "
+                 "`python -m train table2` makes the paper's Table 2 comparison).")
+    fitting = [r for r in sweep if r["fits_margins"]]
+    over = [r for r in sweep if not r["fits_margins"]]
+    if fitting:
+        best = max(fitting, key=lambda r: r["fps"])
+        lines += ["", "Throughput vs resources on the %s: the highest target that stays within FINN's margins "
+                  "(%d%% LUT, %d%% BRAM18) is %s img/s (estimated %s img/s, LUT %s, BRAM18 %s)." % (
+                      board.name, round(est["lut"]["margin"] * 100), round(est["bram18"]["margin"] * 100),
+                      _n(best["target_fps"]), _n(best["fps"]), _p(best["lut_pct"]), _p(best["bram18_pct"]))]
+        faster = [r for r in over if r["fps"] > best["fps"]]
+        if faster:
+            nxt = min(faster, key=lambda r: r["fps"])
+            limit = "LUT" if nxt["lut"] > est["lut"]["usable"] else "BRAM18"
+            lines.append("The next faster folding (%s img/s) needs LUT %s and BRAM18 %s: %s limits." % (
+                _n(nxt["fps"]), _p(nxt["lut_pct"]), _p(nxt["bram18_pct"]), limit))
+        lines.append("Lower targets trade throughput for area (table above); the host head runs in software "
+                     "either way, so accuracy does not change with the folding: only the preset (input size, "
+                     "widths) moves accuracy, at the cost of LUTs and of BRAM for fc1's weights.")
+    if export["preset"] == "tiny":
+        lines.append("`tiny` (32 px) is the CI/demo preset: cheapest in hardware, lowest accuracy; `z2` (112 px) "
+                     "is the one sized for a Pynq-Z2 at >= 1,000 img/s.")
+    elif export["preset"] == "z2":
+        lines.append("`z2` keeps AlexNet's 5 conv + 2 FC structure at 112 px; a stride-2 conv1 keeps fc1's "
+                     "weights (the BRAM driver) small. More input pixels or wider FC layers would raise accuracy "
+                     "but fc1's weights then outgrow the xc7z020's 280 BRAM18.")
+    return lines
+
+
+def _pretrain_accuracy(export: Dict) -> Optional[str]:
+    run = export.get("inputs", {}).get("run_manifest", {}).get("path")
+    if not run or not os.path.isfile(run):
+        return None
+    try:
+        m = read_json(run)
+        final = m.get("final", {})
+        if "test_top1" not in final:
+            return None
+        return "Accuracy of the pretrained network (before the cut, from its run.json): top-1 %.1f%% on %s." % (
+            100 * final["test_top1"], m.get("params", {}).get("dataset", "its test split"))
+    except Exception:  # a report line is not worth failing the build for
+        return None
+
+
+def readme(est: Dict, *, board, export: Dict, sweep: List[Dict], bitexact: Dict, hardware: bool) -> str:
+    fold = est.get("folding_mode", "")
+    lines = [
+        "# FINN estimates: `%s` preset on %s (%s, %s MHz)" % (export["preset"], board.name, board.part,
+                                                               format(est["clock_mhz"], "g")),
+        "",
+        "- estimated throughput: **%s img/s** (slowest node %s: %s cycles per image)" % (
+            _n(est["fps"]), est["bottleneck"], _n(est["max_cycles"])),
+        "- latency: %s cycles (%.2f ms)" % (_n(est["latency_cycles"]), est["latency_ms"]),
+        "- folding: %s; `folding_config.json` is FINN's folding config of this build: edit PE/SIMD and pass it "
+        "back with `--folding`" % fold,
+        "- %s" % ("synthesized with Vivado: see `finn/post_synth_resources.json` for measured resources"
+                  if hardware else "not synthesized (no Vivado): all numbers are FINN's analytical estimates"),
+        "",
+        "## Fit on the %s" % board.name,
+        "",
+    ]
+    lines += fit_table(est)
+    lines += ["", "FINN's margins are `finn.util.platforms.DEFAULT_RES_LIMITS` (Xilinx's recommended limits for "
+              "timing closure). FF: FINN has no flip-flop estimate. The estimates exclude %s: keep some margin "
+              "for them." % est.get("excludes", "FIFOs, width converters, DMAs and the shell"), ""]
+    lines += ["## Per layer", "", "![per-layer cycles and resources](layers.png)", ""]
+    lines += layer_table(est)
+    if sweep:
+        lines += ["", "## Target fps sweep (FINN folding, same model)", ""]
+        lines += sweep_table(sweep)
+    lines += [""] + tradeoff(est, sweep, export, board)
+    stages = bitexact.get("stages", {})
+    lines += ["", "## Bit-exactness", ""]
+    if stages:
+        lines.append("On %d seeded random images, every layer's output equals the torch integer backbone in: %s "
+                     "(`bitexact.json`). The QONNX graph was checked by the export (%s)." % (
+                         bitexact["images"], ", ".join(stages), json.dumps(bitexact.get("qonnx_at_export"))))
+    else:
+        lines.append("Skipped (`--verify-images 0`); the emulator weights were still checked against the torch "
+                     "backbone's integers.")
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------- chart
+
+
+def _per_layer(est: Dict) -> List[Dict]:
+    """Per backbone layer (conv1..fc2): cycles of its slowest node, summed LUT and BRAM18."""
+    order, acc = [], {}
+    for ly in est["layers"]:
+        key = ly.get("layer") or ly["node"]
+        if key not in acc:
+            order.append(key)
+            acc[key] = {"layer": key, "cycles": 0, "lut": 0, "bram18": 0}
+        a = acc[key]
+        a["cycles"] = max(a["cycles"], ly["cycles"])
+        a["lut"] += ly["lut"]
+        a["bram18"] += ly["bram18"]
+    return [acc[k] for k in order]
+
+
+def plot_layers(est: Dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = _per_layer(est)
+    names = [r["layer"] for r in rows]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 0.45 * len(rows) + 1.8), sharey=True)
+    panels = [("cycles", "cycles per image (slowest node)", est["max_cycles"]),
+              ("lut", "LUT", None), ("bram18", "BRAM18", None)]
+    for ax, (key, title, line) in zip(axes, panels):
+        vals = [r[key] for r in rows]
+        ax.barh(names, vals, color="#4c72b0" if key == "cycles" else "#dd8452")
+        ax.set_title(title, fontsize=10)
+        if line:
+            ax.axvline(line, color="k", lw=0.8, ls="--")
+        for y, v in enumerate(vals):
+            ax.text(v, y, " " + format(v, ","), va="center", fontsize=7)
+        ax.margins(x=0.25)
+    axes[0].invert_yaxis()  # shared y axis: conv1 on top, in dataflow order
+    fig.suptitle("%s: %s img/s, LUT %s, BRAM18 %s (FINN estimates, dashed: slowest node)" % (
+        est["board"], _n(est["fps"]), _n(est["lut"]["used"]), _n(est["bram18"]["used"])), fontsize=11)
+    fig.tight_layout()
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
