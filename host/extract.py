@@ -28,6 +28,7 @@ import numpy as np
 from .errors import BnnError, ImageError
 from .features import Features, FeatureStore, pack_features, packed_width
 from .preprocess import Preprocess, eval_transform
+from .progress import progress_bar
 
 __all__ = ["DatasetFeatures", "cache_key", "cache_path", "extract_dataset", "skipped_warning"]
 
@@ -86,16 +87,6 @@ def skipped_warning(skipped, total):
     if not skipped:
         return ""
     return "warning: skipped %d unreadable images of %d (first: %s)" % (len(skipped), total, skipped[0][1])
-
-
-def _progress(total, desc, enabled):
-    if not enabled:
-        return None
-    try:
-        from tqdm import tqdm
-    except ImportError:  # tqdm is optional on the board
-        return None
-    return tqdm(total=total, desc=desc, unit="img", leave=False, dynamic_ncols=True, file=sys.stderr)
 
 
 def _decode(dataset, i, pp):
@@ -223,7 +214,7 @@ def _compute(bundle, backend, dataset, pp, batch_size, progress, workers, backen
     keep = np.zeros(n, bool)
     skipped = []
     backend_seconds = 0.0
-    bar = _progress(n, "features %s/%s" % (dataset.name, dataset.split), progress)
+    bar = progress_bar(n, "features %s/%s" % (dataset.name, dataset.split), progress, unit="img")
     try:
         for idx, x, bad in _decoded_batches(dataset, pp, bs, workers):
             skipped.extend(bad)

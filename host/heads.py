@@ -35,7 +35,6 @@ The logits are defined on raw +1/-1 features (no scaling); all arithmetic is flo
 import json
 import math
 import os
-import sys
 import time
 import zipfile
 from dataclasses import asdict, dataclass, field
@@ -46,6 +45,7 @@ import numpy as np
 from .errors import BnnError
 from .features import pack_features, packed_width, unpack_features
 from .manifest import atomic_path
+from .progress import progress_bar
 
 HEAD_FORMAT = "bnn-transfer/head"
 HEAD_VERSION = 1
@@ -503,16 +503,6 @@ def _loss_and_grad(z, y):
     return loss, g
 
 
-def _progress(iterable, enabled, total, desc):
-    if not enabled:
-        return iterable
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return iterable
-    return tqdm(iterable, total=total, desc=desc, leave=False, file=sys.stderr)
-
-
 def fit_head(features, labels, classes, cfg=None, progress=True, feature_width=None, meta=None):
     """Train a head on binary features; returns ``(Head, history)``.
 
@@ -562,7 +552,7 @@ def fit_head(features, labels, classes, cfg=None, progress=True, feature_width=N
         nonlocal best, best_epoch
         opt = _Adam(model.p, cfg.lr)
         best_score, stale = None, 0
-        bar = _progress(range(1, epochs + 1), progress, epochs, desc)
+        bar = progress_bar(epochs, desc, progress, iterable=range(1, epochs + 1))
         for epoch in bar:
             t0 = time.perf_counter()
             order = rng.permutation(rows)

@@ -23,6 +23,7 @@ import numpy as np
 from .errors import BnnError, ImageError
 from .manifest import atomic_path, write_json_atomic
 from .preprocess import resize_longest_side
+from .progress import progress_bar
 
 CACHE_FORMAT = "bnn-transfer/imagecache/v1"
 _CHUNK = 256  # images in flight at once: bounds the memory of the thread pool's results
@@ -33,16 +34,6 @@ def cache_base(dataset, resize_longest):
     ident = json.dumps({"root": dataset.root, "options": dataset.options}, sort_keys=True, default=str)
     key = hashlib.sha256(ident.encode("utf-8", "surrogateescape")).hexdigest()[:8]
     return "%s-%s-%s-L%d" % (dataset.name, dataset.split, key, int(resize_longest))
-
-
-def _progress(total, desc, enabled):
-    if not enabled:
-        return None
-    try:
-        from tqdm import tqdm
-    except ImportError:  # tqdm is optional on the board
-        return None
-    return tqdm(total=total, desc=desc, unit="img", dynamic_ncols=True, leave=False)
 
 
 class ImageCache:
@@ -180,7 +171,7 @@ class ImageCache:
         sizes = np.zeros((n, 2), dtype=np.int32)
         bad = []
         t0 = time.time()
-        bar = _progress(n, "caching %s/%s at %d px" % (ds.name, ds.split, size), progress)
+        bar = progress_bar(n, "caching %s/%s at %d px" % (ds.name, ds.split, size), progress, unit="img")
         with atomic_path(os.path.join(self.cache_dir, pixels_name)) as tmp:
             pix = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, size, size, 3))
             try:

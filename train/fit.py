@@ -20,6 +20,7 @@ from host.datasets import open_dataset
 from host.errors import BnnError
 from host.manifest import finalize_manifest, new_manifest, read_json, sha256_file, write_bytes_atomic
 from host.preprocess import Preprocess
+from host.progress import progress_bar
 
 from . import engine
 from .checkpoint import CHECKPOINT, load_checkpoint, load_model_state, save_checkpoint
@@ -268,7 +269,7 @@ def run(cfg: FitConfig, mode="fit", on_epoch_end=None, progress=True):
         if mode == "finetune":
             for name in model.frozen_names():
                 model.blocks[name].eval()
-        bar = _bar(len(train_loader), "epoch %d/%d" % (epoch + 1, cfg.epochs), progress and rt.main)
+        bar = progress_bar(len(train_loader), "epoch %d/%d" % (epoch + 1, cfg.epochs), progress and rt.main)
         tr = engine.run_epoch(rt, forward, train_loader, optimizer, scheduler, after_step, cfg.amp, scaler, bar)
         if bar is not None:
             bar.close()
@@ -316,14 +317,6 @@ def run(cfg: FitConfig, mode="fit", on_epoch_end=None, progress=True):
             _write_run_manifest(out, cfg, mode, mcfg, train_ds, test_ds, pp, row, True)
     engine.shutdown_runtime(rt)
     return row
-
-
-def _bar(total, desc, enabled):
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
 
 
 def _write_run_manifest(out, cfg, mode, mcfg, train_ds, test_ds, pp, row, finished):
