@@ -55,13 +55,16 @@ def run_stage(args: List[str], log) -> Optional[dict]:
     cmd = [sys.executable, "-m"] + args
     log("$ python -m " + " ".join(args))
     t0 = time.time()
-    proc = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True)
-    for line in proc.stdout.splitlines():
-        log("  " + line)
+    lines = []
+    # Stream the stage's stdout as it comes (epochs take a while); its progress bars go to stderr directly.
+    with subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True, bufsize=1) as proc:
+        for line in proc.stdout:
+            lines.append(line.rstrip("\n"))
+            log("  " + lines[-1])
     if proc.returncode != 0:
         raise BnnError("stage failed (exit %d): python -m %s" % (proc.returncode, " ".join(args)))
     log("  (%.0f s)" % (time.time() - t0))
-    for line in reversed(proc.stdout.splitlines()):
+    for line in reversed(lines):
         line = line.strip()
         if line.startswith("{"):
             return json.loads(line)
