@@ -57,7 +57,8 @@ def run_stage(args: List[str], log) -> Optional[dict]:
     t0 = time.time()
     lines = []
     # Stream the stage's stdout as it comes (epochs take a while); its progress bars go to stderr directly.
-    with subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True, bufsize=1) as proc:
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    with subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True, bufsize=1, env=env) as proc:
         for line in proc.stdout:
             lines.append(line.rstrip("\n"))
             log("  " + lines[-1])
