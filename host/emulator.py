@@ -3,8 +3,18 @@
 Every frozen layer computes ``out = +1 if acc >= T else -1`` with ``acc = sum(w * x)``, w in
 {-1, +1}, x the uint8 image (first layer) or the previous +-1 map. Images are NHWC, as FINN's
 accelerator takes them; convolutions are im2col + one matrix product. The matrix product runs in
-float32 BLAS: every partial sum is an integer far below 2**24, so it is exact, and BLAS is much
-faster than popcounts in numpy.
+float32 BLAS: every partial sum is an integer below 2**24 (checked when the emulator is built), so
+it is exact, and BLAS is much faster than popcounts in numpy (numpy has no popcount matrix
+product: xnor + popcount would need a (rows, out, fan_in / 8) intermediate per layer).
+
+Where the time goes (measured with ``python -m bench``): the matrix products, at BLAS speed, once
+the elementwise work around them is cheap. So the image is cast to float32 inside the im2col copy
+(one pass, no separate float copy of the image); max pooling runs on the accumulators before the
+threshold (the threshold is monotone per channel, so ``max(sign(acc - T)) == sign(max(acc) - T)``,
+on a quarter of the elements for 2x2 pools); binary maps travel as 0/1 bytes with the thresholds
+moved to that domain, so a layer's output is one comparison and the next im2col copy casts it; and
+im2col is done in chunks of images so that its buffer stays small (a 512 MB board; and a chunk that
+fits the cache is consumed by BLAS right away).
 
 File format (``emulator.npz``, no pickle):
   spec                JSON string: {"format", "input": {"shape": [H, W, C], "datatype": "UINT8"},
@@ -23,20 +33,67 @@ from .errors import BnnError
 
 FORMAT = "bnn-transfer/emulator/v1"
 
+# float32 represents every integer up to 2**24 exactly, so sums of +-x stay exact below it.
+_EXACT_LIMIT = 1 << 24
+# im2col buffer per chunk of images: large enough for BLAS to run at full speed, small enough for
+# a board's RAM (64 paper-size images at once would need 450 MB for conv2 alone).
+_IM2COL_BYTES = 16 << 20
 
-def _windows(x, k, s):
-    """(N, OH, OW, k, k, C) strided view of NHWC ``x`` (no copy)."""
-    n, h, w, c = x.shape
-    oh, ow = (h - k) // s + 1, (w - k) // s + 1
+
+def _patches(x, k, s, oh, ow):
+    """The first (oh, ow) im2col patches of NHWC ``x`` as an (N, oh, ow, k, k*C) view.
+
+    One patch row (kw, c) is contiguous in a C-contiguous NHWC map, so it is one axis here: the
+    im2col copy then moves runs of k*C values instead of C (3 for the image: 3x faster).
+    """
+    x = np.ascontiguousarray(x)
     sn, sh, sw, sc = x.strides
-    return np.lib.stride_tricks.as_strided(
-        x, shape=(n, oh, ow, k, k, c), strides=(sn, sh * s, sw * s, sh, sw, sc), writeable=False
-    )
+    # np.ndarray over x's buffer, not as_strided: same view, a tenth of the call overhead (~1 us vs
+    # ~10 us, a tenth of the tiny preset's batch-1 time over its five convs); never written to
+    return np.ndarray((x.shape[0], oh, ow, k, k * x.shape[3]), x.dtype, buffer=x,
+                      strides=(sn, sh * s, sw * s, sh, sc))
+
+
+def _pad(x, p, value):
+    """NHWC ``x`` with ``p`` rows/columns of ``value`` around each map (np.pad is ~5x slower on small maps)."""
+    n, h, w, c = x.shape
+    out = np.full((n, h + 2 * p, w + 2 * p, c), value, dtype=x.dtype)
+    out[:, p: p + h, p: p + w] = x
+    return out
 
 
 def max_pool(x, k, s):
-    win = _windows(x, k, s)
-    return win.max(axis=(3, 4))
+    """Max pool (window k, stride s, no padding, floor) of NHWC ``x``; returns a new array.
+
+    k*k elementwise maxima of strided slices: each runs vectorised over contiguous channel runs,
+    where a reduction over the window axes of a 6-D view steps through tiny windows one by one
+    (1.6x slower on the tiny preset's first pool).
+    """
+    n, h, w, c = x.shape
+    oh, ow = (h - k) // s + 1, (w - k) // s + 1
+    out = None
+    for i in range(k):
+        for j in range(k):
+            v = x[:, i: i + s * (oh - 1) + 1: s, j: j + s * (ow - 1) + 1: s, :]
+            if out is None:
+                out = np.array(v, copy=True, order="C")
+            else:
+                np.maximum(out, v, out=out)
+    return out
+
+
+def _bits(acc, t):
+    """uint8 bits of ``acc >= t`` (1 = +1). Exact: acc and t are multiples of 1/2 far below 2**23 (a
+    threshold beyond 2**24 rounds in float32 but stays beyond every reachable accumulator)."""
+    return np.greater_equal(acc, t).view(np.uint8)
+
+
+def _pm1(bits):
+    """float32 +-1 from 0/1 bits."""
+    out = bits.astype(np.float32)
+    out *= np.float32(2)
+    out -= np.float32(1)
+    return out
 
 
 class Emulator:
@@ -47,48 +104,93 @@ class Emulator:
         self.layers = spec["layers"]
         self.input_shape = tuple(spec["input"]["shape"])
         self.w = [np.ascontiguousarray(w, dtype=np.float32).T for w in weights]  # (fan_in, out)
-        self.t = [np.asarray(t, dtype=np.float32) for t in thresholds]
-        for layer, w, t in zip(self.layers, self.w, self.t):
+        # Binary maps travel as bits b = (x + 1) / 2 (uint8 0/1: a quarter of float32's memory traffic,
+        # and no +-1 conversion pass). For x in {-1, +1}: w.x = 2 w.b - sum(w), so w.x >= T becomes
+        # w.b >= (T + sum(w)) / 2, a multiple of 1/2: exact in float32 (FINN's popcount domain).
+        self.t = []
+        for i, (w, t) in enumerate(zip(self.w, thresholds)):
+            t = np.asarray(t, dtype=np.float64)
+            if i:
+                t = (t + w.sum(axis=0, dtype=np.float64)) / 2
+            self.t.append(t.astype(np.float32))
+        for i, (layer, w, t) in enumerate(zip(self.layers, self.w, self.t)):
             if w.shape[1] != t.shape[0]:
                 raise BnnError("emulator layer %s: %d thresholds for %d outputs"
                                % (layer["name"], t.shape[0], w.shape[1]))
+            # the first layer sees pixels up to 255, the others +-1
+            if w.shape[0] * (255 if i == 0 else 1) >= _EXACT_LIMIT:
+                raise BnnError("emulator layer %s: fan-in %d is too large for exact float32 sums"
+                               % (layer["name"], w.shape[0]))
 
     @property
     def feature_width(self):
         return int(self.w[-1].shape[1])
 
-    def layer_outputs(self, images):
-        """Every layer's +-1 output (NHWC for convs), for divergence reports."""
+    def _check(self, images):
         x = np.asarray(images)
         if x.ndim != 4 or tuple(x.shape[1:]) != self.input_shape or x.dtype != np.uint8:
             raise BnnError("emulator expects uint8 images of shape (N, %d, %d, %d), got %s %s"
                            % (self.input_shape + (x.dtype, x.shape)))
-        x = x.astype(np.float32)
+        return x
+
+    def _conv(self, x, layer, w, t, first):
+        """One conv layer (+ pool) on NHWC ``x`` (the uint8 image, or bits): uint8 bits, NHWC."""
+        p = layer["padding"]
+        if p:
+            pv = layer["pad_value"] if first else (layer["pad_value"] + 1) / 2.0  # -1 -> bit 0, +1 -> bit 1
+            if x.dtype == np.uint8 and not (0 <= pv <= 255 and pv == int(pv)):
+                x = x.astype(np.float32)  # e.g. a 0 on a +-1 map is 1/2 in the bit domain
+            x = _pad(x, p, pv)
+        k, s = layer["kernel"], layer["stride"]
+        n = x.shape[0]
+        oh, ow = (x.shape[1] - k) // s + 1, (x.shape[2] - k) // s + 1
+        pool = layer.get("pool")
+        if pool:
+            # a floor-mode pool never reads the last row/column of an odd map: don't compute it
+            pk, ps = pool
+            oh, ow = ps * ((oh - pk) // ps) + pk, ps * ((ow - pk) // ps) + pk
+        fan_in = w.shape[0]
+        chunk = max(1, min(n, _IM2COL_BYTES // (oh * ow * fan_in * 4)))
+        out = None
+        for i in range(0, max(n, 1), chunk):  # once for n == 0: empty arrays keep their shapes
+            win = _patches(x[i: i + chunk], k, s, oh, ow)
+            cols = np.empty(win.shape, np.float32)
+            np.copyto(cols, win)  # gather and cast in one pass
+            acc = np.matmul(cols.reshape(-1, fan_in), w).reshape(win.shape[:3] + (w.shape[1],))
+            del cols
+            if pool:
+                acc = max_pool(acc, *pool)
+            y = _bits(acc, t)
+            if chunk >= n:
+                return y
+            if out is None:
+                out = np.empty((n,) + y.shape[1:], np.uint8)
+            out[i: i + chunk] = y
+        return out
+
+    def _forward(self, x, keep_all):
+        """Every layer's output bits (keep_all) or the last one's, as uint8 0/1."""
         outs = []
-        for layer, w, t in zip(self.layers, self.w, self.t):
+        for i, (layer, w, t) in enumerate(zip(self.layers, self.w, self.t)):
             if layer["kind"] == "conv":
-                p = layer["padding"]
-                if p:
-                    x = np.pad(x, ((0, 0), (p, p), (p, p), (0, 0)), constant_values=layer["pad_value"])
-                k = layer["kernel"]
-                win = _windows(np.ascontiguousarray(x), k, layer["stride"])
-                n, oh, ow = win.shape[:3]
-                acc = win.reshape(n * oh * ow, -1) @ w
-                y = np.where(acc >= t, np.float32(1), np.float32(-1)).reshape(n, oh, ow, -1)
-                if layer.get("pool"):
-                    y = max_pool(y, *layer["pool"])
+                x = self._conv(x, layer, w, t, first=i == 0)
             else:
-                acc = x.reshape(x.shape[0], -1) @ w
-                y = np.where(acc >= t, np.float32(1), np.float32(-1))
-            outs.append(y)
-            x = y
-        return outs
+                x = _bits(np.matmul(x.reshape(x.shape[0], w.shape[0]).astype(np.float32), w), t)
+            if keep_all:
+                outs.append(x)
+        return outs if keep_all else [x]
+
+    def layer_outputs(self, images):
+        """Every layer's +-1 output (float32; NHWC for convs), for divergence reports."""
+        return [_pm1(b) for b in self._forward(self._check(images), keep_all=True)]
 
     def extract(self, images, batch_size=64):
-        images = np.asarray(images)
+        images = self._check(images)
         out = np.empty((images.shape[0], self.feature_width), dtype=np.int8)
         for i in range(0, images.shape[0], batch_size):
-            out[i: i + batch_size] = self.layer_outputs(images[i: i + batch_size])[-1].reshape(-1, self.feature_width)
+            bits = self._forward(images[i: i + batch_size], keep_all=False)[-1]
+            np.subtract(bits.reshape(-1, self.feature_width).view(np.int8) * np.int8(2), np.int8(1),
+                        out=out[i: i + batch_size])
         return out
 
 
