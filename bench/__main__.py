@@ -1,0 +1,111 @@
+"""``python -m bench``: run the measurements, print JSON lines, write results.md and results.png."""
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+import traceback
+
+from host.errors import BnnError
+
+DEFAULT_OUT = os.path.dirname(os.path.abspath(__file__))
+# Thread pools of numpy's BLAS, torch (OpenMP) and MKL read these when they load, i.e. on first import.
+THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def parse_args(argv):
+    ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    ap.add_argument("--quick", action="store_true",
+                    help="small sizes, tiny preset only: a harness check in about a minute, not numbers to quote")
+    ap.add_argument("--only", action="append", default=[], metavar="NAME-PREFIX",
+                    help="run only measurements whose name starts with this (repeatable), e.g. pack_vs_finn")
+    ap.add_argument("--out", default=DEFAULT_OUT, help="where results.md and results.png go (default: %(default)s)")
+    ap.add_argument("--threads", type=int, default=None, metavar="N",
+                    help="threads for every tool (numpy's BLAS, torch, onnxruntime; default: all cores). On a "
+                         "machine busy with other work, 1 gives stable numbers: multi-threaded calls then stall "
+                         "on descheduled threads")
+    ap.add_argument("--with-paper-finn", action="store_true",
+                    help="also run FINN's estimate flow on the paper preset (~20 min, 13.5 GB)")
+    ap.add_argument("--tiny-bundle", metavar="DIR",
+                    help="a tiny deploy bundle: also train heads on its real features of synthetic-transfer")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    if args.threads is not None and args.threads < 1:
+        ap.error("--threads must be >= 1")
+    return args
+
+
+def _json_stream():
+    """A private handle on stdout for the JSON lines; fd 1 itself is pointed at stderr.
+
+    FINN's builder, qonnx and brevitas print to stdout (some from C code); one stray line would
+    break the one-JSON-object-per-line contract, so everything but our lines goes to stderr.
+    """
+    sys.stdout.flush()
+    out = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)
+    return out
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    if args.threads:
+        for var in THREAD_VARS:
+            os.environ[var] = str(args.threads)
+    # numpy, torch and onnxruntime are imported only now, after the thread settings
+    from . import extraction, finn_estimates, head, packing, report
+    from .context import Context
+    from .measure import machine
+    from .networks import Networks
+
+    if args.tiny_bundle:
+        from host.bundle import load_bundle
+
+        try:
+            load_bundle(args.tiny_bundle)  # fail now, not after half an hour of measurements
+        except BnnError as e:
+            print("error: %s" % e, file=sys.stderr)
+            return 2
+    out = _json_stream()
+    t0 = time.perf_counter()
+    threads = args.threads or os.cpu_count()
+    start = machine(threads)
+    start["argv"] = " ".join(["python -m bench"] + argv)
+    if start["loadavg"][0] >= start["cores"] and threads > 1:
+        Context.log("warning: load average %.1f on %d cores: multi-threaded timings will include stalls of "
+                    "descheduled threads; --threads 1 measures the code, not the scheduler" % (
+                        start["loadavg"][0], start["cores"]))
+    records, failed = [], False
+    with tempfile.TemporaryDirectory(prefix="bnn-bench-") as work:
+        ctx = Context(quick=args.quick, workdir=work, networks=Networks(work, args.seed), only=args.only,
+                      with_paper_finn=args.with_paper_finn, tiny_bundle=args.tiny_bundle, seed=args.seed,
+                      threads=threads)
+        for module in (extraction, packing, head, finn_estimates):
+            try:
+                for rec in module.run(ctx):
+                    if rec.get("met") is False and "gap" not in rec:
+                        rec["gap"] = "outputs differ" if rec.get("identical") is False else "no explanation recorded"
+                    records.append(rec)
+                    out.write(json.dumps(rec) + "\n")
+            except Exception as e:  # one broken measurement must not cost the others; the exit code says so
+                failed = True
+                traceback.print_exc()
+                rec = {"name": module.__name__.rsplit(".", 1)[-1], "kind": "error", "ours_s": None, "theirs_s": None,
+                       "speedup": None, "identical": None, "target": None, "met": None,
+                       "error": "%s: %s" % (type(e).__name__, e)}
+                records.append(rec)
+                out.write(json.dumps(rec) + "\n")
+    end = machine(threads)
+    report.write(args.out, records, start, end, time.perf_counter() - t0, args.quick)
+    Context.log("wrote %s and %s (%.0f s; load average now %s)" % (
+        os.path.join(args.out, "results.md"), os.path.join(args.out, "results.png"), time.perf_counter() - t0,
+        "/".join("%.2f" % v for v in end["loadavg"])))
+    out.close()
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

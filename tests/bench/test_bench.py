@@ -1,0 +1,184 @@
+"""The benchmark harness: its output format and its bookkeeping, never its timings."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+HAVE_TOOLS = all(importlib.util.find_spec(m) is not None
+                 for m in ("finn", "qonnx", "brevitas", "torch", "onnxruntime", "sklearn"))
+needs_tools = pytest.mark.skipif(not HAVE_TOOLS, reason="needs finn-plus, qonnx, brevitas, torch, onnxruntime, sklearn")
+
+REQUIRED = ("name", "kind", "ours_s", "theirs_s", "speedup", "identical", "target", "met")
+MEASURED = ("emulator_vs_torch/tiny/b1", "emulator_vs_torch/tiny/b64", "emulator_vs_onnxruntime/tiny/b1",
+            "emulator_vs_onnxruntime/tiny/b64", "emulator_vs_qonnx/tiny/b1", "pack_vs_finn/uint8",
+            "pack_vs_finn/uint8-from-uint8", "pack_vs_finn/bipolar", "unpack_vs_finn/bipolar",
+            "head_vs_sklearn/flowers-size", "head_vs_sklearn/flowers-size-same-l2",
+            "head_vs_sklearn/flowers-size-wd1e-5", "head_peak_rss/flowers-size", "finn_estimate/tiny/pynq-z2")
+
+
+def bench(tmp_path, *args, timeout=900):
+    """Run ``python -m bench`` with its scratch files (exports, FINN builds) under ``tmp_path``."""
+    env = dict(os.environ, TMPDIR=str(tmp_path))
+    res = subprocess.run([sys.executable, "-m", "bench", *args], cwd=ROOT, capture_output=True, text=True,
+                         timeout=timeout, env=env)
+    lines = [json.loads(ln) for ln in res.stdout.splitlines()]  # every stdout line must be one JSON object
+    return res, lines
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("bench")
+    repo_results = os.path.join(ROOT, "bench", "results.md")
+    before = os.stat(repo_results).st_mtime_ns if os.path.exists(repo_results) else None
+    # one thread per tool: the harness is what is checked, and CI machines are shared
+    res, lines = bench(tmp, "--quick", "--threads", "1", "--out", str(tmp / "out"))
+    after = os.stat(repo_results).st_mtime_ns if os.path.exists(repo_results) else None
+    return res, lines, tmp / "out", before == after
+
+
+@needs_tools
+@pytest.mark.slow
+def test_quick_run_prints_one_complete_json_object_per_measurement(quick):
+    res, lines, _, _ = quick
+    assert res.returncode == 0, res.stderr[-3000:]
+    by_name = {r["name"]: r for r in lines}
+    assert len(by_name) == len(lines), "duplicate measurement names"
+    assert set(MEASURED) <= set(by_name)
+    for r in lines:
+        assert all(k in r for k in REQUIRED), r
+        assert r["kind"] in ("speed", "memory", "estimate", "skipped"), r
+        if r["kind"] == "speed":
+            assert r["ours_s"] > 0 and r["theirs_s"] > 0
+            assert r["speedup"] == pytest.approx(r["theirs_s"] / r["ours_s"], abs=0.01)
+        if r["met"] is False:
+            assert isinstance(r.get("gap"), str) and r["gap"], r
+        if r["kind"] == "skipped":
+            assert r["reason"]
+    # --quick measures the tiny preset; the others are reported as skipped, with the reason
+    assert by_name["emulator_vs_torch/paper"]["kind"] == "skipped"
+    assert by_name["finn_estimate/paper/zcu104"]["kind"] == "skipped"
+
+
+@needs_tools
+@pytest.mark.slow
+def test_outputs_that_must_match_do_match(quick):
+    _, lines, _, _ = quick
+    by_name = {r["name"]: r for r in lines}
+    exact = [r for r in lines if r["name"].startswith(("emulator_vs_", "pack_vs_", "unpack_vs_"))
+             and r["kind"] == "speed"]
+    assert len(exact) == 9
+    for r in exact:
+        assert r["identical"] is True, r
+    for n in ("emulator_vs_torch/tiny/b1", "emulator_vs_torch/tiny/b64"):
+        assert by_name[n]["mismatched_bits"] == 0 and by_name[n]["torch_int_identical"] is True
+    assert by_name["emulator_vs_qonnx/tiny/b1"]["images"] >= 1 and by_name["emulator_vs_qonnx/tiny/b1"]["per_image"]
+
+
+@needs_tools
+@pytest.mark.slow
+def test_head_memory_and_finn_lines_carry_their_fields(quick):
+    _, lines, _, _ = quick
+    by_name = {r["name"]: r for r in lines}
+    for n in ("head_vs_sklearn/flowers-size", "head_vs_sklearn/flowers-size-same-l2",
+              "head_vs_sklearn/flowers-size-wd1e-5"):
+        r = by_name[n]
+        assert 0 <= r["ours_top1"] <= 1 and 0 <= r["theirs_top1"] <= 1
+        assert r["ours_top1"] > 1.5 / r["classes"], "the generated task must be learnable"
+    rss = by_name["head_peak_rss/flowers-size"]
+    assert rss["foreign_modules"] == [] and rss["rss_mb"] >= rss["import_rss_mb"] > 0
+    est = by_name["finn_estimate/tiny/pynq-z2"]
+    assert est["kind"] == "estimate" and est["fps"] > 0 and 0 < est["lut"] <= est["lut_usable"]
+    assert 0 < est["bram18"] <= est["bram18_usable"] and est["anchor_fps"] == 3000
+
+
+@needs_tools
+@pytest.mark.slow
+def test_report_and_plot_go_to_out_only(quick):
+    _, lines, out, repo_untouched = quick
+    md = (out / "results.md").read_text()
+    assert "| measurement | ours | theirs | speedup | bit-exact | target | met |" in md
+    assert "Load average" in md and "cores" in md and "numpy" in md and "threads" in md
+    for r in lines:
+        assert r["name"] in md
+    for r in lines:
+        if r["met"] is False:
+            assert r["gap"][:40] in md
+    assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert repo_untouched, "--out was not respected: bench/results.md of the repo changed"
+
+
+@needs_tools
+def test_only_runs_the_named_measurements(tmp_path):
+    res, lines = bench(tmp_path, "--quick", "--only", "pack_vs_finn/bipolar", "--only", "unpack_vs",
+                       "--out", str(tmp_path / "o"))
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert [r["name"] for r in lines] == ["pack_vs_finn/bipolar", "unpack_vs_finn/bipolar"]
+    assert all(r["identical"] for r in lines)
+    assert (tmp_path / "o" / "results.md").exists()
+
+
+def test_bad_tiny_bundle_is_a_one_line_error(tmp_path):
+    res, lines = bench(tmp_path, "--quick", "--tiny-bundle", str(tmp_path / "missing"), timeout=120)
+    assert res.returncode == 2 and lines == []
+    assert res.stderr.strip().splitlines()[-1].startswith("error: %s" % (tmp_path / "missing"))
+
+
+def test_side_by_side_times_every_function_per_call():
+    from bench.measure import side_by_side
+
+    calls = [0, 0]
+
+    def a():
+        calls[0] += 1
+
+    def b():
+        calls[1] += 1
+        sum(range(2000))
+
+    ta, tb = side_by_side([a, b], repeat=3, calls=2, number=5)
+    assert 0 < ta < tb
+    assert calls == [1 + 3 * (1 + 2 * 5)] * 2  # warm-up, then per round one untimed call and 2 samples of 5
+
+
+def test_generated_head_features_have_the_requested_shape_and_structure():
+    from bench.head import generate
+    from host.features import unpack_features
+
+    xtr, ytr, xte, yte = generate(300, 4, 10, 2048, seed=3)
+    assert xtr.shape == (300, 256) and xtr.dtype == np.uint8 and ytr.shape == (300,)
+    assert xte.shape == (40, 256) and np.array_equal(np.bincount(yte), [4] * 10)
+    counts = np.bincount(ytr, minlength=10)
+    assert counts.min() >= 2 and counts.max() > counts.min()  # unbalanced, as Flowers102
+    again = generate(300, 4, 10, 2048, seed=3)
+    assert all(np.array_equal(p, q) for p, q in zip((xtr, ytr, xte, yte), again))
+    # classes are there but noisy: the nearest training-class mean is right far above chance, not always
+    x, xt = unpack_features(xtr, 2048), unpack_features(xte, 2048)
+    means = np.stack([x[ytr == c].mean(axis=0) for c in range(10)])
+    assert 0.5 < np.mean(np.argmax(xt @ means.T, axis=1) == yte) < 0.95
+
+
+def test_report_lists_every_gap_and_skip():
+    from bench.report import markdown
+
+    m = {"argv": "python -m bench", "cpu": "cpu", "cores": 2, "loadavg": [1.0, 2.0, 3.0], "python": "3.11",
+         "numpy": "2", "blas": [{"library": "openblas", "version": "0.3", "threads": 2}], "torch": "2",
+         "torch_threads": 2, "onnxruntime": "1", "qonnx": "1", "brevitas": "0", "finn-plus": "1",
+         "scikit-learn": "1"}
+    recs = [
+        {"name": "a/b", "kind": "speed", "ours_s": 1e-3, "theirs_s": 2e-3, "speedup": 2.0, "identical": True,
+         "target": ">= 1x", "met": True},
+        {"name": "c/d", "kind": "speed", "ours_s": 1.0, "theirs_s": 0.5, "speedup": 0.5, "identical": None,
+         "target": "not slower", "met": False, "gap": "because of reasons", "ours_top1": 0.5, "theirs_top1": 0.6},
+        {"name": "e", "kind": "skipped", "reason": "too slow", "ours_s": None, "theirs_s": None, "speedup": None,
+         "identical": None, "target": None, "met": None},
+    ]
+    md = markdown(recs, m, m, 12.0, quick=False)
+    assert "| `a/b` | 1.00 ms | 2.00 ms | 2.0x | yes | >= 1x | yes |" in md
+    assert "- `c/d` (not slower): because of reasons" in md and "50.0%" in md
+    assert "- skipped `e`: too slow" in md and "1.00/2.00/3.00" in md
