@@ -20,24 +20,10 @@ __all__ = ["Network", "Networks", "calibrated_model"]
 
 def calibrated_model(preset: str, seed: int = 0, num_classes: int = 10):
     """The Brevitas network of ``preset`` in eval mode, with realistic random BatchNorm statistics."""
-    import torch
-    from torch import nn
+    from train.calibrate import calibrated_random_model
+    from train.models import ModelConfig
 
-    from train.models import ModelConfig, build_model
-
-    torch.manual_seed(seed)
-    cfg = ModelConfig(preset=preset, num_classes=num_classes)
-    model = build_model(cfg)
-    size = cfg.spec().input_size
-    model.train()
-    with torch.no_grad():
-        model(torch.randint(0, 256, (8, 3, size, size)).float())
-    model.eval()
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            with torch.no_grad():
-                m.weight.copy_(torch.randn_like(m.weight).sign() * (0.5 + torch.rand_like(m.weight)))
-    return model
+    return calibrated_random_model(ModelConfig(preset=preset, num_classes=num_classes), seed)
 
 
 @dataclass

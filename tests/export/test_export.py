@@ -6,42 +6,21 @@ import sys
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from export.backbone import ExportConfig, export_backbone, load_export
 from export.head import export_head, torch_logits
 from host.errors import BnnError
 from host.heads import load_head
 from host.preprocess import Preprocess
+from train.calibrate import calibrated_random_model
 from train.checkpoint import save_checkpoint
 from train.freeze import IntegerBackbone, fold_backbone
-from train.models import ModelConfig, build_model
+from train.models import ModelConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def calibrated_model(cfg, seed=0, tie_prone=False):
-    """Random binary weights, BatchNorm statistics from a batch of random images, mixed-sign scales.
-
-    ``tie_prone``: BN means on reachable integer accumulators and zero shift, so BN output is exactly
-    0 for many inputs (the case where float evaluation order decides the sign).
-    """
-    torch.manual_seed(seed)
-    model = build_model(cfg)
-    size = cfg.spec().input_size
-    model.train()
-    with torch.no_grad():
-        model(torch.randint(0, 256, (8, 3, size, size)).float())
-    model.eval()
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            with torch.no_grad():
-                # |scale| kept away from zero: see finn-notes (thresholds outside the accumulator range)
-                m.weight.copy_(torch.randn_like(m.weight).sign() * (0.5 + torch.rand_like(m.weight)))
-                if tie_prone:
-                    m.running_mean.copy_(torch.round(m.running_mean))
-                    m.bias.zero_()
-    return model
+calibrated_model = calibrated_random_model
 
 
 def write_run(path, model, classes, mode="fit"):

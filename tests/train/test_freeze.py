@@ -4,6 +4,7 @@ import torch
 from torch import nn
 
 from host.errors import BnnError
+from train.calibrate import calibrated_random_model
 from train.freeze import IntegerBackbone, backbone_digest, fold_backbone, fold_threshold, to_brevitas
 from train.models import ModelConfig, build_model
 
@@ -33,23 +34,9 @@ def test_fold_threshold_matches_batchnorm_sign_on_every_integer():
 
 
 def _calibrated(preset, seed, tie_prone=False):
-    torch.manual_seed(seed)
-    model = build_model(ModelConfig(preset=preset, num_classes=5))
+    model = calibrated_random_model(ModelConfig(preset=preset, num_classes=5), seed, tie_prone)
     size = model.cfg.spec().input_size
-    x = torch.randint(0, 256, (8, 3, size, size)).float()
-    model.train()
-    with torch.no_grad():
-        model(x)
-    model.eval()
-    for name in model.frozen_names():
-        bn = model.blocks[name][1] if not isinstance(model.blocks[name][0], nn.ConstantPad2d) else model.blocks[name][2]
-        with torch.no_grad():
-            bn.weight.copy_(torch.randn_like(bn.weight).sign() * (0.5 + torch.rand_like(bn.weight)))
-            if tie_prone:
-                # Means on reachable integer accumulators and no shift: BN output is exactly 0 there.
-                bn.running_mean.copy_(torch.round(bn.running_mean))
-                bn.bias.zero_()
-    return model, x
+    return model, torch.randint(0, 256, (8, 3, size, size)).float()
 
 
 @pytest.mark.parametrize("preset", ["tiny", "z2"])
