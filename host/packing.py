@@ -219,6 +219,14 @@ def pack(x, dtype_name, reverse_endian=True, reverse_inner=True):
     x = np.asarray(x)
     if x.ndim == 0:
         raise BnnError("pack: need at least one dimension, got a scalar")
+    if dt.bits == 8 and not dt.is_bipolar and x.dtype.kind == "f":
+        # Images often arrive as float32 (FINN's driver takes them so): one cast and one comparison
+        # replace the generic floor / range / int64 passes. Whatever the cast cannot represent
+        # (fractions, NaN, out of range) compares unequal; the generic check then names it.
+        with np.errstate(invalid="ignore"):
+            c = x.astype(np.int8 if dt.signed else np.uint8)
+        if np.array_equal(c, x):
+            x = c
     _check_values(x, dt)
     if dt.bits == 8 and x.dtype.kind in "iu" and x.dtype.itemsize == 1:
         # The fast path the driver needs for images: the container already is the byte stream.
