@@ -49,8 +49,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional
 
-from host.manifest import package_versions
-
 # What get_vivado_root reports in FINN's metadata_builder.json when Vivado is absent.
 NO_VIVADO_VERSION = "none (Vivado not on PATH)"
 _ENV_VARS = ("FINN_BUILD_DIR", "FINN_DEPS", "FINN_DEPS_DEFINITIONS", "NUM_DEFAULT_WORKERS")
@@ -83,7 +81,12 @@ def finn_installed() -> bool:
 
 
 def finn_version() -> Optional[str]:
-    return package_versions("finn-plus")["finn-plus"]
+    try:
+        from importlib.metadata import version
+
+        return version("finn-plus")
+    except Exception:
+        return None
 
 
 def _stub_xsi() -> List[str]:

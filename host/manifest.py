@@ -126,20 +126,6 @@ def list_files(root, exclude=()):
     return sorted(out)
 
 
-def package_versions(*packages):
-    """{"python": ..., package: installed version or None}: what manifests record as "versions"."""
-    import platform
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"python": platform.python_version()}
-    for pkg in packages:
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            out[pkg] = None
-    return out
-
-
 def _program():
     """How the running command was invoked: "python -m train" rather than "__main__.py"."""
     script = sys.argv[0] if sys.argv else ""
