@@ -18,13 +18,26 @@ FINN's tables differ slightly from the data sheets for the UltraScale+ parts (ZU
 412 BRAM18 vs 70,560 / 432; ZU7EV: 230,000 LUT / 610 BRAM18 / 92 URAM vs 230,400 / 624 / 96); we use
 FINN's, as its estimates and partitioner do. ``ultra96`` means the Ultra96-V2 (``-i`` part), the
 board PYNQ ships images for; FINN's platform table only knows "Ultra96" (same ZU3EG die).
+
+DDR (for weights streamed from DRAM, build_fpga/external_weights.py): ``axi_port_bits`` is FINN's
+``finn.util.basic.pynq_native_port_width`` (the width of the IODMAs and of the one PS port its Zynq
+shell connects them to); ``ddr_bytes_per_s`` is the PS DDR's peak (bus width x transfer rate):
+- kv260: 64-bit DDR4 at 2400 Mb/s (AMD DS987, K26 SOM data sheet) = 19.2 GB/s.
+- zcu104: 64-bit PS DDR4 component (AMD UG1267; PYNQ's board page) at 2400 Mb/s, the Zynq
+  UltraScale+ PS's DDR4 maximum (AMD DS925) = 19.2 GB/s.
+- pynq-z1, pynq-z2: 16-bit DDR3 at 1050 Mb/s (Digilent PYNQ-Z1 reference manual, TUL PYNQ-Z2
+  user manual) = 2.1 GB/s.
+- ultra96: 32-bit LPDDR4 (Avnet Ultra96-V2 hardware user guide); no transfer rate stated here
+  (None): only the shell's port bounds it.
+At FINN's 100 MHz the shell's port (64 bits: 0.8 GB/s, 128 bits: 1.6 GB/s) is the tighter limit on
+every board.
 """
 
 from __future__ import annotations
 
 import functools
 from dataclasses import asdict, dataclass
-from typing import Dict
+from typing import Dict, Optional
 
 from host.errors import BnnError
 
@@ -41,6 +54,14 @@ _FINN_NAMES = {
 }
 # AMD DS987, Kria K26 SOM (FINN 1.6.1 has KV260_SOM in pynq_part_map but not in platforms).
 _K26_RESOURCES = (117120, 234240, 288, 64, 1248)
+# Peak PS DDR bandwidth in bytes/s and its source (module docstring).
+_DDR = {
+    "pynq-z1": (2.1e9, "16-bit DDR3 at 1050 Mb/s (Digilent PYNQ-Z1 reference manual)"),
+    "pynq-z2": (2.1e9, "16-bit DDR3 at 1050 Mb/s (TUL PYNQ-Z2 user manual)"),
+    "ultra96": (None, "32-bit LPDDR4 (Avnet Ultra96-V2 HW user guide); transfer rate not stated"),
+    "zcu104": (19.2e9, "64-bit PS DDR4 (AMD UG1267) at 2400 Mb/s (the PS's DDR4 maximum, AMD DS925)"),
+    "kv260": (19.2e9, "64-bit DDR4 at 2400 Mb/s (AMD DS987, K26 SOM data sheet)"),
+}
 
 
 @dataclass(frozen=True)
@@ -57,6 +78,9 @@ class Board:
     dsp: int
     margins: Dict[str, float]  # fraction of each resource FINN recommends using
     source: str  # where the resource totals come from
+    axi_port_bits: int  # FINN's IODMA / shell port width (pynq_native_port_width)
+    ddr_bytes_per_s: Optional[float]  # peak PS DDR bandwidth; None: not stated (the port bounds it)
+    ddr_source: str
 
     @property
     def totals(self) -> Dict[str, int]:
@@ -90,7 +114,7 @@ def get_board(name: str) -> Board:
     except KeyError:
         raise BnnError("unknown board %r (choose from %s)" % (name, ", ".join(_FINN_NAMES))) from None
     from finn.builder.build_dataflow_config import ShellFlowType
-    from finn.util.basic import pynq_part_map
+    from finn.util.basic import pynq_native_port_width, pynq_part_map
     from finn.util.platforms import platforms
 
     if platform_key is not None:
@@ -112,6 +136,9 @@ def get_board(name: str) -> Board:
         dsp=res[4],
         margins=finn_margins(),
         source=source,
+        axi_port_bits=int(pynq_native_port_width[finn_board]),
+        ddr_bytes_per_s=_DDR[name][0],
+        ddr_source=_DDR[name][1],
     )
 
 

@@ -1,0 +1,149 @@
+"""External (DDR-streamed) weights: the per-layer plan, the DDR bound, and the IODMA byte layout,
+checked against finn-plus's own code (InsertIODMA.get_mem_init + data_packing.to_external_tensor)."""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from build_fpga.external_weights import (
+    WeightLayer,
+    check_external,
+    ddr_bound,
+    external_weight_bytes,
+    plan,
+    weight_dma_names,
+)
+from host.errors import BnnError
+
+HAVE_FINN = importlib.util.find_spec("finn") is not None
+needs_finn = pytest.mark.skipif(not HAVE_FINN, reason="needs finn-plus")
+
+
+def paper_layers():
+    """The paper preset's MVAUs (train/presets.py geometry; conv1 stores +-1 as INT2)."""
+    return [
+        WeightLayer("MVAU_hls_0", "conv1", 11 * 11 * 3, 96, 2, 55 * 55),
+        WeightLayer("MVAU_hls_1", "conv2", 5 * 5 * 96, 256, 1, 27 * 27),
+        WeightLayer("MVAU_hls_2", "conv3", 3 * 3 * 256, 384, 1, 13 * 13),
+        WeightLayer("MVAU_hls_3", "conv4", 3 * 3 * 384, 384, 1, 13 * 13),
+        WeightLayer("MVAU_hls_4", "conv5", 3 * 3 * 384, 256, 1, 13 * 13),
+        WeightLayer("MVAU_hls_5", "fc1", 9216, 4096, 1, 1),
+        WeightLayer("MVAU_hls_6", "fc2", 4096, 4096, 1, 1),
+    ]
+
+
+@needs_finn
+def test_plan_streams_what_does_not_fit_and_uses_uram():
+    from build_fpga.boards import get_board
+
+    zcu = {r.layer: r for r in plan(paper_layers(), get_board("zcu104"))}
+    assert [n for n, r in zcu.items() if r.mem_mode == "external"] == ["fc1"]
+    assert zcu["fc2"].ram_style == "ultra" and zcu["conv1"].ram_style == "auto"
+    kv = {r.layer: r for r in plan(paper_layers(), get_board("kv260"))}
+    assert [n for n, r in kv.items() if r.mem_mode == "external"] == ["fc1", "fc2"]
+    # small nets stay on chip
+    small = [replace(r, mw=max(r.mw // 16, 1)) for r in paper_layers()]
+    assert all(r.mem_mode == "internal_decoupled" for r in plan(small, get_board("zcu104")))
+    # the input is not changed
+    assert all(r.mem_mode == "internal_decoupled" for r in paper_layers())
+
+
+@needs_finn
+def test_plan_refuses_when_the_conv_layers_alone_do_not_fit():
+    from build_fpga.boards import get_board
+
+    with pytest.raises(BnnError, match=r"^pynq-z2: with every fully connected layer streamed from DDR, conv1, conv2, "
+                                       r"conv3, conv4, conv5 still need 3\.8 Mbit of BRAM for their weights, more "
+                                       r"than the 3\.5 Mbit a plan may use \(85% of the 224 usable BRAM18"):
+        plan(paper_layers(), get_board("pynq-z2"))
+
+
+def test_external_weights_on_a_conv_layer_are_refused():
+    rows = paper_layers()
+    rows[5].mem_mode = "external"
+    check_external(rows, "fold.json")  # fc1 streams: fine
+    rows[2].mem_mode = "external"
+    with pytest.raises(BnnError, match=r"^fold\.json: layer conv3 \(MVAU_hls_2\) has mem_mode external, but FINN "
+                                       r"streams external weights once per image and this conv layer reads its "
+                                       r"weights 169 times per image"):
+        check_external(rows, "fold.json")
+
+
+@needs_finn
+def test_ddr_bound_is_the_shell_port_over_the_bytes_per_image():
+    from build_fpga.boards import get_board
+
+    rows = plan(paper_layers(), get_board("kv260"))
+    b = ddr_bound(rows, get_board("kv260"), 100.0, in_bytes=224 * 224 * 3, out_bytes=4096 // 8)
+    assert b["streamed_layers"] == ["fc1", "fc2"]
+    assert b["weight_bytes_per_image"] == (9216 * 4096 + 4096 * 4096) // 8
+    assert b["bytes_per_s"] == 128 / 8 * 100e6  # the 128-bit port at 100 MHz, below DDR4's 19.2 GB/s
+    assert b["fps"] == pytest.approx(1.6e9 / (b["weight_bytes_per_image"] + 224 * 224 * 3 + 512))
+    assert ddr_bound(plan(paper_layers()[:5], get_board("kv260")), get_board("kv260"), 100.0, 1, 1)["fps"] is None
+
+
+@needs_finn
+@pytest.mark.parametrize("dtype,pe,simd", [("BINARY", 1, 8), ("BINARY", 4, 16), ("BINARY", 16, 32),
+                                           ("INT2", 2, 4), ("BIPOLAR", 8, 8)])
+def test_layout_equals_finns_iodma_layout(dtype, pe, simd):
+    from finn.transformation.fpgadataflow.insert_iodma import InsertIODMA
+    from finn.util.data_packing import to_external_tensor
+    from qonnx.core.datatype import DataType
+
+    rng = np.random.default_rng(pe * simd)
+    dt = DataType[dtype]
+    w = rng.integers(dt.min(), dt.max() + 1, size=(64, 32)).astype(np.float32)
+    if dtype == "BIPOLAR":
+        w = np.where(w > 0, 1, -1).astype(np.float32)
+    finn = to_external_tensor(InsertIODMA(128).get_mem_init(w, pe, simd), dt)
+    ours = external_weight_bytes(w, pe, simd, dtype)
+    assert ours.dtype == np.uint8 and np.array_equal(ours, finn)
+    # a different folding is a different stream
+    assert not np.array_equal(external_weight_bytes(w, pe * 2, simd, dtype), finn)
+
+
+def _mvau(name, inp, out, mw, mh, pe, simd, mem_mode):
+    from onnx import helper
+
+    return helper.make_node(
+        "MVAU_hls", [inp, name + "_w"], [out], domain="finn.custom_op.fpgadataflow.hls", backend="fpgadataflow",
+        name=name, MW=mw, MH=mh, PE=pe, SIMD=simd, inputDataType="BINARY", weightDataType="BINARY",
+        outputDataType="BINARY", binaryXnorMode=1, noActivation=1, numInputVectors=[1], mem_mode=mem_mode)
+
+
+@needs_finn
+def test_dma_names_follow_finns_insertion_order(tmp_path):
+    """Run FINN's InsertIODMA on three FC MVAUs, two streamed: the weight DMAs and the image DMA end up in
+    the order weight_dma_names predicts (MakeZYNQProject names source partitions idma0, idma1, ...)."""
+    from onnx import TensorProto, helper
+    from qonnx.core.datatype import DataType
+    from qonnx.core.modelwrapper import ModelWrapper
+    from qonnx.util.basic import qonnx_make_model
+
+    from build_fpga.finn_env import finn_session
+
+    with finn_session(tmp_path / "fb"):
+        from finn.transformation.fpgadataflow.insert_iodma import InsertIODMA
+
+        nodes = [_mvau("fcA", "x", "a", 64, 32, 4, 8, "external"),
+                 _mvau("fcB", "a", "b", 32, 32, 4, 8, "internal_decoupled"),
+                 _mvau("fcC", "b", "y", 32, 16, 4, 8, "external")]
+        graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16])])
+        model = ModelWrapper(qonnx_make_model(graph))
+        rng = np.random.default_rng(0)
+        for n in nodes:
+            mw, mh = [a.i for a in n.attribute if a.name == "MW"][0], [a.i for a in n.attribute if a.name == "MH"][0]
+            model.set_initializer(n.input[1], rng.integers(0, 2, size=(mw, mh)).astype(np.float32))
+            model.set_tensor_datatype(n.input[1], DataType["BINARY"])
+        for t in ("x", "a", "b", "y"):
+            model.set_tensor_datatype(t, DataType["BINARY"])
+        model = model.transform(InsertIODMA(128))
+        sources = [n for n in model.graph.node if n.op_type == "IODMA_hls" and model.find_producer(n.input[0]) is None]
+        assert [n.input[0] == "x" for n in sources] == [False, False, True]  # the image DMA comes last: idma2
+        got = {model.find_consumer(n.output[0]).name: "idma%d" % i for i, n in enumerate(sources[:2])}
+        assert got == dict(zip(["fcA", "fcC"], weight_dma_names(2)))
