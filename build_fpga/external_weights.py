@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
+from qonnx.transformation.base import Transformation
 
 from host.errors import BnnError
 
@@ -195,3 +196,51 @@ def weight_dma_names(n_streamed: int) -> List[str]:
     names the source partitions idma0, idma1, ... in graph order: the image is idma<n>.
     """
     return ["idma%d" % (n_streamed - 1 - i) for i in range(n_streamed)]
+
+
+# ------------------------------------------------------------------------------------ FINN graph
+
+
+
+class SetWeightMemory(Transformation):
+    """qonnx Transformation: give each MVAU the ``mem_mode``/``ram_style`` of its :func:`plan` row.
+
+    Runs before folding, so SetFolding (which caps PE for ``internal_decoupled`` only) and the
+    estimates see the final memory of every layer.
+    """
+
+    def __init__(self, rows: List[WeightLayer]):
+        self.rows = {r.node: r for r in rows}
+
+    def apply(self, model):
+        from qonnx.custom_op.registry import getCustomOp
+
+        for n in model.graph.node:
+            row = self.rows.get(n.name)
+            if row is not None:
+                inst = getCustomOp(n)
+                inst.set_nodeattr("mem_mode", row.mem_mode)
+                inst.set_nodeattr("ram_style", row.ram_style)
+        return model, False
+
+
+def streamed_weights(model, layer_names: Optional[Sequence[str]] = None) -> List[Dict]:
+    """The weight streams of a folded FINN HW graph: one entry per ``external`` MVAU in graph order,
+    with the IODMA name ZynqBuild will give it and the bytes that DMA reads (FINN's layout)."""
+    from qonnx.custom_op.registry import getCustomOp
+
+    rows = [r for r in mvau_layers(model, layer_names) if r.mem_mode == "external"]
+    names = weight_dma_names(len(rows))
+    out = []
+    for r, dma in zip(rows, names):
+        node = model.get_node_from_name(r.node)
+        inst = getCustomOp(node)
+        pe, simd = int(inst.get_nodeattr("PE")), int(inst.get_nodeattr("SIMD"))
+        if (pe * simd * r.weight_bits) % 8:
+            raise BnnError("layer %s (%s): PE %d x SIMD %d x %d-bit weights is not a whole number of bytes, which "
+                           "FINN's weight IODMA needs" % (r.layer, r.node, pe, simd, r.weight_bits))
+        wdt = model.get_tensor_datatype(node.input[1]).name
+        data = external_weight_bytes(model.get_initializer(node.input[1]), pe, simd, wdt)
+        out.append({"dma": dma, "layer": r.layer, "node": r.node, "repeats": r.repeats, "pe": pe, "simd": simd,
+                    "datatype": wdt, "data": data})
+    return out
