@@ -357,11 +357,11 @@ class ExampleStore:
 
     def add(self, name, packed, frames=None):
         """Append rows of packed features to class ``name`` (created if new); save their frames."""
-        name = self.add_class(name)
         packed = np.asarray(packed)
         if packed.dtype != np.uint8 or packed.ndim != 2 or packed.shape[1] != packed_width(self.width):
             raise BnnError("class %r: expected packed features (N, %d) uint8, got %s %s"
                            % (name, packed_width(self.width), packed.dtype, packed.shape))
+        name = self.add_class(name)
         if self.folder is not None and frames is not None:
             for frame in frames:
                 self._write(name, frame)
@@ -381,6 +381,12 @@ class ExampleStore:
         with atomic_path(path) as tmp:
             with open(tmp, "wb") as f:
                 Image.fromarray(img, "RGB").save(f, format="PNG")
+
+    def rows(self, name):
+        """Packed features (n, bytes) of class ``name``'s examples, in the order they were added."""
+        if name not in self._rows:
+            raise BnnError("class %r: no such class (classes: %s)" % (name, ", ".join(self.classes) or "none"))
+        return np.stack(self._rows[name]) if self._rows[name] else np.zeros((0, packed_width(self.width)), np.uint8)
 
     def counts(self):
         return {c: len(self._rows[c]) for c in self.classes}
