@@ -86,8 +86,10 @@ def decode_frame(data, name="upload"):
             im.load()
             arr = np.asarray(im.convert("RGB") if im.mode != "RGB" else im, dtype=np.uint8)
     except Exception as e:  # PIL raises many types for malformed files
-        raise ImageError("%s: cannot decode image (%s)" % (name, str(e).strip().splitlines()[0] if str(e).strip()
-                                                            else type(e).__name__)) from None
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if reason.startswith("cannot identify image file"):  # its next words are the repr of our BytesIO
+            reason = "not an image format PIL reads"
+        raise ImageError("%s: cannot decode image (%s)" % (name, reason)) from None
     return check_frame(arr, name)
 
 
@@ -344,7 +346,9 @@ class ExampleStore:
     def add_class(self, name):
         name = check_class_name(name)
         if name not in self._rows:
-            self.classes.append(name)
+            # sorted, as the folder dataset of the saved frames lists them: a head taught here and
+            # one fitted on that folder later have the same class order
+            self.classes = sorted(self.classes + [name])
             self._rows[name] = []
         return name
 
@@ -395,7 +399,7 @@ class ExampleStore:
         return sum(len(r) for r in self._rows.values())
 
     def arrays(self):
-        """(packed uint8 (N, bytes), labels int64 (N,)) of every example, classes in order."""
+        """(packed uint8 (N, bytes), labels int64 (N,)) of every example, labels indexing ``classes``."""
         self.check_trainable()
         packed = np.stack([row for c in self.classes for row in self._rows[c]])
         labels = np.concatenate([np.full(len(self._rows[c]), k, np.int64) for k, c in enumerate(self.classes)])
@@ -437,7 +441,10 @@ def teach_config(counts, variant="float", seed=0):
 
 
 class Teacher:
-    """A teaching session: a source of frames, the examples per class, the head trained on them."""
+    """A teaching session: a source of frames, the examples per class, the head trained on them.
+
+    ``source`` may be None (no camera, no folder): examples then come from ``add_frames`` only.
+    """
 
     def __init__(self, bundle, backend, source, examples_dir=None, variant="float", top=3):
         self.bundle = bundle
@@ -448,6 +455,7 @@ class Teacher:
         self.top = int(top)
         self.head = None
         self.history = None
+        self.last_frame = None
         self.train_seconds = None
         self.resumed = self.store.load(bundle, backend)
 
@@ -463,7 +471,7 @@ class Teacher:
         k = int(k)
         if k < 1:
             raise BnnError("frames per class: must be a positive number, got %d" % k)
-        source = self.source.for_class(name)
+        source = self._source().for_class(name)
         frames, problems = [], []
         for _ in range(k):
             try:
@@ -486,6 +494,7 @@ class Teacher:
     def _add(self, name, frames, problems, asked):
         if frames:
             self.store.add(name, self.pipeline.features(frames), frames)
+            self.last_frame = frames[-1]
         line = "%s: %d of %d frames added, %d examples in all" % (name, len(frames), asked,
                                                                   self.store.counts()[name])
         if problems:
@@ -517,8 +526,13 @@ class Teacher:
         save_head(path, self.head)
         return path
 
+    def _source(self):
+        if self.source is None:
+            raise BnnError("no camera and no folder of images: add examples as uploaded files instead")
+        return self.source
+
     def step(self):
         """Classify the next frame of the source with the trained head: a LiveResult."""
         if self.head is None:
             raise BnnError("no head yet: capture examples of at least 2 classes and train first")
-        return self.pipeline.step(self.source, self.head, self.top)
+        return self.pipeline.step(self._source(), self.head, self.top)
