@@ -288,3 +288,30 @@ def test_live_and_teach_bad_input_is_one_line(bundle, tmp_path, capsys, monkeypa
         assert rc == 2 and out == "" and len(err.strip().splitlines()) == 1, err
         assert err.startswith(words), err
     assert not head.exists()
+
+
+def test_a_camera_that_stops_delivering(bundle, scenes, tmp_path, capsys, monkeypatch):
+    """teach keeps what it captured and refuses to train on an empty class; live ends with one line."""
+    monkeypatch.delenv("BOARD", raising=False)
+    frames = [f[:, :, ::-1] for f in scenes["train"][0]]
+    # opened, 5 warm-up frames, then 2 frames, then nothing: unplugged, or taken by another program
+    monkeypatch.setitem(sys.modules, "cv2", FakeCv2(frames[:7]))
+    rc, out, err = cli(capsys, "teach", "--bundle", bundle.root, "--out", tmp_path / "h.npz", "--class", "a",
+                       "--class", "b", "--frames", 3)
+    assert rc == 2 and out == "" and not (tmp_path / "h.npz").exists()
+    assert "teach: a: 2 of 3 frames added, 2 examples in all; skipped 1 (camera 0: returned no frame" in err
+    assert err.strip().splitlines()[-1] == "error: class 'b' has no examples yet: capture some, or remove the class"
+    assert len(list((tmp_path / "h-examples" / "a").glob("*.png"))) == 2  # what was captured is kept
+
+    head = tmp_path / "head.npz"
+    with make_backend("emulator", bundle) as emu:
+        teacher = Teacher(bundle, emu, None)
+        for name, class_frames in zip("ab", scenes["train"]):
+            teacher.add_frames(name, class_frames)
+        teacher.train()
+        teacher.save_head(str(head))
+    monkeypatch.setitem(sys.modules, "cv2", FakeCv2(frames[:7]))
+    rc, out, err = cli(capsys, "live", "--bundle", bundle.root, "--head", head, "--frames", 5)
+    assert rc == 2 and [json.loads(line)["frame"] for line in out.splitlines()] == [1, 2]
+    assert err.strip().splitlines()[-1] == ("error: camera 0: returned no frame (unplugged, or taken by another "
+                                            "program?) (3 frames in a row)")
