@@ -112,8 +112,13 @@ def _build(cfg, out, export, export_sha, params, folding_bytes, with_vivado, bui
     refusal = fit_refusal(est, out, "file" if folding_bytes is not None else "fps" if cfg.target_fps else "default")
     if refusal:
         raise BnnError(refusal)
-    log("build_fpga: estimate %.0f img/s, LUT %s, BRAM18 %s (%.0f s)" % (
-        est["fps"], pct(est["lut"]), pct(est["bram18"]), time.time() - t0))
+    ddr_refusal(est, cfg, out)
+    log("build_fpga: estimate %.0f img/s, LUT %s, BRAM18 %s, URAM %s (%.0f s)" % (
+        est["fps"], pct(est["lut"]), pct(est["bram18"]), pct(est["uram"]), time.time() - t0))
+    if est["ddr"]["fps"] is not None:
+        log("build_fpga: %s stream from DDR: %.1f MB per image over %.2f GB/s -> at most %.0f img/s (DDR bound)" % (
+            ", ".join(est["ddr"]["streamed_layers"]), est["ddr"]["weight_bytes_per_image"] / 1e6,
+            est["ddr"]["bytes_per_s"] / 1e9, est["ddr"]["fps"]))
     for line in check_fit(est):
         log("build_fpga: warning: %s: over FINN's recommended margin, timing closure may fail" % line)
 
@@ -121,7 +126,10 @@ def _build(cfg, out, export, export_sha, params, folding_bytes, with_vivado, bui
 
     from export.emulator_weights import emulator_arrays
 
+    from .external_weights import streamed_weights
+
     hw_model = ModelWrapper(os.path.join(finn_dir, "intermediate_models", "step_generate_estimate_reports.onnx"))
+    weight_streams = streamed_weights(hw_model, names)
     input_size = int(export["preprocess"]["input_size"])
     finn_arrays = bundle.finn_emulator_arrays(extract_layers(hw_model), names, input_size)
     bundle.check_emulator(finn_arrays, emulator_arrays(layers, input_size), layers, out)
@@ -150,13 +158,26 @@ def _build(cfg, out, export, export_sha, params, folding_bytes, with_vivado, bui
         bundle.write_bundle(
             tmp, export_dir=cfg.export, export=export, export_sha=export_sha, params=params, board=board,
             emulator=finn_arrays, io=io, estimates=est, hw=hw,
-            build_dir=build_dir if keep else None)
+            build_dir=build_dir if keep else None, weight_streams=weight_streams)
     if hw is not None:
         msg = "build_fpga: bitstream and bundle written to %s" % out
     else:
         why = "--estimate-only was given" if cfg.estimate_only and vivado_available() else "Vivado is not on PATH"
         msg = ("synthesis and bitstream skipped: %s (estimates and emulator bundle written to %s)" % (why, out))
     return BuildResult(out, False, hw is not None, est, build_dir if keep else None, msg)
+
+
+def ddr_refusal(est: Dict, cfg: BuildConfig, out: str) -> None:
+    """BnnError when the weights streamed from DDR cannot keep up with the --target-fps asked for."""
+    ddr = est["ddr"]
+    if ddr["fps"] is None or cfg.target_fps is None or ddr["fps"] >= cfg.target_fps:
+        return
+    raise BnnError("%s: the %s cannot keep up with --target-fps %d: streaming %s from DDR moves %.1f MB per image "
+                   "over %s (%.2f GB/s), at most %.0f img/s; lower the target, raise --clock-mhz, or use a board "
+                   "with more on-chip memory" % (
+                       out, est["board"], cfg.target_fps, ", ".join(ddr["streamed_layers"]),
+                       (ddr["weight_bytes_per_image"] + ddr["io_bytes_per_image"]) / 1e6, ddr["port"],
+                       ddr["bytes_per_s"] / 1e9, ddr["fps"]))
 
 
 def _read_folding(path: Optional[str]) -> Optional[bytes]:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -27,6 +27,7 @@ from host.manifest import finalize_manifest, list_files, new_manifest
 
 EMULATOR = "emulator.npz"
 ONNX = "backbone.onnx"
+RUNTIME_WEIGHTS = "runtime_weights"  # FINN's driver folder name for external weight files
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 EmulatorArrays = Tuple[Dict, List[np.ndarray], List[np.ndarray]]
@@ -152,8 +153,13 @@ def copy_runtime(root: str) -> List[str]:
 
 def write_bundle(root: str, *, export_dir: str, export: Dict, export_sha: str, params: Dict, board,
                  emulator: EmulatorArrays, io: Dict, estimates: Dict, hw: Optional[Dict],
-                 build_dir: Optional[str]) -> Dict:
-    """Everything but report/ (written before) into ``root``, then manifest.json over all files."""
+                 build_dir: Optional[str], weight_streams: Sequence[Dict] = ()) -> Dict:
+    """Everything but report/ (written before) into ``root``, then manifest.json over all files.
+
+    ``weight_streams`` (``external_weights.streamed_weights``): one ``runtime_weights/<dma>.npy`` each,
+    the bytes the weight IODMA reads, in FINN's layout and with FINN's driver's file names; the io
+    dict lists them with their repeat count per image (``host.bundle``), and the manifest hashes them.
+    """
     save_emulator(os.path.join(root, EMULATOR), *emulator)
     shutil.copyfile(os.path.join(export_dir, ONNX), os.path.join(root, ONNX))
     bitfile = hwh = None
@@ -166,7 +172,15 @@ def write_bundle(root: str, *, export_dir: str, export: Dict, export_sha: str, p
                         ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     runtime = copy_runtime(root)
     io = dict(io)
-    io.setdefault("external_weights", [])
+    io["external_weights"] = []
+    for w in weight_streams:
+        rel = "%s/%s.npy" % (RUNTIME_WEIGHTS, w["dma"])
+        os.makedirs(os.path.join(root, RUNTIME_WEIGHTS), exist_ok=True)
+        np.save(os.path.join(root, rel), w["data"], allow_pickle=False)
+        io["external_weights"].append({"dma": w["dma"], "file": rel, "repeats": int(w["repeats"]), "layer": w["layer"]})
+    io["number_of_external_weights"] = len(io["external_weights"])
+    streamed = ", ".join("%s (%s, %s bytes per image)" % (w["layer"], w["dma"], format(w["data"].size, ","))
+                         for w in weight_streams)
     fit = {r: {"used": estimates[r]["used"], "available": estimates[r]["available"],
                "margin": estimates[r]["margin"]} for r in ("lut", "ff", "bram18", "uram", "dsp")}
     manifest = new_manifest(
@@ -191,7 +205,8 @@ def write_bundle(root: str, *, export_dir: str, export: Dict, export_sha: str, p
                      "output [N, feature_width] +-1 features; the first axis of every io shape is the batch",
         estimates={"fps": estimates["fps"], "latency_cycles": estimates["latency_cycles"],
                    "target_fps": estimates.get("target_fps"), "folding": estimates.get("folding_mode"), **fit},
-        weights_memory="internal (all weights on chip; no external weight streams)",
+        weights_memory=("external: %s stream from DDR, the other layers' weights are on chip" % streamed
+                        if streamed else "internal (all weights on chip; no external weight streams)"),
         runtime=runtime,
         finn_build_dir=build_dir,
         versions=_versions(),

@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
+import numpy as np
+
 from .boards import RESOURCES, Board
 
 _FINN_RES = {"lut": "LUT", "bram18": "BRAM_18K", "uram": "URAM", "dsp": "DSP"}
@@ -117,6 +119,18 @@ def _assign_blocks(names: List[str], attrs: Dict[str, Dict], layer_names) -> Dic
     for p in pending:
         out[p] = labels[-1]
     return out
+
+
+def ddr_estimate(report_dir, board: Board, clock_mhz: float) -> Dict:
+    """The DDR bound on img/s of the weights our steps stream (report/external_weights.json) and the
+    image in and features out (report/io_shapes.json); ``fps`` None when nothing streams."""
+    from .external_weights import ddr_bound
+
+    report_dir = Path(report_dir)
+    streams = json.loads((report_dir / "external_weights.json").read_text())
+    io = json.loads((report_dir / "io_shapes.json").read_text())
+    nbytes = [int(np.prod(io[k][0][1:])) for k in ("ishape_packed", "oshape_packed")]
+    return ddr_bound(streams, board, clock_mhz, *nbytes)
 
 
 def check_fit(est: Dict, margins: bool = True) -> List[str]:

@@ -30,7 +30,6 @@ from dataclasses import asdict, dataclass, replace
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
-from qonnx.transformation.base import Transformation
 
 from host.errors import BnnError
 
@@ -146,23 +145,23 @@ def port_bytes_per_s(board, clock_mhz: float) -> float:
     return port if board.ddr_bytes_per_s is None else min(port, board.ddr_bytes_per_s)
 
 
-def ddr_bound(layers: List[WeightLayer], board, clock_mhz: float, in_bytes: int, out_bytes: int) -> Dict:
-    """Bytes moved per image and the img/s they allow. ``in_bytes``/``out_bytes``: one image's packed
-    input and output (the image streams over the same port)."""
-    streamed = [r for r in layers if r.mem_mode == "external"]
-    weight_bytes = sum(math.ceil(r.bits / 8) * r.repeats for r in streamed)
+def ddr_bound(streams: List[Dict], board, clock_mhz: float, in_bytes: int, out_bytes: int) -> Dict:
+    """Bytes moved per image and the img/s they allow. ``streams``: ``{"layer", "bytes", "repeats"}`` per
+    weight stream (:func:`streamed_weights`); ``in_bytes``/``out_bytes``: one image's packed input and
+    output, which share the port with the weights."""
+    weight_bytes = sum(int(s["bytes"]) * int(s["repeats"]) for s in streams)
     per_image = weight_bytes + int(in_bytes) + int(out_bytes)
     bw = port_bytes_per_s(board, clock_mhz)
     return {
-        "streamed_layers": [r.layer for r in streamed],
+        "streamed_layers": [s["layer"] for s in streams],
         "weight_bytes_per_image": int(weight_bytes),
         "io_bytes_per_image": int(in_bytes) + int(out_bytes),
         "bytes_per_s": bw,
-        "port": "%d-bit S_AXI_HP0 at %.0f MHz (FINN's Zynq shell; finn.util.basic.pynq_native_port_width)"
+        "port": "%d-bit S_AXI_HP0 at %g MHz (FINN's Zynq shell; finn.util.basic.pynq_native_port_width)"
                 % (board.axi_port_bits, clock_mhz),
         "ddr_bytes_per_s": board.ddr_bytes_per_s,
         "ddr_source": board.ddr_source,
-        "fps": bw / per_image if streamed else None,
+        "fps": bw / per_image if streams else None,
     }
 
 
@@ -202,28 +201,6 @@ def weight_dma_names(n_streamed: int) -> List[str]:
 
 
 
-class SetWeightMemory(Transformation):
-    """qonnx Transformation: give each MVAU the ``mem_mode``/``ram_style`` of its :func:`plan` row.
-
-    Runs before folding, so SetFolding (which caps PE for ``internal_decoupled`` only) and the
-    estimates see the final memory of every layer.
-    """
-
-    def __init__(self, rows: List[WeightLayer]):
-        self.rows = {r.node: r for r in rows}
-
-    def apply(self, model):
-        from qonnx.custom_op.registry import getCustomOp
-
-        for n in model.graph.node:
-            row = self.rows.get(n.name)
-            if row is not None:
-                inst = getCustomOp(n)
-                inst.set_nodeattr("mem_mode", row.mem_mode)
-                inst.set_nodeattr("ram_style", row.ram_style)
-        return model, False
-
-
 def streamed_weights(model, layer_names: Optional[Sequence[str]] = None) -> List[Dict]:
     """The weight streams of a folded FINN HW graph: one entry per ``external`` MVAU in graph order,
     with the IODMA name ZynqBuild will give it and the bytes that DMA reads (FINN's layout)."""
@@ -242,5 +219,5 @@ def streamed_weights(model, layer_names: Optional[Sequence[str]] = None) -> List
         wdt = model.get_tensor_datatype(node.input[1]).name
         data = external_weight_bytes(model.get_initializer(node.input[1]), pe, simd, wdt)
         out.append({"dma": dma, "layer": r.layer, "node": r.node, "repeats": r.repeats, "pe": pe, "simd": simd,
-                    "datatype": wdt, "data": data})
+                    "datatype": wdt, "bytes": int(data.size), "data": data})
     return out

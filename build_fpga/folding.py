@@ -45,6 +45,13 @@ def search_max_fps(onnx: str, finn_dir: str, cfg: BuildConfig, layer_names: Opti
         last_fit = fps
         if prev_fps is not None and est["fps"] <= prev_fps:
             break  # no more parallelism to add
+        ddr_fps = est["ddr"]["fps"]
+        if ddr_fps is not None and est["fps"] >= ddr_fps:
+            # Weights stream from DDR and it is the bottleneck now: more parallelism buys nothing. The
+            # smallest folding that still keeps up with DDR has the same throughput in fewer resources.
+            if int(ddr_fps) + 1 < fps:
+                estimate(int(ddr_fps) + 1)
+            break
         prev_fps = est["fps"]
     if last_fit is None:
         # Even the lowest target leaves the margins: fall back to FINN's minimal folding (target 1 img/s).
@@ -53,7 +60,8 @@ def search_max_fps(onnx: str, finn_dir: str, cfg: BuildConfig, layer_names: Opti
         for k in REFINE_STEPS:
             estimate(int(round(last_fit * k)))
     fitting = [r for r in rows if r["fits_margins"]]
-    best = max(fitting, key=lambda r: (r["fps"], -r["target_fps"])) if fitting else min(rows, key=lambda r: r["fps"])
+    best = (max(fitting, key=lambda r: (r["fps_effective"], -r["target_fps"])) if fitting
+            else min(rows, key=lambda r: r["fps"]))
     best["chosen"] = True
     est = refold(finn_dir, replace(cfg, target_fps=best["target_fps"], folding=None), layer_names)
     est["target_fps"] = best["target_fps"]
@@ -61,7 +69,10 @@ def search_max_fps(onnx: str, finn_dir: str, cfg: BuildConfig, layer_names: Opti
 
 
 def sweep_row(target_fps: int, est: Dict) -> Dict:
+    ddr_fps = est["ddr"]["fps"]
+    effective = float(est["fps"]) if ddr_fps is None else min(float(est["fps"]), ddr_fps)
     row = {"target_fps": int(target_fps), "fps": round(float(est["fps"]), 1), "bottleneck": est["bottleneck"],
+           "ddr_fps": None if ddr_fps is None else round(ddr_fps, 1), "fps_effective": round(effective, 1),
            "fits_margins": not check_fit(est), "fits_board": not check_fit(est, margins=False), "chosen": False}
     for r in ("lut", "bram18", "uram", "dsp"):
         row[r] = est[r]["used"]

@@ -189,6 +189,29 @@ def _pretrain_accuracy(export: Dict) -> Optional[str]:
         return None
 
 
+def weight_memory(est: Dict) -> List[str]:
+    """Where the weights live, and the DDR bound on img/s when some stream from DDR."""
+    ddr = est["ddr"]
+    if ddr["fps"] is None:
+        return ["Weights: all on chip (no layer streams its weights from DDR)."]
+    peak = ("; the DDR's own peak is %.1f GB/s (%s)" % (ddr["ddr_bytes_per_s"] / 1e9, ddr["ddr_source"])
+            if ddr["ddr_bytes_per_s"] else "; %s" % ddr["ddr_source"])
+    return [
+        "Weights: **%s stream from DDR** (FINN `mem_mode` external, one weight IODMA each, replayed per image; "
+        "`runtime_weights/` in the bundle), the other layers' weights are on chip (`external_weights_plan.json`)."
+        % ", ".join(ddr["streamed_layers"]),
+        "",
+        "| bound | img/s | from |",
+        "|---|---|---|",
+        "| compute (FINN's estimate) | %s | slowest node %s |" % (_n(est["fps"]), est["bottleneck"]),
+        "| DDR | %s | %s bytes of weights + %s bytes of image and features per image over %s = %.2f GB/s%s |" % (
+            _n(ddr["fps"]), _n(ddr["weight_bytes_per_image"]), _n(ddr["io_bytes_per_image"]), ddr["port"],
+            ddr["bytes_per_s"] / 1e9, peak),
+        "",
+        "Expected throughput: the lower of the two, **%s img/s**." % _n(min(est["fps"], ddr["fps"])),
+    ]
+
+
 def readme(est: Dict, *, board, export: Dict, sweep: List[Dict], bitexact: Dict, hardware: bool) -> str:
     fold = est.get("folding_mode", "")
     lines = [
@@ -207,6 +230,7 @@ def readme(est: Dict, *, board, export: Dict, sweep: List[Dict], bitexact: Dict,
         "",
     ]
     lines += fit_table(est)
+    lines += [""] + weight_memory(est)
     lines += ["", "FINN's margins are `finn.util.platforms.DEFAULT_RES_LIMITS` (Xilinx's recommended limits for "
               "timing closure). FF: FINN has no flip-flop estimate. The estimates exclude %s: keep some margin "
               "for them." % est.get("excludes", "FIFOs, width converters, DMAs and the shell"), ""]

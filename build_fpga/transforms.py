@@ -49,3 +49,26 @@ class AbsorbBinaryPad(Transformation):
         if any(next(a for a in conv.attribute if a.name == "pads").ints):
             return None
         return conv
+
+
+class SetWeightMemory(Transformation):
+    """Give each MVAU the ``mem_mode``/``ram_style`` of its row of :func:`build_fpga.external_weights.plan`.
+
+    Runs before folding, so SetFolding (which caps PE for ``internal_decoupled`` only) and the
+    estimates see the final memory of every layer.
+    """
+
+    def __init__(self, rows):
+        super().__init__()
+        self.rows = {r.node: r for r in rows}
+
+    def apply(self, model):
+        from qonnx.custom_op.registry import getCustomOp
+
+        for n in model.graph.node:
+            row = self.rows.get(n.name)
+            if row is not None:
+                inst = getCustomOp(n)
+                inst.set_nodeattr("mem_mode", row.mem_mode)
+                inst.set_nodeattr("ram_style", row.ram_style)
+        return model, False

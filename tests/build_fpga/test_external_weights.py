@@ -77,13 +77,16 @@ def test_external_weights_on_a_conv_layer_are_refused():
 def test_ddr_bound_is_the_shell_port_over_the_bytes_per_image():
     from build_fpga.boards import get_board
 
-    rows = plan(paper_layers(), get_board("kv260"))
-    b = ddr_bound(rows, get_board("kv260"), 100.0, in_bytes=224 * 224 * 3, out_bytes=4096 // 8)
+    streams = [{"layer": "fc1", "bytes": 9216 * 4096 // 8, "repeats": 1},
+               {"layer": "fc2", "bytes": 4096 * 4096 // 8, "repeats": 1}]
+    b = ddr_bound(streams, get_board("kv260"), 100.0, in_bytes=224 * 224 * 3, out_bytes=4096 // 8)
     assert b["streamed_layers"] == ["fc1", "fc2"]
     assert b["weight_bytes_per_image"] == (9216 * 4096 + 4096 * 4096) // 8
     assert b["bytes_per_s"] == 128 / 8 * 100e6  # the 128-bit port at 100 MHz, below DDR4's 19.2 GB/s
     assert b["fps"] == pytest.approx(1.6e9 / (b["weight_bytes_per_image"] + 224 * 224 * 3 + 512))
-    assert ddr_bound(plan(paper_layers()[:5], get_board("kv260")), get_board("kv260"), 100.0, 1, 1)["fps"] is None
+    assert ddr_bound(streams, get_board("kv260"), 150.0, 1, 1)["fps"] == pytest.approx(b["fps"] * 1.5, rel=0.03)
+    assert ddr_bound(streams, get_board("pynq-z2"), 100.0, 1, 1)["bytes_per_s"] == 64 / 8 * 100e6
+    assert ddr_bound([], get_board("kv260"), 100.0, 1, 1)["fps"] is None
 
 
 @needs_finn

@@ -1,6 +1,7 @@
 """The pynq backend against a fake board that checks the IODMA protocol and computes with the emulator."""
 
 import importlib.util
+import os
 import sys
 import time
 
@@ -77,16 +78,39 @@ def test_binary_output_datatype(tmp_path, monkeypatch):
 
 
 def test_external_weights_start_first_and_are_loaded_once(tmp_path, monkeypatch):
-    data = np.random.default_rng(7).integers(0, 256, size=37).astype(np.uint8)
-    bundle = load_bundle(make_bundle(tmp_path / "b", external_weights=[("idma1", data, 3)]))
-    board = _install(monkeypatch, bundle, weights={"idma1": (data, 3)})
+    """A bundle with two weight streams (as build_fpga writes for the paper preset: fc2's DMA is idma0,
+    fc1's idma1, the image's idma2): both loaded once, programmed with address and n * repeats before
+    the output and input DMAs of every batch, and freed on close."""
+    rng = np.random.default_rng(7)
+    fc1, fc2 = rng.integers(0, 256, size=37).astype(np.uint8), rng.integers(0, 256, size=16).astype(np.uint8)
+    io = dict(tiny_io(), input_dma_name=["idma2"])
+    bundle = load_bundle(make_bundle(tmp_path / "b", io=io, external_weights=[("idma1", fc1, 1), ("idma0", fc2, 3)]))
+    board = _install(monkeypatch, bundle, weights={"idma1": (fc1, 1), "idma0": (fc2, 3)})
     x = _images(7, seed=3)
     with make_backend("pynq", bundle) as b:
         assert np.array_equal(b.extract(x, batch_size=4), load_emulator(bundle.emulator_path).extract(x))
         assert np.array_equal(b.extract(x, batch_size=2), load_emulator(bundle.emulator_path).extract(x))
+        weight_buffers = [w[1].device_address for w in b._weights]
     assert board.errors == []
-    assert board.log[:3] == [("idma1", 12), ("odma0", 4), ("idma0", 4)]
-    assert board.allocations.count((37,)) == 1
+    assert board.log[:4] == [("idma1", 4), ("idma0", 12), ("odma0", 4), ("idma2", 4)]
+    assert board.log[-4:] == [("idma1", 1), ("idma0", 3), ("odma0", 1), ("idma2", 1)]  # the batch's last image
+    assert board.allocations.count((37,)) == 1 and board.allocations.count((16,)) == 1
+    assert len(weight_buffers) == 2 and all(a in board.freed for a in weight_buffers)
+    assert board.dram == {}  # every buffer (weights, input, output) went back to the CMA pool
+
+
+def test_missing_or_tampered_weight_file_is_one_line_naming_it(tmp_path, monkeypatch):
+    data = np.arange(37, dtype=np.uint8)
+    root = make_bundle(tmp_path / "b", external_weights=[("idma1", data, 1)])
+    path = tmp_path / "b" / "runtime_weights" / "idma1.npy"
+    os.rename(path, str(path) + ".bak")
+    with pytest.raises(BnnError, match=r"^.*runtime_weights/idma1\.npy: file listed in .*manifest\.json is missing$"):
+        load_bundle(root)
+    os.rename(str(path) + ".bak", path)
+    np.save(path, data[::-1].copy())
+    with pytest.raises(BnnError, match=r"^.*runtime_weights/idma1\.npy: sha256 does not match"):
+        load_bundle(root)
+    assert not (tmp_path / "b" / "runtime_weights" / "idma1.npy.bak").exists()
 
 
 def test_fake_board_enforces_the_start_order(bundle, monkeypatch):
