@@ -48,6 +48,25 @@ class Network:
             self._paths["qonnx"] = path
         return self._paths["qonnx"]
 
+    def export_dir(self) -> str:
+        """An export directory of this network (``python -m export backbone`` on a run holding it)."""
+        if "export" not in self._paths:
+            from export.backbone import ExportConfig, export_backbone
+            from host.preprocess import Preprocess
+            from train.checkpoint import save_checkpoint
+
+            run = os.path.join(self.workdir, "%s_run" % self.preset)
+            os.makedirs(run, exist_ok=True)
+            cfg = self.model.cfg
+            save_checkpoint(os.path.join(run, "checkpoint.pt"), {
+                "mode": "fit", "model_config": cfg.to_dict(), "classes": ["c%d" % i for i in range(cfg.num_classes)],
+                "preprocess": Preprocess.for_input_size(self.input_size).to_dict(), "epoch": 1,
+                "model": self.model.state_dict(), "metrics": {}})
+            out = os.path.join(self.workdir, "%s_export" % self.preset)
+            export_backbone(ExportConfig(run=run, out=out, verify_images=2), progress=lambda s: None)
+            self._paths["export"] = out
+        return self._paths["export"]
+
     def float_onnx_path(self) -> str:
         """A plain float ONNX graph of the same function, for onnxruntime.
 

@@ -153,7 +153,7 @@ def _build(cfg, out, export, export_sha, params, folding_bytes, with_vivado, bui
     with atomic_dir(out) as tmp:
         report.write_report(
             os.path.join(tmp, "report"), est, finn_dir, board=board, export=export, sweep=sweep,
-            bitexact=bitexact, folding_file=_folding_source(finn_dir, folding_bytes is not None),
+            bitexact=bitexact, folding_file=_folding_source(finn_dir),
             hardware=hw is not None)
         bundle.write_bundle(
             tmp, export_dir=cfg.export, export=export, export_sha=export_sha, params=params, board=board,
@@ -244,11 +244,12 @@ def _build_dir(cfg: BuildConfig, out: str, with_vivado: bool) -> Tuple[str, bool
     return tempfile.mkdtemp(dir=parent, prefix="." + name + ".finn-"), False
 
 
-def _folding_source(finn_dir: str, from_file: bool) -> str:
-    # FINN writes the folding it applied from a file as applied_folding_config.json and the one
-    # SetFolding chose for a target fps as auto_folding_config.json; both round-trip via --folding.
-    name = "applied_folding_config.json" if from_file else "auto_folding_config.json"
-    return os.path.join(finn_dir, "report", name)
+def _folding_source(finn_dir: str) -> str:
+    # The folding as estimated (after our weight memory step, which may move layers to URAM or widen a
+    # weight stream to whole bytes), in FINN's auto_folding_config format: it round-trips via --folding.
+    from .steps import FOLDING_CONFIG
+
+    return os.path.join(finn_dir, "report", FOLDING_CONFIG)
 
 
 @contextlib.contextmanager

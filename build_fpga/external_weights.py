@@ -7,9 +7,12 @@ matrix from DDR and streams it into the layer, once per image. The paper's AlexN
 of weights, fc1 (9216x4096) and fc2 (4096x4096) 54.5 Mbit of it, against ~5 Mbit of BRAM on a
 KV260 and ~9 Mbit of BRAM + ~21 Mbit of URAM on a ZCU104 (FINN's 80% margins).
 
-:func:`plan` decides per layer, before folding, from the board's usable BRAM18/URAM: the largest
-fully connected layers stream until the rest fits on chip, the largest on-chip layers in URAM where
-the board has it. FINN's estimates after folding then check the guess like any other design.
+:func:`plan` decides per layer, before folding, from the board's usable BRAM18/URAM bits: the
+largest fully connected layers stream until the rest fits on chip. After folding,
+:func:`assign_ram_styles` moves the on-chip layers that save the most BRAM into URAM, from FINN's
+own BRAM/URAM estimates at that folding (a layer's URAM count depends on its PE*SIMD word width),
+and :func:`align_streams` makes every stream whole bytes per word. FINN's estimates then check the
+design like any other.
 
 Only fully connected layers stream: FINN's weight IODMA replays the matrix once per image (its
 driver starts it with the batch size as count), while a conv layer reads its matrix once per
@@ -25,7 +28,6 @@ the ceiling on img/s, beside FINN's compute estimate.
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, replace
 from typing import Dict, List, Optional, Sequence
 
@@ -34,12 +36,11 @@ import numpy as np
 from host.errors import BnnError
 
 BRAM18_BITS = 18 * 1024
-# FINN packs PE*SIMD weights per memory word; for 1-bit weights and power-of-two PE*SIMD a URAM's
-# 72-bit x 4096 words hold 64 x 4096 of them (matrixvectoractivation.uram_estimation).
-URAM_WEIGHT_BITS = 64 * 4096
-# Share of the usable BRAM18 that weights may take in the plan: FINN's estimates count the thresholds
-# too, and FIFOs and width converters come on top (build_fpga/FINN_NOTES.md: keep BRAM margin).
-BRAM_FILL = 0.85
+URAM_BITS = 72 * 4096
+# Share of the usable BRAM18/URAM bits the stream decision may count on for weights: packing is not
+# perfect (FINN's words are PE*SIMD bits wide), thresholds take BRAM too, and FIFOs and width
+# converters come on top (build_fpga/FINN_NOTES.md: keep BRAM margin).
+MEMORY_FILL = 0.85
 
 
 @dataclass
@@ -94,37 +95,76 @@ def mvau_layers(model, layer_names: Optional[Sequence[str]] = None) -> List[Weig
     return rows
 
 
-def plan(layers: List[WeightLayer], board) -> List[WeightLayer]:
-    """Decide ``mem_mode``/``ram_style`` per layer for ``board`` (a copy; the input is not changed).
+def on_chip_bits(board) -> int:
+    """Weight bits the stream decision counts on: usable BRAM18 and URAM bits times MEMORY_FILL."""
+    return int((board.usable["bram18"] * BRAM18_BITS + board.usable["uram"] * URAM_BITS) * MEMORY_FILL)
 
-    Stream none, then the largest fully connected layer, then the two largest, ... and take the first
-    plan whose on-chip layers fit: the largest go to URAM while it lasts (``ram_style`` "ultra"), the
-    rest to BRAM, within the usable counts (BRAM at BRAM_FILL). BnnError when even with every FC layer
-    streamed the rest does not fit.
+
+def plan(layers: List[WeightLayer], board) -> List[WeightLayer]:
+    """Decide which layers stream (``mem_mode`` external) for ``board``; a copy, the input is not changed.
+
+    The largest fully connected layers stream, largest first, until the rest fits
+    :func:`on_chip_bits`. Where the rest goes (BRAM or URAM) depends on the folding and is decided
+    after it (:func:`assign_ram_styles`). BnnError when even with every FC layer streamed the rest
+    does not fit.
     """
-    fcs = sorted((r for r in layers if r.streamable), key=lambda r: -r.bits)
-    for k in range(len(fcs) + 1):
-        streamed = {r.node for r in fcs[:k]}
-        rows = [replace(r, mem_mode="external" if r.node in streamed else "internal_decoupled", ram_style="auto")
-                for r in layers]
-        uram_left = board.usable["uram"]
-        bram_bits = 0
-        for r in sorted((r for r in rows if r.mem_mode != "external"), key=lambda r: -r.bits):
-            need = math.ceil(r.bits / URAM_WEIGHT_BITS)
-            if need <= uram_left:
-                r.ram_style = "ultra"
-                uram_left -= need
-            else:
-                bram_bits += r.bits
-        if bram_bits <= board.usable["bram18"] * BRAM18_BITS * BRAM_FILL:
-            return rows
-    raise BnnError("%s: with every fully connected layer streamed from DDR, %s still need %.1f Mbit of BRAM for "
-                   "their weights, more than the %.1f Mbit a plan may use (%d%% of the %d usable BRAM18, the rest is "
-                   "for thresholds and FIFOs): use a smaller preset or a larger board"
-                   % (board.name, ", ".join(r.layer for r in rows if r.mem_mode != "external"
-                                            and r.ram_style != "ultra"), bram_bits / 1e6,
-                      board.usable["bram18"] * BRAM18_BITS * BRAM_FILL / 1e6, round(BRAM_FILL * 100),
-                      board.usable["bram18"]))
+    rows = [replace(r, mem_mode="internal_decoupled") for r in layers]
+    budget = on_chip_bits(board)
+    on_chip = sum(r.bits for r in rows)
+    for r in sorted((r for r in rows if r.streamable), key=lambda r: -r.bits):
+        if on_chip <= budget:
+            break
+        r.mem_mode = "external"
+        on_chip -= r.bits
+    if on_chip > budget:
+        raise BnnError("%s: with every fully connected layer streamed from DDR, %s still need %.1f Mbit of weights "
+                       "on chip, more than the %.1f Mbit a plan may use (%d%% of the usable %d BRAM18 and %d URAM, "
+                       "the rest is for packing losses, thresholds and FIFOs): use a smaller preset or a larger "
+                       "board" % (board.name, ", ".join(r.layer for r in rows if r.mem_mode != "external"),
+                                  on_chip / 1e6, budget / 1e6, round(MEMORY_FILL * 100), board.usable["bram18"],
+                                  board.usable["uram"]))
+    return rows
+
+
+def assign_ram_styles(costs: List[Dict], board) -> Dict[str, str]:
+    """``ram_style`` per on-chip layer once the folding is known: URAM for the layers that save the most
+    BRAM18 per URAM, while BRAM is over its usable count and URAM is left.
+
+    ``costs``: ``{"node", "bram18", "uram"}`` per on-chip MVAU, FINN's own estimates of the layer in
+    BRAM (ram_style "block") and in URAM ("ultra") at its folding.
+    """
+    styles = {c["node"]: "auto" for c in costs}
+    bram = sum(c["bram18"] for c in costs)
+    uram_left = board.usable["uram"]
+    for c in sorted(costs, key=lambda c: -c["bram18"] / max(c["uram"], 1)):
+        if bram <= board.usable["bram18"] * MEMORY_FILL:
+            break
+        if 0 < c["uram"] <= uram_left and c["bram18"] > c["uram"]:
+            styles[c["node"]] = "ultra"
+            uram_left -= c["uram"]
+            bram -= c["bram18"]
+    return styles
+
+
+def align_streams(rows: List[WeightLayer], folding: Dict[str, Dict[str, int]]) -> Dict[str, Dict[str, int]]:
+    """New PE/SIMD for streamed layers whose words are not whole bytes (FINN's weight IODMA reads
+    bytes): the smallest PE*SIMD at or above the current one, PE dividing MH and SIMD dividing MW.
+    ``folding``: node -> {"PE", "SIMD"}; returns only the nodes that change."""
+    out = {}
+    for r in rows:
+        pe, simd = folding[r.node]["PE"], folding[r.node]["SIMD"]
+        if r.mem_mode != "external" or (pe * simd * r.weight_bits) % 8 == 0:
+            continue
+        options = [(p * q, p, q) for p in _divisors(r.mh) if p >= pe for q in _divisors(r.mw) if q >= simd
+                   and (p * q * r.weight_bits) % 8 == 0]
+        if options:
+            _, p, q = min(options)
+            out[r.node] = {"PE": p, "SIMD": q}
+    return out
+
+
+def _divisors(n: int) -> List[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
 
 
 def check_external(layers: List[WeightLayer], where: str) -> None:

@@ -38,7 +38,7 @@ def run_hardware(out_dir, cfg: BuildConfig, build_dir=None) -> Dict:
     if not (out_dir / "intermediate_models" / "step_bnn_io_shapes.onnx").exists():
         raise FlowError("%s: no finished estimate build to continue from" % out_dir)
     hw = hardware_steps()
-    steps = flow_steps(hw_codegen=False) + hw
+    steps = flow_steps(board) + hw
     dcfg = dataflow_config(out_dir, cfg, board, steps=steps, start_step=hw[0], outputs=HARDWARE_OUTPUTS)
     with finn_session(build_dir or out_dir / "finn_build"):
         wall = run_dataflow("", out_dir, dcfg)

@@ -49,16 +49,28 @@ def step_bnn_check_partition(model, cfg):
     return model
 
 
-def external_weights_steps(board, layer_names=None) -> Tuple:
-    """Our two steps around FINN's folding for weights in DDR (``external_weights.py``), bound to
-    ``board`` and our layer names (for messages).
+# What FINN's step_target_fps_parallelization exports as auto_folding_config.json (its list, inline there).
+FOLDING_ATTRS = ("PE", "SIMD", "EmbFold", "SeqFold", "parallel_window", "ram_style", "ram_style_thresholds",
+                 "ram_style_mask", "depth", "impl_style", "resType", "mac_resource", "mem_mode",
+                 "runtime_writeable_weights", "depth_trigger_uram", "depth_trigger_bram")
+FOLDING_CONFIG = "bnn_folding_config.json"  # in FINN's report/: the folding as estimated, for --folding
 
-    ``step_bnn_external_weights`` (before folding): each MVAU's mem_mode/ram_style from
-    :func:`~build_fpga.external_weights.plan`, written to report/external_weights_plan.json.
-    ``step_bnn_check_external`` (after a folding file was applied, which may set any mem_mode): no
-    conv layer streams, and every stream is whole bytes per word, as FINN's weight IODMA needs.
+
+def external_weights_steps(board, layer_names=None) -> Tuple:
+    """Our steps for weights in DDR (``external_weights.py``), bound to ``board`` and our layer names.
+
+    ``step_bnn_external_weights`` (before folding): which MVAUs stream (mem_mode external), from
+    :func:`~build_fpga.external_weights.plan`; report/external_weights_plan.json.
+    ``step_bnn_weight_memory`` (after folding and any folding file, which may set any mem_mode): no
+    conv layer streams; without a folding file, streams are made whole bytes per word and the
+    on-chip layers that save the most BRAM go to URAM (FINN's estimates at this folding); with one,
+    a stream that is not whole bytes is refused. Writes the final folding (FOLDING_CONFIG).
+    ``step_bnn_io_shapes`` (last): :func:`io_shapes` and report/external_weights.json.
     """
-    from .external_weights import check_external, mvau_layers, plan
+    from finn.util.config import extract_model_config_to_json
+    from qonnx.custom_op.registry import getCustomOp
+
+    from .external_weights import align_streams, assign_ram_styles, check_external, mvau_layers, plan, streamed_weights
 
     def step_bnn_external_weights(model, cfg):
         try:
@@ -68,33 +80,56 @@ def external_weights_steps(board, layer_names=None) -> Tuple:
         report = Path(cfg.output_dir) / "report"
         report.mkdir(parents=True, exist_ok=True)
         (report / "external_weights_plan.json").write_text(json.dumps([r.to_dict() for r in rows], indent=2))
-        return model.transform(SetWeightMemory(rows))
+        return model.transform(SetWeightMemory({r.node: {"mem_mode": r.mem_mode} for r in rows}))
 
-    def step_bnn_check_external(model, cfg):
+    def step_bnn_weight_memory(model, cfg):
         where = str(cfg.folding_config_file or cfg.output_dir)
+        rows = mvau_layers(model, layer_names)
+        insts = {r.node: getCustomOp(model.get_node_from_name(r.node)) for r in rows}
+        folding = {n: {"PE": i.get_nodeattr("PE"), "SIMD": i.get_nodeattr("SIMD")} for n, i in insts.items()}
         try:
-            check_external(mvau_layers(model, layer_names), where)
+            check_external(rows, where)
+            aligned = align_streams(rows, folding)
         except BnnError as e:
             fail(str(e))
+        if cfg.folding_config_file is not None:
+            for node in aligned:
+                r = next(r for r in rows if r.node == node)
+                fail("%s: layer %s (%s) streams PE %d x SIMD %d x %d-bit weights per word, not whole bytes, which "
+                     "FINN's weight IODMA needs (e.g. PE %d, SIMD %d)" % (
+                         where, r.layer, node, folding[node]["PE"], folding[node]["SIMD"], r.weight_bits,
+                         aligned[node]["PE"], aligned[node]["SIMD"]))
+        else:
+            part = cfg._resolve_fpga_part()
+            costs = []
+            for r in rows:
+                if r.mem_mode == "external":
+                    continue
+                inst, cost = insts[r.node], {"node": r.node}
+                for style, key, fn in (("block", "bram18", "bram_estimation"), ("ultra", "uram", "uram_estimation")):
+                    inst.set_nodeattr("ram_style", style)
+                    cost[key] = int(getattr(inst, fn)(part))
+                inst.set_nodeattr("ram_style", r.ram_style)
+                costs.append(cost)
+            styles = assign_ram_styles(costs, board)
+            model = model.transform(SetWeightMemory(
+                {n: dict(aligned.get(n, {}), **({"ram_style": styles[n]} if n in styles else {})) for n in insts}))
+        extract_model_config_to_json(model, Path(cfg.output_dir) / "report" / FOLDING_CONFIG, FOLDING_ATTRS)
         return model
 
-    return step_bnn_external_weights, step_bnn_check_external
+    def step_bnn_io_shapes(model, cfg):
+        report = Path(cfg.output_dir) / "report"
+        try:
+            streams = streamed_weights(model, layer_names)
+        except BnnError as e:
+            fail("%s: %s" % (cfg.folding_config_file or cfg.output_dir, e))
+        (report / "io_shapes.json").write_text(json.dumps(io_shapes(model, len(streams)), indent=2))
+        (report / "external_weights.json").write_text(json.dumps(
+            [{k: v for k, v in s.items() if k != "data"} for s in streams], indent=2))
+        return model
 
+    return step_bnn_external_weights, step_bnn_weight_memory, step_bnn_io_shapes
 
-def step_bnn_io_shapes(model, cfg):
-    """Write report/io_shapes.json (what FINN's driver puts in settings.json's io_shape_dict) and
-    report/external_weights.json (the weight streams of the folded graph, without their bytes)."""
-    from .external_weights import streamed_weights
-
-    report = Path(cfg.output_dir) / "report"
-    try:
-        streams = streamed_weights(model)
-    except BnnError as e:
-        fail("%s: %s" % (cfg.folding_config_file or cfg.output_dir, e))
-    (report / "io_shapes.json").write_text(json.dumps(io_shapes(model, len(streams)), indent=2))
-    (report / "external_weights.json").write_text(json.dumps(
-        [{k: v for k, v in s.items() if k != "data"} for s in streams], indent=2))
-    return model
 
 def io_shapes(model, n_weight_streams: int = 0) -> Dict:
     """The accelerator's I/O as ``finn.util.basic.get_driver_shapes`` derives it after ZynqBuild.
@@ -131,12 +166,12 @@ def io_shapes(model, n_weight_streams: int = 0) -> Dict:
         "num_outputs": 1,
     }
 
-def flow_steps(hw_codegen: bool = False, board=None, layer_names=None) -> List:
-    """FINN's estimate_only_dataflow_steps with ours inserted (names are strings, ours callables).
-    With ``board``, the per-layer weight memory is planned for it (:func:`external_weights_steps`)."""
+def flow_steps(board, hw_codegen: bool = False, layer_names=None) -> List:
+    """FINN's estimate_only_dataflow_steps with ours inserted (names are strings, ours callables), the
+    weight memory planned for ``board`` (:func:`external_weights_steps`)."""
     from finn.builder.build_dataflow_config import estimate_only_dataflow_steps
 
-    weights = external_weights_steps(board, layer_names) if board is not None else None
+    weights = external_weights_steps(board, layer_names)
     steps: List = []
     for name in estimate_only_dataflow_steps:
         if name == "step_streamline":
@@ -144,11 +179,11 @@ def flow_steps(hw_codegen: bool = False, board=None, layer_names=None) -> List:
         steps.append(name)
         if name == "step_create_dataflow_partition":
             steps.append(step_bnn_check_partition)
-        if name == "step_specialize_layers" and weights:
+        if name == "step_specialize_layers":
             steps.append(weights[0])
-        if name == "step_apply_folding_config" and weights:
+        if name == "step_apply_folding_config":
             steps.append(weights[1])
-    steps.append(step_bnn_io_shapes)
+    steps.append(weights[2])
     if hw_codegen:
         steps.append("step_hw_codegen")
     return steps

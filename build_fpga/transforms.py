@@ -52,23 +52,18 @@ class AbsorbBinaryPad(Transformation):
 
 
 class SetWeightMemory(Transformation):
-    """Give each MVAU the ``mem_mode``/``ram_style`` of its row of :func:`build_fpga.external_weights.plan`.
+    """Set node attributes of MVAUs, ``{node name: {attribute: value}}``: the weight memory our steps
+    decide (``mem_mode``, ``ram_style``; ``build_fpga/external_weights.py``) and the PE/SIMD that make a
+    weight stream whole bytes."""
 
-    Runs before folding, so SetFolding (which caps PE for ``internal_decoupled`` only) and the
-    estimates see the final memory of every layer.
-    """
-
-    def __init__(self, rows):
+    def __init__(self, attrs):
         super().__init__()
-        self.rows = {r.node: r for r in rows}
+        self.attrs = attrs
 
     def apply(self, model):
         from qonnx.custom_op.registry import getCustomOp
 
         for n in model.graph.node:
-            row = self.rows.get(n.name)
-            if row is not None:
-                inst = getCustomOp(n)
-                inst.set_nodeattr("mem_mode", row.mem_mode)
-                inst.set_nodeattr("ram_style", row.ram_style)
+            for name, value in self.attrs.get(n.name, {}).items():
+                getCustomOp(n).set_nodeattr(name, value)
         return model, False

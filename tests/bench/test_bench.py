@@ -52,7 +52,7 @@ def test_quick_run_prints_one_complete_json_object_per_measurement(quick):
     assert set(MEASURED) <= set(by_name)
     for r in lines:
         assert all(k in r for k in REQUIRED), r
-        assert r["kind"] in ("speed", "memory", "estimate", "skipped"), r
+        assert r["kind"] in ("speed", "memory", "estimate", "command", "skipped"), r
         if r["kind"] == "speed":
             assert r["ours_s"] > 0 and r["theirs_s"] > 0
             assert r["speedup"] == pytest.approx(r["theirs_s"] / r["ours_s"], abs=0.01)
@@ -62,7 +62,8 @@ def test_quick_run_prints_one_complete_json_object_per_measurement(quick):
             assert r["reason"]
     # --quick measures the tiny preset; the others are reported as skipped, with the reason
     assert by_name["emulator_vs_torch/paper"]["kind"] == "skipped"
-    assert by_name["finn_estimate/paper/zcu104"]["kind"] == "skipped"
+    assert by_name["build_fpga_estimate/paper/kv260"]["kind"] == "skipped"
+    assert by_name["build_fpga_estimate/paper/zcu104"]["kind"] == "skipped"
 
 
 @needs_tools

@@ -11,6 +11,8 @@ import pytest
 
 from build_fpga.external_weights import (
     WeightLayer,
+    align_streams,
+    assign_ram_styles,
     check_external,
     ddr_bound,
     external_weight_bytes,
@@ -37,12 +39,11 @@ def paper_layers():
 
 
 @needs_finn
-def test_plan_streams_what_does_not_fit_and_uses_uram():
+def test_plan_streams_what_does_not_fit_on_chip():
     from build_fpga.boards import get_board
 
     zcu = {r.layer: r for r in plan(paper_layers(), get_board("zcu104"))}
-    assert [n for n, r in zcu.items() if r.mem_mode == "external"] == ["fc1"]
-    assert zcu["fc2"].ram_style == "ultra" and zcu["conv1"].ram_style == "auto"
+    assert [n for n, r in zcu.items() if r.mem_mode == "external"] == ["fc1"]  # fc2 fits its 73 URAMs
     kv = {r.layer: r for r in plan(paper_layers(), get_board("kv260"))}
     assert [n for n, r in kv.items() if r.mem_mode == "external"] == ["fc1", "fc2"]
     # small nets stay on chip
@@ -57,9 +58,33 @@ def test_plan_refuses_when_the_conv_layers_alone_do_not_fit():
     from build_fpga.boards import get_board
 
     with pytest.raises(BnnError, match=r"^pynq-z2: with every fully connected layer streamed from DDR, conv1, conv2, "
-                                       r"conv3, conv4, conv5 still need 3\.8 Mbit of BRAM for their weights, more "
-                                       r"than the 3\.5 Mbit a plan may use \(85% of the 224 usable BRAM18"):
+                                       r"conv3, conv4, conv5 still need 3\.8 Mbit of weights on chip, more than the "
+                                       r"3\.5 Mbit a plan may use \(85% of the usable 224 BRAM18 and 0 URAM"):
         plan(paper_layers(), get_board("pynq-z2"))
+
+
+@needs_finn
+def test_ram_styles_move_the_best_bram_savers_to_uram():
+    from build_fpga.boards import get_board
+
+    kv = get_board("kv260")  # 230 usable BRAM18 (85%: 195), 51 URAM
+    costs = [{"node": "a", "bram18": 120, "uram": 6}, {"node": "b", "bram18": 100, "uram": 40},
+             {"node": "c", "bram18": 30, "uram": 9}, {"node": "d", "bram18": 4, "uram": 0}]
+    assert assign_ram_styles(costs, kv) == {"a": "ultra", "b": "auto", "c": "auto", "d": "auto"}
+    costs[0]["uram"] = 60  # more than the board has: the next best goes
+    assert assign_ram_styles(costs, kv) == {"a": "auto", "b": "ultra", "c": "ultra", "d": "auto"}
+    assert set(assign_ram_styles(costs[2:], kv).values()) == {"auto"}  # BRAM fits: nothing moves
+
+
+def test_streams_are_widened_to_whole_bytes():
+    rows = paper_layers()
+    rows[5].mem_mode = "external"
+    folding = {r.node: {"PE": 1, "SIMD": 1} for r in rows}
+    assert align_streams(rows, folding) == {"MVAU_hls_5": {"PE": 1, "SIMD": 8}}
+    folding["MVAU_hls_5"] = {"PE": 4, "SIMD": 36}
+    assert align_streams(rows, folding) == {}
+    folding["MVAU_hls_5"] = {"PE": 1, "SIMD": 9}
+    assert align_streams(rows, folding) == {"MVAU_hls_5": {"PE": 1, "SIMD": 16}}
 
 
 def test_external_weights_on_a_conv_layer_are_refused():
