@@ -70,8 +70,11 @@ def build(cfg: BuildConfig, log: Callable[[str], None] = _stderr) -> BuildResult
         return BuildResult(out, True, with_vivado, message=msg)
 
     build_dir, keep = _build_dir(cfg, out, with_vivado)
+    from .finn_flow import reused_heap
+
     try:
-        return _build(cfg, out, export, export_sha, params, folding_bytes, with_vivado, build_dir, keep, log)
+        with reused_heap():  # the ladder and the bundle copy and execute the paper preset's big graphs too
+            return _build(cfg, out, export, export_sha, params, folding_bytes, with_vivado, build_dir, keep, log)
     finally:
         if not keep:
             shutil.rmtree(build_dir, ignore_errors=True)

@@ -23,7 +23,10 @@ def search_max_fps(onnx: str, finn_dir: str, cfg: BuildConfig, layer_names: Opti
 
     Walks the ``coarse`` targets (doubling from 250 img/s) until an estimate leaves the margins (or the
     achieved fps stops growing: fully parallel), tries three points between the last fit and that one,
-    and refolds at the winner (with HW codegen if asked). Returns (its estimates, one row per point).
+    and refolds at the winner unless it was the last one tried (with HW codegen if asked). Where weights
+    stream from DDR the walk stops at the first target whose estimate reaches the DDR bound, and adds
+    the target just above that bound: the same throughput in the fewest resources. Points are ranked
+    by the lower of FINN's estimate and the DDR bound. Returns (its estimates, one row per point).
     When nothing fits the margins, the smallest folding is kept: the fit check then decides.
     """
 
@@ -31,11 +34,13 @@ def search_max_fps(onnx: str, finn_dir: str, cfg: BuildConfig, layer_names: Opti
         c = replace(cfg, target_fps=fps, folding=None, hw_codegen=False)
         est = run_flow(onnx, finn_dir, c, layer_names) if first else refold(finn_dir, c, layer_names)
         rows.append(sweep_row(fps, est))
+        last[:] = [est]
         log("build_fpga:   target %6d img/s -> %8.0f img/s, LUT %s, BRAM18 %s%s" % (
             fps, est["fps"], pct(est["lut"]), pct(est["bram18"]), "" if rows[-1]["fits_margins"] else "  (over)"))
         return est
 
     rows: List[Dict] = []
+    last: List[Dict] = []  # the estimate the FINN dir holds now
     last_fit, first_over, prev_fps = None, None, None
     for i, fps in enumerate(coarse):
         est = estimate(fps, first=i == 0)
@@ -63,7 +68,10 @@ def search_max_fps(onnx: str, finn_dir: str, cfg: BuildConfig, layer_names: Opti
     best = (max(fitting, key=lambda r: (r["fps_effective"], -r["target_fps"])) if fitting
             else min(rows, key=lambda r: r["fps"]))
     best["chosen"] = True
-    est = refold(finn_dir, replace(cfg, target_fps=best["target_fps"], folding=None), layer_names)
+    if best is rows[-1] and not cfg.hw_codegen:
+        est = last[0]  # the FINN dir is at that folding already (a refold of the paper preset takes minutes)
+    else:
+        est = refold(finn_dir, replace(cfg, target_fps=best["target_fps"], folding=None), layer_names)
     est["target_fps"] = best["target_fps"]
     return est, rows
 
