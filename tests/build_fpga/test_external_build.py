@@ -48,7 +48,7 @@ def test_streamed_fc_layers_reach_the_bundle_in_finns_layout(export):
     assert r.returncode == 0, r.stderr[-3000:]
     b = load_bundle(str(out))
     assert b.io["input_dma_name"] == ["idma2"] and b.io["number_of_external_weights"] == 2
-    assert [(w.dma, w.repeats) for w in b.external_weights] == [("idma0", 1), ("idma1", 1)]
+    assert [(w.dma, w.repeats) for w in b.external_weights] == [("idma1", 1), ("idma0", 1)]  # fc1, fc2
     assert {"runtime_weights/idma0.npy", "runtime_weights/idma1.npy"} <= set(b.manifest["files"])
     assert "fc1 (idma1" in b.manifest["weights_memory"] and "fc2 (idma0" in b.manifest["weights_memory"]
 
