@@ -1,10 +1,10 @@
-"""``python -m train demo``: the whole flow on the embedded synthetic data, in one command.
+"""``python -m demo``: the whole flow on the embedded synthetic data, in one command.
 
 Each stage runs as its own command, exactly as a user would type it (``python -m train fit``,
 ``python -m export backbone``, ``python -m build_fpga``, ``python -m host fit|eval``), so the demo
-exercises the real interfaces and keeps the layering: train/ imports none of the later stages.
-Every stage skips its work when its output already matches its inputs, so a second run only
-re-prints the table.
+exercises the real interfaces: its result is the one JSON line each stage prints on stdout, while
+the stages' progress goes to stderr untouched. Every stage skips its work when its output already
+matches its inputs, so a second run only re-prints the table.
 
 The table is shaped like the paper's Table 2 for one dataset: a binary network trained from
 scratch on the transfer task against the pretrained binary backbone with a software head,
@@ -20,9 +20,13 @@ from dataclasses import asdict, dataclass
 from typing import List, Optional
 
 from host.errors import BnnError
-from host.manifest import write_json_atomic
+from host.manifest import write_bytes_atomic, write_json_atomic
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def log_stderr(msg):
+    print(msg, file=sys.stderr, flush=True)
 
 
 @dataclass
@@ -72,7 +76,7 @@ def run_stage(args: List[str], log) -> Optional[dict]:
     return None
 
 
-def run_demo(cfg: DemoConfig, log=print):
+def run_demo(cfg: DemoConfig, log=log_stderr):
     out = os.path.abspath(cfg.out)
     paths = {
         "pretrain": os.path.join(out, "pretrain"),
@@ -125,12 +129,7 @@ def run_demo(cfg: DemoConfig, log=print):
         "seconds": round(time.time() - t0, 1),
     }
     write_json_atomic(os.path.join(out, "summary.json"), summary)
-    table = format_table(rows, pre)
-    with open(os.path.join(out, "table.md"), "w", encoding="utf-8") as f:
-        f.write(table + "\n")
-    log("")
-    log(table)
-    log("")
+    write_bytes_atomic(os.path.join(out, "table.md"), (format_table(summary) + "\n").encode())
     log("artifacts:")
     for k in ("pretrain", "export", "deploy", "scratch", "head_float", "head_binary"):
         log("  %-12s %s" % (k, paths[k]))
@@ -142,14 +141,14 @@ def run_demo(cfg: DemoConfig, log=print):
     return summary
 
 
-def format_table(rows, pre):
+def format_table(summary):
     lines = [
         "synthetic-transfer (10 classes unseen in pretraining; backbone pretrained on synthetic: "
-        "top-1 %.1f%%)" % (100 * pre["test_top1"]),
+        "top-1 %.1f%%)" % (100 * summary["pretrain"]["test_top1"]),
         "",
         "| %-36s | %6s | %6s |" % ("", "top-1", "top-5"),
         "|%s|%s|%s|" % ("-" * 38, "-" * 8, "-" * 8),
     ]
-    for name, t1, t5 in rows:
-        lines.append("| %-36s | %5.1f%% | %5.1f%% |" % (name, 100 * t1, 100 * t5))
+    for row in summary["table"]:
+        lines.append("| %-36s | %5.1f%% | %5.1f%% |" % (row["row"], 100 * row["top1"], 100 * row["top5"]))
     return "\n".join(lines)
