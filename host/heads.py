@@ -44,7 +44,7 @@ import numpy as np
 
 from .errors import BnnError
 from .features import pack_features, packed_width, unpack_features
-from .manifest import atomic_path
+from .manifest import save_npz_atomic
 from .progress import progress_bar
 
 HEAD_FORMAT = "bnn-transfer/head"
@@ -255,12 +255,7 @@ def save_head(path, head):
         "meta": np.array(meta),
     }
     arrays.update(params)
-    with atomic_path(path) as tmp:
-        # a file object, because np.savez appends ".npz" to a name that lacks it
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
+    save_npz_atomic(path, arrays)
 
 
 def _scalar(data, key, kind, path):

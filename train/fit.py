@@ -16,15 +16,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from host.datasets import open_dataset
 from host.errors import BnnError
-from host.manifest import finalize_manifest, new_manifest, read_json, sha256_file, write_bytes_atomic
+from host.manifest import finalize_manifest, new_manifest, package_versions, read_json, sha256_file, write_bytes_atomic
 from host.preprocess import Preprocess
 from host.progress import progress_bar
 
 from . import engine
 from .checkpoint import CHECKPOINT, load_checkpoint, load_model_state, save_checkpoint
 from .data import make_loader
+from .datasets import open_dataset
 from .freeze import IntegerBackbone, fold_backbone
 from .models import ModelConfig, build_model
 from .plots import plot_curves
@@ -249,10 +249,7 @@ def run(cfg: FitConfig, mode="fit", on_epoch_end=None, progress=True):
             scaler.load_state_dict(state["scaler"])
 
     after_step = engine.unwrap(net).clip_weights if precision == "binary" else None
-    if mode == "finetune":
-        forward = lambda x: net(frozen(x), start=cfg.cut)  # noqa: E731
-    else:
-        forward = net
+    forward = forward_fn(net, frozen, cfg.cut)
     if rt.main:
         os.makedirs(out, exist_ok=True)
         _trim_metrics(os.path.join(out, METRICS), start_epoch)
@@ -332,18 +329,9 @@ def _write_run_manifest(out, cfg, mode, mcfg, train_ds, test_ds, pp, row, finish
         "train", "run", params=cfg.identity(), inputs=inputs, mode=mode, model_config=mcfg.to_dict(),
         preset=mcfg.spec().to_dict(), preprocess=pp.to_dict(), classes=list(train_ds.classes),
         epochs_done=row["epoch"], finished=bool(finished), final=row,
-        versions={"torch": torch.__version__, "brevitas": _version("brevitas")},
+        versions=package_versions("torch", "brevitas"),
     )
     finalize_manifest(out, m, RUN_MANIFEST, files=[CHECKPOINT, METRICS, CURVES])
-
-
-def _version(pkg):
-    try:
-        from importlib.metadata import version
-
-        return version(pkg)
-    except Exception:
-        return None
 
 
 def evaluate_run(run_dir, dataset, data_dir=None, dataset_options=None, batch_size=128, workers=2, device=None):

@@ -53,11 +53,11 @@ from typing import List, Optional
 
 import numpy as np
 
-from host.datasets import open_dataset
 from host.errors import BnnError
 from host.manifest import atomic_path, finalize_manifest, new_manifest, read_json, sha256_file, write_bytes_atomic
 
 from .checkpoint import CHECKPOINT, load_checkpoint
+from .datasets import open_dataset
 from .fit import RUN_MANIFEST, FitConfig, run
 from .models import ModelConfig
 
