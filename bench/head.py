@@ -158,7 +158,7 @@ def run(ctx):
         sk = "LogisticRegression(lbfgs, C=%s, max_iter=%d)"
         hint = ("HeadConfig's default weight_decay=1e-4 is, in scikit-learn's terms, C=%.2g instead of 1: "
                 "with that same L2 scikit-learn is where host/ is (`%s`), and a weaker L2 closes most of the gap "
-                "(`%s`). The default lives in host/heads.py, outside this issue's files"
+                "(`%s`). The default is HeadConfig.weight_decay in host/heads.py"
                 % (c_same, NAMES[1], NAMES[2]))
         if ctx.wanted(NAMES[0]):
             rec = _line(NAMES[0], res["ours"], res["sk"], sklearn=sk % ("1.0", SKLEARN_MAX_ITER),

@@ -21,12 +21,9 @@ from typing import List, Optional
 
 from host.errors import BnnError
 from host.manifest import write_bytes_atomic, write_json_atomic
+from host.progress import log
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def log_stderr(msg):
-    print(msg, file=sys.stderr, flush=True)
 
 
 @dataclass
@@ -55,28 +52,22 @@ def _options(opts):
 
 
 def run_stage(args: List[str], log) -> Optional[dict]:
-    """Run ``python -m <args>`` from the repo root; return its last JSON line (None if it prints none)."""
+    """Run ``python -m <args>`` from the repo root; its result: the JSON object it printed, if it printed one.
+
+    The stage's progress goes to stderr, straight through to ours; its stdout is its result alone.
+    """
     cmd = [sys.executable, "-m"] + args
     log("$ python -m " + " ".join(args))
     t0 = time.time()
-    lines = []
-    # Stream the stage's stdout as it comes (epochs take a while); its progress bars go to stderr directly.
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    with subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True, bufsize=1, env=env) as proc:
-        for line in proc.stdout:
-            lines.append(line.rstrip("\n"))
-            log("  " + lines[-1])
+    proc = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True)
     if proc.returncode != 0:
         raise BnnError("stage failed (exit %d): python -m %s" % (proc.returncode, " ".join(args)))
-    log("  (%.0f s)" % (time.time() - t0))
-    for line in reversed(lines):
-        line = line.strip()
-        if line.startswith("{"):
-            return json.loads(line)
-    return None
+    out = proc.stdout.strip()
+    log("  %s (%.0f s)" % (out, time.time() - t0))
+    return json.loads(out) if out.startswith("{") else None
 
 
-def run_demo(cfg: DemoConfig, log=log_stderr):
+def run_demo(cfg: DemoConfig, log=log):
     out = os.path.abspath(cfg.out)
     paths = {
         "pretrain": os.path.join(out, "pretrain"),

@@ -21,6 +21,7 @@ from host.manifest import (
     sha256_file,
 )
 from host.preprocess import Preprocess, eval_transform
+from host.progress import log
 from train.checkpoint import CHECKPOINT, load_checkpoint, load_model_state
 from train.datasets import open_dataset
 from train.fit import RUN_MANIFEST
@@ -99,7 +100,7 @@ def up_to_date(cfg: ExportConfig):
     return m if same_input and m["params"] == asdict(cfg) else None
 
 
-def export_backbone(cfg: ExportConfig, progress=print):
+def export_backbone(cfg: ExportConfig, progress=log):
     done = up_to_date(cfg)
     if done is not None:
         progress("export: %s is up to date, skipping" % cfg.out)

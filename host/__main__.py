@@ -422,5 +422,11 @@ def main(argv=None):
         raise BnnError(str(e)) from None
 
 
+
+def cli():
+    """The console script (pyproject.toml): one-line errors, exit code 2."""
+    return run_cli(main)
+
+
 if __name__ == "__main__":
-    sys.exit(run_cli(main))
+    sys.exit(cli())

@@ -19,7 +19,7 @@ from torch import nn
 from host.errors import BnnError
 from host.manifest import finalize_manifest, new_manifest, package_versions, read_json, sha256_file, write_bytes_atomic
 from host.preprocess import Preprocess
-from host.progress import progress_bar
+from host.progress import log, progress_bar
 
 from . import engine
 from .checkpoint import CHECKPOINT, load_checkpoint, load_model_state, save_checkpoint
@@ -192,7 +192,7 @@ def run(cfg: FitConfig, mode="fit", on_epoch_end=None, progress=True):
         raise BnnError("--head binary needs a binary network: floating-point networks have a float last layer")
     if not cfg.resume and is_up_to_date(out, cfg, mode):
         m = read_json(os.path.join(out, RUN_MANIFEST))
-        print("train: %s is up to date (%s finished), skipping" % (out, mode))
+        log("train: %s is up to date (%s finished), skipping" % (out, mode))
         return m["final"]
     if not cfg.resume and os.path.exists(ckpt_path):
         raise BnnError("%s: a run already exists here; pass --resume to continue it or choose another --out" % out)
@@ -285,7 +285,7 @@ def run(cfg: FitConfig, mode="fit", on_epoch_end=None, progress=True):
         }
         if rt.main:
             if row["skipped_images"]:
-                print("train: skipped %d unreadable images this epoch" % row["skipped_images"])
+                log("train: skipped %d unreadable images this epoch" % row["skipped_images"])
             save_checkpoint(ckpt_path, {
                 "mode": mode,
                 "model_config": mcfg.to_dict(),
@@ -301,7 +301,7 @@ def run(cfg: FitConfig, mode="fit", on_epoch_end=None, progress=True):
             })
             _append_metrics(os.path.join(out, METRICS), row)
             _write_run_manifest(out, cfg, mode, mcfg, train_ds, test_ds, pp, row, epoch + 1 == cfg.epochs)
-            print(
+            log(
                 "train: epoch %d/%d loss %.3f train %.1f%% test top-1 %.1f%% top-5 %.1f%% (%.0f s)"
                 % (epoch + 1, cfg.epochs, row["train_loss"], 100 * row["train_top1"], 100 * row["test_top1"],
                    100 * row["test_top5"], row["seconds"])
