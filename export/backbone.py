@@ -14,6 +14,7 @@ from host.errors import BnnError
 from host.intlayers import backbone_digest
 from host.manifest import (
     atomic_dir,
+    check_replaceable,
     finalize_manifest,
     load_manifest,
     new_manifest,
@@ -105,6 +106,7 @@ def export_backbone(cfg: ExportConfig, progress=log):
     if done is not None:
         progress("export: %s is up to date, skipping" % cfg.out)
         return done
+    check_replaceable(cfg.out, EXPORT_MANIFEST, "backbone")  # before the work, not only at the swap
     state, mcfg, model = load_trained(cfg.run, cfg.preset)
     cut = cfg.cut or mcfg.cut
     if cut not in model.blocks:

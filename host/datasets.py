@@ -246,19 +246,25 @@ _READERS = {
 }
 
 
+def dataset_option_names(name):
+    """The options ``open_dataset`` accepts for ``name`` (for CLI help and validation)."""
+    if name in ("synthetic", "synthetic-transfer"):
+        return tuple(OPTION_NAMES)
+    return tuple(sorted(_READERS[name][1])) if name in _READERS else ()
+
+
 def open_dataset(name, split, data_dir=None, **options):
     """The ``split`` ("train" or "test") of dataset ``name`` read from ``data_dir``.
 
-    ``data_dir`` is ignored by the synthetic datasets. Options are per dataset (the keyword
-    arguments of its reader); an unknown one raises BnnError rather than being ignored.
+    ``data_dir`` is ignored by the synthetic datasets. Options are per dataset (see
+    ``dataset_option_names``); an unknown one raises BnnError rather than being ignored.
     """
     if name not in DATASETS:
         raise BnnError("dataset %r: unknown, choose one of %s" % (name, ", ".join(DATASETS)))
     if name in ("synthetic", "synthetic-transfer"):
-        check_request(name, split, OPTION_NAMES, options)
+        check_request(name, split, dataset_option_names(name), options)
         return open_synthetic(name, split, **options)
-    reader, defaults = _READERS[name]
-    return read_layout(name, reader, defaults, split, data_dir, options)
+    return read_layout(name, _READERS[name][0], dataset_option_names(name), split, data_dir, options)
 
 
 def check_request(name, split, option_names, options):

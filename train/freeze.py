@@ -25,10 +25,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from host.errors import BnnError
-from host.intlayers import (  # noqa: F401  (build_fpga reads backbone_digest here until its split lands)
-    IntLayer,
-    backbone_digest,
-)
+from host.intlayers import IntLayer
 
 from .models import AlexNet
 

@@ -125,7 +125,7 @@ def presets_table():
             p.name, p.input_size, "-".join(str(c.out_channels) for c in p.convs),
             "-".join(str(c.kernel) for c in p.convs), p.convs[0].stride,
             "-".join(str(c.padding) for c in p.convs), pools,
-            "-".join(str(f.out_features) for f in p.fcs), "{:,}".format(p.weight_count())))
+            "-".join(str(f.out_features) for f in p.fcs), f"{p.weight_count():,}"))
     return "\n".join(lines) + "\n"
 
 
