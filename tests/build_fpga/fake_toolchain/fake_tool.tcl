@@ -399,5 +399,10 @@ check_install
 log_call [file normalize $script]
 set ::argv {}
 set ::argc 0
-source $script
+# A Tcl error ends the run as in a real tool's batch mode: "ERROR: ..." and a non-zero exit code.
+if {[catch {source $script} msg]} {
+    puts stderr "ERROR: \[fake $::tool\] $script: $msg"
+    puts stderr $::errorInfo
+    exit 1
+}
 exit 0
