@@ -1,4 +1,4 @@
-"""python -m host {fit,eval,predict,bench}: the software last layer on the board (see --help of each).
+"""python -m host {fit,eval,predict,live,teach,bench}: the software last layer on the board (see --help of each).
 
 Every command reads a deploy bundle (``build_fpga``'s DEPLOY_DIR), checks its hashes and, on a
 PYNQ board, that it was built for this board ($BOARD). Results go to stdout as JSON; progress bars,
@@ -57,6 +57,14 @@ def _dataset_args(parser, what):
     p.add_argument("--workers", type=int, default=None, metavar="N",
                    help="image decoding threads (default: up to 4)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _source_args(parser):
+    p = parser.add_argument_group("frames").add_mutually_exclusive_group()
+    p.add_argument("--camera", type=int, default=0, metavar="N", help="OpenCV index of the USB camera (default 0)")
+    p.add_argument("--folder", metavar="DIR",
+                   help="the image files under DIR instead of a camera (live: all of them, round and round; "
+                        "teach: DIR/<class>/)")
 
 
 def build_parser():
@@ -123,11 +131,45 @@ def build_parser():
     pr.add_argument("--table", action="store_true", help="print a readable table instead of JSON lines")
     _backend_args(pr)
 
+    lv = sub.add_parser(
+        "live", help="classify camera frames (or a folder's images) continuously: top classes and frames/s",
+        description="Read frames from a USB camera (OpenCV) or, with --folder or when there is no camera, from the "
+                    "image files of a folder; print the top classes of each frame with the loop's frames/s, one JSON "
+                    "line per frame (a table with --table), and a last JSON line with the mean milliseconds of each "
+                    "stage (capture, preprocess, features, pack, head). Stops after --frames frames or on Ctrl-C.")
+    _bundle_args(lv)
+    lv.add_argument("--head", required=True, metavar="HEAD.npz", help="head file written by 'fit', 'teach' or "
+                                                                      "teach.ipynb")
+    _source_args(lv)
+    lv.add_argument("--frames", type=int, default=None, metavar="N", help="stop after N frames (default: run "
+                                                                           "until Ctrl-C)")
+    lv.add_argument("--top", type=int, default=3, metavar="K", help="classes per frame (default 3)")
+    lv.add_argument("--table", action="store_true", help="one readable line per frame instead of JSON")
+    _backend_args(lv)
+
+    te = sub.add_parser(
+        "teach", help="capture examples of new classes from a camera (or folders), train a head, save it",
+        description="For each --class, capture --frames frames from the camera (after Enter on the terminal) or take "
+                    "them from DIR/<class>/ with --folder; the features are extracted as frames arrive, the head is "
+                    "trained on them and written to --out. Each captured frame is kept in --examples "
+                    "(<class>/<n>.png), and examples already there are used again. Prints one JSON line.")
+    _bundle_args(te)
+    te.add_argument("--out", required=True, metavar="HEAD.npz", help="head file to write")
+    te.add_argument("--class", dest="classes", action="append", default=[], metavar="NAME",
+                    help="a class to teach, repeatable (at least two in all, counting those in --examples)")
+    te.add_argument("--frames", type=int, default=10, metavar="K", help="frames to capture per class (default 10)")
+    te.add_argument("--examples", metavar="DIR", help="folder keeping the captured frames (default: HEAD-examples/ "
+                                                      "next to --out)")
+    te.add_argument("--head", default="float", choices=HEAD_VARIANTS, help="head variant (default float)")
+    _source_args(te)
+    _backend_args(te)
+
     be = sub.add_parser(
         "bench", help="speed of the backends, of packing and of head training on this machine",
         description="Measure images/s of every available backend at several batch sizes (random images of the "
                     "bundle's input shape), pack/unpack throughput of the accelerator's streams, and head training "
-                    "time on generated Flowers-size features (6,149 x feature width, 102 classes). Prints JSON.")
+                    "time on generated Flowers-size features (6,149 x feature width, 102 classes), and the live loop's "
+                    "milliseconds per stage on 640x480 frames. Prints JSON.")
     _bundle_args(be)
     be.add_argument("--batch-sizes", default="1,8,64", metavar="LIST", help="comma-separated (default 1,8,64)")
     be.add_argument("--backends", metavar="LIST",
@@ -366,6 +408,113 @@ def cmd_predict(args):
     return 1 if failed else 0
 
 
+def _open_source(args):
+    from .live import open_source
+
+    if args.folder is not None:
+        source, _ = open_source(camera=None, folder=args.folder)
+        return source
+    source, _ = open_source(camera=args.camera)
+    return source
+
+
+def _top_entries(head, names, i_row, p_row):
+    top = [{"class": head.classes[i], "prob": round(float(p), 6)} for i, p in zip(i_row, p_row)]
+    if "class_names" in head.meta:
+        for t, i in zip(top, i_row):
+            t["name"] = names[i]
+    return top
+
+
+def _stage_ms(timer):
+    return {k: round(v, 3) for k, v in timer.ms().items()}
+
+
+def cmd_live(args):
+    from .backends import make_backend
+    from .live import STAGES, LivePipeline, StageTimer
+
+    _positive("--top", args.top)
+    _positive("--frames", args.frames)
+    bundle = _load_bundle(args)
+    head = _load_head(args, bundle)
+    names = head.meta.get("class_names") or head.classes
+    name, opts = _backend_choice(args, bundle)
+    total = StageTimer(window=10 ** 6)  # the whole run, for the summary; the pipeline's own is the last 30 frames
+    frames = skipped = failed_in_a_row = 0
+    with _open_source(args) as source, make_backend(name, bundle, **opts) as backend:
+        print("live: %s, %s backend, head %s (%d classes)" % (source.name, name, args.head, head.num_classes),
+              file=sys.stderr, flush=True)
+        pipe = LivePipeline(bundle, backend)
+        try:
+            while args.frames is None or frames < args.frames:
+                try:
+                    res = pipe.step(source, head, k=args.top)
+                except ImageError as e:
+                    skipped += 1
+                    failed_in_a_row += 1
+                    print("warning: %s" % e, file=sys.stderr, flush=True)
+                    if failed_in_a_row >= source.max_failures:
+                        raise BnnError("%s (%d frames in a row)" % (e, failed_in_a_row)) from None
+                    continue
+                failed_in_a_row = 0
+                frames += 1
+                total.add(res.seconds)
+                fps = pipe.timer.fps()
+                if args.table:
+                    print("%6d  %s  %s" % (frames, "  ".join("%-16s %5.1f%%" % (names[i][:16], 100 * p)
+                                                              for i, p in zip(res.top, res.prob)),
+                                           "%.1f frames/s" % fps if fps else ""), flush=True)
+                else:
+                    _print_json({"frame": frames, "top": _top_entries(head, names, res.top, res.prob),
+                                 "fps": _r(fps, 2)})
+        except KeyboardInterrupt:
+            pass  # Ctrl-C ends a live run; the summary still comes
+    host_fps = total.host_fps()
+    _print_json({"command": "live", "frames": frames, "skipped": skipped, "backend": name, "source": source.name,
+                 "fps": _r(total.fps(), 2), "host_fps": _r(host_fps, 1), "ms": _stage_ms(total),
+                 "stages": list(STAGES)})
+    return 1 if skipped else 0
+
+
+def _prompt(text):
+    """Wait for Enter on an interactive terminal; go on at once when stdin is not one (scripts, tests)."""
+    print(text, file=sys.stderr, flush=True)
+    if sys.stdin is not None and sys.stdin.isatty():
+        sys.stdin.readline()
+
+
+def cmd_teach(args):
+    from .backends import make_backend
+    from .live import CameraSource, Teacher, check_class_name
+
+    _positive("--frames", args.frames)
+    out = os.path.abspath(args.out)
+    if os.path.isdir(out):
+        raise BnnError("%s: is a directory; --out takes the head file to write" % out)
+    classes = [check_class_name(c) for c in args.classes]
+    examples = args.examples or (out[:-4] if out.endswith(".npz") else out) + "-examples"
+    bundle = _load_bundle(args)
+    name, opts = _backend_choice(args, bundle)
+    with _open_source(args) as source, make_backend(name, bundle, **opts) as backend:
+        teacher = Teacher(bundle, backend, source, examples_dir=examples, variant=args.head)
+        if teacher.resumed:
+            print("teach: %d examples of %s from %s" % (teacher.resumed, ", ".join(teacher.store.classes), examples),
+                  file=sys.stderr, flush=True)
+        for c in classes:
+            if isinstance(source, CameraSource):
+                _prompt("teach: show '%s' to %s and press Enter" % (c, source.name))
+            print("teach: " + teacher.capture(c, args.frames), file=sys.stderr, flush=True)
+        head = teacher.train()
+    teacher.save_head(out)
+    info = head.meta["train"]
+    _print_json({"command": "teach", "head": out, "examples_dir": teacher.store.folder, "backend": name,
+                 "source": source.name, "classes": head.classes, "examples": teacher.store.counts(),
+                 "resumed": teacher.resumed, "variant": head.variant, "val_top1": _r(info.get("val_top1")),
+                 "train_seconds": _r(teacher.train_seconds, 3)})
+    return 0
+
+
 def _name_list(text, what, choices=None):
     items = [s.strip() for s in str(text).split(",") if s.strip()]
     if not items:
@@ -400,7 +549,8 @@ def cmd_bench(args):
     return 0
 
 
-COMMANDS = {"fit": cmd_fit, "eval": cmd_eval, "predict": cmd_predict, "bench": cmd_bench}
+COMMANDS = {"fit": cmd_fit, "eval": cmd_eval, "predict": cmd_predict, "live": cmd_live, "teach": cmd_teach,
+            "bench": cmd_bench}
 
 
 def main(argv=None):
