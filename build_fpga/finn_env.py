@@ -76,6 +76,12 @@ class FinnEnv:
     environment: Dict[str, str] = field(default_factory=dict)  # what launcher_environment set
 
 
+def vivado_requested() -> bool:
+    """True when the environment points at a Vivado install (``vivado`` on PATH or XILINX_VIVADO set):
+    a build then goes for the bitstream, and the pre-flight names whatever else is missing."""
+    return shutil.which("vivado") is not None or bool(os.environ.get("XILINX_VIVADO"))
+
+
 def vivado_available() -> bool:
     """True when ``vivado`` is on PATH and XILINX_VIVADO names its install (FINN needs both)."""
     return shutil.which("vivado") is not None and bool(os.environ.get("XILINX_VIVADO"))
@@ -199,22 +205,13 @@ def _patch_exit_buildflow() -> None:
     bd.get_vivado_root = get_vivado_root
 
 
-def prepare_finn(build_dir, num_workers: Optional[int] = None) -> FinnEnv:
-    """Initialise FINN's settings under ``build_dir``, the launcher's environment
-    (:func:`launcher_environment`) and, without Vivado, the XSI/exit stubs.
-
-    Call before importing ``finn.builder``. Idempotent; a second call re-points the build dir.
-    :func:`finn_session` restores the environment afterwards.
-    """
-    import finn.util.settings as fs
+def finn_settings(build_dir, num_workers: Optional[int] = None):
+    """FINN's settings for a build in ``build_dir`` (FINN_BUILD_DIR ``<build_dir>/finn_tmp``), read as
+    the launcher reads them (settings file, then environment, then these arguments); no side effects."""
     from finn.interface.settings import FINN_ROOT, FINNSettings
 
     build_dir = Path(build_dir).resolve()
-    before = dict(os.environ)
-    finn_tmp = build_dir / "finn_tmp"
-    finn_tmp.mkdir(parents=True, exist_ok=True)
-    vivado = vivado_available()
-    kwargs = {"finn_build_dir": str(finn_tmp)}
+    kwargs = {"finn_build_dir": str(build_dir / "finn_tmp")}
     if num_workers is not None:
         kwargs["num_default_workers"] = int(num_workers)
     # The user's settings file (FINN_SETTINGS, finn-plus's root or ~/.finn, as for the launcher) holds
@@ -224,12 +221,29 @@ def prepare_finn(build_dir, num_workers: Optional[int] = None) -> FinnEnv:
     if not ("FINN_SETTINGS" in os.environ or (FINN_ROOT / "settings.yaml").exists()
             or (Path.home() / ".finn").exists()):
         override = build_dir / "finn_settings.yaml"
-    settings = FINNSettings.init(
+    return FINNSettings.init(
         override_settings_path=override,
         flow_config=build_dir / "flow.yaml",  # only its parent is used, to resolve relative paths
-        auto_set_environment_vars=True,
+        auto_set_environment_vars=False,
         **kwargs,
     )
+
+
+def prepare_finn(build_dir, num_workers: Optional[int] = None) -> FinnEnv:
+    """Initialise FINN's settings under ``build_dir``, the launcher's environment
+    (:func:`launcher_environment`) and, without Vivado, the XSI/exit stubs.
+
+    Call before importing ``finn.builder``. Idempotent; a second call re-points the build dir.
+    :func:`finn_session` restores the environment afterwards.
+    """
+    import finn.util.settings as fs
+
+    before = dict(os.environ)
+    settings = finn_settings(build_dir, num_workers)
+    finn_tmp = settings.finn_build_dir
+    finn_tmp.mkdir(parents=True, exist_ok=True)
+    vivado = vivado_available()
+    settings._auto_set_envvars = True  # as FINNSettings.init(auto_set_environment_vars=True) leaves it
     fs._SETTINGS = settings
     environment = launcher_environment(settings, before)
     os.environ.update(environment)
