@@ -64,7 +64,7 @@ def build_parser():
                     help="FINN's FIFO sizing for the hardware build: force_minimal_fifos (default; FINN's shallowest "
                          "FIFOs, no simulation: works on a plain Vivado install; our network is one chain of "
                          "layers, so it cannot deadlock) or distributed_sim (sizes each FIFO by simulating the "
-                         "layers: needs FINN's XSI simulator, cmake, g++, OpenMP, Boost; hours)")
+                         "layers: needs FINN's XSI simulator, cmake, g++, OpenMP, Boost; takes long)")
     ap.add_argument("--clean", action="store_true",
                     help="start the hardware build over instead of resuming it from its last finished FINN step")
     ap.add_argument("--verify-images", type=int, default=4, metavar="N",
