@@ -45,6 +45,7 @@ import numpy as np
 from .errors import BnnError
 from .features import pack_features, packed_width, unpack_features
 from .manifest import atomic_path
+from .npzfile import open_npz
 from .progress import progress_bar
 
 HEAD_FORMAT = "bnn-transfer/head"
@@ -276,7 +277,7 @@ def load_head(path):
     if not os.path.isfile(path):
         raise BnnError("%s: head file not found" % path)
     try:
-        with np.load(path, allow_pickle=False) as z:
+        with open_npz(path) as z:
             data = {k: z[k] for k in z.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as e:
         raise BnnError("%s: not a readable head file (%s)" % (path, e)) from None
