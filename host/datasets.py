@@ -12,12 +12,13 @@ so that the Table 2 numbers are comparable; ``flowers_split="official"`` gives t
 """
 
 import os
+import sys
 import zlib
 
 import numpy as np
 
 from .errors import BnnError
-from .imagedataset import ImageDataset
+from .imagedataset import ImageDataset, printable
 from .synthetic import OPTION_NAMES, open_synthetic
 
 DATASETS = ("flowers102", "cub200", "indoor67", "folder", "synthetic", "synthetic-transfer")
@@ -45,10 +46,20 @@ def is_image_file(name):
 
 
 def list_images(directory):
-    """Image files under ``directory`` (recursively), as sorted paths; hidden files and folders skipped."""
-    out = []
+    """Image files under ``directory`` (recursively), as sorted paths; hidden files and folders skipped.
+
+    Symlinked folders are followed, each real folder at most once: a link loop or a second link to
+    the same folder would otherwise list its images again (and leak copies into the test split).
+    """
+    out, seen = [], {os.path.realpath(directory)}
     for dirpath, dirnames, filenames in os.walk(directory, followlinks=True):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        keep = []
+        for d in sorted(dirnames):
+            real = os.path.realpath(os.path.join(dirpath, d))
+            if not d.startswith(".") and real not in seen:
+                seen.add(real)
+                keep.append(d)
+        dirnames[:] = keep
         out.extend(os.path.join(dirpath, f) for f in filenames if is_image_file(f))
     return sorted(out)
 
@@ -283,4 +294,21 @@ def read_layout(name, reader, option_names, split, data_dir, options):
         raise BnnError("dataset %s: needs --data-dir (the folder in its official layout)" % name)
     root = os.path.abspath(os.path.expanduser(os.fspath(data_dir)))
     need_dir(root, "dataset directory of %s" % name)
-    return reader(root, split, **options)
+    ds = reader(root, split, **options)
+    if split == "train":
+        _check_training_classes(ds)
+    return ds
+
+
+def _check_training_classes(ds):
+    """Fitting needs two classes with images; a class with none (only test images) is named."""
+    counts = ds.class_counts()
+    trained = int((counts > 0).sum())
+    if trained < 2:
+        names = ", ".join(printable(c) for c, n in zip(ds.classes, counts) if n) or "none"
+        raise BnnError("%s: %d class(es) with training images (%s); a classifier needs at least two"
+                       % (ds.root, trained, names))
+    missing = [printable(c) for c, n in zip(ds.classes, counts) if not n]
+    if missing:
+        print("warning: %s: no training images for %d class(es), which a head can never predict: %s"
+              % (ds.root, len(missing), ", ".join(missing)), file=sys.stderr, flush=True)

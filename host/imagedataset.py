@@ -12,7 +12,12 @@ import numpy as np
 from .errors import BnnError
 from .preprocess import decode_image
 
-__all__ = ["ImageDataset"]
+__all__ = ["ImageDataset", "printable"]
+
+
+def printable(name):
+    """A file-system name as text a terminal, a JSON file or a plot can show (undecodable bytes as U+FFFD)."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 class ImageDataset:
@@ -30,7 +35,8 @@ class ImageDataset:
         self.split = split
         self.root = root
         self.classes = list(classes)
-        self.class_names = list(class_names) if class_names is not None else list(self.classes)
+        # names for people (plots, tables): a folder name that is not UTF-8 must not break them
+        self.class_names = list(class_names) if class_names is not None else [printable(c) for c in self.classes]
         # Subclasses that generate their sources (synthetic) pass None and override source().
         self._sources = list(sources) if sources is not None else None
         self.labels = np.asarray(labels, dtype=np.int64).reshape(-1)
