@@ -166,9 +166,10 @@ def io_shapes(model, n_weight_streams: int = 0) -> Dict:
         "num_outputs": 1,
     }
 
-def flow_steps(board, hw_codegen: bool = False, layer_names=None) -> List:
+def flow_steps(hw_codegen: bool = False, board=None, layer_names=None) -> List:
     """FINN's estimate_only_dataflow_steps with ours inserted (names are strings, ours callables), the
-    weight memory planned for ``board`` (:func:`external_weights_steps`)."""
+    weight memory planned for ``board`` (:func:`external_weights_steps`; without one the list only
+    names the steps, e.g. for resuming after them)."""
     from finn.builder.build_dataflow_config import estimate_only_dataflow_steps
 
     weights = external_weights_steps(board, layer_names)
