@@ -27,7 +27,8 @@ def parse_args(argv):
                          "machine busy with other work, 1 gives stable numbers: multi-threaded calls then stall "
                          "on descheduled threads")
     ap.add_argument("--with-paper-finn", action="store_true",
-                    help="also run FINN's estimate flow on the paper preset (~20 min, 13.5 GB)")
+                    help="also run the paper preset's estimate command for kv260 (100 and 150 MHz) and zcu104 "
+                         "(minutes and up to ~5 GB each)")
     ap.add_argument("--tiny-bundle", metavar="DIR",
                     help="a tiny deploy bundle: also train heads on its real features of synthetic-transfer")
     ap.add_argument("--seed", type=int, default=0)
