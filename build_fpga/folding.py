@@ -64,14 +64,7 @@ def search_max_fps(onnx: str, finn_dir: str, cfg: BuildConfig, layer_names: Opti
     elif first_over is not None:
         for k in REFINE_STEPS:
             estimate(int(round(last_fit * k)))
-    fitting = [r for r in rows if r["fits_margins"]]
-    if fitting:
-        # Within 1% of the best throughput the smallest target wins: DDR-bound points differ only by
-        # the padding of the output words, which depends on the folding.
-        top = max(r["fps_effective"] for r in fitting)
-        best = min((r for r in fitting if r["fps_effective"] >= 0.99 * top), key=lambda r: r["target_fps"])
-    else:
-        best = min(rows, key=lambda r: r["fps"])
+    best = pick_best(rows)
     best["chosen"] = True
     if best is rows[-1] and not cfg.hw_codegen:
         est = last[0]  # the FINN dir is at that folding already (a refold of the paper preset takes minutes)
@@ -79,6 +72,21 @@ def search_max_fps(onnx: str, finn_dir: str, cfg: BuildConfig, layer_names: Opti
         est = refold(finn_dir, replace(cfg, target_fps=best["target_fps"], folding=None), layer_names)
     est["target_fps"] = best["target_fps"]
     return est, rows
+
+
+def pick_best(rows: List[Dict]) -> Dict:
+    """The sweep row to build: the highest throughput (the lower of FINN's estimate and the DDR bound)
+    within the margins, the smaller target on a tie; the slowest row when none fits.
+
+    Rows at the DDR bound rank equal, at the lowest of their bounds: those differ only by the padding
+    of the output words, which depends on the folding.
+    """
+    fitting = [r for r in rows if r["fits_margins"]]
+    if not fitting:
+        return min(rows, key=lambda r: r["fps"])
+    at_ddr = [r for r in fitting if r["ddr_fps"] is not None and r["fps"] >= r["ddr_fps"]]
+    floor = min((r["fps_effective"] for r in at_ddr), default=None)
+    return max(fitting, key=lambda r: (floor if r in at_ddr else r["fps_effective"], -r["target_fps"]))
 
 
 def sweep_row(target_fps: int, est: Dict) -> Dict:

@@ -175,3 +175,19 @@ def test_dma_names_follow_finns_insertion_order(tmp_path):
         assert [n.input[0] == "x" for n in sources] == [False, False, True]  # the image DMA comes last: idma2
         got = {model.find_consumer(n.output[0]).name: "idma%d" % i for i, n in enumerate(sources[:2])}
         assert got == dict(zip(["fcA", "fcC"], weight_dma_names(2)))
+
+
+def test_the_search_keeps_the_smallest_folding_at_the_ddr_bound():
+    from build_fpga.folding import pick_best
+
+    def row(target, fps, ddr, fits=True):
+        return {"target_fps": target, "fps": fps, "ddr_fps": ddr, "fits_margins": fits,
+                "fps_effective": fps if ddr is None else min(fps, ddr)}
+
+    # zcu104-like: both 500 and 329 reach the DDR bound (which differs by output padding): 329 is built
+    rows = [row(250, 250.0, 328.9), row(500, 501.0, 329.0), row(329, 334.0, 328.9)]
+    assert pick_best(rows)["target_fps"] == 329
+    # compute-bound rows: the fastest fitting one, the smaller target on a tie
+    rows = [row(1000, 1017.0, None), row(2000, 2035.0, None), row(2500, 2035.0, None), row(4000, 4000.0, None, False)]
+    assert pick_best(rows)["target_fps"] == 2000
+    assert pick_best([row(250, 250.0, 100.0, False), row(1, 20.0, 100.0, False)])["target_fps"] == 1
