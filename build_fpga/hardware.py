@@ -187,6 +187,18 @@ def run_hardware(est_dir, hw_dir, cfg: BuildConfig, log: Callable[[str], None] =
             "log": finn_log, "dir": hw_dir}
 
 
+def copy_reports(hw: Dict, report_dir) -> None:
+    """FINN's reports of the hardware build (post-synthesis resources, timing, FIFO sizes, HLS
+    estimates, times per step) and its log into the estimate build's ``report_dir``, which the bundle's
+    report/finn/ copies; a name the estimate build also wrote gets a ``hardware_`` prefix."""
+    report_dir = Path(report_dir)
+    for src in sorted((Path(hw["dir"]) / "report").iterdir()):
+        if src.is_file():
+            dst = report_dir / src.name
+            shutil.copyfile(src, dst.with_name("hardware_" + src.name) if dst.exists() else dst)
+    shutil.copyfile(hw["log"], report_dir / "hardware_build_dataflow.log")
+
+
 def finn_deps_dir(build_dir) -> Optional[Path]:
     """FINN's deps folder as a build in ``build_dir`` would resolve it (settings file, FINN_DEPS)."""
     from .finn_env import finn_settings

@@ -72,6 +72,9 @@ def check_bundle(out, board):
     assert m["params"]["hardware"] is True and m["params"]["fifo"] == "force_minimal_fifos"
     assert m["hardware_build"]["toolchain"]["vivado"] == m["hardware_build"]["toolchain"]["vitis_hls"] == "2024.2"
     assert "driver/settings.json" in m["files"]
+    for name in ("post_synth_resources.json", "post_route_timing.rpt", "fifo_sizing.json",
+                 "hardware_time_per_step.json", "hardware_build_dataflow.log"):
+        assert "report/finn/" + name in m["files"]
     io = json.loads((out / "driver" / "settings.json").read_text())["driver_information"]["io_shape_dict"]
     assert m["io"]["ishape_normal"] == io["ishape_normal"] == [[1, 32, 32, 3]]
 
