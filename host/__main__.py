@@ -79,8 +79,9 @@ def build_parser():
     fit = sub.add_parser(
         "fit", help="extract features of a dataset's train split and train a head on them",
         description="Extract the binary features of the train split (cached on disk as packed bits), train the "
-                    "software last layer on them with minibatch Adam and early stopping on a held-out part, and "
-                    "write the head file. Prints one JSON line with the summary.")
+                    "software last layer on them (float: L-BFGS with the L2 chosen on a held-out part, then refitted "
+                    "on all rows; binary, mlp: minibatch Adam with early stopping on it), and write the head file. "
+                    "Prints one JSON line with the summary.")
     _bundle_args(fit)
     _dataset_args(fit, "train on")
     _backend_args(fit)
@@ -89,19 +90,28 @@ def build_parser():
                      help="float: softmax regression (paper variant b, default); binary: +-1 weights (variant a); "
                           "mlp: two software layers")
     tr.add_argument("--out", required=True, metavar="HEAD.npz", help="head file to write")
+    tr.add_argument("--solver", choices=("lbfgs", "adam"),
+                    help="lbfgs: full batch (float head only, its default); adam: minibatches (binary and mlp)")
+    tr.add_argument("--weight-decay", type=float, default=None, metavar="X",
+                    help="L2 penalty, for features scaled by 1/sqrt(width) (default: lbfgs chooses it on the "
+                         "held-out rows from 1e-1 .. 1e-7; adam uses 1e-4)")
+    tr.add_argument("--max-iter", type=int, default=40, metavar="N",
+                    help="L-BFGS iterations per L2 value and for the final fit (default 40)")
     tr.add_argument("--epochs", type=int, default=60, metavar="N",
-                    help="maximum epochs (default 60; early stopping ends sooner)")
-    tr.add_argument("--lr", type=float, default=1e-2, metavar="X", help="Adam step size (default 0.01)")
-    tr.add_argument("--weight-decay", type=float, default=1e-4, metavar="X", help="L2 penalty (default 1e-4)")
+                    help="adam: maximum epochs (default 60; early stopping ends sooner)")
+    tr.add_argument("--lr", type=float, default=1e-2, metavar="X", help="adam: step size (default 0.01)")
     tr.add_argument("--train-batch-size", type=int, default=None, metavar="N",
                      help="minibatch size of the head's training (default: n/8 clipped to 32..512)")
     tr.add_argument("--val-fraction", type=float, default=0.1, metavar="X",
-                     help="fraction of each class held out for early stopping (default 0.1; 0 trains all epochs)")
-    tr.add_argument("--patience", type=int, default=3, metavar="N",
-                    help="epochs without improvement before stopping (default 3)")
+                     help="fraction of each class held out to choose the L2 (lbfgs) or the epoch (adam) (default 0.1)")
+    tr.add_argument("--patience", type=int, default=2, metavar="N",
+                    help="adam: epochs, lbfgs: L2 values without improvement before stopping (default 2)")
     tr.add_argument("--hidden", type=int, default=256, metavar="N", help="hidden units of the mlp head (default 256)")
-    tr.add_argument("--refit", action="store_true",
-                     help="after early stopping, retrain on all rows (held-out ones included) for the best epochs")
+    tr.add_argument("--refit", action="store_true", default=None,
+                    help="retrain the chosen head on all rows, held-out ones included (default for lbfgs, "
+                         "warm-started; for adam it retrains from scratch for the best number of epochs)")
+    tr.add_argument("--no-refit", action="store_false", dest="refit", help="keep the head fitted without the "
+                    "held-out rows (default for adam)")
     tr.add_argument("--no-calibrate", action="store_true",
                      help="skip temperature scaling of the probabilities on the held-out rows")
     tr.add_argument("--seed", type=int, default=0, metavar="N", help="seed of the split, initialisation and shuffling")
@@ -266,15 +276,20 @@ def cmd_fit(args):
         raise BnnError("%s: is a directory; --out takes the head file to write, e.g. %s"
                        % (out, os.path.join(out, "head.npz")))
     _positive("--train-batch-size", args.train_batch_size)
-    for flag, value in (("--epochs", args.epochs), ("--patience", args.patience), ("--hidden", args.hidden)):
+    for flag, value in (("--epochs", args.epochs), ("--patience", args.patience), ("--hidden", args.hidden),
+                        ("--max-iter", args.max_iter)):
         _positive(flag, value)
     # checked here, not only in fit_head: a typo should not cost a whole feature extraction first
-    if not args.lr > 0 or not args.weight_decay >= 0 or not 0 <= args.val_fraction < 1:
+    wd_ok = args.weight_decay is None or args.weight_decay >= 0
+    if not args.lr > 0 or not wd_ok or not 0 <= args.val_fraction < 1:
         raise BnnError("--lr must be > 0, --weight-decay >= 0 and --val-fraction in [0, 1), got %r, %r, %r"
                        % (args.lr, args.weight_decay, args.val_fraction))
-    cfg = HeadConfig(variant=args.head, epochs=args.epochs, batch_size=args.train_batch_size, lr=args.lr,
-                     weight_decay=args.weight_decay, val_fraction=args.val_fraction, patience=args.patience,
-                     seed=args.seed, hidden=args.hidden, refit=args.refit, calibrate=not args.no_calibrate)
+    if args.solver == "lbfgs" and args.head != "float":
+        raise BnnError("--solver lbfgs: fits the float head only; the %s head trains with adam" % args.head)
+    cfg = HeadConfig(variant=args.head, solver=args.solver, weight_decay=args.weight_decay, max_iter=args.max_iter,
+                     epochs=args.epochs, batch_size=args.train_batch_size, lr=args.lr,
+                     val_fraction=args.val_fraction, patience=args.patience, seed=args.seed, hidden=args.hidden,
+                     refit=args.refit, calibrate=not args.no_calibrate)
     bundle = _load_bundle(args)
     dataset = _open_dataset(args, "train")
     backend, feats = _extract(args, bundle, dataset, out)
@@ -293,11 +308,16 @@ def cmd_fit(args):
     train_seconds = time.perf_counter() - t_train
     save_head(out, head)
     info = head.meta["train"]
+    if info["l2"]["chosen_by"] == "fallback":
+        print("warning: %s: %s; used L2=%g (recorded in the head file)" % (out, info["l2"]["reason"],
+                                                                        info["l2"]["value"]), file=sys.stderr)
     _print_json({
         "command": "fit", "head": out, "variant": head.variant, "backend": backend, "dataset": dataset.name,
         "classes": head.num_classes, "feature_width": head.feature_width,
         "train_images": len(feats), "skipped": len(feats.skipped), "n_train": info["n_train"], "n_val": info["n_val"],
-        "val_top1": _r(info.get("val_top1")), "best_epoch": info["best_epoch"], "epochs_run": info["epochs_run"],
+        "val_top1": _r(info.get("val_top1")), "solver": info["solver"], "l2": info["l2"]["value"],
+        "l2_chosen_by": info["l2"]["chosen_by"], "best_epoch": info.get("best_epoch"),
+        "epochs_run": info.get("epochs_run"),
         "cached": feats.cached, "cache": feats.cache_path, "extract_seconds": _r(feats.seconds, 3),
         "images_per_s": _r(feats.images_per_s, 1), "train_seconds": _r(train_seconds, 3),
         "seconds": _r(time.perf_counter() - t0, 3), "peak_rss_mb": peak_rss_mb(),
@@ -555,21 +575,7 @@ COMMANDS = {"fit": cmd_fit, "eval": cmd_eval, "predict": cmd_predict, "live": cm
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    try:
-        return COMMANDS[args.cmd](args)
-    except BrokenPipeError:
-        # stdout closed early (`... | head`): stop quietly; point stdout at devnull so that
-        # the interpreter's final flush does not raise again
-        try:
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        except (OSError, ValueError, AttributeError):
-            pass
-        return 1
-    except OSError as e:
-        # unwritable output folder, full disk, ...: a file problem, reported like bad input
-        if e.filename is not None:
-            raise BnnError("%s: %s" % (e.filename, e.strerror or e)) from None
-        raise BnnError(str(e)) from None
+    return COMMANDS[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -274,7 +274,12 @@ class LiveResult:
 
 
 class LivePipeline:
-    """Frame -> preprocess -> features (accelerator or emulator) -> packed bits -> head, timed."""
+    """Frame -> preprocess -> features (accelerator or emulator) -> packed bits -> head, timed.
+
+    "features" is the backend's whole call: on the board that includes packing the image into the
+    accelerator's input stream and unpacking its output (``host.packing``); "pack" is the +-1
+    features to bits, the form the example store and the head read.
+    """
 
     def __init__(self, bundle, backend, window=30):
         from .preprocess import Preprocess

@@ -22,7 +22,8 @@ from host.report import save_confusion_png
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SYNTH = ["--dataset", "synthetic-transfer", "--option", "n_train_per_class=30", "--option", "n_test_per_class=10"]
 FIT_KEYS = {"command", "head", "variant", "backend", "dataset", "classes", "feature_width", "train_images", "skipped",
-            "n_train", "n_val", "val_top1", "best_epoch", "epochs_run", "cached", "cache", "extract_seconds",
+            "n_train", "n_val", "val_top1", "solver", "l2", "l2_chosen_by", "best_epoch", "epochs_run", "cached",
+            "cache", "extract_seconds",
             "images_per_s", "train_seconds", "seconds", "peak_rss_mb"}
 EVAL_KEYS = {"command", "head", "variant", "backend", "dataset", "classes", "top1", "top5", "images", "skipped",
              "cached", "cache", "images_per_s", "extract_seconds", "confusion", "seconds"}
@@ -99,7 +100,9 @@ def test_fit_writes_a_head_that_knows_its_bundle(trained):
     for key, value in bundle.head_meta().items():
         assert head.meta[key] == value
     assert head.meta["dataset"]["name"] == "synthetic-transfer" and head.meta["dataset"]["count"] == 300
-    assert head.meta["bundle"]["digest"] == bundle.digest and head.meta["train"]["best_epoch"] >= 1
+    assert head.meta["bundle"]["digest"] == bundle.digest
+    assert res["solver"] == "lbfgs" and res["l2_chosen_by"] == "held-out accuracy"
+    assert head.meta["train"]["l2"]["value"] == res["l2"] and res["l2"] in head.meta["train"]["l2"]["grid"]
     assert head.classes == open_dataset("synthetic-transfer", "train").classes
 
 
@@ -288,10 +291,13 @@ def test_fit_skips_unreadable_images_with_one_warning(tiny, capsys, image_tools)
     rc, out, err = _cli(capsys, "fit", "--bundle", tiny["path"], "--dataset", "folder", "--data-dir", root,
                         "--option", "test_fraction=0", "--out", tiny["dir"] / "h.npz", "--quiet", "--epochs", "3")
     assert rc == 0, err
-    assert err.strip().splitlines() == [err.strip()] and err.startswith(
-        "warning: skipped 1 unreadable images of 9 (first: %s: cannot decode image" % bad)
+    skipped, fallback = err.strip().splitlines()
+    assert skipped.startswith("warning: skipped 1 unreadable images of 9 (first: %s: cannot decode image" % bad)
+    # 8 images leave no held-out split worth choosing an L2 on: the fallback is said and recorded
+    assert fallback.startswith("warning: %s: held-out split too small to choose L2 from" % (tiny["dir"] / "h.npz"))
     res = json.loads(out)
     assert res["train_images"] == 8 and res["skipped"] == 1 and load_head(res["head"]).classes == ["cat", "dog"]
+    assert res["l2_chosen_by"] == "fallback" and load_head(res["head"]).meta["train"]["l2"]["value"] == res["l2"]
 
 
 def test_bench_measures_backends_packing_and_head_training(tiny, monkeypatch, capsys):
@@ -309,7 +315,8 @@ def test_bench_measures_backends_packing_and_head_training(tiny, monkeypatch, ca
     assert res["packing"]["output"]["unpack_images_per_s"] > 0
     assert res["packing"]["feature_cache"]["bytes_per_image"] == 2
     heads = res["head_training"]
-    assert heads["feature_width"] == 12 and heads["float"]["seconds"] > 0 and heads["float"]["epochs_run"] == 2
+    assert heads["feature_width"] == 12 and heads["float"]["seconds"] > 0 and heads["float"]["solver"] == "lbfgs"
+    assert heads["float"]["passes"] >= 2
     assert "bench: backend pynq" in err
 
 
