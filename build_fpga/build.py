@@ -90,7 +90,7 @@ def _build(cfg, out, export, export_sha, params, folding_bytes, toolchain, build
     from .boards import get_board
     from .estimates import check_fit, fit_refusal, pct
     from .finn_flow import extract_layers, run_flow
-    from .folding import search_max_fps
+    from .folding import SEARCH_FOLDING, search_max_fps
     from .ladder import reference_layers, verify_build
 
     board = get_board(cfg.board)
@@ -111,6 +111,8 @@ def _build(cfg, out, export, export_sha, params, folding_bytes, toolchain, build
             log("build_fpga: searching the folding with the most img/s within FINN's margins on %s" % board.name)
             est, _ = search_max_fps(onnx, finn_dir, run_cfg, names, log)
             mode = "folding search (default): %s binds" % est["folding_search"]["binding"]
+            # from here on FINN's folding is the search's file, as with --folding (hardware key, resume)
+            run_cfg = replace(run_cfg, folding=os.path.join(finn_dir, SEARCH_FOLDING))
         else:
             mode = "--folding %s" % cfg.folding if folding_bytes is not None else "--target-fps %d" % cfg.target_fps
             log("build_fpga: FINN estimate flow for %s with %s" % (board.name, mode))
