@@ -21,7 +21,7 @@ import numpy as np
 from .errors import BnnError
 from .preprocess import decode_image
 
-DATASETS = ("imagenet", "flowers102", "cub200", "indoor67", "folder", "synthetic", "synthetic-transfer")
+DATASETS = ("imagenet", "flowers102", "cub200", "indoor67", "folder", "synthetic", "synthetic-transfer", "digits")
 SPLITS = ("train", "test")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 _EXT_LIST = "/".join(e[1:] for e in IMAGE_EXTENSIONS)
@@ -343,6 +343,10 @@ def dataset_option_names(name):
         from .synthetic import OPTION_NAMES
 
         return tuple(OPTION_NAMES)
+    if name == "digits":
+        from .digits import OPTIONS
+
+        return tuple(sorted(OPTIONS))
     return tuple(sorted(_READERS[name][1])) if name in _READERS else ()
 
 
@@ -364,6 +368,10 @@ def open_dataset(name, split, data_dir=None, **options):
         from .synthetic import open_synthetic
 
         return open_synthetic(name, split, **options)
+    if name == "digits":
+        from .digits import DigitsDataset
+
+        return DigitsDataset(split, data_dir, **options)
     if not data_dir:
         raise BnnError("dataset %s: needs --data-dir (the folder in its official layout)" % name)
     root = os.path.abspath(os.path.expanduser(os.fspath(data_dir)))
