@@ -194,6 +194,7 @@ def write_bundle(root: str, *, export_dir: str, export: Dict, export_sha: str, p
         weights_memory="internal (all weights on chip; no external weight streams)",
         runtime=runtime,
         finn_build_dir=build_dir,
+        hardware_build=None if hw is None else {"fifo": params.get("fifo"), "toolchain": hw.get("toolchain")},
         versions=_versions(),
     )
     with open(os.path.join(root, "README.md"), "w", encoding="utf-8") as f:

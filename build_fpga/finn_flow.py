@@ -48,6 +48,7 @@ def dataflow_config(out_dir, cfg: BuildConfig, board: Board, steps=None, start_s
         target_fps=fps,
         folding_config_file=Path(cfg.folding).resolve() if cfg.folding else None,
         mvau_wwidth_max=cfg.mvau_wwidth_max,
+        auto_fifo_strategy=bc.AutoFIFOSizingMethod(cfg.fifo),
         generate_outputs=[bc.DataflowOutputType[o] for o in outputs],
         steps=steps if steps is not None else flow_steps(cfg.hw_codegen),
         start_step=start_step,

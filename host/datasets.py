@@ -14,6 +14,7 @@ so that the Table 2 numbers are comparable; ``flowers_split="official"`` gives t
 import hashlib
 import json
 import os
+import sys
 import zlib
 
 import numpy as np
@@ -42,7 +43,8 @@ class ImageDataset:
         self.split = split
         self.root = root
         self.classes = list(classes)
-        self.class_names = list(class_names) if class_names is not None else list(self.classes)
+        # names for people (plots, tables): a folder name that is not UTF-8 must not break them
+        self.class_names = list(class_names) if class_names is not None else [_printable(c) for c in self.classes]
         # Subclasses that generate their sources (synthetic) pass None and override source().
         self._sources = list(sources) if sources is not None else None
         self.labels = np.asarray(labels, dtype=np.int64).reshape(-1)
@@ -112,10 +114,20 @@ def is_image_file(name):
 
 
 def list_images(directory):
-    """Image files under ``directory`` (recursively), as sorted paths; hidden files and folders skipped."""
-    out = []
+    """Image files under ``directory`` (recursively), as sorted paths; hidden files and folders skipped.
+
+    Symlinked folders are followed, each real folder at most once: a link loop or a second link to
+    the same folder would otherwise list its images again (and leak copies into the test split).
+    """
+    out, seen = [], {os.path.realpath(directory)}
     for dirpath, dirnames, filenames in os.walk(directory, followlinks=True):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        keep = []
+        for d in sorted(dirnames):
+            real = os.path.realpath(os.path.join(dirpath, d))
+            if not d.startswith(".") and real not in seen:
+                seen.add(real)
+                keep.append(d)
+        dirnames[:] = keep
         out.extend(os.path.join(dirpath, f) for f in filenames if is_image_file(f))
     return sorted(out)
 
@@ -377,4 +389,26 @@ def open_dataset(name, split, data_dir=None, **options):
     root = os.path.abspath(os.path.expanduser(os.fspath(data_dir)))
     _need_dir(root, "dataset directory of %s" % name)
     reader, _ = _READERS[name]
-    return reader(root, split, **options)
+    ds = reader(root, split, **options)
+    if split == "train":
+        _check_training_classes(ds)
+    return ds
+
+
+def _check_training_classes(ds):
+    """Fitting needs two classes with images; a class with none (only test images) is named."""
+    counts = ds.class_counts()
+    trained = int((counts > 0).sum())
+    if trained < 2:
+        names = ", ".join(_printable(c) for c, n in zip(ds.classes, counts) if n) or "none"
+        raise BnnError("%s: %d class(es) with training images (%s); a classifier needs at least two"
+                       % (ds.root, trained, names))
+    missing = [_printable(c) for c, n in zip(ds.classes, counts) if not n]
+    if missing:
+        print("warning: %s: no training images for %d class(es), which a head can never predict: %s"
+              % (ds.root, len(missing), ", ".join(missing)), file=sys.stderr, flush=True)
+
+
+def _printable(name):
+    """A file-system name as text a terminal, a JSON file or a plot can show (undecodable bytes as U+FFFD)."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")

@@ -30,6 +30,7 @@ import json
 import numpy as np
 
 from .errors import BnnError
+from .npzfile import open_npz
 
 FORMAT = "bnn-transfer/emulator/v1"
 
@@ -209,7 +210,7 @@ def save_emulator(path, spec, weights, thresholds):
 
 def load_emulator(path):
     try:
-        with np.load(path, allow_pickle=False) as z:
+        with open_npz(path) as z:
             spec = json.loads(str(z["spec"]))
             if spec.get("format") != FORMAT:
                 raise BnnError("%s: not an emulator weights file (format %r)" % (path, spec.get("format")))

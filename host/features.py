@@ -28,6 +28,7 @@ import numpy as np
 
 from .errors import BnnError
 from .manifest import atomic_path
+from .npzfile import open_npz
 
 FEATURES_FORMAT = "bnn-transfer/features"
 FEATURES_VERSION = 1
@@ -149,7 +150,7 @@ class FeatureStore:
         if not os.path.isfile(path):
             return None
         try:
-            with np.load(path, allow_pickle=False) as z:
+            with open_npz(path, max_bytes=None) as z:  # a cache may be large; the headers are still checked
                 data = {k: z[k] for k in z.files}
         except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as e:
             raise BnnError("%s: not a readable feature cache (%s)" % (path, e)) from None

@@ -11,6 +11,7 @@ import numpy as np
 
 from ..errors import BnnError
 from ..manifest import atomic_path
+from ..npzfile import open_npz
 from .head import _PARAMS, VARIANTS, Head, _check_classes, _check_params
 
 HEAD_FORMAT = "bnn-transfer/head"
@@ -57,7 +58,7 @@ def load_head(path):
     if not os.path.isfile(path):
         raise BnnError("%s: head file not found" % path)
     try:
-        with np.load(path, allow_pickle=False) as z:
+        with open_npz(path) as z:
             data = {k: z[k] for k in z.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as e:
         raise BnnError("%s: not a readable head file (%s)" % (path, e)) from None
