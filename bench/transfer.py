@@ -30,8 +30,8 @@ def _images(dataset, pp):
     return np.stack([eval_transform(dataset.load(i), pp) for i in range(len(dataset))])
 
 
-def random_backbone_features(preset, train_images, image_sets, seed=0):
-    """+-1 features of a random ``preset`` backbone for each uint8 NHWC array of ``image_sets``."""
+def random_backbone(preset, train_images, seed=0):
+    """A random ``preset`` backbone (``train.freeze.IntegerBackbone``) with BatchNorm statistics of ``train_images``."""
     import torch
     from torch import nn
 
@@ -47,11 +47,41 @@ def random_backbone_features(preset, train_images, image_sets, seed=0):
     with torch.no_grad():
         model(torch.from_numpy(train_images.transpose(0, 3, 1, 2).copy()).float())
     model.eval()
-    backbone = IntegerBackbone(fold_backbone(model))
-    out = []
-    for imgs in image_sets:
-        x = torch.from_numpy(imgs.transpose(0, 3, 1, 2).copy()).float()
-        out.append(torch.cat([backbone(x[i:i + 256]) for i in range(0, len(x), 256)]).numpy().astype(np.int8))
+    return IntegerBackbone(fold_backbone(model))
+
+
+def torch_layers(backbone):
+    """``layer_outputs(images)`` of a torch IntegerBackbone, as the emulator has it."""
+    import torch
+
+    def layer_outputs(images):
+        x = torch.from_numpy(images.transpose(0, 3, 1, 2).copy()).float()
+        return [o.numpy() for o in backbone(x, return_all=True)]
+
+    return layer_outputs
+
+
+def _packed_layers(layer_outputs, images, batch=128):
+    """Every layer's output of ``layer_outputs(batch) -> [+-1 arrays]`` for all ``images``, packed per layer."""
+    from host.features import pack_features
+
+    parts = None
+    for i in range(0, len(images), batch):
+        outs = [pack_features(np.asarray(o).reshape(len(o), -1)) for o in layer_outputs(images[i:i + batch])]
+        parts = [[p] for p in outs] if parts is None else [ps + [p] for ps, p in zip(parts, outs)]
+    return [np.concatenate(ps) for ps in parts]
+
+
+def by_layer(layer_outputs, names, img_tr, ytr, img_te, yte, classes):
+    """Top-1 of host's float head on each layer's output: where the backbone loses the task's information."""
+    from host.heads import HeadConfig, evaluate, fit_head
+
+    tr, te = _packed_layers(layer_outputs, img_tr), _packed_layers(layer_outputs, img_te)
+    widths = [int(np.prod(o.shape[1:])) for o in layer_outputs(img_tr[:1])]
+    out = {}
+    for name, width, a, b in zip(names, widths, tr, te):
+        head, _ = fit_head(a, ytr, classes, HeadConfig(), progress=False, feature_width=width)
+        out[name] = {"width": width, "top1": round(evaluate(head, b, yte)["top1"], 4)}
     return out
 
 
@@ -79,6 +109,7 @@ def _host(xtr, ytr, xte, yte, classes):
 def measure(bundle, dataset_name, seed=0, log=lambda msg: None):
     """The transfer record of ``dataset_name`` for ``bundle`` (a loaded tiny deploy bundle)."""
     from host.datasets import open_dataset
+    from host.emulator import load_emulator
     from host.preprocess import Preprocess
 
     pp = Preprocess.from_dict(bundle.preprocess)
@@ -92,8 +123,11 @@ def measure(bundle, dataset_name, seed=0, log=lambda msg: None):
 
     with make_backend("emulator", bundle) as backend:
         frozen = [backend.extract(imgs, batch_size=256) for imgs in (img_tr, img_te)]
+    emulator = load_emulator(bundle.emulator_path)
     log("transfer/%s: random backbone of the %s preset" % (dataset_name, bundle.preset))
-    random = random_backbone_features(bundle.preset, img_tr, (img_tr, img_te), seed)
+    random_layers = torch_layers(random_backbone(bundle.preset, img_tr, seed))
+    random = [np.concatenate([random_layers(imgs[i:i + 256])[-1] for i in range(0, len(imgs), 256)]).reshape(
+        len(imgs), -1).astype(np.int8) for imgs in (img_tr, img_te)]
     rows = {}
     for name, (ftr, fte) in (("frozen", frozen), ("random", random)):
         log("transfer/%s: heads on %s features" % (dataset_name, name))
@@ -102,6 +136,10 @@ def measure(bundle, dataset_name, seed=0, log=lambda msg: None):
     log("transfer/%s: logistic regression on the pixels" % dataset_name)
     pix = [imgs.reshape(len(imgs), -1).astype(np.float32) / 255.0 for imgs in (img_tr, img_te)]
     rows["pixels"] = {"sklearn": _sklearn(pix[0], ytr, pix[1], yte)}
+    log("transfer/%s: host's head on every layer of both backbones" % dataset_name)
+    names = [layer["name"] for layer in emulator.layers]
+    layers = {"frozen": by_layer(emulator.layer_outputs, names, img_tr, ytr, img_te, yte, classes),
+              "random": by_layer(random_layers, names, img_tr, ytr, img_te, yte, classes)}
     frozen_top1, random_top1 = rows["frozen"]["host"]["top1"], rows["random"]["host"]["top1"]
     pixels_top1 = rows["pixels"]["sklearn"]["top1"]
     met = frozen_top1 > random_top1 and frozen_top1 >= pixels_top1 - PIXEL_MARGIN
@@ -110,7 +148,7 @@ def measure(bundle, dataset_name, seed=0, log=lambda msg: None):
            "target": "frozen > random backbone, and >= pixels - %d pt (top-1, host float head)" % (100 * PIXEL_MARGIN),
            "met": met, "dataset": dataset_name, "train": int(len(ytr)), "test": int(len(yte)),
            "classes": len(classes), "input_size": pp.input_size, "feature_width": int(bundle.feature_width),
-           "bundle": bundle.root, "preset": bundle.preset, "rows": rows}
+           "bundle": bundle.root, "preset": bundle.preset, "rows": rows, "by_layer": layers}
     if not met:
         parts = []
         if frozen_top1 <= random_top1:
@@ -119,7 +157,9 @@ def measure(bundle, dataset_name, seed=0, log=lambda msg: None):
         if frozen_top1 < pixels_top1 - PIXEL_MARGIN:
             parts.append("frozen features %.1f%% trail logistic regression on the pixels (%.1f%%) by %.1f points"
                          % (100 * frozen_top1, 100 * pixels_top1, 100 * (pixels_top1 - frozen_top1)))
-        rec["gap"] = "; ".join(parts)
+        lost = "; ".join("%s %s" % (kind, ", ".join("%s (%d bits) %.1f%%" % (n, v["width"], 100 * v["top1"])
+                                                   for n, v in layers[kind].items())) for kind in ("random", "frozen"))
+        rec["gap"] = "; ".join(parts) + ". Host's head on each layer's output, top-1: " + lost
     return rec
 
 
