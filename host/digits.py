@@ -19,8 +19,8 @@ import zlib
 
 import numpy as np
 
-from .datasets import ImageDataset
 from .errors import BnnError
+from .imagedataset import ImageDataset
 
 FILE_NAME = "digits.csv.gz"
 OPTIONS = {"seed": 0, "test_fraction": 1.0 / 3.0}
