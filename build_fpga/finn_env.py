@@ -96,15 +96,6 @@ def finn_installed() -> bool:
         return False
 
 
-def finn_version() -> Optional[str]:
-    try:
-        from importlib.metadata import version
-
-        return version("finn-plus")
-    except Exception:
-        return None
-
-
 def _stub_xsi() -> List[str]:
     import finn.xsi as xsi
 

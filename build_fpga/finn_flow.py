@@ -12,13 +12,13 @@ the accelerator's I/O shapes; bit-exactness is checked afterwards, layer by laye
 
 from __future__ import annotations
 
-import resource
 import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from host.benchmark import peak_rss_mb
 from host.errors import BnnError
 
 from .boards import Board, get_board
@@ -84,7 +84,7 @@ def _estimates(out_dir: Path, cfg: BuildConfig, board: Board, wall: float,
     est = parse_estimates(out_dir / "report", board, cfg.clock_mhz or board.clock_mhz,
                           out_dir / "intermediate_models", layer_names)
     est["target_fps"] = cfg.target_fps
-    est["run"] = {"wall_s": round(wall, 2), "peak_rss_mb": _peak_rss_mb(), "config": cfg.finn_dict()}
+    est["run"] = {"wall_s": round(wall, 2), "peak_rss_mb": peak_rss_mb(), "config": cfg.finn_dict()}
     return est
 
 
@@ -184,8 +184,3 @@ def extract_layers(model) -> List[Dict]:
         elif not op.startswith(("StreamingFIFO", "StreamingDataWidthConverter", "Thresholding")):
             raise FlowError("%s: unexpected node %s in the dataflow graph" % (n.name, op))
     return rows
-
-
-def _peak_rss_mb() -> float:
-    # ru_maxrss is KiB on Linux; it is the process's peak, not this run's alone.
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1)

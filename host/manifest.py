@@ -92,6 +92,33 @@ def write_json_atomic(path, obj):
     write_bytes_atomic(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode("utf-8"))
 
 
+def save_npz_atomic(path, arrays, compressed=False):
+    """``np.savez(path, **arrays)`` (or savez_compressed), durable and all-or-nothing like write_bytes_atomic."""
+    import numpy as np
+
+    save = np.savez_compressed if compressed else np.savez
+    with atomic_path(path) as tmp:
+        # a file object, because np.savez appends ".npz" to a name that lacks it
+        with open(tmp, "wb") as f:
+            save(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def package_versions(*packages):
+    """{"python": version, package: installed version or None}: what every manifest records as "versions"."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for pkg in packages:
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
 def _sibling(path, suffix):
     return os.path.join(os.path.dirname(path), "." + os.path.basename(path) + suffix)
 
