@@ -141,6 +141,7 @@ def _build(cfg, out, export, export_sha, params, folding_bytes, toolchain, build
         with _quiet_finn():
             hw = hardware.run_hardware(finn_dir, hw_dir, run_cfg, log=log, clean=cfg.clean)
         hw["toolchain"] = toolchain
+        hardware.copy_reports(hw, os.path.join(finn_dir, "report"))
         n_ext = int(hw["io"].get("number_of_external_weights", 0) or 0)
         if n_ext:
             raise BnnError("%s: FINN streams %d weight tensor(s) from DRAM; bundles with external weights are not "

@@ -334,7 +334,7 @@ def test_training_never_unpacks_all_rows_at_once():
 
     for solver in ("lbfgs", "adam"):
         tracemalloc.start()
-        fit_head(packed, y, ["c%d" % i for i in range(10)], HeadConfig(solver=solver, epochs=2, max_iter=3,
+        fit_head(packed, y, ["c%d" % i for i in range(10)], HeadConfig(solver=solver, epochs=2, path_iter=1,
                                                                        batch_size=128), progress=False,
                  feature_width=1024)
         peak = tracemalloc.get_traced_memory()[1]
