@@ -246,7 +246,7 @@ def interconnect(model, board: Board) -> List[Dict]:
     m = ModelWrapper(proto)
     for t in (InsertIODMA(AXI_PORT_WIDTH), InsertDWC(), InsertFIFO(create_shallow_fifos=True),
               SpecializeLayers(board.part)):
-        m = m.transform(t)
+        m = m.transform(t, make_deepcopy=False, cleanup=False)  # our private copy; only node costs are read
     _set_fifo_depths(m)
     rows = []
     for n in m.graph.node:
