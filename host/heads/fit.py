@@ -19,7 +19,7 @@ from .head import VARIANTS, _check_classes, _check_labels
 from .model import Model
 
 SOLVERS = ("lbfgs", "adam")
-L2_GRID = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6, 1e-7)
+L2_GRID = (1e-2, 1e-3, 1e-4, 1e-5, 1e-6, 1e-7)
 # Below this many held-out rows (or with fewer than 2 classes among them) one L2 cannot be told
 # from its neighbours: the fit falls back to FALLBACK_L2 and says so.
 MIN_VAL_ROWS = 20
