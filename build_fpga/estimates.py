@@ -325,4 +325,4 @@ def fit_refusal(est: Dict, out: str, mode: str) -> Optional[str]:
 def pct(r: Dict) -> str:
     if r["used"] is None:
         return "n/a"
-    return "%s (%.0f%%)" % (format(r["used"], ","), 100.0 * r["used"] / r["available"] if r["available"] else 0)
+    return "%s (%.1f%%)" % (format(r["used"], ","), 100.0 * r["used"] / r["available"] if r["available"] else 0)
