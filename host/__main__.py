@@ -94,9 +94,11 @@ def build_parser():
                     help="lbfgs: full batch (float head only, its default); adam: minibatches (binary and mlp)")
     tr.add_argument("--weight-decay", type=float, default=None, metavar="X",
                     help="L2 penalty, for features scaled by 1/sqrt(width) (default: lbfgs chooses it on the "
-                         "held-out rows from 1e-1 .. 1e-7; adam uses 1e-4)")
-    tr.add_argument("--max-iter", type=int, default=40, metavar="N",
-                    help="L-BFGS iterations per L2 value and for the final fit (default 40)")
+                         "held-out rows from 1e-2 .. 1e-7; adam uses 1e-4)")
+    tr.add_argument("--path-iter", type=int, default=2, metavar="N",
+                    help="L-BFGS iterations per L2 value of the path and for the refit (default 2)")
+    tr.add_argument("--max-iter", type=int, default=30, metavar="N",
+                    help="L-BFGS iterations of a fit at one given --weight-decay (default 30)")
     tr.add_argument("--epochs", type=int, default=60, metavar="N",
                     help="adam: maximum epochs (default 60; early stopping ends sooner)")
     tr.add_argument("--lr", type=float, default=1e-2, metavar="X", help="adam: step size (default 0.01)")
@@ -277,7 +279,7 @@ def cmd_fit(args):
                        % (out, os.path.join(out, "head.npz")))
     _positive("--train-batch-size", args.train_batch_size)
     for flag, value in (("--epochs", args.epochs), ("--patience", args.patience), ("--hidden", args.hidden),
-                        ("--max-iter", args.max_iter)):
+                        ("--max-iter", args.max_iter), ("--path-iter", args.path_iter)):
         _positive(flag, value)
     # checked here, not only in fit_head: a typo should not cost a whole feature extraction first
     wd_ok = args.weight_decay is None or args.weight_decay >= 0
@@ -287,6 +289,7 @@ def cmd_fit(args):
     if args.solver == "lbfgs" and args.head != "float":
         raise BnnError("--solver lbfgs: fits the float head only; the %s head trains with adam" % args.head)
     cfg = HeadConfig(variant=args.head, solver=args.solver, weight_decay=args.weight_decay, max_iter=args.max_iter,
+                     path_iter=args.path_iter,
                      epochs=args.epochs, batch_size=args.train_batch_size, lr=args.lr,
                      val_fraction=args.val_fraction, patience=args.patience, seed=args.seed, hidden=args.hidden,
                      refit=args.refit, calibrate=not args.no_calibrate)
