@@ -246,7 +246,7 @@ def interconnect(model, board: Board) -> List[Dict]:
     m = ModelWrapper(proto)
     for t in (InsertIODMA(AXI_PORT_WIDTH), InsertDWC(), InsertFIFO(create_shallow_fifos=True),
               SpecializeLayers(board.part)):
-        m = m.transform(t)
+        m = m.transform(t, make_deepcopy=False, cleanup=False)  # our private copy; only node costs are read
     _set_fifo_depths(m)
     rows = []
     for n in m.graph.node:
@@ -325,4 +325,4 @@ def fit_refusal(est: Dict, out: str, mode: str) -> Optional[str]:
 def pct(r: Dict) -> str:
     if r["used"] is None:
         return "n/a"
-    return "%s (%.0f%%)" % (format(r["used"], ","), 100.0 * r["used"] / r["available"] if r["available"] else 0)
+    return "%s (%.1f%%)" % (format(r["used"], ","), 100.0 * r["used"] / r["available"] if r["available"] else 0)
