@@ -13,7 +13,7 @@ from typing import Dict, List, Tuple
 
 from host.errors import BnnError
 
-from .transforms import AbsorbBinaryPad, SetWeightMemory
+from .transforms import AbsorbBinaryPad, MapWideLayersToDsp, SetWeightMemory
 
 # The message of the step that failed last: build_dataflow_cfg catches every exception and returns -1
 # (it re-raises only under pytest), so the one line travels beside it.
@@ -32,6 +32,11 @@ def fail(msg: str):
 def step_bnn_absorb_binary_pad(model, cfg):
     """-1 padding of binary maps moved into the consuming Conv (see :class:`AbsorbBinaryPad`)."""
     return model.transform(AbsorbBinaryPad())
+
+
+def step_bnn_dsp_layers(model, cfg):
+    """The 8-bit first layer onto DSPs (see :class:`MapWideLayersToDsp`); after step_convert_to_hw."""
+    return model.transform(MapWideLayersToDsp())
 
 
 def step_bnn_check_partition(model, cfg):
@@ -178,6 +183,8 @@ def flow_steps(hw_codegen: bool = False, board=None, layer_names=None) -> List:
         if name == "step_streamline":
             steps.append(step_bnn_absorb_binary_pad)
         steps.append(name)
+        if name == "step_convert_to_hw":
+            steps.append(step_bnn_dsp_layers)
         if name == "step_create_dataflow_partition":
             steps.append(step_bnn_check_partition)
         if name == "step_specialize_layers":
