@@ -254,13 +254,18 @@ def interconnect(model, board: Board) -> List[Dict]:
     proto = copy.deepcopy(model.model)
     del proto.graph.initializer[:]  # the inserted nodes' models need shapes and widths, not weights
     m = ModelWrapper(proto)
+    streamed = []
     for n in m.graph.node:
-        # InsertIODMA lays out the weights of a streamed MVAU (mem_mode external) for its weight DMA:
-        # a one-word stand-in (SIMD x PE) gives the same DMA node, widths and FIFOs at no cost.
+        # InsertIODMA would lay out a streamed MVAU's weights (mem_mode external) for its weight DMA, a
+        # Python loop over every word (seconds per call for the paper preset's fc1): priced here as one
+        # more IODMA each instead, the MVAU treated as on-chip for the FIFOs and DWCs around it.
         if n.op_type.startswith("MVAU") and getCustomOp(n).get_nodeattr("mem_mode") == "external":
-            inst = getCustomOp(n)
-            m.set_initializer(n.input[1], np.zeros((inst.get_nodeattr("SIMD"), inst.get_nodeattr("PE")), np.float32))
-    for t in (InsertIODMA(AXI_PORT_WIDTH), InsertDWC(), InsertFIFO(create_shallow_fifos=True),
+            getCustomOp(n).set_nodeattr("mem_mode", "internal_decoupled")
+            streamed.append(n.name)
+    # FINN's order: FIFOs and DWCs between the layers first (step_set_fifo_depths), the DMAs and their
+    # DWCs after (ZynqBuild); the other way round InsertFIFO refuses an IODMA behind a last layer with
+    # PE > 1 (its stream is PE elements per word, the DMA's one byte).
+    for t in (InsertDWC(), InsertFIFO(create_shallow_fifos=True), InsertIODMA(AXI_PORT_WIDTH), InsertDWC(),
               SpecializeLayers(board.part)):
         m = m.transform(t, make_deepcopy=False, cleanup=False)  # our private copy; only node costs are read
     _set_fifo_depths(m)
@@ -279,6 +284,8 @@ def interconnect(model, board: Board) -> List[Dict]:
         elif n.op_type.startswith("IODMA"):
             rows.append(dict(node=n.name, kind="iodma", direction=inst.get_nodeattr("direction"),
                              width=int(inst.get_nodeattr("intfWidth")), **IODMA_RULE))
+    for name in streamed:
+        rows.append(dict(node="weights of " + name, kind="iodma", direction="in", width=AXI_PORT_WIDTH, **IODMA_RULE))
     return rows
 
 

@@ -16,9 +16,10 @@ from test_build import HAVE_FINN, cli, make_export  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not HAVE_FINN, reason="needs finn-plus, qonnx, brevitas and torch")
 
-# tiny's MVAUs in FINN's names: conv1..conv5 = MVAU_hls_0..4, fc1 = MVAU_hls_5 (128 -> 256), fc2 = MVAU_hls_6
-STREAM_FC = {"MVAU_hls_5": {"PE": 2, "SIMD": 16, "mem_mode": "external"},
-             "MVAU_hls_6": {"PE": 4, "SIMD": 32, "mem_mode": "external"}}
+# tiny's MVAUs in FINN's names: conv1 = MVAU_rtl_0 (on DSPs), conv2..conv5 = MVAU_hls_0..3,
+# fc1 = MVAU_hls_4 (128 -> 256), fc2 = MVAU_hls_5 (256 -> 256)
+STREAM_FC = {"MVAU_hls_4": {"PE": 8, "SIMD": 16, "mem_mode": "external"},
+             "MVAU_hls_5": {"PE": 8, "SIMD": 8, "mem_mode": "external"}}
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +55,7 @@ def test_streamed_fc_layers_reach_the_bundle_in_finns_layout(export):
 
     # the bytes are what FINN's own code makes for the weight IODMA (InsertIODMA + to_external_tensor)
     model = ModelWrapper(str(build_dir / "finn" / "intermediate_models" / "step_generate_estimate_reports.onnx"))
-    for node, dma in (("MVAU_hls_5", "idma1"), ("MVAU_hls_6", "idma0")):
+    for node, dma in (("MVAU_hls_4", "idma1"), ("MVAU_hls_5", "idma0")):
         n = model.get_node_from_name(node)
         inst = getCustomOp(n)
         assert inst.get_nodeattr("mem_mode") == "external"
@@ -78,12 +79,12 @@ def test_streamed_fc_layers_reach_the_bundle_in_finns_layout(export):
 def test_a_folding_that_streams_a_conv_layer_is_refused(export):
     tmp, exp = export
     out = tmp / "deploy_bad"
-    fold = _folding(tmp / "bad.json", {"MVAU_hls_1": {"mem_mode": "external"}})
+    fold = _folding(tmp / "bad.json", {"MVAU_hls_0": {"mem_mode": "external"}})
     r = cli("--export", exp, "--board", "pynq-z2", "--out", str(out), "--folding", fold, tmp=tmp)
     assert r.returncode == 2 and r.stdout == ""
     errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
     assert errors == [r.stderr.splitlines()[-1]]
-    assert ("layer conv2 (MVAU_hls_1) has mem_mode external, but FINN streams external weights once per image and "
+    assert ("layer conv2 (MVAU_hls_0) has mem_mode external, but FINN streams external weights once per image and "
             "this conv layer reads its weights 196 times per image") in errors[0]
     assert not out.exists() and not [n for n in os.listdir(tmp) if n.startswith(".deploy_bad")]
 
