@@ -127,22 +127,20 @@ def plan(layers: List[WeightLayer], board) -> List[WeightLayer]:
 
 
 def assign_ram_styles(costs: List[Dict], board) -> Dict[str, str]:
-    """``ram_style`` per on-chip layer once the folding is known: URAM for the layers that save the most
-    BRAM18 per URAM, while BRAM is over its usable count and URAM is left.
+    """``ram_style`` per on-chip layer once the folding is known: URAM for the layers that free the most
+    BRAM18, largest first, while the board's usable URAM lasts and a layer takes fewer URAMs than BRAM18s.
 
-    ``costs``: ``{"node", "bram18", "uram"}`` per on-chip MVAU, FINN's own estimates of the layer in
-    BRAM (ram_style "block") and in URAM ("ultra") at its folding.
+    BRAM is the scarcer pool: the FIFOs and width converters the hardware build adds take it too
+    (``estimates.interconnect``; 180 BRAM18 for the paper preset on the KV260), so every layer that can
+    move does. ``costs``: ``{"node", "bram18", "uram"}`` per on-chip MVAU, FINN's own estimates of the
+    layer in BRAM (ram_style "block") and in URAM ("ultra") at its folding.
     """
     styles = {c["node"]: "auto" for c in costs}
-    bram = sum(c["bram18"] for c in costs)
     uram_left = board.usable["uram"]
-    for c in sorted(costs, key=lambda c: -c["bram18"] / max(c["uram"], 1)):
-        if bram <= board.usable["bram18"] * MEMORY_FILL:
-            break
+    for c in sorted(costs, key=lambda c: -c["bram18"]):
         if 0 < c["uram"] <= uram_left and c["bram18"] > c["uram"]:
             styles[c["node"]] = "ultra"
             uram_left -= c["uram"]
-            bram -= c["bram18"]
     return styles
 
 

@@ -64,16 +64,17 @@ def test_plan_refuses_when_the_conv_layers_alone_do_not_fit():
 
 
 @needs_finn
-def test_ram_styles_move_the_best_bram_savers_to_uram():
+def test_ram_styles_move_the_largest_bram_users_to_uram():
     from build_fpga.boards import get_board
 
-    kv = get_board("kv260")  # 230 usable BRAM18 (85%: 195), 51 URAM
+    kv = get_board("kv260")  # 51 usable URAM
     costs = [{"node": "a", "bram18": 120, "uram": 6}, {"node": "b", "bram18": 100, "uram": 40},
-             {"node": "c", "bram18": 30, "uram": 9}, {"node": "d", "bram18": 4, "uram": 0}]
-    assert assign_ram_styles(costs, kv) == {"a": "ultra", "b": "auto", "c": "auto", "d": "auto"}
-    costs[0]["uram"] = 60  # more than the board has: the next best goes
-    assert assign_ram_styles(costs, kv) == {"a": "auto", "b": "ultra", "c": "ultra", "d": "auto"}
-    assert set(assign_ram_styles(costs[2:], kv).values()) == {"auto"}  # BRAM fits: nothing moves
+             {"node": "c", "bram18": 30, "uram": 9}, {"node": "d", "bram18": 4, "uram": 0},
+             {"node": "e", "bram18": 2, "uram": 3}]
+    assert assign_ram_styles(costs, kv) == {"a": "ultra", "b": "ultra", "c": "auto", "d": "auto", "e": "auto"}
+    costs[0]["uram"] = 60  # more than the board has: the next ones go
+    assert assign_ram_styles(costs, kv) == {"a": "auto", "b": "ultra", "c": "ultra", "d": "auto", "e": "auto"}
+    assert set(assign_ram_styles(costs, get_board("pynq-z2")).values()) == {"auto"}  # no URAM at all
 
 
 def test_streams_are_widened_to_whole_bytes():
