@@ -24,13 +24,13 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from typing import Callable, Dict, List, Optional, Tuple
 
+from host.bundle import BUNDLE_KIND
 from host.errors import BnnError
-from host.manifest import atomic_dir, manifest_digest, sha256_bytes
+from host.manifest import atomic_dir, check_replaceable, make_temp_dir, manifest_digest, output_lock, sha256_bytes
 
 from . import hardware
 from .config import BuildConfig
@@ -65,16 +65,17 @@ def build(cfg: BuildConfig, log: Callable[[str], None] = _stderr) -> BuildResult
     with_vivado = not cfg.estimate_only and vivado_available()
     export_sha = manifest_digest(cfg.export, EXPORT_MANIFEST)
     params = build_params(cfg, folding_bytes, with_vivado)
-    if up_to_date(out, export_sha, params):
-        msg = "build_fpga: %s is up to date, skipping" % out
-        return BuildResult(out, True, with_vivado, message=msg)
-
-    build_dir, keep = _build_dir(cfg, out, with_vivado)
-    try:
-        return _build(cfg, out, export, export_sha, params, folding_bytes, with_vivado, build_dir, keep, log)
-    finally:
-        if not keep:
-            shutil.rmtree(build_dir, ignore_errors=True)
+    with output_lock(out):  # one build per DEPLOY_DIR; a killed build's temporary FINN dir is removed here
+        if up_to_date(out, export_sha, params):
+            msg = "build_fpga: %s is up to date, skipping" % out
+            return BuildResult(out, True, with_vivado, message=msg)
+        check_replaceable(out, BUNDLE_MANIFEST, BUNDLE_KIND)  # now, not after minutes of FINN
+        build_dir, keep = _build_dir(cfg, out, with_vivado)
+        try:
+            return _build(cfg, out, export, export_sha, params, folding_bytes, with_vivado, build_dir, keep, log)
+        finally:
+            if not keep:
+                shutil.rmtree(build_dir, ignore_errors=True)
 
 
 def _build(cfg, out, export, export_sha, params, folding_bytes, with_vivado, build_dir, keep, log) -> BuildResult:
@@ -220,7 +221,7 @@ def _build_dir(cfg: BuildConfig, out: str, with_vivado: bool) -> Tuple[str, bool
         shutil.rmtree(path, ignore_errors=True)  # ours: stale generated code would pile up
         os.makedirs(path)
         return path, True
-    return tempfile.mkdtemp(dir=parent, prefix="." + name + ".finn-"), False
+    return make_temp_dir(out, "finn-"), False
 
 
 def _folding_source(finn_dir: str, from_file: bool) -> str:

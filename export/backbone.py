@@ -13,7 +13,15 @@ import numpy as np
 
 from host.datasets import open_dataset
 from host.errors import BnnError
-from host.manifest import atomic_dir, check_replaceable, finalize_manifest, load_manifest, new_manifest, sha256_file
+from host.manifest import (
+    atomic_dir,
+    check_replaceable,
+    finalize_manifest,
+    load_manifest,
+    new_manifest,
+    output_lock,
+    sha256_file,
+)
 from host.preprocess import Preprocess, eval_transform
 from train.checkpoint import CHECKPOINT, load_checkpoint, load_model_state
 from train.fit import RUN_MANIFEST
@@ -93,6 +101,11 @@ def up_to_date(cfg: ExportConfig):
 
 
 def export_backbone(cfg: ExportConfig, progress=print):
+    with output_lock(cfg.out):  # one writer per export directory
+        return _export_backbone(cfg, progress)
+
+
+def _export_backbone(cfg: ExportConfig, progress):
     done = up_to_date(cfg)
     if done is not None:
         progress("export: %s is up to date, skipping" % cfg.out)

@@ -267,14 +267,23 @@ def _print_json(obj):
 # ------------------------------------------------------------------------------------------- commands
 
 def cmd_fit(args):
-    from .benchmark import peak_rss_mb
-    from .heads import HeadConfig, fit_head, save_head
+    from .heads import load_head
+    from .manifest import check_replaceable_file, output_lock
 
-    t0 = time.perf_counter()
     out = os.path.abspath(args.out)
     if os.path.isdir(out):
         raise BnnError("%s: is a directory; --out takes the head file to write, e.g. %s"
                        % (out, os.path.join(out, "head.npz")))
+    with output_lock(out):  # removes what a killed fit left next to it
+        check_replaceable_file(out, load_head, "head")
+        return _fit(args, out)
+
+
+def _fit(args, out):
+    from .benchmark import peak_rss_mb
+    from .heads import HeadConfig, fit_head, save_head
+
+    t0 = time.perf_counter()
     _positive("--train-batch-size", args.train_batch_size)
     for flag, value in (("--epochs", args.epochs), ("--patience", args.patience), ("--hidden", args.hidden),
                         ("--max-iter", args.max_iter)):

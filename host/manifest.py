@@ -212,6 +212,19 @@ def check_replaceable(path, manifest_name, kind):
                            "out first or choose another output)" % (os.path.join(path, rel), manifest_name, path))
 
 
+def check_replaceable_file(path, load, what):
+    """Refuse (BnnError) to replace an existing file ``load`` (a loader raising BnnError) does not accept."""
+    if not os.path.lexists(path):
+        return
+    if os.path.isdir(path):
+        raise BnnError("%s: is a directory; expected the %s file to write" % (path, what))
+    try:
+        load(path)
+    except BnnError:
+        raise BnnError("%s: exists and is not a %s written by this flow; refusing to replace it (choose another "
+                       "output)" % (path, what)) from None
+
+
 def _all_entries(root):
     """Relative paths ('/'-separated) of everything under ``root`` but directories; links not followed."""
     for dirpath, dirnames, filenames in os.walk(root):
