@@ -48,6 +48,7 @@ def _load_remark(start: Dict, end: Dict) -> str:
 def markdown(records: List[Dict], start: Dict, end: Dict, wall_s: float, quick: bool) -> str:
     speed = [r for r in records if r["kind"] in ("speed", "memory")]
     est = [r for r in records if r["kind"] == "estimate"]
+    acc = [r for r in records if r["kind"] == "accuracy"]
     skipped = [r for r in records if r["kind"] == "skipped"]
     errors = [r for r in records if r["kind"] == "error"]
     lines = [
@@ -86,8 +87,12 @@ def markdown(records: List[Dict], start: Dict, end: Dict, wall_s: float, quick: 
                     r["name"], format(r["fps"], ","), format(r["lut"], ","), format(r["lut_usable"], ","),
                     r["bram18"], r["bram18_usable"], r["bottleneck"]))
         lines.append("| finn-examples CNV-W1A1 / Pynq-Z1 (published anchor, not measured here) | ~3,000 | | | |")
-    gaps = [r for r in speed if r["met"] is False]
-    targets = [r for r in speed if r["met"] is not None]
+    if acc:
+        lines += ["", "Transfer to real images: frozen binary features of the `--tiny-bundle` backbone, a random "
+                  "backbone of the same preset (BatchNorm statistics from the task's images) and the raw input pixels, "
+                  "top-1 / top-5 on the test split:", ""] + transfer_table(acc)
+    gaps = [r for r in speed + acc if r["met"] is False]
+    targets = [r for r in speed + acc if r["met"] is not None]
     lines += ["", "## Targets not met (%d of %d)" % (len(gaps), len(targets)) if gaps else "## Targets", ""]
     if not gaps:
         lines.append("Every target above is met.")
@@ -115,6 +120,23 @@ def markdown(records: List[Dict], start: Dict, end: Dict, wall_s: float, quick: 
         lines.append("- **error** in `%s`: %s" % (r["name"], r["error"]))
     lines += ["", "What is measured: `bench/__init__.py`; every number above is one JSON line of the run."]
     return "\n".join(lines) + "\n"
+
+
+def transfer_table(records: List[Dict]) -> List[str]:
+    """The ``transfer/*`` lines as a markdown table (bench/results.md, and the README quotes it)."""
+
+    def cell(r):
+        return "%.1f%% / %.1f%%" % (100 * r["top1"], 100 * r["top5"]) if r else "-"
+
+    out = ["| task | frozen features, host head | frozen, sklearn LR | random backbone, host head | "
+           "random, sklearn LR | pixels, sklearn LR | target met |", "|---|---|---|---|---|---|---|"]
+    for r in records:
+        rows = r["rows"]
+        out.append("| `%s` (%d train / %d test, %d classes, %d px, %d features) | %s | %s | %s | %s | %s | %s |" % (
+            r["name"], r["train"], r["test"], r["classes"], r["input_size"], r["feature_width"],
+            cell(rows["frozen"]["host"]), cell(rows["frozen"]["sklearn"]), cell(rows["random"]["host"]),
+            cell(rows["random"]["sklearn"]), cell(rows["pixels"]["sklearn"]), _yes(r["met"])))
+    return out
 
 
 def plot(records: List[Dict]) -> bytes:

@@ -13,8 +13,9 @@ What :func:`build` does, in order; every failure is one line (BnnError) and leav
 5. Bit-exactness: on seeded random uint8 images, FINN's streamlined graph, FINN's HW graph and the
    bundle's emulator must equal the torch integer backbone layer by layer (``ladder.py``).
 6. Bundle (``bundle.py``) and report (``report.py``), built under a temporary name.
-7. With Vivado on PATH (and no ``--estimate-only``): FINN's hardware steps, bitfile into the bundle
-   (``hardware.py``).
+7. With Vivado on PATH (and no ``--estimate-only``): before step 3, the pre-flight
+   (``preflight.py``: tools, versions, FINN's deps, board files, FIFO-sizing prerequisites); after
+   step 5, FINN's hardware steps, resumable (``hardware.py``), bitfile into the bundle.
 """
 
 from __future__ import annotations
@@ -30,11 +31,19 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 from host.bundle import BUNDLE_KIND
 from host.errors import BnnError
-from host.manifest import atomic_dir, check_replaceable, make_temp_dir, manifest_digest, output_lock, sha256_bytes
+from host.manifest import (
+    MAX_JSON_BYTES,
+    atomic_dir,
+    check_replaceable,
+    make_temp_dir,
+    manifest_digest,
+    output_lock,
+    sha256_bytes,
+)
 
 from . import hardware
 from .config import BuildConfig
-from .finn_env import vivado_available
+from .finn_env import vivado_available, vivado_requested
 
 BUNDLE_MANIFEST = "manifest.json"
 
@@ -62,7 +71,7 @@ def build(cfg: BuildConfig, log: Callable[[str], None] = _stderr) -> BuildResult
     out = os.path.abspath(cfg.out)
     export = load_export(cfg.export)
     folding_bytes = _read_folding(cfg.folding)
-    with_vivado = not cfg.estimate_only and vivado_available()
+    with_vivado = not cfg.estimate_only and vivado_requested()
     export_sha = manifest_digest(cfg.export, EXPORT_MANIFEST)
     params = build_params(cfg, folding_bytes, with_vivado)
     with output_lock(out):  # one build per DEPLOY_DIR; a killed build's temporary FINN dir is removed here
@@ -70,15 +79,21 @@ def build(cfg: BuildConfig, log: Callable[[str], None] = _stderr) -> BuildResult
             msg = "build_fpga: %s is up to date, skipping" % out
             return BuildResult(out, True, with_vivado, message=msg)
         check_replaceable(out, BUNDLE_MANIFEST, BUNDLE_KIND)  # now, not after minutes of FINN
+
+        toolchain = None
+        if with_vivado:  # before anything long runs (or anything is written)
+            toolchain = hardware.preflight_hardware(cfg, cfg.build_dir or out + ".finn-build")
+            log("build_fpga: pre-flight: Vivado %s, Vitis HLS %s, board part %s, FIFO sizing %s" % (
+                toolchain["vivado"], toolchain["vitis_hls"], toolchain["board_part"], cfg.fifo))
         build_dir, keep = _build_dir(cfg, out, with_vivado)
         try:
-            return _build(cfg, out, export, export_sha, params, folding_bytes, with_vivado, build_dir, keep, log)
+            return _build(cfg, out, export, export_sha, params, folding_bytes, toolchain, build_dir, keep, log)
         finally:
             if not keep:
                 shutil.rmtree(build_dir, ignore_errors=True)
 
 
-def _build(cfg, out, export, export_sha, params, folding_bytes, with_vivado, build_dir, keep, log) -> BuildResult:
+def _build(cfg, out, export, export_sha, params, folding_bytes, toolchain, build_dir, keep, log) -> BuildResult:
     from . import bundle, report
     from .boards import get_board
     from .estimates import check_fit, fit_refusal, pct
@@ -129,10 +144,14 @@ def _build(cfg, out, export, export_sha, params, folding_bytes, with_vivado, bui
     bitexact = verify_build(layers, finn_dir, hw_model, finn_arrays, cfg.verify_images, export, out, log)
 
     hw = None
-    if with_vivado:
-        log("build_fpga: Vivado found: FINN hardware steps (HLS IP, stitching, synthesis, bitstream); this takes long")
+    if toolchain is not None:
+        log("build_fpga: Vivado found: FINN hardware steps (HLS IP, FIFOs, stitching, synthesis, bitstream); "
+            "this takes long and resumes if stopped")
+        hw_dir = hardware.hardware_dir(build_dir, hardware.hardware_key(export_sha, finn_dir, cfg))
         with _quiet_finn():
-            hw = hardware.run_hardware(finn_dir, run_cfg)
+            hw = hardware.run_hardware(finn_dir, hw_dir, run_cfg, log=log, clean=cfg.clean)
+        hw["toolchain"] = toolchain
+        hardware.copy_reports(hw, os.path.join(finn_dir, "report"))
         n_ext = int(hw["io"].get("number_of_external_weights", 0) or 0)
         if n_ext:
             raise BnnError("%s: FINN streams %d weight tensor(s) from DRAM; bundles with external weights are not "
@@ -166,14 +185,16 @@ def _read_folding(path: Optional[str]) -> Optional[bytes]:
         return None
     try:
         with open(path, "rb") as f:
-            data = f.read()
+            data = f.read(MAX_JSON_BYTES + 1)
     except FileNotFoundError:
         raise BnnError("%s: folding config not found" % path) from None
     except OSError as e:
         raise BnnError("%s: cannot read the folding config (%s)" % (path, e)) from None
+    if len(data) > MAX_JSON_BYTES:
+        raise BnnError("%s: not a FINN folding config (larger than %d MB)" % (path, MAX_JSON_BYTES >> 20))
     try:
         cfg = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as e:
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
         raise BnnError("%s: not valid JSON (%s)" % (path, e)) from None
     if not isinstance(cfg, dict) or not any(isinstance(v, dict) for v in cfg.values()):
         raise BnnError("%s: not a FINN folding config (a JSON object of node name -> {PE, SIMD, ...})" % path)
@@ -192,6 +213,7 @@ def build_params(cfg: BuildConfig, folding_bytes: Optional[bytes], with_vivado: 
         "hw_codegen": bool(cfg.hw_codegen),
         "verify_images": int(cfg.verify_images),
         "hardware": bool(with_vivado),
+        "fifo": cfg.fifo if with_vivado else None,
     }
 
 
@@ -218,8 +240,9 @@ def _build_dir(cfg: BuildConfig, out: str, with_vivado: bool) -> Tuple[str, bool
     os.makedirs(parent, exist_ok=True)
     if cfg.hw_codegen or with_vivado:
         path = os.path.join(parent, name + ".finn-build")
-        shutil.rmtree(path, ignore_errors=True)  # ours: stale generated code would pile up
-        os.makedirs(path)
+        # ours: stale generated code would pile up; the hardware builds (hw-*) are kept to resume
+        shutil.rmtree(os.path.join(path, "finn"), ignore_errors=True)
+        os.makedirs(path, exist_ok=True)
         return path, True
     return make_temp_dir(out, "finn-"), False
 

@@ -7,6 +7,7 @@ warnings and errors go to stderr. Bad input ends with one line "error: ..." and 
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -94,9 +95,11 @@ def build_parser():
                     help="lbfgs: full batch (float head only, its default); adam: minibatches (binary and mlp)")
     tr.add_argument("--weight-decay", type=float, default=None, metavar="X",
                     help="L2 penalty, for features scaled by 1/sqrt(width) (default: lbfgs chooses it on the "
-                         "held-out rows from 1e-1 .. 1e-7; adam uses 1e-4)")
-    tr.add_argument("--max-iter", type=int, default=40, metavar="N",
-                    help="L-BFGS iterations per L2 value and for the final fit (default 40)")
+                         "held-out rows from 1e-2 .. 1e-7; adam uses 1e-4)")
+    tr.add_argument("--path-iter", type=int, default=2, metavar="N",
+                    help="L-BFGS iterations per L2 value of the path and for the refit (default 2)")
+    tr.add_argument("--max-iter", type=int, default=30, metavar="N",
+                    help="L-BFGS iterations of a fit at one given --weight-decay (default 30)")
     tr.add_argument("--epochs", type=int, default=60, metavar="N",
                     help="adam: maximum epochs (default 60; early stopping ends sooner)")
     tr.add_argument("--lr", type=float, default=1e-2, metavar="X", help="adam: step size (default 0.01)")
@@ -200,6 +203,20 @@ def _positive(name, value):
     return value
 
 
+# One batch of input images may take this much memory: a Pynq-Z2 has 512 MB for everything.
+MAX_BATCH_BYTES = 256 << 20
+
+
+def _batch_fits(name, sizes, bundle):
+    per_image = math.prod(bundle.input_shape)
+    limit = max(1, MAX_BATCH_BYTES // per_image)
+    for n in sizes:
+        if n is not None and n > limit:
+            raise BnnError("%s: %d images of %s take %d MB, over the %d MB one batch may use (at most %d)"
+                           % (name, n, "x".join(map(str, bundle.input_shape)), n * per_image >> 20,
+                              MAX_BATCH_BYTES >> 20, limit))
+
+
 def _load_bundle(args):
     from .bundle import load_bundle
 
@@ -240,6 +257,7 @@ def _extract(args, bundle, dataset, head_path):
     from .extract import extract_dataset
 
     _positive("--batch-size", args.batch_size)
+    _batch_fits("--batch-size", [args.batch_size], bundle)
     _positive("--workers", args.workers)
     name, opts = _backend_choice(args, bundle)
     feats = extract_dataset(bundle, name, dataset, batch_size=args.batch_size, cache_dir=_cache_dir(args, head_path),
@@ -281,26 +299,31 @@ def cmd_fit(args):
 
 def _fit(args, out):
     from .benchmark import peak_rss_mb
+    from .datasets import check_training_classes
     from .heads import HeadConfig, fit_head, save_head
 
     t0 = time.perf_counter()
     _positive("--train-batch-size", args.train_batch_size)
     for flag, value in (("--epochs", args.epochs), ("--patience", args.patience), ("--hidden", args.hidden),
-                        ("--max-iter", args.max_iter)):
+                        ("--max-iter", args.max_iter), ("--path-iter", args.path_iter)):
         _positive(flag, value)
     # checked here, not only in fit_head: a typo should not cost a whole feature extraction first
     wd_ok = args.weight_decay is None or args.weight_decay >= 0
     if not args.lr > 0 or not wd_ok or not 0 <= args.val_fraction < 1:
         raise BnnError("--lr must be > 0, --weight-decay >= 0 and --val-fraction in [0, 1), got %r, %r, %r"
                        % (args.lr, args.weight_decay, args.val_fraction))
+    if args.seed < 0:
+        raise BnnError("--seed: must be 0 or more, got %d" % args.seed)
     if args.solver == "lbfgs" and args.head != "float":
         raise BnnError("--solver lbfgs: fits the float head only; the %s head trains with adam" % args.head)
     cfg = HeadConfig(variant=args.head, solver=args.solver, weight_decay=args.weight_decay, max_iter=args.max_iter,
+                     path_iter=args.path_iter,
                      epochs=args.epochs, batch_size=args.train_batch_size, lr=args.lr,
                      val_fraction=args.val_fraction, patience=args.patience, seed=args.seed, hidden=args.hidden,
                      refit=args.refit, calibrate=not args.no_calibrate)
     bundle = _load_bundle(args)
     dataset = _open_dataset(args, "train")
+    check_training_classes(dataset)
     backend, feats = _extract(args, bundle, dataset, out)
     t_train = time.perf_counter()
     meta = bundle.head_meta()
@@ -411,6 +434,7 @@ def cmd_predict(args):
     pp = Preprocess.from_dict(bundle.preprocess)
     name, opts = _backend_choice(args, bundle)
     _positive("--batch-size", args.batch_size)
+    _batch_fits("--batch-size", [args.batch_size], bundle)
     failed = 0
     with make_backend(name, bundle, **opts) as backend:
         bs = args.batch_size or backend.default_batch_size
@@ -573,6 +597,7 @@ def cmd_bench(args):
     cfg = BenchConfig(batch_sizes=sizes, backends=backends, quick=args.quick, min_seconds=args.seconds,
                       backend_options=opts)
     bundle = _load_bundle(args)
+    _batch_fits("--batch-sizes", sizes, bundle)
     result = run_bench(bundle, cfg, progress=lambda msg: print("bench: " + msg, file=sys.stderr, flush=True))
     print(json.dumps(result, indent=2, sort_keys=True))
     return 0
@@ -587,5 +612,11 @@ def main(argv=None):
     return COMMANDS[args.cmd](args)
 
 
+
+def cli():
+    """The console script (pyproject.toml): one-line errors, exit code 2."""
+    return run_cli(main)
+
+
 if __name__ == "__main__":
-    sys.exit(run_cli(main))
+    sys.exit(cli())

@@ -10,7 +10,7 @@ import zipfile
 import numpy as np
 
 from ..errors import BnnError
-from ..manifest import atomic_path
+from ..manifest import save_npz_atomic
 from ..npzfile import open_npz
 from .head import _PARAMS, VARIANTS, Head, _check_classes, _check_params
 
@@ -37,12 +37,7 @@ def save_head(path, head):
         "meta": np.array(meta),
     }
     arrays.update(params)
-    with atomic_path(path) as tmp:
-        # a file object, because np.savez appends ".npz" to a name that lacks it
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
+    save_npz_atomic(path, arrays)
 
 
 def _scalar(data, key, kind, path):
