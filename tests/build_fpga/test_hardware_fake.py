@@ -89,7 +89,7 @@ def test_bitstream_path_runs_end_to_end(fake, board):
     check_bundle(out, board)
     log = calls(out)
     mvau_hls = [c for c in log if c.startswith("vitis_hls") and "hls_syn_MVAU_hls_" in c]
-    assert len(mvau_hls) == 7  # tiny's seven layers, each through HLS once
+    assert len(mvau_hls) == 6  # tiny's six XNOR layers, each through HLS once (conv1: RTL MVAU on DSPs)
     assert sum("vivado_zynq_proj_" in c for c in log) == 1
     assert "hardware step 11/11 step_deployment_package" in r.stderr
 
