@@ -10,8 +10,7 @@ import subprocess
 import pytest
 
 from host.cli import run_cli
-from train.calibrate import calibrated_random_model
-from train.models import ModelConfig
+from tests.host.fake_pynq import make_bundle
 
 SMALL = ["--option", "n_train_per_class=4", "--option", "n_test_per_class=2", "--option", "num_classes=3"]
 
@@ -47,15 +46,6 @@ def snapshot(root):
     return out
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    from tests.export.test_export import write_run
-
-    tmp = tmp_path_factory.mktemp("faults-run")
-    model = calibrated_random_model(ModelConfig(preset="tiny", num_classes=3), seed=1)
-    return write_run(tmp / "run", model, ["a", "b", "c"])
-
-
 def test_export_into_the_working_directory_or_the_run_deletes_nothing(tiny_run, tmp_path, capsys, monkeypatch):
     work = tmp_path / "work"
     (work / "project").mkdir(parents=True)
@@ -72,6 +62,20 @@ def test_export_into_the_working_directory_or_the_run_deletes_nothing(tiny_run, 
     assert "head.npz: exists and is not a head written by this flow; refusing to replace it" in line
     os.unlink(str(work / "head.npz"))
     assert snapshot(tmp_path) == before and snapshot(tiny_run) == run_before
+
+
+def test_build_fpga_refuses_a_user_directory_before_running_finn(export_dir, tmp_path, capsys):
+    pytest.importorskip("finn", reason="build_fpga needs finn-plus")
+    _, _, export = export_dir
+    user = tmp_path / "userdir"
+    (user / "sub").mkdir(parents=True)
+    (user / "mine.txt").write_text("mine")
+    (user / "sub" / "x").write_text("also mine")
+    before = snapshot(tmp_path)
+    line = one_line_error(cli(capsys, "build_fpga", "--export", export, "--board", "pynq-z2", "--out", user,
+                              "--estimate-only"))
+    assert "userdir: exists, is not empty and holds no bnn-transfer manifest; refusing to replace it" in line
+    assert snapshot(tmp_path) == before
 
 
 def test_train_refuses_a_foreign_directory(tmp_path, capsys):
@@ -130,5 +134,17 @@ def test_full_disk_in_train_and_export_names_the_file_and_leaves_nothing(tiny_ru
                                   "--verify-images", "2"))
         assert line.startswith("error: %s" % (disk / "export")) and line.endswith(": No space left on device")
         assert os.listdir(str(disk)) == ["run"]
+        with open(str(disk / "filler"), "wb", buffering=0) as f:  # fill the disk: even a small head cannot fit
+            try:
+                while True:
+                    f.write(b"\0" * 4096)
+                    f.flush()
+            except OSError:
+                pass
+        bundle = make_bundle(tmp_path / "bundle")
+        line = one_line_error(cli(capsys, "host", "fit", "--bundle", bundle, "--dataset", "synthetic-transfer",
+                                  "--option", "n_train_per_class=6", "--out", disk / "h.npz", "--no-cache", "--quiet"))
+        assert line == "error: %s: No space left on device" % (disk / "h.npz")
+        assert sorted(os.listdir(str(disk))) == ["filler", "run"]
     finally:
         subprocess.run(["umount", str(disk)])

@@ -98,20 +98,6 @@ def test_second_train_into_the_same_run_is_refused_while_the_first_runs(tmp_path
         proc.stderr.close()
 
 
-@pytest.fixture(scope="module")
-def export_dir(tmp_path_factory):
-    from export.backbone import ExportConfig, export_backbone
-    from tests.export.test_export import write_run
-    from train.calibrate import calibrated_random_model
-    from train.models import ModelConfig
-
-    tmp = tmp_path_factory.mktemp("kill-export")
-    model = calibrated_random_model(ModelConfig(preset="tiny", num_classes=3), seed=1)
-    run = write_run(tmp / "run", model, ["a", "b", "c"])
-    export_backbone(ExportConfig(run=run, out=str(tmp / "export"), verify_images=2), progress=lambda s: None)
-    return tmp, run, tmp / "export"
-
-
 def test_export_killed_while_writing_keeps_the_earlier_export(export_dir, capsys):
     from export.backbone import load_export
 
