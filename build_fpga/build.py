@@ -152,7 +152,7 @@ def _build(cfg, out, export, export_sha, params, folding_bytes, toolchain, build
     if toolchain is not None:
         log("build_fpga: Vivado found: FINN hardware steps (HLS IP, FIFOs, stitching, synthesis, bitstream); "
             "this takes long and resumes if stopped")
-        hw_dir = hardware.hardware_dir(build_dir, hardware.hardware_key(export_sha, finn_dir, cfg))
+        hw_dir = hardware.hardware_dir(build_dir, hardware.hardware_key(export_sha, finn_dir, run_cfg))
         with _quiet_finn():
             hw = hardware.run_hardware(finn_dir, hw_dir, run_cfg, log=log, clean=cfg.clean)
         hw["toolchain"] = toolchain
