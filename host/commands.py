@@ -237,9 +237,11 @@ def _prepared(paths, pp):
 
 
 def _print_table(path, names, probs):
-    print(path)
+    from .imagedataset import printable  # a file name that is not UTF-8 must not stop the table
+
+    print(printable(path))
     for rank, (name, p) in enumerate(zip(names, probs), 1):
-        print("  %d  %-40s %6.2f%%" % (rank, name, 100.0 * p))
+        print("  %d  %-40s %6.2f%%" % (rank, printable(name), 100.0 * p))
 
 
 def cmd_predict(args):
