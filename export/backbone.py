@@ -18,6 +18,7 @@ from host.manifest import (
     finalize_manifest,
     load_manifest,
     new_manifest,
+    output_lock,
     package_versions,
     sha256_file,
 )
@@ -102,6 +103,11 @@ def up_to_date(cfg: ExportConfig):
 
 
 def export_backbone(cfg: ExportConfig, progress=log):
+    with output_lock(cfg.out):  # one writer per export directory
+        return _export_backbone(cfg, progress)
+
+
+def _export_backbone(cfg: ExportConfig, progress):
     done = up_to_date(cfg)
     if done is not None:
         progress("export: %s is up to date, skipping" % cfg.out)
