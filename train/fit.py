@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from host.datasets import check_training_classes
 from host.errors import BnnError
 from host.manifest import (
     finalize_manifest,
@@ -183,7 +184,7 @@ def check_config(cfg: FitConfig):
         ("--epochs", cfg.epochs, ">= 1", cfg.epochs >= 1),
         ("--batch-size", cfg.batch_size, ">= 1", cfg.batch_size >= 1),
         ("--workers", cfg.workers, ">= 0", cfg.workers >= 0),
-        ("--lr", cfg.lr, "> 0", cfg.lr is None or cfg.lr > 0),
+        ("--lr", cfg.lr, "> 0 and finite", cfg.lr is None or 0 < cfg.lr < float("inf")),
         ("--weight-decay", cfg.weight_decay, ">= 0", cfg.weight_decay is None or cfg.weight_decay >= 0),
     ) if not ok]
     if bad:
@@ -242,6 +243,7 @@ def _run(cfg: FitConfig, mode, on_epoch_end, progress):
     rt = engine.setup_runtime(cfg.device)
     seed_everything(cfg.seed)
     train_ds = open_dataset(cfg.dataset, "train", cfg.data_dir, **cfg.dataset_options)
+    check_training_classes(train_ds)
     test_ds = open_dataset(cfg.dataset, "test", cfg.data_dir, **cfg.dataset_options)
     precision = cfg.precision
     mcfg = ModelConfig(cfg.preset, len(train_ds.classes), precision, cfg.head, cfg.cut)
