@@ -100,7 +100,7 @@ class Lbfgs:
                 return it
         return max_iter
 
-    def _line_search(self, d, c1=1e-4, c2=0.9, max_evals=8):
+    def _line_search(self, d, c1=1e-4, c2=0.9, max_evals=12):
         """A step along ``d`` with sufficient decrease and a flattened slope (weak Wolfe).
 
         Extrapolates (secant on the slope, x2 to x10 per try) while the slope stays steep, which
