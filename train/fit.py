@@ -143,9 +143,13 @@ def forward_fn(model, frozen, cut):
 def _trim_metrics(path, epochs_done):
     if not os.path.exists(path):
         return
-    with open(path, encoding="utf-8") as f:
-        rows = [json.loads(line) for line in f if line.strip()]
-    keep = [r for r in rows if r["epoch"] <= epochs_done]
+    try:
+        with open(path, encoding="utf-8") as f:
+            rows = [json.loads(line) for line in f if line.strip()]
+        keep = [r for r in rows if r["epoch"] <= epochs_done]
+    except (ValueError, TypeError, KeyError, RecursionError):
+        raise BnnError("%s: not a metrics file of this flow (a JSON object with an 'epoch' per line)"
+                       % path) from None
     write_bytes_atomic(path, "".join(json.dumps(r) + "\n" for r in keep).encode())
 
 
@@ -159,6 +163,8 @@ def is_up_to_date(out, cfg: FitConfig, mode):
     if not os.path.exists(path):
         return False
     m = read_json(path)
+    if not isinstance(m, dict):
+        return False
     if not (m.get("finished") and m.get("params") == cfg.identity() and m.get("mode") == mode):
         return False
     if cfg.init_from:

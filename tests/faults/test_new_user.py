@@ -84,3 +84,19 @@ def test_predict_table_of_a_file_name_that_is_not_utf8(tmp_path, capsys):
                        cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
     assert r.returncode == 0, r.stderr
     assert r.stdout.decode("utf-8").splitlines()[0].endswith("caf\ufffd.png")
+
+
+def test_resume_with_a_crafted_metrics_file_or_run_manifest_is_one_line(tmp_path, capsys):
+    from train.__main__ import main
+
+    small = ["--option", "n_train_per_class=2", "--option", "n_test_per_class=1", "--option", "num_classes=3",
+             "--workers", "0", "--epochs", "1"]
+    out = tmp_path / "r"
+    assert run_cli(main, ["fit", "--out", str(out), *small]) == 0
+    (out / "run.json").write_text("[1, 2]")  # not an object: never "up to date"
+    (out / "metrics.jsonl").write_text('{"no_epoch": 1}\n')
+    capsys.readouterr()
+    rc = run_cli(main, ["fit", "--out", str(out), "--resume", *small[:-1], "2"])
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert rc == 2 and line == ("error: %s: not a metrics file of this flow (a JSON object with an 'epoch' per line)"
+                                % (out / "metrics.jsonl"))
