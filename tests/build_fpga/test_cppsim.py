@@ -1,0 +1,132 @@
+"""FINN's C++ simulation of the generated HLS layers (``--cppsim``), compiled with g++, no Xilinx install.
+
+The open headers come from ``../shared/third_party`` beside the repository (finn-hlslib and the
+ap_types headers; see its README): the tests skip without it or without g++. One tiny build (its FINN
+working folder, hence its compiled-layer cache) is shared by the module, so only the first test
+pays for g++ (~2 min on 2 idle cores); the negative control recompiles one layer.
+"""
+
+import json
+import os
+import re
+import shutil
+import sys
+from pathlib import Path
+from unittest import mock
+
+import numpy as np
+import pytest
+from test_build import HAVE_FINN, ROOT, cli, make_export
+
+THIRD_PARTY = Path(os.environ.get("BNN_THIRD_PARTY", os.path.join(ROOT, "..", "shared", "third_party"))).resolve()
+AP_INCLUDE = THIRD_PARTY / "ap_types" / "include"
+HAVE_HEADERS = (AP_INCLUDE / "ap_int.h").is_file() and (THIRD_PARTY / "finn-hlslib" / "mvau.hpp").is_file()
+pytestmark = pytest.mark.skipif(not HAVE_FINN, reason="needs finn-plus, qonnx, brevitas and torch")
+needs_gxx = pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++ on PATH")
+needs_headers = pytest.mark.skipif(not HAVE_HEADERS, reason="needs the open HLS headers in %s (finn-hlslib, "
+                                   "ap_types/include; see ../shared/third_party/README.md)" % THIRD_PARTY)
+IMAGES = 2
+
+
+def cli_without_vitis(*args, tmp, finn_deps):
+    """The CLI as a user without Vitis HLS runs it, with FINN's deps folder at ``finn_deps``."""
+    with mock.patch.dict(os.environ, {"FINN_DEPS": str(finn_deps)}):
+        os.environ.pop("XILINX_HLS", None)
+        return cli(*args, tmp=tmp)
+
+
+@pytest.fixture(scope="module")
+def tiny_cppsim(tmp_path_factory):
+    """tiny -> pynq-z2 bundle through the CLI with --cppsim, its FINN working folder kept."""
+    tmp = tmp_path_factory.mktemp("cppsim")
+    _, export = make_export(tmp, "tiny")
+    out, build = tmp / "deploy", tmp / "build"
+    r = cli_without_vitis("--export", export, "--board", "pynq-z2", "--out", str(out), "--estimate-only",
+                          "--target-fps", "1000", "--verify-images", "2", "--cppsim", str(IMAGES),
+                          "--hls-include", str(AP_INCLUDE), "--build-dir", str(build), tmp=tmp, finn_deps=THIRD_PARTY)
+    return {"tmp": tmp, "export": export, "out": out, "build": build, "run": r}
+
+
+@needs_gxx
+@needs_headers
+@pytest.mark.slow
+def test_tiny_hls_layers_compile_and_match_bit_for_bit(tiny_cppsim):
+    r, out = tiny_cppsim["run"], tiny_cppsim["out"]
+    assert r.returncode == 0, r.stderr[-3000:]
+    rung = json.loads((out / "report" / "bitexact.json").read_text())["stages"]["cppsim"]
+    assert rung["rung"] == "cppsim" and rung["images"] == IMAGES and rung["mismatched_bits"] == 0
+    assert rung["layers_compiled"] == ["MVAU_hls_%d" % i for i in range(7)]
+    # Pool_hls does not compile with this finn-hlslib: it runs in python, named with the g++ error,
+    # and so does the window generator feeding it; RTL nodes run FINN's python model.
+    python = rung["layers_python"]
+    pools = [n for n in python if n.startswith("Pool_hls")]
+    assert pools and all("does not compile" in python[p] and "error" in python[p] for p in pools)
+    assert sum("feeding Pool_hls" in why for why in python.values()) == len(pools)
+    assert "FMPadding_rtl_0" in python
+    assert set(rung["compared_with"]) == {"emulator", "FINN HW graph, python"}
+    report = (out / "report" / "README.md").read_text()
+    assert "cppsim" in report and "MVAU_hls_6" in report and "Pool_hls_0" in report
+
+
+@needs_gxx
+@needs_headers
+@pytest.mark.slow
+def test_a_changed_threshold_in_the_generated_cpp_is_caught_at_its_layer(tiny_cppsim):
+    """Negative control: one threshold of conv4 (MVAU_hls_3) set to 0 in its thresh.h must make the
+    rung diverge at conv4, in exactly the bits of that channel, and nowhere before."""
+    from build_fpga.ladder import compare_stage, despecialize, finn_layer_outputs
+    from qonnx.core.modelwrapper import ModelWrapper
+    from qonnx.custom_op.registry import getCustomOp
+
+    from build_fpga import cppsim
+    from build_fpga.build import verification_images
+
+    assert tiny_cppsim["run"].returncode == 0, tiny_cppsim["run"].stderr[-3000:]
+    build = tiny_cppsim["build"]
+    hw = ModelWrapper(str(build / "finn" / "intermediate_models" / "step_bnn_io_shapes.onnx"))
+    node = hw.get_node_from_name("MVAU_hls_3")
+    pe, mh = getCustomOp(node).get_nodeattr("PE"), getCustomOp(node).get_nodeattr("MH")
+    images = verification_images(1, 32)
+    x = np.ascontiguousarray(images.transpose(0, 3, 1, 2))
+    reference = finn_layer_outputs(despecialize(hw), x)
+    conv4 = reference[3].reshape(-1, mh)  # NHWC rows: channel fastest
+    channel = int(np.flatnonzero((conv4 < 0).any(0))[0])  # a channel that is -1 somewhere
+    entry = (channel % pe) * (mh // pe) + channel // pe  # thresh.h is [PE][MH/PE][1]
+
+    def edit(nodes_dir):
+        path = nodes_dir / "MVAU_hls_3" / "thresh.h"
+        head, body = path.read_text().split("=", 1)
+        numbers = list(re.finditer(r"-?\d+", body))
+        m = numbers[entry]
+        path.write_text(head + "=" + body[: m.start()] + "0" + body[m.end():])  # popcount >= 0: always +1
+
+    headers = cppsim.find_headers(hls_include=str(AP_INCLUDE), finn_deps=str(THIRD_PARTY), environ={})
+    sim, got = cppsim.simulate(hw, build, images, headers, finn_layer_outputs, progress=False, edit=edit)
+    assert sim.built == ["MVAU_hls_3"]  # every other layer came from the cache
+    names = ["conv1", "conv2", "conv3", "conv4", "conv5", "fc1", "fc2"]
+    result = compare_stage(reference, got, names)
+    assert result["first_divergence"] == "conv4"
+    diff = np.flatnonzero(reference[3] != got[3])
+    assert diff.size == int((conv4[:, channel] < 0).sum()) and np.all(diff % mh == channel)
+    # the unedited source still maps to its cached executable: nothing is compiled again
+    sim, again = cppsim.simulate(hw, build, images, headers, finn_layer_outputs, progress=False)
+    assert sim.built == [] and compare_stage(reference, again, names)["first_divergence"] is None
+
+
+@pytest.mark.parametrize("case", ["nothing", "bad-include"])
+def test_missing_headers_is_one_line_and_exit_2(tmp_path, case):
+    export = tmp_path / "no-export-needed"  # the header check comes before anything is read or built
+    args = ["--export", str(export), "--board", "pynq-z2", "--out", str(tmp_path / "out"), "--cppsim", "2"]
+    if case == "bad-include":
+        args += ["--hls-include", str(tmp_path)]
+    r = cli_without_vitis(*args, tmp=tmp_path, finn_deps=tmp_path / "deps")
+    assert r.returncode == 2 and r.stdout == ""
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: cppsim: missing"), r.stderr
+    assert "finn-hlslib in %s" % (tmp_path / "deps") in lines[0] and "finn deps update" in lines[0]
+    assert "Vitis HLS" in lines[0] and "--hls-include" in lines[0]
+    assert not (tmp_path / "out").exists()
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "-q"]))
