@@ -26,6 +26,7 @@ import logging
 import os
 import shutil
 import subprocess
+import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,8 +95,9 @@ LINK_ARCHIVES = (
     "lnx64/tools/fpo_v7_1/libIp_floating_point_v7_1_bitacc_cmodel.a",
 )
 EMPTY_ARCHIVE = b"!<arch>\n"
-HOW_TO_GET = ("run `finn deps update` (finn-hlslib) and install Vitis HLS (XILINX_HLS), or pass --hls-include DIR "
-              "with the open ap_types headers (github.com/Xilinx/HLS_arbitrary_Precision_Types, include/)")
+GET_AP_TYPES = ("install Vitis HLS and set XILINX_HLS, or pass --hls-include DIR with the open ap_types headers "
+                "(include/ of github.com/Xilinx/HLS_arbitrary_Precision_Types)")
+GET_HLSLIB = "run `finn deps update`, or set FINN_DEPS to a folder holding finn-hlslib/"
 WORK = "cppsim"  # under the build directory: nodes/ (generated code), cache/ (compiled layers), hls/ (stand-ins)
 RTL_REASON = "RTL node: no C++ model (RTL simulation needs Vivado's simulator); FINN runs its python model"
 
@@ -121,6 +123,8 @@ class CppSimModel:
     compiled: List[str]  # node names whose generated C++ runs
     python: Dict[str, str] = field(default_factory=dict)  # node name -> why it runs in python
     built: List[str] = field(default_factory=list)  # node names compiled in this call (cache misses)
+    seconds: Dict[str, float] = field(default_factory=dict)  # wall time of "compile" (incl. codegen), "simulate"
+    jobs: int = 1  # g++ processes at once
 
 
 # ------------------------------------------------------------------------------------------ headers
@@ -133,25 +137,26 @@ def find_headers(hls_include: Optional[str] = None, finn_deps: Optional[str] = N
     ``finn_deps`` defaults to FINN_DEPS, else the deps folder of FINN's settings.
     """
     env = os.environ if environ is None else environ
-    missing = []
+    missing, hints = [], []
     vitis = env.get("XILINX_HLS")
     if vitis and _has(Path(vitis) / "include", "ap_int.h", "hls_stream.h"):
         ap_include, is_vitis = str(Path(vitis) / "include"), True
-    elif hls_include:
-        ap_include, is_vitis = str(Path(hls_include).resolve()), False
-        if not _has(Path(ap_include), "ap_int.h", "hls_stream.h"):
-            missing.append("ap_int.h/hls_stream.h in --hls-include %s" % hls_include)
     else:
-        ap_include, is_vitis = "", False
-        missing.append("ap_int.h/hls_stream.h (no Vitis HLS: XILINX_HLS %s, and no --hls-include DIR)"
-                       % ("is %s" % vitis if vitis else "is not set"))
+        ap_include, is_vitis = str(Path(hls_include).resolve()) if hls_include else "", False
+        if not hls_include or not _has(Path(ap_include), "ap_int.h", "hls_stream.h"):
+            missing.append("ap_int.h/hls_stream.h " + (
+                "in --hls-include %s" % hls_include if hls_include else
+                "(no Vitis HLS: XILINX_HLS %s, and no --hls-include DIR)" % ("is %s" % vitis if vitis else "unset")))
+            hints.append(GET_AP_TYPES)
     deps = Path(finn_deps or env.get("FINN_DEPS") or _finn_default_deps()).resolve()
     if not _has(deps / "finn-hlslib", "bnn-library.h", "mvau.hpp"):
         missing.append("finn-hlslib in %s (FINN_DEPS)" % deps)
+        hints.append(GET_HLSLIB)
     if shutil.which("g++") is None:
         missing.append("g++ on PATH")
+        hints.append("install g++ (>= 12)")
     if missing:
-        raise CppSimError("cppsim: missing %s; %s" % ("; ".join(missing), HOW_TO_GET))
+        raise CppSimError("cppsim: missing %s; to get them: %s" % ("; ".join(missing), "; ".join(hints)))
     return Headers(ap_include=ap_include, finn_deps=str(deps), vitis=is_vitis)
 
 
@@ -412,7 +417,9 @@ def simulate(hw_model, build_dir, images_nhwc: np.ndarray, headers: Headers, lay
     from build_fpga.finn_env import finn_session
 
     work = Path(build_dir).resolve() / WORK
-    jobs = max(1, min(jobs or os.cpu_count() or 1, os.cpu_count() or 1))
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    jobs = max(1, min(jobs or cpus, cpus))
+    t0 = time.time()
     with toolchain_env({"FINN_DEPS": headers.finn_deps}), finn_session(work / "finn", num_workers=jobs):
         env = stage_toolchain(headers, work)
         with toolchain_env(env):
@@ -423,6 +430,9 @@ def simulate(hw_model, build_dir, images_nhwc: np.ndarray, headers: Headers, lay
         if not sim.compiled:
             raise CppSimError("cppsim: no HLS layer compiled (%s)" % "; ".join(
                 "%s: %s" % kv for kv in sim.python.items() if kv[1] != RTL_REASON))
+        t1 = time.time()
         with toolchain_env(env):
             outputs = run(sim, images_nhwc, layer_outputs, progress)
+    sim.seconds = {"compile": round(t1 - t0, 1), "simulate": round(time.time() - t1, 1)}
+    sim.jobs = jobs
     return sim, outputs
