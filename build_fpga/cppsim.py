@@ -99,6 +99,7 @@ GET_AP_TYPES = ("install Vitis HLS and set XILINX_HLS, or pass --hls-include DIR
                 "(include/ of github.com/Xilinx/HLS_arbitrary_Precision_Types)")
 GET_HLSLIB = "run `finn deps update`, or set FINN_DEPS to a folder holding finn-hlslib/"
 WORK = "cppsim"  # under the build directory: nodes/ (generated code), cache/ (compiled layers), hls/ (stand-ins)
+GENERATED_STAMP = "generated.sha256"  # in a node's folder: node digest, source digest
 RTL_REASON = "RTL node: no C++ model (RTL simulation needs Vivado's simulator); FINN runs its python model"
 
 
@@ -245,21 +246,50 @@ def toolchain_fingerprint(env: Dict[str, str]) -> str:
 def generate(hw_model, work: Path, jobs: int = 1):
     """Copy of the HW graph with FINN's cppsim C++ generated for every HLS node, in ``work/nodes/<node>/``.
 
-    Generated into fixed folders (cleared first), so the same layer generates the same bytes in
-    every run: the executable reads its inputs from the folder path baked into its source.
+    Fixed folders, so the same layer generates the same bytes in every run (the executable reads its
+    inputs from the folder path baked into its source). A folder is reused when its stamp says it
+    was generated from this very node and its sources are unchanged since; otherwise FINN's
+    ``PrepareCppSim`` regenerates it (seconds per layer: FINN writes the weights out in python).
     """
     from finn.transformation.fpgadataflow.prepare_cppsim import PrepareCppSim
     from finn.util.fpgadataflow import is_hls_node
     from qonnx.custom_op.registry import getCustomOp
 
     model = copy.deepcopy(hw_model)
+    stale = []
     for node in model.graph.node:
-        if is_hls_node(node):
-            folder = work / "nodes" / node.name
-            shutil.rmtree(folder, ignore_errors=True)
-            folder.mkdir(parents=True)
-            getCustomOp(node).set_nodeattr("code_gen_dir_cppsim", str(folder))
-    return model.transform(PrepareCppSim(num_workers=max(1, jobs)))
+        if not is_hls_node(node):
+            continue
+        folder = work / "nodes" / node.name
+        getCustomOp(node).set_nodeattr("code_gen_dir_cppsim", str(folder))
+        want = _node_digest(model, node)
+        stamp = folder / GENERATED_STAMP
+        if stamp.is_file() and stamp.read_text().split() == [want, source_digest(folder, "")]:
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        stale.append((node.name, folder, want))
+    if stale:
+        names = {name for name, _, _ in stale}
+        only = copy.deepcopy(model)
+        for node in [n for n in only.graph.node if n.name not in names]:
+            only.graph.node.remove(node)  # PrepareCppSim generates every HLS node it sees
+        only.transform(PrepareCppSim(num_workers=max(1, min(jobs, len(stale)))), cleanup=False)
+        for _, folder, want in stale:
+            (folder / GENERATED_STAMP).write_text("%s %s\n" % (want, source_digest(folder, "")))
+    return model
+
+
+def _node_digest(model, node) -> str:
+    """The node (attributes, code folder included) and its initializers, under this FINN version."""
+    from build_fpga.finn_env import finn_version
+
+    h = hashlib.sha256(str(finn_version()).encode() + node.SerializeToString())
+    for name in node.input:
+        init = model.get_initializer(name)
+        if init is not None:
+            h.update(name.encode() + str(init.dtype).encode() + str(init.shape).encode() + init.tobytes())
+    return h.hexdigest()
 
 
 def source_digest(folder: Path, fingerprint: str) -> str:
