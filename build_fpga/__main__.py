@@ -44,6 +44,10 @@ def build_parser():
     ap.add_argument("--folding", metavar="FILE",
                     help="FINN folding config JSON to use instead of a target fps, e.g. a bundle's "
                          "report/folding_config.json with PE/SIMD edited")
+    ap.add_argument("--clock-mhz", type=float, default=None, metavar="MHZ",
+                    help="clock FINN folds and estimates for (default: the board's, 100 MHz on the Zynq-7000 boards)")
+    ap.add_argument("--mvau-wwidth-max", type=int, default=36, metavar="BITS",
+                    help="FINN's cap on SIMD x weight bits per PE during folding (default 36, FINN's)")
     ap.add_argument("--estimate-only", action="store_true",
                     help="stop after FINN's estimates even where Vivado is on PATH")
     ap.add_argument("--hw-codegen", action="store_true",
@@ -60,11 +64,13 @@ def build_parser():
 
 
 def main(argv=None):
-    from .build import BuildConfig, build
+    from .build import build
+    from .config import BuildConfig
 
     args = build_parser().parse_args(argv)
     cfg = BuildConfig(export=args.export, board=args.board, out=args.out, target_fps=args.target_fps,
-                      folding=args.folding, estimate_only=args.estimate_only, hw_codegen=args.hw_codegen,
+                      folding=args.folding, clock_mhz=args.clock_mhz, mvau_wwidth_max=args.mvau_wwidth_max,
+                      estimate_only=args.estimate_only, hw_codegen=args.hw_codegen,
                       build_dir=args.build_dir, verify_images=args.verify_images)
     result = build(cfg)
     print(result.message, flush=True)

@@ -36,7 +36,7 @@ EmulatorArrays = Tuple[Dict, List[np.ndarray], List[np.ndarray]]
 
 
 def finn_emulator_arrays(rows: List[Dict], names: List[str], input_size: int) -> EmulatorArrays:
-    """``flow.extract_layers`` rows -> (spec, weights, thresholds) in host.emulator's format."""
+    """``finn_flow.extract_layers`` rows -> (spec, weights, thresholds) in host.emulator's format."""
     if len(rows) != len(names):
         raise BnnError("FINN's dataflow graph has %d matrix layers, the backbone %d" % (len(rows), len(names)))
     h = w = input_size

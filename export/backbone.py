@@ -13,7 +13,7 @@ import numpy as np
 
 from host.datasets import open_dataset
 from host.errors import BnnError
-from host.manifest import atomic_dir, finalize_manifest, load_manifest, new_manifest, sha256_file
+from host.manifest import atomic_dir, check_replaceable, finalize_manifest, load_manifest, new_manifest, sha256_file
 from host.preprocess import Preprocess, eval_transform
 from train.checkpoint import CHECKPOINT, load_checkpoint, load_model_state
 from train.fit import RUN_MANIFEST
@@ -97,6 +97,7 @@ def export_backbone(cfg: ExportConfig, progress=print):
     if done is not None:
         progress("export: %s is up to date, skipping" % cfg.out)
         return done
+    check_replaceable(cfg.out, EXPORT_MANIFEST, "backbone")  # before the work, not only at the swap
     state, mcfg, model = load_trained(cfg.run, cfg.preset)
     cut = cfg.cut or mcfg.cut
     if cut not in model.blocks:

@@ -12,6 +12,7 @@ import torch
 
 from host.errors import BnnError
 from host.heads import Head, save_head
+from host.preprocess import Preprocess
 from train.checkpoint import CHECKPOINT
 from train.freeze import backbone_digest, fold_backbone, sign_weights
 
@@ -44,8 +45,10 @@ def export_head(run_dir, out):
     if state.get("mode") != "finetune":
         raise BnnError("%s: not a fine-tuned run (python -m train finetune); its head is the pretraining "
                        "classifier" % os.path.join(run_dir, CHECKPOINT))
+    # the three keys host.bundle.check_head_compatible compares with the bundle built from this run
     meta = {
-        "preprocess": state["preprocess"],
+        "feature_width": model.feature_width,
+        "preprocess": Preprocess.from_dict(state["preprocess"]).to_dict(),
         "backbone_digest": backbone_digest(fold_backbone(model)) if mcfg.precision == "binary" else None,
         "preset": mcfg.preset,
         "source": {"run": os.path.abspath(run_dir), "epoch": int(state["epoch"]),

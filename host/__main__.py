@@ -1,4 +1,4 @@
-"""python -m host {fit,eval,predict,bench}: the software last layer on the board (see --help of each).
+"""python -m host {fit,eval,predict,live,teach,bench}: the software last layer on the board (see --help of each).
 
 Every command reads a deploy bundle (``build_fpga``'s DEPLOY_DIR), checks its hashes and, on a
 PYNQ board, that it was built for this board ($BOARD). Results go to stdout as JSON; progress bars,
@@ -59,6 +59,14 @@ def _dataset_args(parser, what):
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def _source_args(parser):
+    p = parser.add_argument_group("frames").add_mutually_exclusive_group()
+    p.add_argument("--camera", type=int, default=0, metavar="N", help="OpenCV index of the USB camera (default 0)")
+    p.add_argument("--folder", metavar="DIR",
+                   help="the image files under DIR instead of a camera (live: all of them, round and round; "
+                        "teach: DIR/<class>/)")
+
+
 def build_parser():
     ap = argparse.ArgumentParser(
         prog="python -m host",
@@ -71,8 +79,9 @@ def build_parser():
     fit = sub.add_parser(
         "fit", help="extract features of a dataset's train split and train a head on them",
         description="Extract the binary features of the train split (cached on disk as packed bits), train the "
-                    "software last layer on them with minibatch Adam and early stopping on a held-out part, and "
-                    "write the head file. Prints one JSON line with the summary.")
+                    "software last layer on them (float: L-BFGS with the L2 chosen on a held-out part, then refitted "
+                    "on all rows; binary, mlp: minibatch Adam with early stopping on it), and write the head file. "
+                    "Prints one JSON line with the summary.")
     _bundle_args(fit)
     _dataset_args(fit, "train on")
     _backend_args(fit)
@@ -81,19 +90,28 @@ def build_parser():
                      help="float: softmax regression (paper variant b, default); binary: +-1 weights (variant a); "
                           "mlp: two software layers")
     tr.add_argument("--out", required=True, metavar="HEAD.npz", help="head file to write")
+    tr.add_argument("--solver", choices=("lbfgs", "adam"),
+                    help="lbfgs: full batch (float head only, its default); adam: minibatches (binary and mlp)")
+    tr.add_argument("--weight-decay", type=float, default=None, metavar="X",
+                    help="L2 penalty, for features scaled by 1/sqrt(width) (default: lbfgs chooses it on the "
+                         "held-out rows from 1e-1 .. 1e-7; adam uses 1e-4)")
+    tr.add_argument("--max-iter", type=int, default=40, metavar="N",
+                    help="L-BFGS iterations per L2 value and for the final fit (default 40)")
     tr.add_argument("--epochs", type=int, default=60, metavar="N",
-                    help="maximum epochs (default 60; early stopping ends sooner)")
-    tr.add_argument("--lr", type=float, default=1e-2, metavar="X", help="Adam step size (default 0.01)")
-    tr.add_argument("--weight-decay", type=float, default=1e-4, metavar="X", help="L2 penalty (default 1e-4)")
+                    help="adam: maximum epochs (default 60; early stopping ends sooner)")
+    tr.add_argument("--lr", type=float, default=1e-2, metavar="X", help="adam: step size (default 0.01)")
     tr.add_argument("--train-batch-size", type=int, default=None, metavar="N",
                      help="minibatch size of the head's training (default: n/8 clipped to 32..512)")
     tr.add_argument("--val-fraction", type=float, default=0.1, metavar="X",
-                     help="fraction of each class held out for early stopping (default 0.1; 0 trains all epochs)")
-    tr.add_argument("--patience", type=int, default=3, metavar="N",
-                    help="epochs without improvement before stopping (default 3)")
+                     help="fraction of each class held out to choose the L2 (lbfgs) or the epoch (adam) (default 0.1)")
+    tr.add_argument("--patience", type=int, default=2, metavar="N",
+                    help="adam: epochs, lbfgs: L2 values without improvement before stopping (default 2)")
     tr.add_argument("--hidden", type=int, default=256, metavar="N", help="hidden units of the mlp head (default 256)")
-    tr.add_argument("--refit", action="store_true",
-                     help="after early stopping, retrain on all rows (held-out ones included) for the best epochs")
+    tr.add_argument("--refit", action="store_true", default=None,
+                    help="retrain the chosen head on all rows, held-out ones included (default for lbfgs, "
+                         "warm-started; for adam it retrains from scratch for the best number of epochs)")
+    tr.add_argument("--no-refit", action="store_false", dest="refit", help="keep the head fitted without the "
+                    "held-out rows (default for adam)")
     tr.add_argument("--no-calibrate", action="store_true",
                      help="skip temperature scaling of the probabilities on the held-out rows")
     tr.add_argument("--seed", type=int, default=0, metavar="N", help="seed of the split, initialisation and shuffling")
@@ -123,11 +141,45 @@ def build_parser():
     pr.add_argument("--table", action="store_true", help="print a readable table instead of JSON lines")
     _backend_args(pr)
 
+    lv = sub.add_parser(
+        "live", help="classify camera frames (or a folder's images) continuously: top classes and frames/s",
+        description="Read frames from a USB camera (OpenCV) or, with --folder or when there is no camera, from the "
+                    "image files of a folder; print the top classes of each frame with the loop's frames/s, one JSON "
+                    "line per frame (a table with --table), and a last JSON line with the mean milliseconds of each "
+                    "stage (capture, preprocess, features, pack, head). Stops after --frames frames or on Ctrl-C.")
+    _bundle_args(lv)
+    lv.add_argument("--head", required=True, metavar="HEAD.npz", help="head file written by 'fit', 'teach' or "
+                                                                      "teach.ipynb")
+    _source_args(lv)
+    lv.add_argument("--frames", type=int, default=None, metavar="N", help="stop after N frames (default: run "
+                                                                           "until Ctrl-C)")
+    lv.add_argument("--top", type=int, default=3, metavar="K", help="classes per frame (default 3)")
+    lv.add_argument("--table", action="store_true", help="one readable line per frame instead of JSON")
+    _backend_args(lv)
+
+    te = sub.add_parser(
+        "teach", help="capture examples of new classes from a camera (or folders), train a head, save it",
+        description="For each --class, capture --frames frames from the camera (after Enter on the terminal) or take "
+                    "them from DIR/<class>/ with --folder; the features are extracted as frames arrive, the head is "
+                    "trained on them and written to --out. Each captured frame is kept in --examples "
+                    "(<class>/<n>.png), and examples already there are used again. Prints one JSON line.")
+    _bundle_args(te)
+    te.add_argument("--out", required=True, metavar="HEAD.npz", help="head file to write")
+    te.add_argument("--class", dest="classes", action="append", default=[], metavar="NAME",
+                    help="a class to teach, repeatable (at least two in all, counting those in --examples)")
+    te.add_argument("--frames", type=int, default=10, metavar="K", help="frames to capture per class (default 10)")
+    te.add_argument("--examples", metavar="DIR", help="folder keeping the captured frames (default: HEAD-examples/ "
+                                                      "next to --out)")
+    te.add_argument("--head", default="float", choices=HEAD_VARIANTS, help="head variant (default float)")
+    _source_args(te)
+    _backend_args(te)
+
     be = sub.add_parser(
         "bench", help="speed of the backends, of packing and of head training on this machine",
         description="Measure images/s of every available backend at several batch sizes (random images of the "
                     "bundle's input shape), pack/unpack throughput of the accelerator's streams, and head training "
-                    "time on generated Flowers-size features (6,149 x feature width, 102 classes). Prints JSON.")
+                    "time on generated Flowers-size features (6,149 x feature width, 102 classes), and the live loop's "
+                    "milliseconds per stage on 640x480 frames. Prints JSON.")
     _bundle_args(be)
     be.add_argument("--batch-sizes", default="1,8,64", metavar="LIST", help="comma-separated (default 1,8,64)")
     be.add_argument("--backends", metavar="LIST",
@@ -224,15 +276,20 @@ def cmd_fit(args):
         raise BnnError("%s: is a directory; --out takes the head file to write, e.g. %s"
                        % (out, os.path.join(out, "head.npz")))
     _positive("--train-batch-size", args.train_batch_size)
-    for flag, value in (("--epochs", args.epochs), ("--patience", args.patience), ("--hidden", args.hidden)):
+    for flag, value in (("--epochs", args.epochs), ("--patience", args.patience), ("--hidden", args.hidden),
+                        ("--max-iter", args.max_iter)):
         _positive(flag, value)
     # checked here, not only in fit_head: a typo should not cost a whole feature extraction first
-    if not args.lr > 0 or not args.weight_decay >= 0 or not 0 <= args.val_fraction < 1:
+    wd_ok = args.weight_decay is None or args.weight_decay >= 0
+    if not args.lr > 0 or not wd_ok or not 0 <= args.val_fraction < 1:
         raise BnnError("--lr must be > 0, --weight-decay >= 0 and --val-fraction in [0, 1), got %r, %r, %r"
                        % (args.lr, args.weight_decay, args.val_fraction))
-    cfg = HeadConfig(variant=args.head, epochs=args.epochs, batch_size=args.train_batch_size, lr=args.lr,
-                     weight_decay=args.weight_decay, val_fraction=args.val_fraction, patience=args.patience,
-                     seed=args.seed, hidden=args.hidden, refit=args.refit, calibrate=not args.no_calibrate)
+    if args.solver == "lbfgs" and args.head != "float":
+        raise BnnError("--solver lbfgs: fits the float head only; the %s head trains with adam" % args.head)
+    cfg = HeadConfig(variant=args.head, solver=args.solver, weight_decay=args.weight_decay, max_iter=args.max_iter,
+                     epochs=args.epochs, batch_size=args.train_batch_size, lr=args.lr,
+                     val_fraction=args.val_fraction, patience=args.patience, seed=args.seed, hidden=args.hidden,
+                     refit=args.refit, calibrate=not args.no_calibrate)
     bundle = _load_bundle(args)
     dataset = _open_dataset(args, "train")
     backend, feats = _extract(args, bundle, dataset, out)
@@ -251,11 +308,16 @@ def cmd_fit(args):
     train_seconds = time.perf_counter() - t_train
     save_head(out, head)
     info = head.meta["train"]
+    if info["l2"]["chosen_by"] == "fallback":
+        print("warning: %s: %s; used L2=%g (recorded in the head file)" % (out, info["l2"]["reason"],
+                                                                        info["l2"]["value"]), file=sys.stderr)
     _print_json({
         "command": "fit", "head": out, "variant": head.variant, "backend": backend, "dataset": dataset.name,
         "classes": head.num_classes, "feature_width": head.feature_width,
         "train_images": len(feats), "skipped": len(feats.skipped), "n_train": info["n_train"], "n_val": info["n_val"],
-        "val_top1": _r(info.get("val_top1")), "best_epoch": info["best_epoch"], "epochs_run": info["epochs_run"],
+        "val_top1": _r(info.get("val_top1")), "solver": info["solver"], "l2": info["l2"]["value"],
+        "l2_chosen_by": info["l2"]["chosen_by"], "best_epoch": info.get("best_epoch"),
+        "epochs_run": info.get("epochs_run"),
         "cached": feats.cached, "cache": feats.cache_path, "extract_seconds": _r(feats.seconds, 3),
         "images_per_s": _r(feats.images_per_s, 1), "train_seconds": _r(train_seconds, 3),
         "seconds": _r(time.perf_counter() - t0, 3), "peak_rss_mb": peak_rss_mb(),
@@ -366,6 +428,113 @@ def cmd_predict(args):
     return 1 if failed else 0
 
 
+def _open_source(args):
+    from .live import open_source
+
+    if args.folder is not None:
+        source, _ = open_source(camera=None, folder=args.folder)
+        return source
+    source, _ = open_source(camera=args.camera)
+    return source
+
+
+def _top_entries(head, names, i_row, p_row):
+    top = [{"class": head.classes[i], "prob": round(float(p), 6)} for i, p in zip(i_row, p_row)]
+    if "class_names" in head.meta:
+        for t, i in zip(top, i_row):
+            t["name"] = names[i]
+    return top
+
+
+def _stage_ms(timer):
+    return {k: round(v, 3) for k, v in timer.ms().items()}
+
+
+def cmd_live(args):
+    from .backends import make_backend
+    from .live import STAGES, LivePipeline, StageTimer
+
+    _positive("--top", args.top)
+    _positive("--frames", args.frames)
+    bundle = _load_bundle(args)
+    head = _load_head(args, bundle)
+    names = head.meta.get("class_names") or head.classes
+    name, opts = _backend_choice(args, bundle)
+    total = StageTimer(window=10 ** 6)  # the whole run, for the summary; the pipeline's own is the last 30 frames
+    frames = skipped = failed_in_a_row = 0
+    with _open_source(args) as source, make_backend(name, bundle, **opts) as backend:
+        print("live: %s, %s backend, head %s (%d classes)" % (source.name, name, args.head, head.num_classes),
+              file=sys.stderr, flush=True)
+        pipe = LivePipeline(bundle, backend)
+        try:
+            while args.frames is None or frames < args.frames:
+                try:
+                    res = pipe.step(source, head, k=args.top)
+                except ImageError as e:
+                    skipped += 1
+                    failed_in_a_row += 1
+                    print("warning: %s" % e, file=sys.stderr, flush=True)
+                    if failed_in_a_row >= source.max_failures:
+                        raise BnnError("%s (%d frames in a row)" % (e, failed_in_a_row)) from None
+                    continue
+                failed_in_a_row = 0
+                frames += 1
+                total.add(res.seconds)
+                fps = pipe.timer.fps()
+                if args.table:
+                    print("%6d  %s  %s" % (frames, "  ".join("%-16s %5.1f%%" % (names[i][:16], 100 * p)
+                                                              for i, p in zip(res.top, res.prob)),
+                                           "%.1f frames/s" % fps if fps else ""), flush=True)
+                else:
+                    _print_json({"frame": frames, "top": _top_entries(head, names, res.top, res.prob),
+                                 "fps": _r(fps, 2)})
+        except KeyboardInterrupt:
+            pass  # Ctrl-C ends a live run; the summary still comes
+    host_fps = total.host_fps()
+    _print_json({"command": "live", "frames": frames, "skipped": skipped, "backend": name, "source": source.name,
+                 "fps": _r(total.fps(), 2), "host_fps": _r(host_fps, 1), "ms": _stage_ms(total),
+                 "stages": list(STAGES)})
+    return 1 if skipped else 0
+
+
+def _prompt(text):
+    """Wait for Enter on an interactive terminal; go on at once when stdin is not one (scripts, tests)."""
+    print(text, file=sys.stderr, flush=True)
+    if sys.stdin is not None and sys.stdin.isatty():
+        sys.stdin.readline()
+
+
+def cmd_teach(args):
+    from .backends import make_backend
+    from .live import CameraSource, Teacher, check_class_name
+
+    _positive("--frames", args.frames)
+    out = os.path.abspath(args.out)
+    if os.path.isdir(out):
+        raise BnnError("%s: is a directory; --out takes the head file to write" % out)
+    classes = [check_class_name(c) for c in args.classes]
+    examples = args.examples or (out[:-4] if out.endswith(".npz") else out) + "-examples"
+    bundle = _load_bundle(args)
+    name, opts = _backend_choice(args, bundle)
+    with _open_source(args) as source, make_backend(name, bundle, **opts) as backend:
+        teacher = Teacher(bundle, backend, source, examples_dir=examples, variant=args.head)
+        if teacher.resumed:
+            print("teach: %d examples of %s from %s" % (teacher.resumed, ", ".join(teacher.store.classes), examples),
+                  file=sys.stderr, flush=True)
+        for c in classes:
+            if isinstance(source, CameraSource):
+                _prompt("teach: show '%s' to %s and press Enter" % (c, source.name))
+            print("teach: " + teacher.capture(c, args.frames), file=sys.stderr, flush=True)
+        head = teacher.train()
+    teacher.save_head(out)
+    info = head.meta["train"]
+    _print_json({"command": "teach", "head": out, "examples_dir": teacher.store.folder, "backend": name,
+                 "source": source.name, "classes": head.classes, "examples": teacher.store.counts(),
+                 "resumed": teacher.resumed, "variant": head.variant, "val_top1": _r(info.get("val_top1")),
+                 "train_seconds": _r(teacher.train_seconds, 3)})
+    return 0
+
+
 def _name_list(text, what, choices=None):
     items = [s.strip() for s in str(text).split(",") if s.strip()]
     if not items:
@@ -400,7 +569,8 @@ def cmd_bench(args):
     return 0
 
 
-COMMANDS = {"fit": cmd_fit, "eval": cmd_eval, "predict": cmd_predict, "bench": cmd_bench}
+COMMANDS = {"fit": cmd_fit, "eval": cmd_eval, "predict": cmd_predict, "live": cmd_live, "teach": cmd_teach,
+            "bench": cmd_bench}
 
 
 def main(argv=None):

@@ -5,7 +5,10 @@
 - packing: the accelerator's input and output streams in FINN's layout (``host.packing``) and
   the feature cache's bits (``host.features``), per image;
 - the software head: ``fit_head`` on generated features of the bundle's width, Flowers-size
-  (6,149 images, 102 classes) unless ``quick``, with the process's peak RSS.
+  (6,149 images, 102 classes) unless ``quick``, with the process's peak RSS;
+- the live loop of ``host.live`` (what ``python -m host live`` and ``teach.ipynb`` run), one
+  640x480 frame at a time: milliseconds per stage (capture from memory, preprocess, features,
+  pack, head) and the frames/s the host side alone sustains, against a 30 frames/s camera.
 
 Every timing runs its workload once untimed (buffer allocation, caches), then repeats it until
 ``min_seconds`` have passed and reports the mean. The cross-tool comparison (torch, FINN's own
@@ -23,7 +26,7 @@ from .errors import BnnError
 from .features import pack_features, unpack_features
 from .packing import DataType, pack, unpack
 
-__all__ = ["BenchConfig", "run_bench", "peak_rss_mb", "time_call"]
+__all__ = ["BenchConfig", "run_bench", "bench_live", "peak_rss_mb", "time_call"]
 
 
 class BenchConfig:
@@ -155,16 +158,66 @@ def bench_heads(bundle, cfg, rng):
     packed, labels = generated_features(rng, cfg.head_images, bundle.feature_width, cfg.head_classes)
     classes = ["class_%03d" % k for k in range(cfg.head_classes)]
     out = {"images": cfg.head_images, "classes": cfg.head_classes, "feature_width": bundle.feature_width,
-           "epochs": cfg.head_epochs, "packed_mb": round(packed.nbytes / 1e6, 3)}
+           "adam_epochs": cfg.head_epochs, "packed_mb": round(packed.nbytes / 1e6, 3)}
     for variant in cfg.head_variants:
         # a fixed number of epochs (patience beyond it): the time is comparable across runs
-        hc = HeadConfig(variant=variant, epochs=cfg.head_epochs, patience=cfg.head_epochs + 1, seed=cfg.seed)
+        # adam: a fixed number of epochs (patience beyond it), so the time is comparable across runs;
+        # lbfgs (float): the default fit, L2 path included
+        hc = HeadConfig(variant=variant, epochs=cfg.head_epochs, patience=cfg.head_epochs + 1, seed=cfg.seed) \
+            if variant != "float" else HeadConfig(variant=variant, seed=cfg.seed)
         t = time.perf_counter()
         head, history = fit_head(packed, labels, classes, hc, progress=False, feature_width=bundle.feature_width)
         secs = time.perf_counter() - t
-        out[variant] = {"seconds": round(secs, 3), "seconds_per_epoch": round(secs / max(1, len(history)), 4),
-                        "epochs_run": len(history), "val_top1": head.meta["train"].get("val_top1")}
+        info = head.meta["train"]
+        out[variant] = {"seconds": round(secs, 3), "solver": info["solver"], "l2": info["l2"]["value"],
+                        "val_top1": info.get("val_top1")}
+        if info["solver"] == "adam":
+            out[variant].update(seconds_per_epoch=round(secs / max(1, len(history)), 4), epochs_run=len(history))
+        else:
+            out[variant]["passes"] = sum(h["passes"] for h in history)
     return out
+
+
+LIVE_FRAME = (480, 640)  # a USB camera's usual VGA frames, height x width
+CAMERA_FPS = 30
+
+
+def bench_live(bundle, name, cfg, rng, classes=10):
+    """The live loop on backend ``name``: mean ms per stage over ``min_seconds`` of 640x480 frames.
+
+    The frames come from memory, so "capture" is only the loop's own overhead: a camera's rate
+    is the camera's. The head is a float head of ``classes`` random classes (its cost does not
+    depend on the weights). ``host_frames_per_s`` = 1000 / the ms of every stage but capture;
+    ``cpu_ms_per_frame`` is the process's CPU time per frame (all threads).
+    """
+    from .backends import make_backend
+    from .heads import Head
+    from .live import HOST_STAGES, FramesSource, LivePipeline
+
+    width = bundle.feature_width
+    head = Head(variant="float", classes=["class_%d" % k for k in range(classes)], feature_width=width,
+                params={"W": rng.standard_normal((width, classes)).astype(np.float32),
+                        "b": np.zeros(classes, np.float32)})
+    frames = FramesSource([_random_images(rng, 1, LIVE_FRAME + (3,))[0] for _ in range(4)], "random frames")
+    backend = make_backend(name, bundle, **(cfg.backend_options if name == "pynq" else {}))
+    try:
+        pipe = LivePipeline(bundle, backend, window=10 ** 6)
+        pipe.step(frames, head)  # warm-up: buffers, BLAS
+        pipe.timer = type(pipe.timer)(window=10 ** 6)
+        start, cpu = time.perf_counter(), time.process_time()
+        while time.perf_counter() - start < cfg.min_seconds or pipe.timer.count < 3:
+            pipe.step(frames, head)
+        cpu = time.process_time() - cpu
+    finally:
+        backend.close()
+    ms = pipe.timer.ms()
+    host_ms = sum(ms[s] for s in HOST_STAGES)
+    return {"backend": name, "frame": "%dx%d" % (LIVE_FRAME[1], LIVE_FRAME[0]), "frames": pipe.timer.count,
+            "classes": classes, "ms": {k: round(v, 3) for k, v in ms.items()}, "host_ms": round(host_ms, 3),
+            "host_frames_per_s": round(1e3 / host_ms, 1), "loop_frames_per_s": round(pipe.timer.fps(), 1),
+            # CPU time of this process per frame: what the loop costs when other work shares the cores
+            "cpu_ms_per_frame": round(1e3 * cpu / pipe.timer.count, 3),
+            "camera_fps": CAMERA_FPS, "keeps_up_with_camera": bool(1e3 / host_ms >= CAMERA_FPS)}
 
 
 def run_bench(bundle, cfg=None, progress=None):
@@ -193,6 +246,10 @@ def run_bench(bundle, cfg=None, progress=None):
         except BnnError as e:
             # one broken backend (no overlay, no qonnx) must not hide the others' numbers
             result["backends"][name] = {"error": str(e)}
+    live = [n for n in names if n in available and "error" not in result["backends"][n]][:1]
+    if live:
+        say("live loop on %s (%dx%d frames)" % (live[0], LIVE_FRAME[1], LIVE_FRAME[0]))
+        result["live"] = bench_live(bundle, live[0], cfg, rng)
     say("packing")
     result["packing"] = bench_packing(bundle, cfg, rng)
     say("head training (%d images x %d features, %d classes)" % (cfg.head_images, bundle.feature_width,

@@ -7,6 +7,7 @@ a message naming the file, and a stage can skip its work when its output already
 """
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -18,6 +19,12 @@ import time
 from .errors import BnnError
 
 MANIFEST_FORMAT = "bnn-transfer/manifest/v1"
+# Sibling names of an output ``X``: ``.X.lock`` (held while a command writes X) and ``.X.bnn-*``
+# (temporary files and directories of the command writing X). Holding the lock makes every
+# ``.X.bnn-*`` that exists a leftover of a killed run: nobody else may be writing X.
+_LOCK_SUFFIX = ".lock"
+_TMP_TAG = ".bnn-"
+_held_locks = {}
 
 
 def sha256_file(path, chunk=1 << 20):
@@ -47,7 +54,7 @@ def atomic_path(path):
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + _TMP_TAG + "tmp-")
     os.close(fd)
     # mkstemp creates 0600; give the file the mode a plain open() would (on a board, root may write
     # what the notebook user reads).
@@ -72,29 +79,205 @@ def write_json_atomic(path, obj):
     write_bytes_atomic(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode("utf-8"))
 
 
+def _sibling(path, suffix):
+    return os.path.join(os.path.dirname(path), "." + os.path.basename(path) + suffix)
+
+
+@contextlib.contextmanager
+def output_lock(path):
+    """Hold an exclusive lock on the output ``path`` (file or directory) while the block runs.
+
+    A second command writing the same output gets a one-line BnnError instead of interleaving
+    its writes. The lock is ``flock`` on a sibling ``.<name>.lock``, so the kernel releases it
+    when the holder dies, even by kill -9. On entry, temporary directories a killed writer of
+    ``path`` left behind are removed (or, for an artifact moved aside mid-swap, put back).
+    Re-entrant within one process.
+    """
+    import fcntl
+
+    path = os.path.abspath(os.fspath(path))
+    if path in _held_locks:
+        _held_locks[path] += 1
+        try:
+            yield
+        finally:
+            _held_locks[path] -= 1
+        return
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    lock = _sibling(path, _LOCK_SUFFIX)
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise BnnError("%s: another command is writing it right now (lock %s held); wait for it or "
+                           "choose another output" % (path, lock)) from None
+        try:
+            same = os.fstat(fd).st_ino == os.stat(lock).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:  # else the previous holder unlinked it between our open and flock: take the new one
+            break
+        os.close(fd)
+    _held_locks[path] = 1
+    try:
+        _clean_stale(path)
+        yield
+    finally:
+        del _held_locks[path]
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(lock)  # before unlocking: a waiter that opened it sees a stale inode and retries
+        os.close(fd)
+
+
+def _clean_stale(path):
+    parent, prefix = os.path.dirname(path), "." + os.path.basename(path) + _TMP_TAG
+    stale = [os.path.join(parent, n) for n in sorted(os.listdir(parent)) if n.startswith(prefix)]
+    if os.path.isdir(path) and not os.path.islink(path):  # atomic_path's temporary files inside it
+        stale += [os.path.join(path, n) for n in sorted(os.listdir(path))
+                  if n.startswith(".") and _TMP_TAG + "tmp-" in n]
+    for p in stale:
+        name = os.path.basename(p)
+        if name.startswith(prefix + "old-") and not os.path.lexists(path):
+            os.replace(p, path)  # killed between moving the artifact aside and putting the new one in
+        elif os.path.isdir(p) and not os.path.islink(p):
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            os.unlink(p)
+
+
+def make_temp_dir(path, tag):
+    """A fresh hidden directory next to ``path`` (``.<name>.bnn-<tag>XXXX``) with umask permissions.
+
+    Call it while holding ``output_lock(path)``: the next writer of ``path`` then removes it if
+    this process dies before it does.
+    """
+    tmp = tempfile.mkdtemp(dir=os.path.dirname(path), prefix="." + os.path.basename(path) + _TMP_TAG + tag)
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; a plain mkdir would follow the umask
+    return tmp
+
+
+def _refuse_foreign(path):
+    if not os.path.lexists(path):
+        return
+    if os.path.islink(path) or not os.path.isdir(path):
+        raise BnnError("%s: exists and is not a directory; refusing to replace it (choose another output)" % path)
+    if os.listdir(path) and not _manifests_in(path):
+        raise BnnError("%s: exists, is not empty and holds no bnn-transfer manifest; refusing to replace it "
+                       "(choose another output or empty it)" % path)
+
+
+def check_replaceable(path, manifest_name, kind):
+    """Refuse (BnnError) unless ``path`` is absent, an empty directory, or an artifact this flow wrote.
+
+    An artifact qualifies when ``path/manifest_name`` is a bnn-transfer manifest of ``kind`` and
+    every file under ``path`` is the manifest, listed in its ``files`` or ``unhashed``, or a
+    Python/Jupyter cache: replacing it then deletes nothing the flow did not write.
+    """
+    path = os.path.abspath(os.fspath(path))
+    _refuse_foreign(path)
+    if not os.path.lexists(path) or not os.listdir(path):
+        return
+    where = os.path.join(path, manifest_name)
+    what = "a %r artifact written by this flow (no %s of that kind in it)" % (kind, manifest_name)
+    try:
+        with open(where, encoding="utf-8") as f:
+            m = json.load(f)
+    except (OSError, ValueError):
+        m = None
+    if not (isinstance(m, dict) and m.get("format") == MANIFEST_FORMAT and m.get("kind") == kind):
+        raise BnnError("%s: exists and is not %s; refusing to replace it (choose another output or empty it)"
+                       % (path, what))
+    ours = {manifest_name}
+    for key in ("files", "unhashed"):
+        listed = m.get(key) or {}
+        ours.update(n for n in listed if isinstance(n, str))
+    for rel in _all_entries(path):
+        if rel not in ours and not _is_cache(rel):
+            raise BnnError("%s: was not written by this flow (not in %s); refusing to replace %s (move it "
+                           "out first or choose another output)" % (os.path.join(path, rel), manifest_name, path))
+
+
+def _all_entries(root):
+    """Relative paths ('/'-separated) of everything under ``root`` but directories; links not followed."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
+            yield os.path.relpath(os.path.join(dirpath, name), root).replace(os.sep, "/")
+
+
+def _is_cache(rel):
+    parts = rel.split("/")
+    return ("__pycache__" in parts[:-1] and rel.endswith(".pyc")) or ".ipynb_checkpoints" in parts[:-1]
+
+
+def _exchange(a, b):
+    """Swap two paths atomically (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
+    import ctypes
+
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False  # filesystem or kernel without exchange
+    raise OSError(err, os.strerror(err), b)
+
+
+def _manifests_in(root):
+    """[(file name, kind)] of the bnn-transfer manifests at the top level of ``root``."""
+    found = []
+    for name in sorted(os.listdir(root)):
+        p = os.path.join(root, name)
+        if not name.endswith(".json") or not os.path.isfile(p):
+            continue
+        try:
+            with open(p, encoding="utf-8") as f:
+                m = json.load(f)
+        except (OSError, ValueError):
+            continue
+        if isinstance(m, dict) and m.get("format") == MANIFEST_FORMAT:
+            found.append((name, m.get("kind")))
+    return found
+
+
 @contextlib.contextmanager
 def atomic_dir(path):
     """Build a directory under a temporary name and swap it in only when the block succeeds.
 
-    Used by stages whose output is a whole directory (export, deploy bundle): a failed run never
-    leaves a directory that looks valid. An existing directory at ``path`` is replaced.
+    Used by stages whose output is a whole directory (export, deploy bundle): a failed or killed
+    run never leaves a directory that looks valid, and the earlier artifact stays until the new
+    one is complete. The block writes one manifest at the top level; an existing ``path`` is
+    replaced only when ``check_replaceable`` allows it for that manifest's name and kind (a
+    directory holding no manifest at all is refused before the block runs). A second writer of
+    ``path`` is refused (``output_lock``).
     """
     path = os.path.abspath(os.fspath(path))
-    parent = os.path.dirname(path)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(dir=parent, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
-    try:
-        yield tmp
-        if os.path.isdir(path):
-            old = path + ".old-%d" % os.getpid()
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
-    finally:
-        if os.path.isdir(tmp):
-            shutil.rmtree(tmp, ignore_errors=True)
+    with output_lock(path):
+        _refuse_foreign(path)  # now, not after the block's (possibly long) work
+        tmp = make_temp_dir(path, "tmp-")
+        try:
+            yield tmp
+            written = _manifests_in(tmp)
+            if len(written) != 1:
+                raise RuntimeError("atomic_dir: %s holds %d manifests, expected one" % (tmp, len(written)))
+            check_replaceable(path, *written[0])
+            if os.path.isdir(path):
+                if not _exchange(tmp, path):
+                    old = make_temp_dir(path, "old-")
+                    os.rmdir(old)
+                    os.replace(path, old)
+                    os.replace(tmp, path)
+                    tmp = old
+            else:
+                os.replace(tmp, path)
+        finally:
+            if os.path.isdir(tmp):
+                shutil.rmtree(tmp, ignore_errors=True)
 
 
 def read_json(path, what="file"):
@@ -155,6 +338,11 @@ def finalize_manifest(root, manifest, name, files=None):
     if files is None:
         files = list_files(root, exclude=(name,))
     manifest["files"] = hash_files(root, files)
+    # what the stage wrote without hashing it (e.g. notebooks meant to be edited): still its own,
+    # so a later run may replace it (check_replaceable)
+    unhashed = sorted(set(_all_entries(root)) - set(manifest["files"]) - {name})
+    if unhashed:
+        manifest["unhashed"] = [n for n in unhashed if not _is_cache(n)]
     write_json_atomic(os.path.join(root, name), manifest)
     return manifest
 

@@ -6,6 +6,7 @@ head is trained on exactly the bits the accelerator will produce; a float backbo
 frozen in eval mode.
 """
 
+import contextlib
 import json
 import os
 import time
@@ -18,7 +19,7 @@ from torch import nn
 
 from host.datasets import open_dataset
 from host.errors import BnnError
-from host.manifest import finalize_manifest, new_manifest, read_json, sha256_file, write_bytes_atomic
+from host.manifest import finalize_manifest, new_manifest, output_lock, read_json, sha256_file, write_bytes_atomic
 from host.preprocess import Preprocess
 from host.progress import progress_bar
 
@@ -169,12 +170,45 @@ def check_resumable(state, cfg: FitConfig, path):
             path, ", ".join("%s %r -> %r" % (k, saved[k], now[k]) for k in changed)))
 
 
+def check_config(cfg: FitConfig):
+    bad = [(flag, v, want) for flag, v, want, ok in (
+        ("--epochs", cfg.epochs, ">= 1", cfg.epochs >= 1),
+        ("--batch-size", cfg.batch_size, ">= 1", cfg.batch_size >= 1),
+        ("--workers", cfg.workers, ">= 0", cfg.workers >= 0),
+        ("--lr", cfg.lr, "> 0", cfg.lr is None or cfg.lr > 0),
+        ("--weight-decay", cfg.weight_decay, ">= 0", cfg.weight_decay is None or cfg.weight_decay >= 0),
+    ) if not ok]
+    if bad:
+        flag, v, want = bad[0]
+        raise BnnError("%s %r: must be %s" % (flag, v, want))
+
+
+def check_run_dir(out):
+    """Refuse an --out that exists and is not a training run: training writes into it in place."""
+    if not os.path.lexists(out):
+        return
+    if not os.path.isdir(out):
+        raise BnnError("%s: exists and is not a directory; --out takes a run directory" % out)
+    if os.listdir(out) and not os.path.exists(os.path.join(out, CHECKPOINT)):
+        raise BnnError("%s: exists, is not empty and is not a training run (no %s in it); choose another --out"
+                       % (out, CHECKPOINT))
+
+
 def run(cfg: FitConfig, mode="fit", on_epoch_end=None, progress=True):
     """Train (mode "fit") or fine-tune (mode "finetune"); returns the final metrics row.
 
     ``on_epoch_end(epoch, row)`` is called after each checkpoint (tests use it to interrupt).
+    The run directory is locked meanwhile: a second command writing it is refused.
     """
+    check_config(cfg)
+    writer = int(os.environ.get("RANK", "0")) == 0  # distributed: only rank 0 writes the run dir
+    with output_lock(cfg.out) if writer else contextlib.nullcontext():
+        return _run(cfg, mode, on_epoch_end, progress)
+
+
+def _run(cfg: FitConfig, mode, on_epoch_end, progress):
     out = os.path.abspath(cfg.out)
+    check_run_dir(out)
     ckpt_path = os.path.join(out, CHECKPOINT)
     pretrained = None
     if mode == "finetune":

@@ -213,7 +213,7 @@ def test_vivado_path_puts_bitfile_and_finn_io_into_the_bundle(tiny_export, tmp_p
     """Vivado cannot run here: FINN's hardware steps are replaced by a stand-in that leaves what
     step_synthesize_bitfile and step_make_driver leave (bit, hwh, driver/settings.json)."""
     import build_fpga.build as build_mod
-    import build_fpga.flow as flow
+    import build_fpga.hardware as hardware
     from host.bundle import load_bundle
 
     calls = []
@@ -231,8 +231,8 @@ def test_vivado_path_puts_bitfile_and_finn_io_into_the_bundle(tiny_export, tmp_p
         return {"bitfile": hw / "finn-accel.bit", "hwh": hw / "finn-accel.hwh", "driver_dir": hw / "driver",
                 "io": io, "wall_s": 0.0}
 
-    monkeypatch.setattr(build_mod, "_vivado_available", lambda: True)
-    monkeypatch.setattr(flow, "run_hardware", fake_run_hardware)
+    monkeypatch.setattr(build_mod, "vivado_available", lambda: True)
+    monkeypatch.setattr(hardware, "run_hardware", fake_run_hardware)
     out = tmp_path / "deploy"
     res = build_mod.build(build_mod.BuildConfig(export=tiny_export[2], board="pynq-z2", out=str(out),
                                                 target_fps=500, verify_images=1), log=lambda s: None)

@@ -69,8 +69,8 @@ def ladder(model, export, out, finn_dir, images):
     """Every stage's per-layer outputs, compared with the torch integer backbone of the *model*."""
     from qonnx.core.modelwrapper import ModelWrapper
 
-    from build_fpga.build import compare_stage, emulator_stage, finn_stage, qonnx_stage, torch_stage
-    from build_fpga.flow import despecialize
+    from build_fpga.ladder import despecialize, emulator_stage, finn_stage, qonnx_stage, torch_stage
+    from export.verify import compare_layers
     from host.emulator import load_emulator
     from train.freeze import fold_backbone
 
@@ -85,7 +85,7 @@ def ladder(model, export, out, finn_dir, images):
                                       images),
         "emulator": lambda: emulator_stage(load_emulator(str(out / "emulator.npz")), images),
     }
-    return layers, names, ref, {k: compare_stage(ref, run(), names) for k, run in stages.items()}
+    return layers, names, ref, {k: compare_layers(ref, run(), names) for k, run in stages.items()}
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +108,8 @@ def test_tiny_ladder_is_bit_exact_with_ties(tiny):
 
 @pytest.mark.slow
 def test_a_corrupted_threshold_is_named_by_layer(tiny):
-    from build_fpga.build import compare_stage, divergence_message, emulator_stage, torch_stage
+    from build_fpga.ladder import divergence_message, emulator_stage, torch_stage
+    from export.verify import compare_layers
     from host.emulator import Emulator
     from train.freeze import fold_backbone
 
@@ -121,13 +122,13 @@ def test_a_corrupted_threshold_is_named_by_layer(tiny):
     layers = fold_backbone(model)
     names = [il.name for il in layers]
     ref = torch_stage(layers, images)
-    assert compare_stage(ref, emulator_stage(Emulator(spec, weights, thresholds), images), names)[
+    assert compare_layers(ref, emulator_stage(Emulator(spec, weights, thresholds), images), names)[
         "first_divergence"] is None
     k = names.index("conv3")
     out3 = ref[k].reshape(3, -1, thresholds[k].size)
     channel = int(np.flatnonzero((out3 < 0).any(axis=(0, 1)))[0])
     thresholds[k][channel] = -10 ** 6  # this channel now always fires
-    res = compare_stage(ref, emulator_stage(Emulator(spec, weights, thresholds), images), names)
+    res = compare_layers(ref, emulator_stage(Emulator(spec, weights, thresholds), images), names)
     assert res["first_divergence"] == "conv3"
     msg = divergence_message("emulator", res, "DEPLOY")
     assert msg.startswith("DEPLOY: emulator differs from the torch integer backbone, first at layer conv3 (")

@@ -68,6 +68,34 @@ def tiny_io(odt="BIPOLAR"):
     }
 
 
+def colour_network(pool=4, width=128, seed=0):
+    """A backbone whose features carry colour: 1x1 conv colour detectors, max pool, random +-1 projection.
+
+    The detectors threshold channel sums (brightness) and differences (red vs the rest, yellow,
+    magenta, ...); synthetic-transfer's classes differ in colour scheme, so a head on these
+    features beats chance clearly, unlike one on a random network.
+    """
+    det = [((1, 1, 1), t) for t in (150, 300, 450, 600)]
+    for w in ((1, -1, -1), (-1, 1, -1), (-1, -1, 1)):
+        det += [(w, t) for t in (-120, -60, 0, 40, 80)]
+    for w in ((1, 1, -1), (1, -1, 1), (-1, 1, 1)):
+        det += [(w, t) for t in (100, 200, 300, 400)]
+    k, side = len(det), INPUT_SIZE // pool
+    rng = np.random.default_rng(seed)
+    spec = {"input": {"shape": [INPUT_SIZE, INPUT_SIZE, 3], "datatype": "UINT8"}, "layers": [
+        {"name": "colour", "kind": "conv", "kernel": 1, "stride": 1, "padding": 0, "pad_value": 0.0,
+         "pool": [pool, pool], "in_shape": [INPUT_SIZE, INPUT_SIZE, 3], "out_shape": [side, side, k]},
+        {"name": "fc", "kind": "fc", "kernel": None, "stride": 1, "padding": 0, "pad_value": 0.0, "pool": None,
+         "in_shape": [side * side * k], "out_shape": [width]}]}
+    weights = [np.array([d[0] for d in det], np.int8),
+               rng.choice([-1, 1], size=(width, side * side * k)).astype(np.int8)]
+    thresholds = [np.array([d[1] for d in det], np.int64), rng.integers(-6, 7, size=width)]
+    io = tiny_io()
+    folded = [1, width // 4, 4]
+    io.update(oshape_normal=[[1, width]], oshape_folded=[folded], oshape_packed=[list(packed_shape(folded, "BIPOLAR"))])
+    return (spec, weights, thresholds), io, width
+
+
 def make_bundle(root, board="pynq-z2", with_bitfile=True, onnx_file=None, network=None, external_weights=(),
                 io=None, **fields):
     """Write a valid deploy bundle into ``root`` (a directory that need not exist) and return it.

@@ -9,21 +9,21 @@ import sys
 
 import numpy as np
 import pytest
-from fake_pynq import INPUT_SIZE, FakeBoard, make_bundle, tiny_io
+from fake_pynq import FakeBoard, colour_network, make_bundle
 
 from host.__main__ import main
 from host.bundle import load_bundle
 from host.cli import run_cli
 from host.datasets import open_dataset
 from host.heads import Head, load_head, predict_topk, save_head
-from host.packing import packed_shape
 from host.preprocess import Preprocess, eval_transform
 from host.report import save_confusion_png
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SYNTH = ["--dataset", "synthetic-transfer", "--option", "n_train_per_class=30", "--option", "n_test_per_class=10"]
 FIT_KEYS = {"command", "head", "variant", "backend", "dataset", "classes", "feature_width", "train_images", "skipped",
-            "n_train", "n_val", "val_top1", "best_epoch", "epochs_run", "cached", "cache", "extract_seconds",
+            "n_train", "n_val", "val_top1", "solver", "l2", "l2_chosen_by", "best_epoch", "epochs_run", "cached",
+            "cache", "extract_seconds",
             "images_per_s", "train_seconds", "seconds", "peak_rss_mb"}
 EVAL_KEYS = {"command", "head", "variant", "backend", "dataset", "classes", "top1", "top5", "images", "skipped",
              "cached", "cache", "images_per_s", "extract_seconds", "confusion", "seconds"}
@@ -34,33 +34,6 @@ def no_board_env(monkeypatch):
     """In-process commands read $BOARD; a PYNQ machine running the tests must not change them."""
     monkeypatch.delenv("BOARD", raising=False)
 
-
-def colour_network(pool=4, width=128, seed=0):
-    """A backbone whose features carry colour: 1x1 conv colour detectors, max pool, random +-1 projection.
-
-    The detectors threshold channel sums (brightness) and differences (red vs the rest, yellow,
-    magenta, ...); synthetic-transfer's classes differ in colour scheme, so a head on these
-    features beats chance clearly, unlike one on a random network.
-    """
-    det = [((1, 1, 1), t) for t in (150, 300, 450, 600)]
-    for w in ((1, -1, -1), (-1, 1, -1), (-1, -1, 1)):
-        det += [(w, t) for t in (-120, -60, 0, 40, 80)]
-    for w in ((1, 1, -1), (1, -1, 1), (-1, 1, 1)):
-        det += [(w, t) for t in (100, 200, 300, 400)]
-    k, side = len(det), INPUT_SIZE // pool
-    rng = np.random.default_rng(seed)
-    spec = {"input": {"shape": [INPUT_SIZE, INPUT_SIZE, 3], "datatype": "UINT8"}, "layers": [
-        {"name": "colour", "kind": "conv", "kernel": 1, "stride": 1, "padding": 0, "pad_value": 0.0,
-         "pool": [pool, pool], "in_shape": [INPUT_SIZE, INPUT_SIZE, 3], "out_shape": [side, side, k]},
-        {"name": "fc", "kind": "fc", "kernel": None, "stride": 1, "padding": 0, "pad_value": 0.0, "pool": None,
-         "in_shape": [side * side * k], "out_shape": [width]}]}
-    weights = [np.array([d[0] for d in det], np.int8),
-               rng.choice([-1, 1], size=(width, side * side * k)).astype(np.int8)]
-    thresholds = [np.array([d[1] for d in det], np.int64), rng.integers(-6, 7, size=width)]
-    io = tiny_io()
-    folded = [1, width // 4, 4]
-    io.update(oshape_normal=[[1, width]], oshape_folded=[folded], oshape_packed=[list(packed_shape(folded, "BIPOLAR"))])
-    return (spec, weights, thresholds), io, width
 
 
 def host(*args, env=None):
@@ -127,7 +100,9 @@ def test_fit_writes_a_head_that_knows_its_bundle(trained):
     for key, value in bundle.head_meta().items():
         assert head.meta[key] == value
     assert head.meta["dataset"]["name"] == "synthetic-transfer" and head.meta["dataset"]["count"] == 300
-    assert head.meta["bundle"]["digest"] == bundle.digest and head.meta["train"]["best_epoch"] >= 1
+    assert head.meta["bundle"]["digest"] == bundle.digest
+    assert res["solver"] == "lbfgs" and res["l2_chosen_by"] == "held-out accuracy"
+    assert head.meta["train"]["l2"]["value"] == res["l2"] and res["l2"] in head.meta["train"]["l2"]["grid"]
     assert head.classes == open_dataset("synthetic-transfer", "train").classes
 
 
@@ -316,10 +291,13 @@ def test_fit_skips_unreadable_images_with_one_warning(tiny, capsys, image_tools)
     rc, out, err = _cli(capsys, "fit", "--bundle", tiny["path"], "--dataset", "folder", "--data-dir", root,
                         "--option", "test_fraction=0", "--out", tiny["dir"] / "h.npz", "--quiet", "--epochs", "3")
     assert rc == 0, err
-    assert err.strip().splitlines() == [err.strip()] and err.startswith(
-        "warning: skipped 1 unreadable images of 9 (first: %s: cannot decode image" % bad)
+    skipped, fallback = err.strip().splitlines()
+    assert skipped.startswith("warning: skipped 1 unreadable images of 9 (first: %s: cannot decode image" % bad)
+    # 8 images leave no held-out split worth choosing an L2 on: the fallback is said and recorded
+    assert fallback.startswith("warning: %s: held-out split too small to choose L2 from" % (tiny["dir"] / "h.npz"))
     res = json.loads(out)
     assert res["train_images"] == 8 and res["skipped"] == 1 and load_head(res["head"]).classes == ["cat", "dog"]
+    assert res["l2_chosen_by"] == "fallback" and load_head(res["head"]).meta["train"]["l2"]["value"] == res["l2"]
 
 
 def test_bench_measures_backends_packing_and_head_training(tiny, monkeypatch, capsys):
@@ -337,7 +315,8 @@ def test_bench_measures_backends_packing_and_head_training(tiny, monkeypatch, ca
     assert res["packing"]["output"]["unpack_images_per_s"] > 0
     assert res["packing"]["feature_cache"]["bytes_per_image"] == 2
     heads = res["head_training"]
-    assert heads["feature_width"] == 12 and heads["float"]["seconds"] > 0 and heads["float"]["epochs_run"] == 2
+    assert heads["feature_width"] == 12 and heads["float"]["seconds"] > 0 and heads["float"]["solver"] == "lbfgs"
+    assert heads["float"]["passes"] >= 2
     assert "bench: backend pynq" in err
 
 

@@ -23,14 +23,14 @@ nbclient = pytest.importorskip("nbclient")
 REPO = Path(__file__).resolve().parents[2]
 NOTEBOOKS = REPO / "notebooks"
 HOST_TESTS = REPO / "tests" / "host"
-NAMES = ("transfer_learning", "live_classify", "throughput")
+NAMES = ("transfer_learning", "live_classify", "throughput", "teach")
 # What a notebook may import: the board has no torch, and the notebooks run on host/ only.
-ALLOWED_IMPORTS = {"glob", "json", "os", "sys", "tempfile", "time", "numpy", "matplotlib", "PIL", "IPython",
-                   "host", "cv2"}
+ALLOWED_IMPORTS = {"glob", "html", "io", "json", "os", "sys", "tempfile", "threading", "time", "numpy", "matplotlib",
+                   "PIL", "IPython", "ipywidgets", "host", "cv2"}
 SMALL_DATASET = {"n_train_per_class": 12, "n_test_per_class": 4, "image_size": 8}
 
 sys.path.insert(0, str(HOST_TESTS))
-from fake_pynq import FEATURE_WIDTH, make_bundle  # noqa: E402
+from fake_pynq import FEATURE_WIDTH, colour_network, make_bundle  # noqa: E402
 
 from host.bundle import check_head_compatible, load_bundle  # noqa: E402
 from host.heads import load_head  # noqa: E402
@@ -84,9 +84,9 @@ def _module_dir(root, name, source):
     return root
 
 
-def board_bundle(root):
+def board_bundle(root, **bundle_args):
     """A deploy bundle at ``root`` as copied to a board: with host/ and notebooks/ inside."""
-    make_bundle(root)
+    make_bundle(root, **bundle_args)
     skip = shutil.ignore_patterns("__pycache__", "*.pyc", ".ipynb_checkpoints")
     shutil.copytree(REPO / "host", root / "host", ignore=skip)
     shutil.copytree(NOTEBOOKS, root / "notebooks", ignore=skip)
@@ -115,10 +115,15 @@ def board(tmp_path_factory):
     return {"root": root, "base": base, "scratch": scratch, "env": env}
 
 
-def execute(board, name, root=None, **env):
-    """Run notebook ``name`` of the bundle ``root`` (default: the board's) in its own folder; return it executed."""
+def execute(board, name, root=None, edit=None, **env):
+    """Run notebook ``name`` of the bundle ``root`` (default: the board's) in its own folder; return it executed.
+
+    ``edit(nb)`` may change the notebook before it runs (insert the cells that drive its widgets).
+    """
     folder = (root or board["root"]) / "notebooks"
     nb = nbformat.read(str(folder / (name + ".ipynb")), as_version=4)
+    if edit is not None:
+        edit(nb)
     with pytest.MonkeyPatch.context() as mp:
         for key in [k for k in os.environ if k.startswith("BNN_")] + ["BOARD", "MPLBACKEND", "PYTHONPATH"]:
             mp.delenv(key, raising=False)
@@ -234,6 +239,201 @@ def test_throughput_accelerator_vs_emulator(board, tmp_path):
     assert [(r[0], r[1]) for r in rows] == [("pynq", "1"), ("pynq", "4"), ("emulator", "1"), ("emulator", "4")]
     assert all(float(r[2]) > 0 for r in rows) and all(r[4].endswith("x") for r in rows)
     assert outputs(nb, "png") == 1
+
+
+# ------------------------------------------------------------------------------- teach
+
+TEACH_CLASSES, TEACH_FRAMES = 3, 8
+
+# A USB camera at index 0 pointed at synthetic-transfer objects: show(k) at class k's training
+# images, show(None) at the test images of every class, whose labels it records in `shown`.
+# $BNN_FAKE_CAMERA_CLASSES classes, $BNN_FRAMES_PER_CLASS training images each.
+FAKE_CAMERA = '''
+import os
+
+import numpy as np
+
+from host.synthetic import open_synthetic
+
+_FRAMES = int(os.environ["BNN_FRAMES_PER_CLASS"])
+_OPTIONS = {"num_classes": int(os.environ["BNN_FAKE_CAMERA_CLASSES"]), "image_size": 32}
+_TRAIN = open_synthetic("synthetic-transfer", "train", n_train_per_class=_FRAMES, **_OPTIONS)
+_TEST = open_synthetic("synthetic-transfer", "test", n_test_per_class=10, **_OPTIONS)
+CLASSES = list(_TRAIN.classes)
+shown = []
+_scene = [0, 0]
+
+
+def show(k):
+    _scene[:] = [k, 0]
+
+
+class VideoCapture:
+    def __init__(self, index):
+        self.index = index
+
+    def isOpened(self):
+        return self.index == 0
+
+    def read(self):
+        k, pos = _scene
+        _scene[1] += 1
+        if k is None:
+            i = pos % len(_TEST)
+            shown.append(int(_TEST.labels[i]))
+            img = _TEST.load(i)
+        else:
+            img = _TRAIN.load(int(np.flatnonzero(_TRAIN.labels == k)[pos % _FRAMES]))
+        return True, np.ascontiguousarray(img[:, :, ::-1])  # OpenCV's BGR
+
+    def release(self):
+        pass
+'''
+
+# What a user does with the widgets, as code: name each class, capture its frames, try to train
+# with a class that has no examples, remove it, upload two images and a broken file, train.
+DRIVE_CAMERA = '''
+import datetime
+import re
+
+import cv2
+import numpy as np
+
+
+def said():
+    print(html.unescape(re.sub("<[^>]+>", "", message.value)))
+
+
+for k, name in enumerate(cv2.CLASSES):
+    cv2.show(k)
+    new_class.value = name
+    add_class_button.click()
+    capture_button.click()
+    said()
+new_class.value = "nothing yet"
+add_class_button.click()
+train_button.click()
+said()
+remove_class_button.click()
+said()
+
+
+WHEN = datetime.datetime(2026, 1, 1)
+
+
+def png(k):
+    buf = io.BytesIO()
+    Image.fromarray(cv2.VideoCapture(0).read()[1][:, :, ::-1]).save(buf, format="PNG")
+    return {"name": "photo%d.png" % k, "type": "image/png", "size": 0, "content": memoryview(buf.getvalue()),
+            "last_modified": WHEN}
+
+
+cv2.show(0)
+upload.value = (png(0), png(1), {"name": "broken.jpg", "type": "image/jpeg", "size": 9,
+                                 "content": memoryview(b"not a jpeg"), "last_modified": WHEN})
+class_list.value = cv2.CLASSES[0]
+add_uploads_button.click()
+said()
+train_button.click()
+said()
+cv2.show(None)
+'''
+
+CHECK_LIVE = '''
+import cv2
+
+hits = sum(teacher.head.classes[r.top[0]] == cv2.CLASSES[label] for r, label in zip(results, cv2.shown[-len(results):]))
+print("live top-1: %d of %d" % (hits, len(results)))
+'''
+
+
+def driven(drive, check=None):
+    """An ``execute`` edit: ``drive`` right after the widgets are made, ``check`` after the live run."""
+    def edit(nb):
+        k = next(i for i, c in enumerate(nb.cells) if "train_button = widgets.Button" in c.source)
+        nb.cells.insert(k + 1, nbformat.v4.new_code_cell(drive))
+        if check is not None:
+            k = next(i for i, c in enumerate(nb.cells) if "results = run_live(" in c.source)
+            nb.cells.insert(k + 1, nbformat.v4.new_code_cell(check))
+    return edit
+
+
+def colour_board(root):
+    """A board bundle whose features carry colour: a head taught from a few frames beats chance on it."""
+    network, io, width = colour_network()
+    return board_bundle(root, network=network, io=io, feature_width=width)
+
+
+def test_teach_with_a_camera_capture_train_live(board, tmp_path):
+    pytest.importorskip("ipywidgets")
+    from host.synthetic import open_synthetic
+
+    root = colour_board(tmp_path / "board" / "bnn-transfer")
+    mods = _module_dir(tmp_path / "mods", "cv2", FAKE_CAMERA)
+    nb = execute(board, "teach", root=root, edit=driven(DRIVE_CAMERA, CHECK_LIVE), PYTHONPATH=str(mods),
+                 BNN_FRAMES_PER_CLASS=str(TEACH_FRAMES), BNN_FAKE_CAMERA_CLASSES=str(TEACH_CLASSES))
+    text = outputs(nb, "text")
+    assert "frames    frames from camera 0" in text and "examples  %s: none yet" % (root / "teach") in text
+    shown = open_synthetic("synthetic-transfer", "train", num_classes=TEACH_CLASSES).classes  # in capture order
+    for name in shown:
+        assert "%s: %d of %d frames added, %d examples in all" % ((name,) + (TEACH_FRAMES,) * 3) in text
+    assert "error: class 'nothing yet' has no examples yet: capture some, or remove the class" in text
+    assert "class nothing yet removed from this session" in text
+    # the broken upload is one line; the two good ones are added to what was captured
+    assert ("%s: 2 of 2 frames added, %d examples in all; 1 unreadable (broken.jpg: cannot decode image "
+            "(not an image format PIL reads))" % (shown[0], TEACH_FRAMES + 2)) in text
+    assert "trained a float head on %d examples of 3 classes" % (TEACH_CLASSES * TEACH_FRAMES + 2) in text
+
+    head = load_head(str(root / "heads" / "teach-float.npz"))
+    assert head.classes == sorted(shown)  # the order of the folder of saved frames
+    check_head_compatible(load_bundle(str(root)), head.meta, "teach-float.npz")
+    counts = {c: TEACH_FRAMES + 2 * (c == shown[0]) for c in shown}
+    assert head.meta["examples"] == counts
+    for name in shown:  # every captured and uploaded frame kept
+        assert len(list((root / "teach" / name).glob("*.png"))) == counts[name]
+
+    assert "30 frames in" in text and "per stage (ms): capture" in text
+    hits = int(text.split("live top-1: ")[1].split(" of 30")[0])
+    assert hits >= 18, text  # 60%; chance is 1/3
+
+    # live_classify finds the taught head (the newest in heads/) and classifies some of its examples
+    nb = execute(board, "live_classify", root=root, BNN_CAMERA="-1", BNN_NUM_SAMPLES="2")
+    text = outputs(nb, "text")
+    assert "teach-float.npz (float, 3 classes" in text and str(root / "teach" / head.classes[0]) in text
+    assert "2 images in" in text
+
+
+DRIVE_FOLDER = '''
+for name in sorted(os.listdir(FRAMES_DIR)):
+    new_class.value = name
+    add_class_button.click()
+    capture_button.click()
+train_button.click()
+print(message.value)
+'''
+
+
+def test_teach_without_opencv_uses_the_folder(board, tmp_path):
+    pytest.importorskip("ipywidgets")
+    from host.synthetic import open_synthetic
+
+    frames = tmp_path / "frames"
+    train = open_synthetic("synthetic-transfer", "train", num_classes=2, n_train_per_class=4, image_size=24)
+    for i in range(len(train)):
+        folder = frames / train.classes[train.labels[i]]
+        folder.mkdir(parents=True, exist_ok=True)
+        from PIL import Image
+
+        Image.fromarray(train.load(i)).save(str(folder / ("%d.png" % i)))
+    root = colour_board(tmp_path / "board" / "bnn-transfer")
+    mods = _module_dir(tmp_path / "mods", "cv2", "raise ImportError('no OpenCV on this board')\n")
+    nb = execute(board, "teach", root=root, edit=driven(DRIVE_FOLDER), PYTHONPATH=str(mods),
+                 BNN_FRAMES_DIR=str(frames), BNN_FRAMES_PER_CLASS="4")
+    text = outputs(nb, "text")
+    assert "frames    OpenCV (cv2) is not installed: frames from the images in %s instead" % frames in text
+    assert "trained a float head on 8 examples of 2 classes" in text
+    assert load_head(str(root / "heads" / "teach-float.npz")).classes == sorted(train.classes)
+    assert "30 frames in" in text
 
 
 # ------------------------------------------------------------------------------- committed notebooks

@@ -1,0 +1,52 @@
+"""The build_fpga stage's one configuration: what the CLI sets, what FINN is asked to do."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from typing import Dict, Optional
+
+from host.errors import BnnError
+
+from .boards import board_names
+
+
+@dataclass
+class BuildConfig:
+    export: Optional[str] = None  # export directory (backbone.onnx + export.json); required by build()
+    board: str = "pynq-z2"  # pynq-z1, pynq-z2, ultra96, zcu104, kv260
+    out: Optional[str] = None  # DEPLOY_DIR; required by build()
+    target_fps: Optional[int] = None  # None (and no folding): the highest that fits within FINN's margins
+    folding: Optional[str] = None  # FINN folding config JSON (e.g. a bundle's report/folding_config.json)
+    clock_mhz: Optional[float] = None  # default: the board's
+    mvau_wwidth_max: int = 36  # FINN's default; caps SIMD * weight bits per PE during folding
+    estimate_only: bool = False  # no synthesis even where Vivado is on PATH
+    hw_codegen: bool = False  # also generate the HLS C++/RTL sources (no Vivado needed)
+    build_dir: Optional[str] = None  # FINN's working dir; default: a temp dir, or <out>.finn-build with hw_codegen
+    verify_images: int = 4  # seeded random images for the bit-exactness ladder (0: none)
+
+    def check(self) -> None:
+        """One-line BnnError for a configuration no build can run with."""
+        if self.board not in board_names():
+            raise BnnError("unknown board %r (choose from %s)" % (self.board, ", ".join(board_names())))
+        if self.target_fps is not None and self.target_fps < 1:
+            raise BnnError("--target-fps %r: must be a positive number of images per second" % self.target_fps)
+        if self.target_fps is not None and self.folding is not None:
+            raise BnnError("--target-fps and --folding exclude each other: the folding file fixes the parallelism")
+        if self.verify_images < 0:
+            raise BnnError("--verify-images %r: must be 0 or more" % self.verify_images)
+        if self.clock_mhz is not None and not self.clock_mhz > 0:
+            raise BnnError("--clock-mhz %r: must be a positive frequency" % self.clock_mhz)
+        if self.mvau_wwidth_max < 1:
+            raise BnnError("--mvau-wwidth-max %r: must be a positive number of bits" % self.mvau_wwidth_max)
+        if self.export is None or self.out is None:
+            raise BnnError("both an export directory (--export) and a deploy directory (--out) are needed")
+        if not os.path.isdir(self.export):
+            raise BnnError("%s: export directory not found (write it with 'python -m export backbone')" % self.export)
+
+    def finn_dict(self) -> Dict:
+        """The fields that shape FINN's run (recorded with every estimate)."""
+        d = asdict(self)
+        for k in ("export", "out", "estimate_only", "build_dir", "verify_images"):
+            d.pop(k)
+        return d

@@ -1,0 +1,187 @@
+"""Driving finn-plus's builder for the frozen binary backbone: to FINN's estimate reports, refolding a
+finished run, and reading the layers back from FINN's final graph.
+
+FINN's own steps convert our QONNX contract without help (measured on the tiny and z2 stand-ins):
+UINT8 input x +-1 weights -> ``MVAU`` (weights stored as INT2), ``Conv+Add(-T)+BipolarQuant`` ->
+``MultiThreshold`` with the Add absorbed, ``MaxPool`` on binary maps -> depthwise
+``ConvolutionInputGenerator`` + ``Pool``, +-1 x +-1 -> ``XnorPopcountMatMul`` -> ``MVAU`` with
+``binaryXnorMode=1``, the last layer -> ``MVAU`` with ``outputDataType=BIPOLAR``; only the leading
+NCHW->NHWC ``Transpose`` stays outside the accelerator. Our steps (``steps.py``) guard that and record
+the accelerator's I/O shapes; bit-exactness is checked afterwards, layer by layer (``ladder.py``).
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+from host.errors import BnnError
+
+from .boards import Board, get_board
+from .config import BuildConfig
+from .estimates import parse_estimates
+from .finn_env import contained_build_logging, finn_session
+from .steps import STEP_ERRORS, flow_steps
+
+
+class FlowError(BnnError):
+    pass
+
+
+def dataflow_config(out_dir, cfg: BuildConfig, board: Board, steps=None, start_step=None,
+                    outputs=("ESTIMATE_REPORTS",)):
+    """FINN's DataflowBuildConfig for ``cfg`` (no target fps and no folding: FINN's minimal folding)."""
+    import finn.builder.build_dataflow_config as bc
+
+    clock = cfg.clock_mhz or board.clock_mhz
+    fps = cfg.target_fps if (cfg.target_fps or cfg.folding) else 1
+    return bc.DataflowBuildConfig(
+        output_dir=str(out_dir),
+        board=board.finn_board,
+        fpga_part=board.part,
+        shell_flow_type=bc.ShellFlowType(board.shell_flow),
+        synth_clk_period_ns=1000.0 / clock,
+        target_fps=fps,
+        folding_config_file=Path(cfg.folding).resolve() if cfg.folding else None,
+        mvau_wwidth_max=cfg.mvau_wwidth_max,
+        generate_outputs=[bc.DataflowOutputType[o] for o in outputs],
+        steps=steps if steps is not None else flow_steps(cfg.hw_codegen),
+        start_step=start_step,
+        save_intermediate_models=True,
+        console_log_level=bc.LogLevel.NONE,
+    )
+
+
+def run_dataflow(model_path, out_dir: Path, dcfg) -> float:
+    """build_dataflow_cfg with every failure turned into one FlowError line; returns the wall time."""
+    from finn.builder.build_dataflow import build_dataflow_cfg
+
+    t0 = time.time()
+    del STEP_ERRORS[:]
+    with contained_build_logging():
+        try:
+            rc = build_dataflow_cfg(str(model_path), dcfg)
+        except Exception as e:  # re-raised by FINN under pytest; a log line otherwise
+            if STEP_ERRORS:
+                raise FlowError(STEP_ERRORS[-1]) from None
+            raise FlowError("%s: FINN build failed: %s: %s" % (out_dir, type(e).__name__, e)) from e
+    if rc != 0 and STEP_ERRORS:
+        raise FlowError(STEP_ERRORS[-1])
+    if rc != 0:
+        log = out_dir / "build_dataflow.log"
+        tail = [ln for ln in log.read_text().splitlines() if "ERROR" in ln][-3:] if log.exists() else []
+        raise FlowError("%s: FINN build failed (see build_dataflow.log): %s" % (out_dir, " | ".join(tail)))
+    return time.time() - t0
+
+
+def _estimates(out_dir: Path, cfg: BuildConfig, board: Board, wall: float,
+               layer_names: Optional[Sequence[str]]) -> Dict:
+    est = parse_estimates(out_dir / "report", board, cfg.clock_mhz or board.clock_mhz,
+                          out_dir / "intermediate_models", layer_names)
+    est["target_fps"] = cfg.target_fps
+    est["run"] = {"wall_s": round(wall, 2), "peak_rss_mb": _peak_rss_mb(), "config": cfg.finn_dict()}
+    return est
+
+
+def run_flow(model_path, out_dir, cfg: BuildConfig, layer_names: Optional[Sequence[str]] = None,
+             build_dir=None) -> Dict:
+    """Run FINN to its estimate reports (and HW code generation with ``cfg.hw_codegen``); return
+    :func:`build_fpga.estimates.parse_estimates`.
+
+    ``build_dir`` is where FINN_BUILD_DIR goes (generated code); default ``out_dir/finn_build``. FINN's
+    settings and env vars are restored afterwards (:func:`build_fpga.finn_env.finn_session`).
+    """
+    out_dir = Path(out_dir).resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    board = get_board(cfg.board)
+    with finn_session(build_dir or out_dir / "finn_build"):
+        wall = run_dataflow(model_path, out_dir, dataflow_config(out_dir, cfg, board))
+    return _estimates(out_dir, cfg, board, wall, layer_names)
+
+
+def refold(out_dir, cfg: BuildConfig, layer_names: Optional[Sequence[str]] = None, build_dir=None) -> Dict:
+    """Re-run only folding -> estimates on a finished :func:`run_flow` output dir (seconds, not minutes).
+
+    Uses FINN's ``start_step`` resume from ``intermediate_models/step_specialize_layers.onnx``;
+    ``cfg.hw_codegen`` adds step_hw_codegen.
+    """
+    out_dir = Path(out_dir).resolve()
+    board = get_board(cfg.board)
+    dcfg = dataflow_config(out_dir, cfg, board, start_step="step_target_fps_parallelization")
+    with finn_session(build_dir or out_dir / "finn_build"):
+        wall = run_dataflow("", out_dir, dcfg)
+    return _estimates(out_dir, cfg, board, wall, layer_names)
+
+
+def extract_layers(model) -> List[Dict]:
+    """What an emulator needs, per MVAU of a FINN dataflow graph (e.g. step_generate_estimate_reports.onnx).
+
+    Each row: ``weights`` int8 (MH, MW), rows = output channels, columns in FINN's im2col order
+    (kh, kw, cin) with cin fastest for convs, NHWC (h, w, c) flatten order for the first FC after the
+    convs; +1/-1 values (FINN stores xnor layers' weights as 0/1: 1 = +1). ``thresholds`` int64 (MH,),
+    in ``domain`` "acc" (out = +1 iff sum(w*x) >= t; 8-bit first layer) or "popcount" (xnor layers:
+    out = +1 iff popcount(xnor(x_bits, w_bits)) >= t, where bit 1 = +1; equals sum(w*x) >= 2t - MW).
+    ``conv``: im2col geometry (kernel, stride, input HxW after padding, output HxW, channels, padding
+    [top, left, bottom, right] added before it; pad value 0 = pixel 0 / bit 0 = -1) or None for FC.
+    ``pool``: max pool (kernel, stride) after the layer, or None.
+    """
+    from qonnx.custom_op.registry import getCustomOp
+
+    rows: List[Dict] = []
+    pending_pad, pending_conv = None, None
+    for n in model.graph.node:
+        op = n.op_type
+        inst = getCustomOp(n) if n.domain.startswith("finn.custom_op.fpgadataflow") else None
+        if op.startswith("FMPadding"):
+            pending_pad = [int(v) for v in inst.get_nodeattr("Padding")]
+        elif op.startswith("ConvolutionInputGenerator") and not inst.get_nodeattr("depthwise"):
+            pending_conv = {
+                "kernel": [int(v) for v in inst.get_nodeattr("ConvKernelDim")],
+                "stride": [int(v) for v in inst.get_nodeattr("Stride")],
+                "ifm_dim": [int(v) for v in inst.get_nodeattr("IFMDim")],
+                "ofm_dim": [int(v) for v in inst.get_nodeattr("OFMDim")],
+                "channels": int(inst.get_nodeattr("IFMChannels")),
+                "padding": pending_pad or [0, 0, 0, 0],
+            }
+            pending_pad = None
+        elif op.startswith("ConvolutionInputGenerator") or op.startswith("Pool"):
+            if op.startswith("ConvolutionInputGenerator"):  # the window generator of a max pool
+                rows[-1]["pool"] = {"kernel": [int(v) for v in inst.get_nodeattr("ConvKernelDim")],
+                                    "stride": [int(v) for v in inst.get_nodeattr("Stride")]}
+            elif inst.get_nodeattr("Function") != "MaxPool":
+                raise FlowError("%s: unsupported pooling %s" % (n.name, inst.get_nodeattr("Function")))
+        elif op.startswith("MVAU"):
+            w = model.get_initializer(n.input[1])
+            t = model.get_initializer(n.input[2])
+            xnor = bool(inst.get_nodeattr("binaryXnorMode"))
+            w = (2 * w - 1) if xnor else w
+            if t.shape[1] != 1:
+                raise FlowError("%s: %d thresholds per channel; a binary layer has one" % (n.name, t.shape[1]))
+            rows.append({
+                "node": n.name,
+                "weights": np.asarray(w.T, dtype=np.int8),
+                "thresholds": np.asarray(t[:, 0], dtype=np.int64),
+                "domain": "popcount" if xnor else "acc",
+                "mw": int(inst.get_nodeattr("MW")),
+                "mh": int(inst.get_nodeattr("MH")),
+                "input_dtype": inst.get_nodeattr("inputDataType"),
+                "output_dtype": inst.get_nodeattr("outputDataType"),
+                "acc_dtype": inst.get_nodeattr("accDataType"),
+                "pe": int(inst.get_nodeattr("PE")),
+                "simd": int(inst.get_nodeattr("SIMD")),
+                "conv": pending_conv,
+                "pool": None,
+            })
+            pending_conv = None
+        elif not op.startswith(("StreamingFIFO", "StreamingDataWidthConverter")):
+            raise FlowError("%s: unexpected node %s in the dataflow graph" % (n.name, op))
+    return rows
+
+
+def _peak_rss_mb() -> float:
+    # ru_maxrss is KiB on Linux; it is the process's peak, not this run's alone.
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1)

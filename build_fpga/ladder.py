@@ -1,0 +1,215 @@
+"""The bit-exactness ladder: every representation of the frozen backbone against its integer definition.
+
+Rungs, each compared layer by layer with the torch integer backbone (``export.verify.compare_layers``):
+the export's QONNX graph (checked by ``python -m export``), FINN's streamlined graph, FINN's folded HW
+graph (python execution of its despecialized nodes), and the bundle's emulator. A difference names the
+first layer where it happens. The reference layers are read back from the export's QONNX graph and
+must hash to its ``backbone_digest``: exactly what the torch side folded.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import time
+from typing import Dict, List, Optional
+
+import numpy as np
+
+from export.verify import compare_layers
+from host.errors import BnnError
+
+from .finn_flow import FlowError
+
+
+def despecialize(model):
+    """Copy of a FINN HW graph with ``X_hls``/``X_rtl`` nodes turned back into their ``X`` base ops.
+
+    Specialized nodes execute only in cppsim/rtlsim (Vitis HLS / Vivado), but their base classes
+    (MVAU, ConvolutionInputGenerator, Pool, FMPadding, ...) have a python ``execute_node`` and read
+    the same attributes and initializers, so the folded, bit-width-minimized graph can be checked
+    in python. Folding attributes do not change what a node computes.
+    """
+    m = copy.deepcopy(model)
+    for node in m.graph.node:
+        if node.domain.startswith("finn.custom_op.fpgadataflow."):
+            node.domain = "finn.custom_op.fpgadataflow"
+            for suffix in ("_hls", "_rtl"):
+                if node.op_type.endswith(suffix):
+                    node.op_type = node.op_type[: -len(suffix)]
+    return m
+
+
+def execute_batch(model, x: np.ndarray) -> np.ndarray:
+    """Run ``execute_onnx`` image by image (FINN graphs have batch 1); returns (N, ...) outputs."""
+    from finn.core.onnx_exec import execute_onnx
+
+    iname, oname = model.graph.input[0].name, model.graph.output[0].name
+    ishape = tuple(model.get_tensor_shape(iname))
+    outs = []
+    for i in range(x.shape[0]):
+        xi = np.asarray(x[i : i + 1], dtype=np.float32)
+        if xi.shape != ishape and xi.ndim == 4 and xi.transpose(0, 2, 3, 1).shape == ishape:
+            xi = xi.transpose(0, 2, 3, 1)  # the dataflow graph takes NHWC
+        outs.append(execute_onnx(model, {iname: xi.reshape(ishape)})[oname].reshape(1, -1))
+    return np.concatenate(outs, 0)
+
+
+def finn_layer_outputs(model, x: np.ndarray) -> List[np.ndarray]:
+    """Every binary layer's +-1 output of a FINN graph (streamlined or despecialized HW), image by image.
+
+    ``x``: uint8 values, NCHW (as for :func:`execute_batch`; transposed when the graph takes NHWC).
+    A layer ends at a ``MultiThreshold`` (streamlined) or ``MVAU`` (HW graph) output, or at the max
+    pool that follows it (``MaxPoolNHWC``/``MaxPool``, or the HW graph's window generator + ``Pool``).
+    Returns one (N, -1) float32 array per layer in NHWC flattening order; FINN's BINARY {0,1} maps
+    are turned into +-1 (bit 1 = +1).
+    """
+    from finn.core.onnx_exec import execute_onnx
+
+    names = []
+    for n in model.graph.node:
+        if n.op_type not in ("MultiThreshold", "MVAU") and not n.op_type.startswith("MVAU_"):
+            continue
+        out = n.output[0]
+        nxt = model.find_consumer(out)
+        if nxt is not None and nxt.op_type in ("MaxPoolNHWC", "MaxPool"):
+            out = nxt.output[0]
+        elif nxt is not None and nxt.op_type.startswith("ConvolutionInputGenerator"):
+            pool = model.find_consumer(nxt.output[0])
+            if pool is not None and pool.op_type.startswith("Pool"):
+                out = pool.output[0]
+        names.append(out)
+    iname = model.graph.input[0].name
+    ishape = tuple(model.get_tensor_shape(iname))
+    per_layer: List[List[np.ndarray]] = [[] for _ in names]
+    for i in range(x.shape[0]):
+        xi = np.asarray(x[i : i + 1], dtype=np.float32)
+        if xi.shape != ishape and xi.ndim == 4 and xi.transpose(0, 2, 3, 1).shape == ishape:
+            xi = xi.transpose(0, 2, 3, 1)  # the dataflow graph takes NHWC
+        if xi.shape != ishape:
+            raise FlowError("graph input %s has shape %s, got images of shape %s (NCHW expected)"
+                            % (iname, list(ishape), list(x.shape)))
+        ctx = execute_onnx(model, {iname: xi}, return_full_exec_context=True)
+        for j, name in enumerate(names):
+            v = np.asarray(ctx[name], dtype=np.float32).reshape(1, -1)
+            if model.get_tensor_datatype(name).name == "BINARY":
+                v = 2 * v - 1
+            per_layer[j].append(v)
+    return [np.concatenate(v, 0) for v in per_layer]
+
+
+VERIFY_SEED = 0  # the verification images are the same on every machine
+
+
+def reference_layers(export_dir: str, export: Dict):
+    """The integer layers (train.freeze.IntLayer) of the export, read back from its QONNX graph.
+
+    Weights are the BipolarQuant'ed initializers of each Conv/Gemm, thresholds the negated biases,
+    geometry from export.json. They must hash to the export's ``backbone_digest``: then they are
+    exactly what the torch side folded, without needing the checkpoint (which may not travel with
+    the export directory).
+    """
+    from qonnx.core.modelwrapper import ModelWrapper
+
+    from train.freeze import IntLayer, backbone_digest
+
+    path = os.path.join(export_dir, "backbone.onnx")
+    model = ModelWrapper(path)
+    nodes = [n for n in model.graph.node if n.op_type in ("Conv", "Gemm")]
+    meta = export["layers"]
+    if len(nodes) != len(meta):
+        raise BnnError("%s: %d Conv/Gemm layers, but export.json describes %d" % (path, len(nodes), len(meta)))
+    layers = []
+    for i, (node, m) in enumerate(zip(nodes, meta)):
+        producer = model.find_producer(node.input[1])
+        w = model.get_initializer(producer.input[0] if producer is not None else node.input[1])
+        bias = model.get_initializer(node.input[2]) if len(node.input) > 2 else None
+        if w is None or bias is None or list(w.shape) != list(m["weight_shape"]):
+            raise BnnError("%s: layer %s is not a binary layer with integer threshold of shape %s"
+                           % (path, m["name"], m["weight_shape"]))
+        threshold = np.round(-bias.astype(np.float64)).astype(np.int64)
+        if not np.array_equal(threshold, -bias.astype(np.float64)):
+            raise BnnError("%s: layer %s has non-integer thresholds" % (path, m["name"]))
+        layers.append(IntLayer(
+            name=m["name"], kind=m["kind"], weight=np.where(w >= 0, 1, -1).astype(np.int8), threshold=threshold,
+            input_max=255 if i == 0 else 1, stride=int(m["stride"]), padding=int(m["padding"]),
+            pad_value=float(m["pad_value"]), pool=tuple(int(v) for v in m["pool"]) if m["pool"] else None))
+    if backbone_digest(layers) != export["backbone_digest"]:
+        raise BnnError("%s: weights and thresholds do not match export.json's backbone_digest" % path)
+    return layers
+
+
+def verification_images(n: int, input_size: int, seed: int = VERIFY_SEED) -> np.ndarray:
+    """``n`` seeded random uint8 NHWC images (the same on every machine)."""
+    return np.random.default_rng(seed).integers(0, 256, size=(n, input_size, input_size, 3), dtype=np.uint8)
+
+
+def _rows(a: np.ndarray, nchw: bool) -> np.ndarray:
+    a = np.asarray(a, dtype=np.float32)
+    if a.ndim == 4 and nchw:
+        a = a.transpose(0, 2, 3, 1)  # compare in the accelerator's NHWC order
+    return a.reshape(a.shape[0], -1)
+
+
+def torch_stage(layers, images_nhwc: np.ndarray) -> List[np.ndarray]:
+    """Per-layer outputs of the torch integer backbone (the reference), NHWC rows."""
+    import torch
+
+    from train.freeze import IntegerBackbone
+
+    x = torch.from_numpy(np.ascontiguousarray(images_nhwc.transpose(0, 3, 1, 2)).astype(np.float32))
+    return [_rows(o.numpy(), nchw=True) for o in IntegerBackbone(layers)(x, return_all=True)]
+
+
+def qonnx_stage(model, images_nhwc: np.ndarray) -> List[np.ndarray]:
+    from export.qonnx_graph import execute
+
+    x = np.ascontiguousarray(images_nhwc.transpose(0, 3, 1, 2)).astype(np.float32)
+    return [_rows(o, nchw=True) for o in execute(model, x, all_layers=True)]
+
+
+def finn_stage(model, images_nhwc: np.ndarray) -> List[np.ndarray]:
+    return finn_layer_outputs(model, np.ascontiguousarray(images_nhwc.transpose(0, 3, 1, 2)))
+
+
+def emulator_stage(emulator, images_nhwc: np.ndarray) -> List[np.ndarray]:
+    return [_rows(o, nchw=False) for o in emulator.layer_outputs(images_nhwc)]
+
+
+def divergence_message(stage: str, result: Dict, where: str) -> Optional[str]:
+    if result["first_divergence"] is None and result["mismatched_bits"] == 0:
+        return None
+    return ("%s: %s differs from the torch integer backbone, first at layer %s (%d of %d feature bits differ "
+            "over %d images)" % (where, stage, result["first_divergence"], result["mismatched_bits"],
+                                 result["bits"], result["images"]))
+
+
+def verify_build(layers, finn_dir: str, hw_model, finn_arrays, n_images: int, export: Dict, out: str, log) -> Dict:
+    """FINN streamlined, FINN HW and emulator vs the torch integer backbone; BnnError on a difference."""
+    from qonnx.core.modelwrapper import ModelWrapper
+
+    from host.emulator import Emulator
+
+    result = {"reference": "torch integer backbone (train.freeze.IntegerBackbone)", "seed": VERIFY_SEED,
+              "images": int(n_images), "qonnx_at_export": export.get("verify"), "stages": {}}
+    if n_images == 0:
+        return result
+    names = [il.name for il in layers]
+    images = verification_images(n_images, int(export["preprocess"]["input_size"]))
+    t0 = time.time()
+    ref = torch_stage(layers, images)
+    stages = [
+        ("FINN streamlined graph", "finn_streamlined", lambda: finn_stage(
+            ModelWrapper(os.path.join(finn_dir, "intermediate_models", "step_streamline.onnx")), images)),
+        ("FINN HW graph", "finn_hw", lambda: finn_stage(despecialize(hw_model), images)),
+        ("emulator", "emulator", lambda: emulator_stage(Emulator(*finn_arrays), images)),
+    ]
+    for label, key, run in stages:
+        res = compare_layers(ref, run(), names)
+        result["stages"][key] = res
+        msg = divergence_message(label, res, out)
+        if msg:
+            raise BnnError(msg)
+    log("build_fpga: bit-exact on %d images: FINN streamlined, FINN HW and emulator == torch (%.0f s)"
+        % (n_images, time.time() - t0))
+    return result
