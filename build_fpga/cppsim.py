@@ -316,6 +316,8 @@ def compile_layers(model, work: Path, env: Dict[str, str], jobs: int,
     from finn.util.fpgadataflow import is_hls_node
     from qonnx.custom_op.registry import getCustomOp
 
+    from .ladder import despecialize_node
+
     fingerprint = toolchain_fingerprint(env)
     todo, failed, done = [], {}, {}
     for node in model.graph.node:
@@ -370,7 +372,7 @@ def compile_layers(model, work: Path, env: Dict[str, str], jobs: int,
             python.setdefault(node.name, RTL_REASON)
     for node in model.graph.node:
         if node.name in python and python[node.name] != RTL_REASON:
-            _despecialize(node)
+            despecialize_node(node)
     model = model.transform(SetExecMode("cppsim"))
     compiled = [n.name for n in model.graph.node if n.name in done]
     return CppSimModel(model=model, compiled=compiled, python=python, built=sorted(built))
@@ -386,14 +388,6 @@ def _quiet_finn_log() -> Iterator[None]:
         yield
     finally:
         log.setLevel(saved)
-
-
-def _despecialize(node) -> None:
-    # The base op (e.g. Pool for Pool_hls) reads the same attributes and runs in python.
-    node.domain = "finn.custom_op.fpgadataflow"
-    for suffix in ("_hls", "_rtl"):
-        if node.op_type.endswith(suffix):
-            node.op_type = node.op_type[: -len(suffix)]
 
 
 def _first_error(text: str) -> str:
@@ -437,11 +431,10 @@ def run(sim: CppSimModel, images_nhwc: np.ndarray, layer_outputs: Callable, prog
 
 
 def simulate(hw_model, build_dir, images_nhwc: np.ndarray, headers: Headers, layer_outputs: Callable,
-             jobs: Optional[int] = None, progress: bool = True, edit: Optional[Callable[[Path], None]] = None):
+             jobs: Optional[int] = None, progress: bool = True):
     """Generate, compile (cached) and run FINN's C++ simulation of ``hw_model`` on ``images_nhwc``.
 
     Runs inside a FINN session rooted at ``build_dir`` (``build_dir/cppsim`` holds everything written).
-    ``edit(work_dir)`` may change the generated sources before compiling (the negative-control test).
     Returns (:class:`CppSimModel`, per-layer outputs).
     """
     from build_fpga.finn_env import finn_session
@@ -454,8 +447,6 @@ def simulate(hw_model, build_dir, images_nhwc: np.ndarray, headers: Headers, lay
         env = stage_toolchain(headers, work)
         with toolchain_env(env):
             model = generate(hw_model, work, jobs)
-        if edit is not None:
-            edit(work / "nodes")
         sim = compile_layers(model, work, env, jobs, progress)
         if not sim.compiled:
             raise CppSimError("cppsim: no HLS layer compiled (%s)" % "; ".join(

@@ -71,51 +71,56 @@ def test_tiny_hls_layers_compile_and_match_bit_for_bit(tiny_cppsim):
 @needs_gxx
 @needs_headers
 @pytest.mark.slow
-def test_a_changed_threshold_in_the_generated_cpp_is_caught_at_its_layer(tiny_cppsim):
-    """Negative control: one threshold of conv4 (MVAU_hls_3) set to 0 in its thresh.h must make the
-    rung diverge at conv4, in exactly the bits of that channel, and nowhere before."""
-    from build_fpga.ladder import compare_stage, despecialize, finn_layer_outputs
+def test_a_changed_threshold_in_the_generated_cpp_is_caught_at_its_layer(tiny_cppsim, monkeypatch):
+    """Negative control: one threshold of conv4 (MVAU_hls_3) set to 0 in its generated thresh.h must make
+    the rung name conv4 as the first divergent layer, with exactly that channel's -1 bits flipped."""
     from qonnx.core.modelwrapper import ModelWrapper
     from qonnx.custom_op.registry import getCustomOp
 
-    from build_fpga import cppsim
-    from build_fpga.build import verification_images
+    from build_fpga import bundle, cppsim
+    from build_fpga.finn_flow import extract_layers
+    from build_fpga.ladder import cppsim_message, cppsim_stage, despecialize, finn_stage, verification_images
 
     assert tiny_cppsim["run"].returncode == 0, tiny_cppsim["run"].stderr[-3000:]
     build = tiny_cppsim["build"]
-    hw = ModelWrapper(str(build / "finn" / "intermediate_models" / "step_bnn_io_shapes.onnx"))
-    node = hw.get_node_from_name("MVAU_hls_3")
-    pe, mh = getCustomOp(node).get_nodeattr("PE"), getCustomOp(node).get_nodeattr("MH")
-    images = verification_images(1, 32)
-    x = np.ascontiguousarray(images.transpose(0, 3, 1, 2))
-    reference = finn_layer_outputs(despecialize(hw), x)
-    conv4 = reference[3].reshape(-1, mh)  # NHWC rows: channel fastest
-    channel = int(np.flatnonzero((conv4 < 0).any(0))[0])  # a channel that is -1 somewhere
-    entry = (channel % pe) * (mh // pe) + channel // pe  # thresh.h is [PE][MH/PE][1]
-
-    def edit(nodes_dir):
-        path = nodes_dir / "MVAU_hls_3" / "thresh.h"
-        head, body = path.read_text().split("=", 1)
-        numbers = list(re.finditer(r"-?\d+", body))
-        m = numbers[entry]
-        path.write_text(head + "=" + body[: m.start()] + "0" + body[m.end():])  # popcount >= 0: always +1
-
-    headers = cppsim.find_headers(hls_include=str(AP_INCLUDE), finn_deps=str(THIRD_PARTY), environ={})
-    sim, got = cppsim.simulate(hw, build, images, headers, finn_layer_outputs, progress=False, edit=edit)
-    assert sim.built == ["MVAU_hls_3"]  # every other layer came from the cache
+    hw = ModelWrapper(str(build / "finn" / "intermediate_models" / "step_generate_estimate_reports.onnx"))
     names = ["conv1", "conv2", "conv3", "conv4", "conv5", "fc1", "fc2"]
-    result = compare_stage(reference, got, names)
-    assert result["first_divergence"] == "conv4"
-    diff = np.flatnonzero(reference[3] != got[3])
-    assert diff.size == int((conv4[:, channel] < 0).sum()) and np.all(diff % mh == channel)
-    # the unedited source still maps to its cached executable: nothing is compiled again
-    sim, again = cppsim.simulate(hw, build, images, headers, finn_layer_outputs, progress=False)
-    assert sim.built == [] and compare_stage(reference, again, names)["first_divergence"] is None
+    arrays = bundle.finn_emulator_arrays(extract_layers(hw), names, 32)
+    headers = cppsim.find_headers(hls_include=str(AP_INCLUDE), finn_deps=str(THIRD_PARTY), environ={})
+    inst = getCustomOp(hw.get_node_from_name("MVAU_hls_3"))
+    pe, mh = inst.get_nodeattr("PE"), inst.get_nodeattr("MH")
+    conv4 = finn_stage(despecialize(hw), verification_images(1, 32))[3].reshape(-1, mh)  # NHWC: channel fastest
+    channel = int(np.flatnonzero((conv4 < 0).any(0))[0])  # a channel that is -1 somewhere
+    entry = (channel % pe) * (mh // pe) + channel // pe  # thresh.h holds [PE][MH/PE][1]
+
+    generate = cppsim.generate
+
+    def generate_then_edit(hw_model, work, jobs=1):
+        model = generate(hw_model, work, jobs)
+        path = work / "nodes" / "MVAU_hls_3" / "thresh.h"
+        head, body = path.read_text().split("=", 1)
+        m = list(re.finditer(r"-?\d+", body))[entry]
+        path.write_text(head + "=" + body[: m.start()] + "0" + body[m.end():])  # popcount >= 0: always +1
+        return model
+
+    monkeypatch.setattr(cppsim, "generate", generate_then_edit)
+    rung = cppsim_stage(hw, str(build), arrays, names, 1, 32, headers, log=lambda s: None)
+    assert rung["compiled_now"] == ["MVAU_hls_3"]  # the other layers came from the cache
+    assert rung["first_divergence"] == "conv4 (MVAU_hls_3)"
+    per_layer = rung["mismatched_bits_per_layer"]
+    assert [per_layer[n] for n in names[:4]] == [0, 0, 0, int((conv4[:, channel] < 0).sum())]
+    assert "first at layer conv4 (MVAU_hls_3)" in cppsim_message(rung, "D")
+
+    # the unedited sources map to their cached executables again: nothing compiles, nothing differs
+    monkeypatch.setattr(cppsim, "generate", generate)
+    rung = cppsim_stage(hw, str(build), arrays, names, 1, 32, headers, log=lambda s: None)
+    assert rung["compiled_now"] == [] and cppsim_message(rung, "D") is None
 
 
 @pytest.mark.parametrize("case", ["nothing", "bad-include"])
 def test_missing_headers_is_one_line_and_exit_2(tmp_path, case):
-    export = tmp_path / "no-export-needed"  # the header check comes before anything is read or built
+    export = tmp_path / "export"  # empty: the header check comes before anything is read or built
+    export.mkdir()
     args = ["--export", str(export), "--board", "pynq-z2", "--out", str(tmp_path / "out"), "--cppsim", "2"]
     if case == "bad-include":
         args += ["--hls-include", str(tmp_path)]
