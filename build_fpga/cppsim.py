@@ -125,6 +125,9 @@ class CppSimModel:
     python: Dict[str, str] = field(default_factory=dict)  # node name -> why it runs in python
     built: List[str] = field(default_factory=list)  # node names compiled in this call (cache misses)
     seconds: Dict[str, float] = field(default_factory=dict)  # wall time of "compile" (incl. codegen), "simulate"
+    # CPU time of the same phases, this process and its finished children (g++, the layer executables):
+    # what they cost on an idle machine, whatever else the machine was doing.
+    cpu_seconds: Dict[str, float] = field(default_factory=dict)
     jobs: int = 1  # g++ processes at once
 
 
@@ -340,6 +343,9 @@ def compile_layers(model, work: Path, env: Dict[str, str], jobs: int,
         return _cache_success(entry, Path(getCustomOp(node).get_nodeattr("executable_path")))
 
     built = []
+    # biggest first, so the last job does not run alone
+    todo.sort(key=lambda ne: -sum(p.stat().st_size for p in Path(getCustomOp(ne[0]).get_nodeattr(
+        "code_gen_dir_cppsim")).iterdir() if p.suffix in (".cpp", ".h")))
     if todo:
         bar = progress_bar(len(todo), "cppsim: g++ (%d jobs)" % jobs, progress, unit="layer")
         # FINN's compile line reads XILINX_HLS etc. from os.environ: set once for all threads.
@@ -430,6 +436,11 @@ def run(sim: CppSimModel, images_nhwc: np.ndarray, layer_outputs: Callable, prog
     return [np.concatenate([img[k] for img in per_image], 0) for k in range(len(per_image[0]))]
 
 
+def _cpu() -> float:
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
 def simulate(hw_model, build_dir, images_nhwc: np.ndarray, headers: Headers, layer_outputs: Callable,
              jobs: Optional[int] = None, progress: bool = True):
     """Generate, compile (cached) and run FINN's C++ simulation of ``hw_model`` on ``images_nhwc``.
@@ -442,7 +453,7 @@ def simulate(hw_model, build_dir, images_nhwc: np.ndarray, headers: Headers, lay
     work = Path(build_dir).resolve() / WORK
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     jobs = max(1, min(jobs or cpus, cpus))
-    t0 = time.time()
+    t0, c0 = time.time(), _cpu()
     with toolchain_env({"FINN_DEPS": headers.finn_deps}), finn_session(work / "finn", num_workers=jobs):
         env = stage_toolchain(headers, work)
         with toolchain_env(env):
@@ -451,9 +462,10 @@ def simulate(hw_model, build_dir, images_nhwc: np.ndarray, headers: Headers, lay
         if not sim.compiled:
             raise CppSimError("cppsim: no HLS layer compiled (%s)" % "; ".join(
                 "%s: %s" % kv for kv in sim.python.items() if kv[1] != RTL_REASON))
-        t1 = time.time()
+        t1, c1 = time.time(), _cpu()
         with toolchain_env(env):
             outputs = run(sim, images_nhwc, layer_outputs, progress)
     sim.seconds = {"compile": round(t1 - t0, 1), "simulate": round(time.time() - t1, 1)}
+    sim.cpu_seconds = {"compile": round(c1 - c0, 1), "simulate": round(_cpu() - c1, 1)}
     sim.jobs = jobs
     return sim, outputs

@@ -264,6 +264,7 @@ def cppsim_stage(hw_model, build_dir: str, finn_arrays, names: List[str], n_imag
                                       for name, r, g in zip(names, references["emulator"], got)},
         "compiled_now": sim.built,
         "seconds": sim.seconds,
+        "cpu_seconds": sim.cpu_seconds,
         "gxx_jobs": sim.jobs,
         "cpus": os.cpu_count(),
         "load_avg_1min_at_start": load,

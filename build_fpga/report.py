@@ -238,10 +238,11 @@ def cppsim_section(rung: Dict) -> List[str]:
                    rung["first_divergence"], rung["mismatched_bits"], rung["bits"]))
     lines = ["### FINN HW graph, C++ (cppsim)", "",
              "FINN's generated HLS C++ (finn-hlslib, this build's weights and thresholds) compiled with g++ and run "
-             "on %d seeded images: %s. g++ %.0f s (%d compiled now, %d jobs), simulation %.0f s, on %s CPUs "
-             "(1-min load %s at the start)." % (
-                 rung["images"], verdict, rung["seconds"]["compile"], len(rung["compiled_now"]), rung["gxx_jobs"],
-                 rung["seconds"]["simulate"], rung["cpus"], rung["load_avg_1min_at_start"]),
+             "on %d seeded images: %s. Code generation and g++: %.0f s wall, %.0f s CPU (%d layers compiled now, "
+             "%d jobs); simulation: %.0f s wall, %.0f s CPU; %s CPUs, 1-min load %s at the start." % (
+                 rung["images"], verdict, rung["seconds"]["compile"], rung["cpu_seconds"]["compile"],
+                 len(rung["compiled_now"]), rung["gxx_jobs"], rung["seconds"]["simulate"],
+                 rung["cpu_seconds"]["simulate"], rung["cpus"], rung["load_avg_1min_at_start"]),
              "", "| FINN node | runs as | why |", "|---|---|---|"]
     lines += ["| %s | C++ (g++) | |" % n for n in rung["layers_compiled"]]
     lines += ["| %s | python | %s |" % (n, why.replace("|", "/")) for n, why in rung["layers_python"].items()]
