@@ -8,7 +8,7 @@ import tempfile
 import time
 import traceback
 
-from host.errors import BnnError
+from host.cli import run_cli
 
 DEFAULT_OUT = os.path.dirname(os.path.abspath(__file__))
 # Thread pools of numpy's BLAS, torch (OpenMP) and MKL read these when they load, i.e. on first import.
@@ -64,11 +64,7 @@ def main(argv=None):
     if args.tiny_bundle:
         from host.bundle import load_bundle
 
-        try:
-            load_bundle(args.tiny_bundle)  # fail now, not after half an hour of measurements
-        except BnnError as e:
-            print("error: %s" % e, file=sys.stderr)
-            return 2
+        load_bundle(args.tiny_bundle)  # fail now, not after half an hour of measurements
     out = _json_stream()
     t0 = time.perf_counter()
     threads = args.threads or os.cpu_count()
@@ -108,4 +104,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

@@ -38,22 +38,12 @@ SKLEARN_MAX_ITER = 1000
 NAMES = ("head_vs_sklearn/flowers-size", "head_peak_rss/flowers-size", "head_vs_sklearn/tiny-bundle")
 
 # The child imports numpy and host/ only: what a board has. It reports its peak RSS and any heavy
-# module that slipped in (which would make the number meaningless). VmHWM, not ru_maxrss: Linux
-# carries ru_maxrss over an exec, so a child of this (large) process would report the parent's peak.
+# module that slipped in (which would make the number meaningless).
 _RSS_CHILD = r"""
-import json, resource, sys
+import json, sys
 import numpy as np
+from host.benchmark import peak_rss_mb as peak_mb
 from host.heads import HeadConfig, fit_head
-
-def peak_mb():
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 base = peak_mb()
 if sys.argv[1] != "--baseline":

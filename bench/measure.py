@@ -10,12 +10,13 @@ on the load: the report records it.
 
 import os
 import platform
-import resource
 import sys
 import time
 from typing import Callable, Dict, List, Sequence
 
-__all__ = ["side_by_side", "best_of", "once", "calls_per_sample", "machine", "peak_rss_mb", "comparison",
+from host.manifest import package_versions
+
+__all__ = ["side_by_side", "best_of", "once", "calls_per_sample", "machine", "comparison",
            "skipped", "fmt_seconds"]
 
 
@@ -77,11 +78,6 @@ def once(fn: Callable):
     return time.perf_counter() - t0, out
 
 
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far, MB (ru_maxrss is KiB on Linux)."""
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1)
-
-
 def _cpu_model() -> str:
     try:
         with open("/proc/cpuinfo") as f:
@@ -91,15 +87,6 @@ def _cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
-
-
-def _version(module: str) -> str:
-    try:
-        from importlib.metadata import version
-
-        return version(module)
-    except Exception:  # not installed, or no metadata: the report says so instead of failing
-        return "not installed"
 
 
 def _blas() -> List[Dict]:
@@ -124,17 +111,12 @@ def machine(threads: int = None) -> Dict:
         "cpu": _cpu_model(),
         "cores": os.cpu_count(),
         "loadavg": [round(v, 2) for v in os.getloadavg()],
-        "python": platform.python_version(),
+        **package_versions("onnxruntime", "qonnx", "brevitas", "finn-plus", "scikit-learn"),
         "numpy": np.__version__,
         "blas": _blas(),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "threads": threads,
-        "onnxruntime": _version("onnxruntime"),
-        "qonnx": _version("qonnx"),
-        "brevitas": _version("brevitas"),
-        "finn-plus": _version("finn-plus"),
-        "scikit-learn": _version("scikit-learn"),
         "platform": platform.platform(),
         "argv": " ".join(sys.argv),
     }

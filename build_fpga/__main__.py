@@ -21,7 +21,10 @@ examples:
 Without Vivado on PATH (or with --estimate-only) the build stops after FINN's estimates: the bundle
 then holds the bit-exact numpy emulator, the QONNX graph and the reports, and host/ runs it with
 --backend emulator. With Vivado (2022.2 or 2024.2, XILINX_VIVADO set, 'finn deps update' done) the
-same command also synthesizes the bitstream for the board's Zynq shell.
+same command also synthesizes the bitstream for the board's Zynq shell: a pre-flight checks the tools
+and FINN's deps first (one "error:" line per missing piece), and a stopped hardware build resumes from
+its last finished FINN step when the command is run again (--clean starts over); FINN's log is
+<DEPLOY_DIR>.finn-build/hw-<key>/build_dataflow.log.
 """
 
 
@@ -57,6 +60,13 @@ def build_parser():
                     help="FINN's working folder (intermediate models, generated code), kept after the build "
                          "(default: a temporary folder next to DEPLOY_DIR, removed afterwards; with --hw-codegen, "
                          "--cppsim or Vivado: <DEPLOY_DIR>.finn-build)")
+    ap.add_argument("--fifo", default="force_minimal_fifos", choices=("force_minimal_fifos", "distributed_sim"),
+                    help="FINN's FIFO sizing for the hardware build: force_minimal_fifos (default; FINN's shallowest "
+                         "FIFOs, no simulation: works on a plain Vivado install; our network is one chain of "
+                         "layers, so it cannot deadlock) or distributed_sim (sizes each FIFO by simulating the "
+                         "layers: needs FINN's XSI simulator, cmake, g++, OpenMP, Boost; takes long)")
+    ap.add_argument("--clean", action="store_true",
+                    help="start the hardware build over instead of resuming it from its last finished FINN step")
     ap.add_argument("--verify-images", type=int, default=4, metavar="N",
                     help="seeded random images on which FINN's graphs and the emulator must equal the torch "
                          "integer backbone bit for bit (default 4; 0 skips; z2 takes ~4 s per image)")
@@ -80,12 +90,18 @@ def main(argv=None):
     cfg = BuildConfig(export=args.export, board=args.board, out=args.out, target_fps=args.target_fps,
                       folding=args.folding, clock_mhz=args.clock_mhz, mvau_wwidth_max=args.mvau_wwidth_max,
                       estimate_only=args.estimate_only, hw_codegen=args.hw_codegen,
-                      build_dir=args.build_dir, verify_images=args.verify_images, cppsim=args.cppsim,
-                      hls_include=args.hls_include)
+                      build_dir=args.build_dir, verify_images=args.verify_images, fifo=args.fifo,
+                      clean=args.clean, cppsim=args.cppsim, hls_include=args.hls_include)
     result = build(cfg)
     print(result.message, flush=True)
     return 0
 
 
+
+def cli():
+    """The console script (pyproject.toml): one-line errors, exit code 2."""
+    return run_cli(main)
+
+
 if __name__ == "__main__":
-    sys.exit(run_cli(main))
+    sys.exit(cli())

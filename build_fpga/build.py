@@ -13,8 +13,9 @@ What :func:`build` does, in order; every failure is one line (BnnError) and leav
 5. Bit-exactness: on seeded random uint8 images, FINN's streamlined graph, FINN's HW graph and the
    bundle's emulator must equal the torch integer backbone layer by layer (``ladder.py``).
 6. Bundle (``bundle.py``) and report (``report.py``), built under a temporary name.
-7. With Vivado on PATH (and no ``--estimate-only``): FINN's hardware steps, bitfile into the bundle
-   (``hardware.py``).
+7. With Vivado on PATH (and no ``--estimate-only``): before step 3, the pre-flight
+   (``preflight.py``: tools, versions, FINN's deps, board files, FIFO-sizing prerequisites); after
+   step 5, FINN's hardware steps, resumable (``hardware.py``), bitfile into the bundle.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from host.manifest import atomic_dir, manifest_digest, sha256_bytes
 
 from . import hardware
 from .config import BuildConfig
-from .finn_env import vivado_available
+from .finn_env import vivado_available, vivado_requested
 
 BUNDLE_MANIFEST = "manifest.json"
 
@@ -67,22 +68,27 @@ def build(cfg: BuildConfig, log: Callable[[str], None] = _stderr) -> BuildResult
     out = os.path.abspath(cfg.out)
     export = load_export(cfg.export)
     folding_bytes = _read_folding(cfg.folding)
-    with_vivado = not cfg.estimate_only and vivado_available()
+    with_vivado = not cfg.estimate_only and vivado_requested()
     export_sha = manifest_digest(cfg.export, EXPORT_MANIFEST)
     params = build_params(cfg, folding_bytes, with_vivado)
     if up_to_date(out, export_sha, params):
         msg = "build_fpga: %s is up to date, skipping" % out
         return BuildResult(out, True, with_vivado, message=msg)
 
+    toolchain = None
+    if with_vivado:  # before anything long runs (or anything is written)
+        toolchain = hardware.preflight_hardware(cfg, cfg.build_dir or out + ".finn-build")
+        log("build_fpga: pre-flight: Vivado %s, Vitis HLS %s, board part %s, FIFO sizing %s" % (
+            toolchain["vivado"], toolchain["vitis_hls"], toolchain["board_part"], cfg.fifo))
     build_dir, keep = _build_dir(cfg, out, with_vivado)
     try:
-        return _build(cfg, out, export, export_sha, params, folding_bytes, with_vivado, build_dir, keep, headers, log)
+        return _build(cfg, out, export, export_sha, params, folding_bytes, toolchain, build_dir, keep, headers, log)
     finally:
         if not keep:
             shutil.rmtree(build_dir, ignore_errors=True)
 
 
-def _build(cfg, out, export, export_sha, params, folding_bytes, with_vivado, build_dir, keep, headers,
+def _build(cfg, out, export, export_sha, params, folding_bytes, toolchain, build_dir, keep, headers,
            log) -> BuildResult:
     from . import bundle, report
     from .boards import get_board
@@ -149,10 +155,13 @@ def _build(cfg, out, export, export_sha, params, folding_bytes, with_vivado, bui
             raise BnnError("%s; the report is in %s" % (msg, report_dir))
 
     hw = None
-    if with_vivado:
-        log("build_fpga: Vivado found: FINN hardware steps (HLS IP, stitching, synthesis, bitstream); this takes long")
+    if toolchain is not None:
+        log("build_fpga: Vivado found: FINN hardware steps (HLS IP, FIFOs, stitching, synthesis, bitstream); "
+            "this takes long and resumes if stopped")
+        hw_dir = hardware.hardware_dir(build_dir, hardware.hardware_key(export_sha, finn_dir, cfg))
         with _quiet_finn():
-            hw = hardware.run_hardware(finn_dir, run_cfg)
+            hw = hardware.run_hardware(finn_dir, hw_dir, run_cfg, log=log, clean=cfg.clean)
+        hw["toolchain"] = toolchain
         n_ext = int(hw["io"].get("number_of_external_weights", 0) or 0)
         if n_ext:
             raise BnnError("%s: FINN streams %d weight tensor(s) from DRAM; bundles with external weights are not "
@@ -210,6 +219,7 @@ def build_params(cfg: BuildConfig, folding_bytes: Optional[bytes], with_vivado: 
         "verify_images": int(cfg.verify_images),
         "cppsim": int(cfg.cppsim),
         "hardware": bool(with_vivado),
+        "fifo": cfg.fifo if with_vivado else None,
     }
 
 
@@ -236,17 +246,11 @@ def _build_dir(cfg: BuildConfig, out: str, with_vivado: bool) -> Tuple[str, bool
     parent, name = os.path.dirname(out), os.path.basename(out)
     os.makedirs(parent, exist_ok=True)
     if cfg.hw_codegen or with_vivado or cfg.cppsim:
-        from .cppsim import WORK
-
         path = os.path.join(parent, name + ".finn-build")
+        # ours: stale generated code would pile up; the hardware builds (hw-*) are kept to resume,
+        # the compiled cppsim layers (cppsim/) for the next --cppsim
+        shutil.rmtree(os.path.join(path, "finn"), ignore_errors=True)
         os.makedirs(path, exist_ok=True)
-        for entry in os.listdir(path):  # ours: stale generated code would pile up; the cppsim cache stays
-            if entry != WORK:
-                p = os.path.join(path, entry)
-                if os.path.isdir(p) and not os.path.islink(p):
-                    shutil.rmtree(p, ignore_errors=True)
-                else:
-                    os.remove(p)
         return path, True
     return tempfile.mkdtemp(dir=parent, prefix="." + name + ".finn-"), False
 

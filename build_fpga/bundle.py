@@ -23,7 +23,7 @@ import numpy as np
 from host.bundle import BUNDLE_KIND, BUNDLE_MANIFEST
 from host.emulator import save_emulator
 from host.errors import BnnError
-from host.manifest import finalize_manifest, list_files, new_manifest
+from host.manifest import finalize_manifest, list_files, new_manifest, package_versions
 
 EMULATOR = "emulator.npz"
 ONNX = "backbone.onnx"
@@ -125,19 +125,6 @@ def check_emulator(finn: EmulatorArrays, torch_side: EmulatorArrays, layers, whe
 # ---------------------------------------------------------------------------------------- bundle
 
 
-def _versions() -> Dict[str, Optional[str]]:
-    import platform
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"python": platform.python_version()}
-    for pkg in ("finn-plus", "qonnx", "onnx", "numpy", "torch", "brevitas"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            out[pkg] = None
-    return out
-
-
 def copy_runtime(root: str) -> List[str]:
     """host/ (the board runtime) and notebooks/ into the bundle, so it runs on the board as is."""
     copied = []
@@ -194,7 +181,8 @@ def write_bundle(root: str, *, export_dir: str, export: Dict, export_sha: str, p
         weights_memory="internal (all weights on chip; no external weight streams)",
         runtime=runtime,
         finn_build_dir=build_dir,
-        versions=_versions(),
+        hardware_build=None if hw is None else {"fifo": params.get("fifo"), "toolchain": hw.get("toolchain")},
+        versions=package_versions("finn-plus", "qonnx", "onnx", "numpy", "torch", "brevitas"),
     )
     with open(os.path.join(root, "README.md"), "w", encoding="utf-8") as f:
         f.write(readme(manifest, estimates, hw is not None, build_dir))

@@ -24,6 +24,8 @@ class BuildConfig:
     hw_codegen: bool = False  # also generate the HLS C++/RTL sources (no Vivado needed)
     build_dir: Optional[str] = None  # FINN's working dir; default: a temp dir, or <out>.finn-build with hw_codegen
     verify_images: int = 4  # seeded random images for the bit-exactness ladder (0: none)
+    fifo: str = "force_minimal_fifos"  # FINN's FIFO sizing strategy for the hardware build (preflight.FIFO_STRATEGIES)
+    clean: bool = False  # start the hardware build over instead of resuming it
     cppsim: int = 0  # images through FINN's C++ simulation of the HLS layers (0: no cppsim rung)
     hls_include: Optional[str] = None  # open ap_types headers for cppsim where Vitis HLS is not installed
 
@@ -43,6 +45,10 @@ class BuildConfig:
             raise BnnError("--clock-mhz %r: must be a positive frequency" % self.clock_mhz)
         if self.mvau_wwidth_max < 1:
             raise BnnError("--mvau-wwidth-max %r: must be a positive number of bits" % self.mvau_wwidth_max)
+        from .preflight import FIFO_STRATEGIES
+
+        if self.fifo not in FIFO_STRATEGIES:
+            raise BnnError("--fifo %r: choose one of %s" % (self.fifo, ", ".join(FIFO_STRATEGIES)))
         if self.export is None or self.out is None:
             raise BnnError("both an export directory (--export) and a deploy directory (--out) are needed")
         if not os.path.isdir(self.export):
@@ -51,6 +57,6 @@ class BuildConfig:
     def finn_dict(self) -> Dict:
         """The fields that shape FINN's run (recorded with every estimate)."""
         d = asdict(self)
-        for k in ("export", "out", "estimate_only", "build_dir", "verify_images", "cppsim", "hls_include"):
+        for k in ("export", "out", "estimate_only", "build_dir", "verify_images", "clean", "cppsim", "hls_include"):
             d.pop(k)
         return d

@@ -23,6 +23,16 @@ handled here and nowhere else in this repo (finn-plus 1.6.1):
    Without Vivado we replace the name ``get_vivado_root`` *in finn.builder.build_dataflow only* by
    one that returns ``"none (Vivado not on PATH)"``.
 
+4. Environment parity. The ``finn`` launcher (``finn.interface.run_finn.prepare_finn``) also exports
+   ``FINN_RTLLIB`` / ``FINN_CUSTOM_HLS`` (every generated HLS and stitching script reads
+   ``$::env(FINN_CUSTOM_HLS)``), puts ``$XILINX_VIVADO/lib/lnx64.o`` (and Vitis HLS's fpo library)
+   on ``LD_LIBRARY_PATH``, sets ``XILINX_LOCAL_USER_DATA=no``, appends the tools' ``bin`` folders to
+   ``PATH`` and defaults ``PYTHONPATH``. :func:`launcher_environment` computes exactly that from the
+   same settings with FINN's own helpers; ``tests/build_fpga/test_finn_env.py`` runs the launcher's
+   ``prepare_finn`` and compares the variables both set. Not copied: the multiprocessing start
+   method (process-wide; FINN's pools work under Python's default here) and the dependency update
+   (``finn deps update`` is the user's step; :mod:`build_fpga.preflight` checks its result).
+
 ``build_dataflow_cfg`` also hijacks process-wide logging (``logging.basicConfig(force=True)``,
 ``sys.stdout``/``sys.stderr`` replaced by its ``PrintLogger``); :func:`contained_build_logging`
 puts them back afterwards.
@@ -34,8 +44,9 @@ Usage::
     from finn.builder.build_dataflow import build_dataflow_cfg
 
 or ``with finn_session(build_dir): ...`` to also restore the environment variables and FINN's global
-settings on exit. Where Vivado exists, :func:`prepare_finn` only initialises the settings (the user's
-settings file and ``finn deps update`` provide finn-hlslib and XSI, as for the ``finn`` CLI).
+settings on exit. Where Vivado exists, :func:`prepare_finn` initialises the settings (the user's
+settings file and ``finn deps update`` provide finn-hlslib and XSI, as for the ``finn`` CLI) and
+defers building FINN's XSI bindings to their first use (rtlsim), instead of at import.
 """
 
 from __future__ import annotations
@@ -51,7 +62,6 @@ from typing import Dict, Iterator, List, Optional
 
 # What get_vivado_root reports in FINN's metadata_builder.json when Vivado is absent.
 NO_VIVADO_VERSION = "none (Vivado not on PATH)"
-_ENV_VARS = ("FINN_BUILD_DIR", "FINN_DEPS", "FINN_DEPS_DEFINITIONS", "NUM_DEFAULT_WORKERS")
 
 
 class VivadoRequired(RuntimeError):
@@ -63,7 +73,13 @@ class FinnEnv:
     build_dir: Path  # FINN's FINN_BUILD_DIR (generated HLS/RTL code goes below it)
     vivado: bool  # Vivado found: nothing stubbed
     stubbed: List[str] = field(default_factory=list)  # finn.xsi names bound to stubs
-    missing: List[str] = field(default_factory=list)  # what a hardware build would still need
+    environment: Dict[str, str] = field(default_factory=dict)  # what launcher_environment set
+
+
+def vivado_requested() -> bool:
+    """True when the environment points at a Vivado install (``vivado`` on PATH or XILINX_VIVADO set):
+    a build then goes for the bitstream, and the pre-flight names whatever else is missing."""
+    return shutil.which("vivado") is not None or bool(os.environ.get("XILINX_VIVADO"))
 
 
 def vivado_available() -> bool:
@@ -78,15 +94,6 @@ def finn_installed() -> bool:
         return importlib.util.find_spec("finn") is not None and importlib.util.find_spec("qonnx") is not None
     except (ImportError, ValueError):
         return False
-
-
-def finn_version() -> Optional[str]:
-    try:
-        from importlib.metadata import version
-
-        return version("finn-plus")
-    except Exception:
-        return None
 
 
 def _stub_xsi() -> List[str]:
@@ -118,6 +125,61 @@ def _stub_xsi() -> List[str]:
     return stubbed
 
 
+def _defer_xsi() -> List[str]:
+    """With Vivado: bind ``SimEngine`` (the one name FINN imports eagerly, at module import) to a class
+    that loads FINN's XSI bindings when first instantiated. The other names stay lazy through
+    ``finn.xsi.__getattr__``. A build that never simulates (FIFO strategy force_minimal_fifos) then
+    never compiles XSI, and a failure to compile is FINN's one-line error at the step that needs it."""
+    import finn.xsi as xsi
+
+    if "SimEngine" in vars(xsi):
+        return []
+
+    class SimEngine:  # noqa: D401
+        def __new__(cls, *a, **k):
+            xsi.ensure_available()  # rebinds xsi.SimEngine to the real class
+            return xsi.SimEngine(*a, **k)
+
+    xsi.SimEngine = SimEngine
+    return ["SimEngine (deferred)"]
+
+
+def launcher_environment(settings, environ: Optional[Dict[str, str]] = None) -> Dict[str, str]:
+    """The environment variables finn-plus's launcher sets for a build, as ``{name: new value}``.
+
+    Derived from ``settings`` and ``environ`` (default ``os.environ``, not modified) with the
+    launcher's own helpers, so a new finn-plus that adds a path changes this too:
+    ``FINNSettings.update_environment`` (FINN_BUILD_DIR, FINN_DEPS, FINN_DEPS_DEFINITIONS,
+    NUM_DEFAULT_WORKERS), ``set_synthesis_tools_paths`` (PATH, PLATFORM_REPO_PATHS),
+    ``xilinx_ld_library_paths`` (LD_LIBRARY_PATH), then PYTHONPATH, XILINX_LOCAL_USER_DATA,
+    FINN_RTLLIB, FINN_CUSTOM_HLS as in ``run_finn.prepare_finn``, and FINN_SETTINGS as its
+    ``configure_start_method`` exports it (only when the settings file exists).
+    """
+    from finn.interface import run_finn
+    from finn.interface.interface_utils import resolve_module_path, set_synthesis_tools_paths
+
+    base = dict(os.environ if environ is None else environ)
+    saved = dict(os.environ)
+    try:
+        os.environ.clear()
+        os.environ.update(base)
+        settings.update_environment()
+        with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
+            set_synthesis_tools_paths()  # prints a warning per missing tool
+        run_finn.prepend_ld_library_paths(run_finn.xilinx_ld_library_paths())
+        os.environ.setdefault("PYTHONPATH", "")
+        os.environ.setdefault("XILINX_LOCAL_USER_DATA", "no")
+        os.environ["FINN_RTLLIB"] = resolve_module_path("finn-rtllib")
+        os.environ["FINN_CUSTOM_HLS"] = resolve_module_path("custom_hls")
+        if "FINN_SETTINGS" not in os.environ and settings.get_path().exists():
+            os.environ["FINN_SETTINGS"] = str(settings.get_path())
+        after = dict(os.environ)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    return {k: v for k, v in after.items() if base.get(k) != v}
+
+
 def _patch_exit_buildflow() -> None:
     import finn.builder.build_dataflow as bd
 
@@ -134,43 +196,53 @@ def _patch_exit_buildflow() -> None:
     bd.get_vivado_root = get_vivado_root
 
 
-def prepare_finn(build_dir, num_workers: Optional[int] = None) -> FinnEnv:
-    """Initialise FINN's settings under ``build_dir`` and, without Vivado, the XSI/exit stubs.
-
-    Call before importing ``finn.builder``. Idempotent; a second call re-points the build dir.
-    Sets FINN_BUILD_DIR, FINN_DEPS, FINN_DEPS_DEFINITIONS and NUM_DEFAULT_WORKERS in os.environ
-    (FINN's worker processes read them); :func:`finn_session` restores them.
-    """
-    import finn.util.settings as fs
-    from finn.interface.settings import FINNSettings
+def finn_settings(build_dir, num_workers: Optional[int] = None):
+    """FINN's settings for a build in ``build_dir`` (FINN_BUILD_DIR ``<build_dir>/finn_tmp``), read as
+    the launcher reads them (settings file, then environment, then these arguments); no side effects."""
+    from finn.interface.settings import FINN_ROOT, FINNSettings
 
     build_dir = Path(build_dir).resolve()
-    finn_tmp = build_dir / "finn_tmp"
-    finn_tmp.mkdir(parents=True, exist_ok=True)
-    vivado = vivado_available()
-    kwargs = {"finn_build_dir": str(finn_tmp)}
+    kwargs = {"finn_build_dir": str(build_dir / "finn_tmp")}
     if num_workers is not None:
         kwargs["num_default_workers"] = int(num_workers)
-    # With Vivado the user's settings file (FINN_SETTINGS, repo root or ~/.finn) holds finn_deps etc.;
-    # without, point at a file that does not exist so FINN neither reads nor creates ~/.finn.
-    override = None if vivado else build_dir / "finn_settings.yaml"
-    if override is None and "FINN_SETTINGS" not in os.environ and not (Path.home() / ".finn").exists():
+    # The user's settings file (FINN_SETTINGS, finn-plus's root or ~/.finn, as for the launcher) holds
+    # finn_deps etc.; without one, point at a file that does not exist so FINN neither reads nor
+    # creates ~/.finn.
+    override = None
+    if not ("FINN_SETTINGS" in os.environ or (FINN_ROOT / "settings.yaml").exists()
+            or (Path.home() / ".finn").exists()):
         override = build_dir / "finn_settings.yaml"
-    settings = FINNSettings.init(
+    return FINNSettings.init(
         override_settings_path=override,
         flow_config=build_dir / "flow.yaml",  # only its parent is used, to resolve relative paths
-        auto_set_environment_vars=True,
+        auto_set_environment_vars=False,
         **kwargs,
     )
+
+
+def prepare_finn(build_dir, num_workers: Optional[int] = None) -> FinnEnv:
+    """Initialise FINN's settings under ``build_dir``, the launcher's environment
+    (:func:`launcher_environment`) and, without Vivado, the XSI/exit stubs.
+
+    Call before importing ``finn.builder``. Idempotent; a second call re-points the build dir.
+    :func:`finn_session` restores the environment afterwards.
+    """
+    import finn.util.settings as fs
+
+    before = dict(os.environ)
+    settings = finn_settings(build_dir, num_workers)
+    finn_tmp = settings.finn_build_dir
+    finn_tmp.mkdir(parents=True, exist_ok=True)
+    vivado = vivado_available()
+    settings._auto_set_envvars = True  # as FINNSettings.init(auto_set_environment_vars=True) leaves it
     fs._SETTINGS = settings
-    env = FinnEnv(build_dir=finn_tmp, vivado=vivado)
-    if not vivado:
+    environment = launcher_environment(settings, before)
+    os.environ.update(environment)
+    env = FinnEnv(build_dir=finn_tmp, vivado=vivado, environment=environment)
+    if vivado:
+        env.stubbed = _defer_xsi()
+    else:
         env.stubbed = _stub_xsi()
-        env.missing.append("Vivado/Vitis HLS (synthesis, IP generation, cppsim, rtlsim, bitstream)")
-    if not (settings.finn_deps / "finn-hlslib").exists():
-        env.missing.append(
-            "finn-hlslib in %s (run `finn deps update`; needed from step_hw_ipgen on)" % settings.finn_deps)
-    if not vivado:
         _patch_exit_buildflow()
     return env
 
@@ -184,13 +256,16 @@ def finn_session(build_dir, num_workers: Optional[int] = None) -> Iterator[FinnE
     """
     import finn.util.settings as fs
 
-    saved_env: Dict[str, Optional[str]] = {k: os.environ.get(k) for k in _ENV_VARS}
+    saved_environ = dict(os.environ)
     saved_settings = fs._SETTINGS
+    env = None
     try:
-        yield prepare_finn(build_dir, num_workers=num_workers)
+        env = prepare_finn(build_dir, num_workers=num_workers)
+        yield env
     finally:
         fs._SETTINGS = saved_settings
-        for k, v in saved_env.items():
+        for k in env.environment if env is not None else ():
+            v = saved_environ.get(k)
             if v is None:
                 os.environ.pop(k, None)
             else:

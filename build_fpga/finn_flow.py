@@ -12,13 +12,13 @@ the accelerator's I/O shapes; bit-exactness is checked afterwards, layer by laye
 
 from __future__ import annotations
 
-import resource
 import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from host.benchmark import peak_rss_mb
 from host.errors import BnnError
 
 from .boards import Board, get_board
@@ -48,6 +48,7 @@ def dataflow_config(out_dir, cfg: BuildConfig, board: Board, steps=None, start_s
         target_fps=fps,
         folding_config_file=Path(cfg.folding).resolve() if cfg.folding else None,
         mvau_wwidth_max=cfg.mvau_wwidth_max,
+        auto_fifo_strategy=bc.AutoFIFOSizingMethod(cfg.fifo),
         generate_outputs=[bc.DataflowOutputType[o] for o in outputs],
         steps=steps if steps is not None else flow_steps(cfg.hw_codegen),
         start_step=start_step,
@@ -83,7 +84,7 @@ def _estimates(out_dir: Path, cfg: BuildConfig, board: Board, wall: float,
     est = parse_estimates(out_dir / "report", board, cfg.clock_mhz or board.clock_mhz,
                           out_dir / "intermediate_models", layer_names)
     est["target_fps"] = cfg.target_fps
-    est["run"] = {"wall_s": round(wall, 2), "peak_rss_mb": _peak_rss_mb(), "config": cfg.finn_dict()}
+    est["run"] = {"wall_s": round(wall, 2), "peak_rss_mb": peak_rss_mb(), "config": cfg.finn_dict()}
     return est
 
 
@@ -180,8 +181,3 @@ def extract_layers(model) -> List[Dict]:
         elif not op.startswith(("StreamingFIFO", "StreamingDataWidthConverter")):
             raise FlowError("%s: unexpected node %s in the dataflow graph" % (n.name, op))
     return rows
-
-
-def _peak_rss_mb() -> float:
-    # ru_maxrss is KiB on Linux; it is the process's peak, not this run's alone.
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1)

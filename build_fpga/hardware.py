@@ -1,11 +1,28 @@
-"""The with-Vivado path: FINN's hardware steps (HLS IP, stitched IP, Zynq shell, synthesis, bitstream,
-PYNQ driver) continued from the folded, verified graph our estimate flow left."""
+"""The with-Vivado path: FINN's hardware steps (HLS IP, FIFOs, stitched IP, Zynq shell, synthesis,
+bitstream, PYNQ driver) continued from the folded, verified graph our estimate flow left.
+
+The build resumes. Its folder (:func:`hardware_dir`) is named after what decides the hardware (export,
+board, the folding FINN applied, clock, FIFO strategy) and is kept. Each step records on entry that
+the one before it finished (FINN has saved that step's model by then) in ``progress.json``; a rerun
+starts FINN at the first unfinished step (``DataflowBuildConfig.start_step``) and reuses what FINN
+already generated below ``finn_tmp/`` (HLSSynthIP skips layers whose IP exists). ``clean`` starts over.
+FINN's log streams to ``build_dataflow.log`` in that folder (earlier attempts' logs move to
+``logs/``); the terminal gets one line per step.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
+import os
+import shutil
+import sys
+import time
 from pathlib import Path
-from typing import Dict, List
+from typing import Callable, Dict, List, Optional
+
+from host.manifest import write_json_atomic
 
 from .boards import get_board
 from .config import BuildConfig
@@ -15,6 +32,7 @@ from .steps import flow_steps
 
 # What FINN's Zynq flow produces after the estimates: IP, stitched design, bitstream, PYNQ driver.
 HARDWARE_OUTPUTS = ("ESTIMATE_REPORTS", "STITCHED_IP", "BITFILE", "PYNQ_DRIVER")
+PROGRESS = "progress.json"
 
 
 def hardware_steps() -> List[str]:
@@ -25,28 +43,124 @@ def hardware_steps() -> List[str]:
     return list(steps[steps.index("step_generate_estimate_reports") + 1 :])
 
 
-def run_hardware(out_dir, cfg: BuildConfig, build_dir=None) -> Dict:
-    """Continue a finished :func:`run_flow`/:func:`refold` output dir through synthesis (needs Vivado).
+def _start_model_step() -> str:
+    # The estimate flow's last step without codegen: its model holds no paths into that flow's
+    # (re-created) build folder, so the hardware build generates its code in its own.
+    return flow_steps(hw_codegen=False)[-1].__name__
 
-    Resumes with FINN's ``start_step`` from the model our estimate steps left
-    (``intermediate_models/step_bnn_io_shapes.onnx``: folded, bit-width-minimized dataflow child), so
-    the hardware is exactly what was estimated and verified. Returns the paths of the ``.bit``,
-    ``.hwh`` and driver directory, and the ``io_shape_dict`` of FINN's ``driver/settings.json``.
+
+def hardware_key(export_sha: str, est_dir, cfg: BuildConfig) -> str:
+    """Digest of what decides the hardware: export, board, FINN's applied folding, clock, FIFO strategy."""
+    report = Path(est_dir) / "report"
+    folding = report / ("applied_folding_config.json" if cfg.folding else "auto_folding_config.json")
+    h = hashlib.sha256()
+    for part in (export_sha, cfg.board, str(cfg.clock_mhz), str(cfg.mvau_wwidth_max), cfg.fifo):
+        h.update(part.encode() + b"\0")
+    h.update(folding.read_bytes() if folding.exists() else b"")
+    return h.hexdigest()[:16]
+
+
+def hardware_dir(root, key: str) -> Path:
+    return Path(root) / ("hw-" + key)
+
+
+def _read_progress(hw_dir: Path, steps: List[str]) -> List[str]:
+    """The hardware steps finished in an earlier run of this folder (a prefix of ``steps``)."""
+    try:
+        done = json.loads((hw_dir / PROGRESS).read_text())["finished"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    if not isinstance(done, list) or done != steps[: len(done)]:
+        return []
+    models = hw_dir / "intermediate_models"
+    last = done[-1] if done else _start_model_step()
+    return done if (models / (last + ".onnx")).exists() else []
+
+
+def _tracked(name: str, index: int, steps: List[str], hw_dir: Path, log: Callable[[str], None], t0: List[float]):
+    """FINN's step ``name`` wrapped so that entering it records the steps before it as finished."""
+    from finn.builder.build_dataflow_steps import build_dataflow_step_lookup
+
+    step = build_dataflow_step_lookup[name]
+    stderr = sys.stderr  # FINN replaces sys.stderr by its timestamping logger while it runs
+
+    def run(model, cfg):
+        now = time.time()
+        write_json_atomic(str(hw_dir / PROGRESS), {"finished": steps[:index]})
+        prev = " (%s: %.0f s)" % (steps[index - 1], now - t0[0]) if index and t0[0] else ""
+        with contextlib.redirect_stderr(stderr):
+            log("build_fpga: hardware step %d/%d %s%s" % (index + 1, len(steps), name, prev))
+        t0[0] = now
+        return step(model, cfg)
+
+    run.__name__ = name  # FINN names the step's saved model and its time after __name__
+    return run
+
+
+def run_hardware(est_dir, hw_dir, cfg: BuildConfig, log: Callable[[str], None] = lambda s: None,
+                 clean: bool = False) -> Dict:
+    """Continue a finished estimate build (``est_dir``) through synthesis in ``hw_dir`` (needs Vivado).
+
+    Starts from the model our estimate steps left (``intermediate_models/step_bnn_io_shapes.onnx``:
+    folded, bit-width-minimized dataflow child), so the hardware is exactly what was estimated and
+    verified; resumes from ``hw_dir``'s last finished step unless ``clean``. Returns the paths of the
+    ``.bit``, ``.hwh`` and driver directory, the ``io_shape_dict`` of FINN's ``driver/settings.json``,
+    the steps run and resumed, and FINN's log.
     """
-    out_dir = Path(out_dir).resolve()
+    est_dir, hw_dir = Path(est_dir).resolve(), Path(hw_dir).resolve()
     board = get_board(cfg.board)
-    if not (out_dir / "intermediate_models" / "step_bnn_io_shapes.onnx").exists():
-        raise FlowError("%s: no finished estimate build to continue from" % out_dir)
+    start_name = _start_model_step()
+    start_model = est_dir / "intermediate_models" / (start_name + ".onnx")
+    if not start_model.exists():
+        raise FlowError("%s: no finished estimate build to continue from" % est_dir)
+    if clean and hw_dir.exists():
+        shutil.rmtree(hw_dir)
     hw = hardware_steps()
-    steps = flow_steps(hw_codegen=False) + hw
-    dcfg = dataflow_config(out_dir, cfg, board, steps=steps, start_step=hw[0], outputs=HARDWARE_OUTPUTS)
-    with finn_session(build_dir or out_dir / "finn_build"):
-        wall = run_dataflow("", out_dir, dcfg)
-    bit, hwh = out_dir / "bitfile" / "finn-accel.bit", out_dir / "bitfile" / "finn-accel.hwh"
-    settings = out_dir / "driver" / "settings.json"
+    done = _read_progress(hw_dir, hw)
+    models = hw_dir / "intermediate_models"
+    if not done:
+        shutil.rmtree(hw_dir, ignore_errors=True)  # nothing reusable: stale generated code would pile up
+        models.mkdir(parents=True)
+        shutil.copyfile(start_model, models / (start_name + ".onnx"))
+    finn_log = hw_dir / "build_dataflow.log"
+    if finn_log.exists():  # FINN truncates its log: keep each earlier attempt's
+        (hw_dir / "logs").mkdir(exist_ok=True)
+        finn_log.rename(hw_dir / "logs" / ("build_dataflow.%d.log" % len(list((hw_dir / "logs").iterdir()))))
+    todo = hw[len(done):]
+    if done:
+        log("build_fpga: resuming the hardware build in %s after %s (%d of %d steps done; --clean starts over)"
+            % (hw_dir, done[-1], len(done), len(hw)))
+    log("build_fpga: FINN's log: %s" % finn_log)
+    wall = 0.0
+    if todo:
+        t0 = [0.0]
+        tracked = [_tracked(s, i, hw, hw_dir, log, t0) for i, s in enumerate(hw)]
+        steps = flow_steps(hw_codegen=False) + tracked
+        dcfg = dataflow_config(hw_dir, cfg, board, steps=steps, start_step=todo[0], outputs=HARDWARE_OUTPUTS)
+        with finn_session(hw_dir / "finn_build"):
+            wall = run_dataflow("", hw_dir, dcfg)
+        write_json_atomic(str(hw_dir / PROGRESS), {"finished": hw})
+        log("build_fpga: hardware steps done (%s: %.0f s)" % (hw[-1], time.time() - t0[0]))
+    bit, hwh = hw_dir / "bitfile" / "finn-accel.bit", hw_dir / "bitfile" / "finn-accel.hwh"
+    settings = hw_dir / "driver" / "settings.json"
     for p in (bit, hwh, settings):
         if not p.exists():
-            raise FlowError("%s: FINN's hardware build finished without %s" % (out_dir, p.name))
+            raise FlowError("%s: FINN's hardware build finished without %s" % (hw_dir, p.name))
     info = json.loads(settings.read_text())["driver_information"]
-    return {"bitfile": bit, "hwh": hwh, "driver_dir": out_dir / "driver", "io": info["io_shape_dict"],
-            "wall_s": round(wall, 1)}
+    return {"bitfile": bit, "hwh": hwh, "driver_dir": hw_dir / "driver", "io": info["io_shape_dict"],
+            "wall_s": round(wall, 1), "steps_run": todo, "resumed_after": done[-1] if done else None,
+            "log": finn_log, "dir": hw_dir}
+
+
+def finn_deps_dir(build_dir) -> Optional[Path]:
+    """FINN's deps folder as a build in ``build_dir`` would resolve it (settings file, FINN_DEPS)."""
+    from .finn_env import finn_settings
+
+    return finn_settings(build_dir).finn_deps
+
+
+def preflight_hardware(cfg: BuildConfig, build_dir) -> Dict:
+    """:func:`build_fpga.preflight.preflight` for ``cfg``'s board and FIFO strategy (BnnError if not ready)."""
+    from .preflight import preflight
+
+    return preflight(get_board(cfg.board).finn_board, cfg.fifo, finn_deps_dir(build_dir), os.environ)

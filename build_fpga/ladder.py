@@ -118,7 +118,7 @@ def reference_layers(export_dir: str, export: Dict):
     """
     from qonnx.core.modelwrapper import ModelWrapper
 
-    from train.freeze import IntLayer, backbone_digest
+    from host.intlayers import IntLayer, backbone_digest
 
     path = os.path.join(export_dir, "backbone.onnx")
     model = ModelWrapper(path)

@@ -44,5 +44,11 @@ def main(argv=None):
     return 0
 
 
+
+def cli():
+    """The console script (pyproject.toml): one-line errors, exit code 2."""
+    return run_cli(main)
+
+
 if __name__ == "__main__":
-    sys.exit(run_cli(main))
+    sys.exit(cli())

@@ -5,19 +5,28 @@ verification passed, so a failed export never leaves a directory that looks vali
 """
 
 import os
-import platform
 from dataclasses import asdict, dataclass
 from typing import Optional
 
 import numpy as np
 
-from host.datasets import open_dataset
 from host.errors import BnnError
-from host.manifest import atomic_dir, check_replaceable, finalize_manifest, load_manifest, new_manifest, sha256_file
+from host.intlayers import backbone_digest
+from host.manifest import (
+    atomic_dir,
+    check_replaceable,
+    finalize_manifest,
+    load_manifest,
+    new_manifest,
+    package_versions,
+    sha256_file,
+)
 from host.preprocess import Preprocess, eval_transform
+from host.progress import log
 from train.checkpoint import CHECKPOINT, load_checkpoint, load_model_state
+from train.datasets import open_dataset
 from train.fit import RUN_MANIFEST
-from train.freeze import IntegerBackbone, backbone_digest, fold_backbone
+from train.freeze import IntegerBackbone, fold_backbone
 from train.models import ModelConfig, build_model
 
 from .qonnx_graph import INPUT_DATATYPE, OUTPUT_DATATYPE, export_qonnx_backbone
@@ -92,7 +101,7 @@ def up_to_date(cfg: ExportConfig):
     return m if same_input and m["params"] == asdict(cfg) else None
 
 
-def export_backbone(cfg: ExportConfig, progress=print):
+def export_backbone(cfg: ExportConfig, progress=log):
     done = up_to_date(cfg)
     if done is not None:
         progress("export: %s is up to date, skipping" % cfg.out)
@@ -145,7 +154,7 @@ def export_backbone(cfg: ExportConfig, progress=print):
             classes=list(state["classes"]),
             inference_cost=inference_cost(path),
             verify=ver.to_dict(),
-            versions=_versions(),
+            versions=package_versions("torch", "brevitas", "qonnx", "onnx", "numpy"),
         )
         finalize_manifest(tmp, manifest, EXPORT_MANIFEST, files=[BACKBONE])
     progress("export: wrote %s (%d features, %d/%d bits identical)" % (
@@ -157,14 +166,3 @@ def load_export(export_dir):
     """The export manifest, after checking every file's sha256; BnnError naming the file otherwise."""
     return load_manifest(export_dir, EXPORT_MANIFEST, kind="backbone")
 
-
-def _versions():
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"python": platform.python_version()}
-    for pkg in ("torch", "brevitas", "qonnx", "onnx", "numpy"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            out[pkg] = None
-    return out

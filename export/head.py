@@ -12,9 +12,10 @@ import torch
 
 from host.errors import BnnError
 from host.heads import Head, save_head
+from host.intlayers import backbone_digest
 from host.preprocess import Preprocess
 from train.checkpoint import CHECKPOINT
-from train.freeze import backbone_digest, fold_backbone, sign_weights
+from train.freeze import fold_backbone, sign_weights
 
 from .backbone import load_trained
 

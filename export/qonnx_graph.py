@@ -1,21 +1,61 @@
 """The integer backbone as a QONNX graph: Brevitas export, then qonnx's tidy-up.
 
-The TorchScript exporter is used on purpose: brevitas 0.13.4's dynamo exporter drops the float
-bias of a QuantConv2d/QuantLinear, i.e. our integer thresholds, without a warning.
+``to_brevitas`` rebuilds the integer layers as Brevitas modules (weights +-1, bias = -threshold,
+sign activation) for the exporter. The TorchScript exporter is used on purpose: brevitas 0.13.4's
+dynamo exporter drops the float bias of a QuantConv2d/QuantLinear, i.e. our integer thresholds,
+without a warning.
 """
 
 import warnings
+from typing import List
 
 import numpy as np
 import torch
+from brevitas.nn import QuantConv2d, QuantLinear
+from brevitas_examples.bnn_pynq.models.common import CommonWeightQuant
 from qonnx.core.datatype import DataType
 from qonnx.core.modelwrapper import ModelWrapper
 from qonnx.util.cleanup import cleanup_model
+from torch import nn
 
-from train.freeze import to_brevitas
+from host.intlayers import IntLayer
+from train.models import binary_act
 
 INPUT_DATATYPE = "UINT8"
 OUTPUT_DATATYPE = "BIPOLAR"
+
+
+def to_brevitas(layers: List[IntLayer]) -> nn.Module:
+    """The integer backbone as Brevitas modules for QONNX export (same arithmetic, no rounding op)."""
+    blocks = []
+    prev_kind = None
+    for il in layers:
+        mods = []
+        w = torch.from_numpy(il.weight.astype(np.float32))
+        if il.kind == "conv":
+            out_ch, in_ch, k, _ = il.weight.shape
+            pad = il.padding
+            if pad and il.pad_value != 0.0:
+                mods.append(nn.ConstantPad2d(pad, il.pad_value))
+                pad = 0
+            layer = QuantConv2d(
+                in_ch, out_ch, k, stride=il.stride, padding=pad, bias=True,
+                weight_quant=CommonWeightQuant, weight_bit_width=1,
+            )
+        else:
+            out_ch, in_ch = il.weight.shape
+            if prev_kind == "conv":
+                mods.append(nn.Flatten(1))
+            layer = QuantLinear(in_ch, out_ch, bias=True, weight_quant=CommonWeightQuant, weight_bit_width=1)
+        prev_kind = il.kind
+        with torch.no_grad():
+            layer.weight.copy_(w)
+            layer.bias.copy_(-torch.from_numpy(il.threshold.astype(np.float32)))
+        mods += [layer, binary_act()]
+        if il.pool is not None:
+            mods.append(nn.MaxPool2d(*il.pool))
+        blocks.append(nn.Sequential(*mods))
+    return nn.Sequential(*blocks).eval()
 
 
 def export_qonnx_backbone(layers, input_size, path) -> ModelWrapper:

@@ -575,22 +575,14 @@ COMMANDS = {"fit": cmd_fit, "eval": cmd_eval, "predict": cmd_predict, "live": cm
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    try:
-        return COMMANDS[args.cmd](args)
-    except BrokenPipeError:
-        # stdout closed early (`... | head`): stop quietly; point stdout at devnull so that
-        # the interpreter's final flush does not raise again
-        try:
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        except (OSError, ValueError, AttributeError):
-            pass
-        return 1
-    except OSError as e:
-        # unwritable output folder, full disk, ...: a file problem, reported like bad input
-        if e.filename is not None:
-            raise BnnError("%s: %s" % (e.filename, e.strerror or e)) from None
-        raise BnnError(str(e)) from None
+    return COMMANDS[args.cmd](args)
+
+
+
+def cli():
+    """The console script (pyproject.toml): one-line errors, exit code 2."""
+    return run_cli(main)
 
 
 if __name__ == "__main__":
-    sys.exit(run_cli(main))
+    sys.exit(cli())

@@ -53,7 +53,18 @@ class BenchConfig:
 
 
 def peak_rss_mb():
-    """Peak resident memory of this process in MB, or None where ``resource`` is missing (Windows)."""
+    """Peak resident memory of this process in MB, or None where neither source exists (Windows).
+
+    Linux's VmHWM first: ru_maxrss survives an exec, so a child started by a large process would
+    report its parent's peak.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 1024.0, 1)
+    except OSError:
+        pass
     try:
         import resource
     except ImportError:

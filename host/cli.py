@@ -1,20 +1,62 @@
-"""What every ``python -m <stage>`` entry point shares: one-line errors and option parsing."""
+"""What every ``python -m <stage>`` entry point shares: the error boundary and option parsing."""
 
+import os
 import sys
+import traceback
 
 from .errors import BnnError
 
+DEBUG_ENV = "BNN_DEBUG"
+
+
+def _one_line(text):
+    return " ".join(str(text).split())
+
+
+def error_line(e):
+    """The one line a user sees for an exception that reached the command line."""
+    if isinstance(e, BnnError):
+        return "error: %s" % _one_line(e)
+    if isinstance(e, OSError):
+        what = e.strerror or _one_line(e) or type(e).__name__
+        if e.filename is not None:
+            files = [os.fsdecode(e.filename)] + ([os.fsdecode(e.filename2)] if e.filename2 is not None else [])
+            return "error: %s: %s" % (" -> ".join(files), what)
+        return "error: %s" % what
+    if isinstance(e, MemoryError):
+        return "error: out of memory (a smaller --batch-size or fewer --workers may help)"
+    return ("error: internal error, please report it: %s: %s (rerun with --debug or %s=1 for the traceback)"
+            % (type(e).__name__, _one_line(e)[:300], DEBUG_ENV))
+
 
 def run_cli(main, argv=None):
-    """Run ``main(argv)``; a BnnError becomes "error: <message>" on stderr and exit code 2."""
+    """Run ``main(argv)`` behind the error boundary every ``python -m <stage>`` shares.
+
+    Bad input (BnnError), a file problem (OSError: unwritable output, full disk, ...) and running
+    out of memory end as one line "error: <file>: <what>" on stderr and exit code 2; any other
+    exception is a bug: one line and exit code 1. ``--debug`` anywhere on the command line (or
+    BNN_DEBUG=1) prints the traceback first. A closed stdout (``| head``) ends quietly.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]
     try:
         return main(argv) or 0
-    except BnnError as e:
-        print("error: %s" % e, file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # point stdout at devnull so that the interpreter's final flush does not raise again
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError, AttributeError):
+            pass
+        return 1
+    except Exception as e:
+        if debug:
+            traceback.print_exc()
+        print(error_line(e), file=sys.stderr, flush=True)
+        return 2 if isinstance(e, (BnnError, OSError, MemoryError)) else 1
 
 
 def _parse_value(v):

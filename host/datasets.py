@@ -11,86 +11,20 @@ their roles swapped: train = ``tstid``, test = ``trnid``. That is the default (`
 so that the Table 2 numbers are comparable; ``flowers_split="official"`` gives the standard split.
 """
 
-import hashlib
-import json
 import os
+import sys
 import zlib
 
 import numpy as np
 
 from .errors import BnnError
-from .preprocess import decode_image
+from .imagedataset import ImageDataset, printable
+from .synthetic import OPTION_NAMES, open_synthetic
 
-DATASETS = ("imagenet", "flowers102", "cub200", "indoor67", "folder", "synthetic", "synthetic-transfer")
+DATASETS = ("flowers102", "cub200", "indoor67", "folder", "synthetic", "synthetic-transfer")
 SPLITS = ("train", "test")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 _EXT_LIST = "/".join(e[1:] for e in IMAGE_EXTENSIONS)
-
-
-class ImageDataset:
-    """An indexable list of (image source, label) pairs of one split.
-
-    ``source(i)`` is a file path (or a synthetic id), ``load(i)`` the decoded HWC uint8 RGB image.
-    ``classes`` are the class identifiers (folder names, wnids, ...), ``class_names`` their
-    human-readable names (the same strings unless the dataset ships a mapping).
-    """
-
-    native_size = None  # fixed image side of generated datasets; None for files of any size
-
-    def __init__(self, name, split, root, classes, sources, labels, class_names=None, options=None):
-        self.name = name
-        self.split = split
-        self.root = root
-        self.classes = list(classes)
-        self.class_names = list(class_names) if class_names is not None else list(self.classes)
-        # Subclasses that generate their sources (synthetic) pass None and override source().
-        self._sources = list(sources) if sources is not None else None
-        self.labels = np.asarray(labels, dtype=np.int64).reshape(-1)
-        self.options = dict(options or {})
-        self._fingerprint = None
-        if self._sources is not None and len(self._sources) != len(self.labels):
-            raise ValueError("%d sources but %d labels" % (len(self._sources), len(self.labels)))
-        if len(self.labels) and (self.labels.min() < 0 or self.labels.max() >= len(self.classes)):
-            raise BnnError("%s: labels outside 0..%d" % (root or name, len(self.classes) - 1))
-
-    def __len__(self):
-        return int(self.labels.shape[0])
-
-    def source(self, i):
-        return self._sources[i]
-
-    def load(self, i):
-        return decode_image(self._sources[i])
-
-    def fingerprint(self):
-        """sha256 over name, split, classes, every source and label: the key of derived caches."""
-        if self._fingerprint is None:
-            h = hashlib.sha256()
-            h.update(json.dumps([self.name, self.split, self.classes]).encode("utf-8", "surrogateescape"))
-            for i in range(len(self)):
-                # surrogateescape: file names that are not valid UTF-8 still hash (and differ).
-                h.update(self.source(i).encode("utf-8", "surrogateescape") + b"\0")
-            h.update(self.labels.astype("<i8").tobytes())
-            self._fingerprint = h.hexdigest()
-        return self._fingerprint
-
-    def describe(self):
-        """What a manifest records about its input data."""
-        return {
-            "name": self.name,
-            "split": self.split,
-            "root": self.root,
-            "count": len(self),
-            "num_classes": len(self.classes),
-            "options": dict(self.options),
-            "fingerprint": self.fingerprint(),
-        }
-
-    def class_counts(self):
-        return np.bincount(self.labels, minlength=len(self.classes))
-
-    def __repr__(self):
-        return "ImageDataset(%r, %r, %d images, %d classes)" % (self.name, self.split, len(self), len(self.classes))
 
 
 # --- helpers ---------------------------------------------------------------------------------------
@@ -101,7 +35,7 @@ def _need(path, what):
     return path
 
 
-def _need_dir(path, what):
+def need_dir(path, what):
     if not os.path.isdir(path):
         raise BnnError("%s: %s (%s)" % (path, "is not a directory" if os.path.exists(path) else "not found", what))
     return path
@@ -112,10 +46,20 @@ def is_image_file(name):
 
 
 def list_images(directory):
-    """Image files under ``directory`` (recursively), as sorted paths; hidden files and folders skipped."""
-    out = []
+    """Image files under ``directory`` (recursively), as sorted paths; hidden files and folders skipped.
+
+    Symlinked folders are followed, each real folder at most once: a link loop or a second link to
+    the same folder would otherwise list its images again (and leak copies into the test split).
+    """
+    out, seen = [], {os.path.realpath(directory)}
     for dirpath, dirnames, filenames in os.walk(directory, followlinks=True):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        keep = []
+        for d in sorted(dirnames):
+            real = os.path.realpath(os.path.join(dirpath, d))
+            if not d.startswith(".") and real not in seen:
+                seen.add(real)
+                keep.append(d)
+        dirnames[:] = keep
         out.extend(os.path.join(dirpath, f) for f in filenames if is_image_file(f))
     return sorted(out)
 
@@ -126,7 +70,7 @@ def list_subdirs(directory):
         return sorted(e.name for e in it if not e.name.startswith(".") and e.is_dir())
 
 
-def _read_lines(path, what):
+def read_lines(path, what):
     _need(path, what)
     try:
         with open(path, encoding="utf-8") as f:
@@ -138,7 +82,7 @@ def _read_lines(path, what):
 def _read_table(path, what, ncols):
     """Whitespace-separated rows ``id value...`` -> {int id: [values]} (extra spaces kept in the last column)."""
     rows = {}
-    for n, line in _read_lines(path, what):
+    for n, line in read_lines(path, what):
         parts = line.split(None, ncols - 1)
         try:
             if len(parts) != ncols:
@@ -150,7 +94,7 @@ def _read_table(path, what, ncols):
     return rows
 
 
-def _from_class_dirs(name, split, root, split_dir, classes, options, class_names=None):
+def from_class_dirs(name, split, root, split_dir, classes, options, class_names=None):
     index = {c: k for k, c in enumerate(classes)}
     sources, labels = [], []
     for c in list_subdirs(split_dir):
@@ -163,29 +107,6 @@ def _from_class_dirs(name, split, root, split_dir, classes, options, class_names
 
 
 # --- readers ---------------------------------------------------------------------------------------
-
-def _imagenet(root, split):
-    layout = "ILSVRC2012 layout: DIR/train/<wnid>/*.JPEG and DIR/val/<wnid>/*.JPEG"
-    split_dir = _need_dir(os.path.join(root, "train" if split == "train" else "val"), layout)
-    if not list_subdirs(split_dir):
-        raise BnnError("%s: expected one folder per class (val/<wnid>/*.JPEG); move the flat validation images "
-                       "into class folders using LOC_val_solution.csv" % split_dir)
-    # Labels must agree between the splits, so the class list is the union of both folders.
-    classes = set()
-    for d in ("train", "val"):
-        if os.path.isdir(os.path.join(root, d)):
-            classes.update(list_subdirs(os.path.join(root, d)))
-    classes = sorted(classes)
-    names = None
-    mapping = os.path.join(root, "LOC_synset_mapping.txt")
-    if os.path.exists(mapping):
-        human = {}
-        for _, line in _read_lines(mapping, "wnid to name mapping"):
-            wnid, _, desc = line.partition(" ")
-            human[wnid] = desc.strip() or wnid
-        names = [human.get(c, c) for c in classes]
-    return _from_class_dirs("imagenet", split, root, split_dir, classes, {}, names)
-
 
 def _load_mat(path, keys, what):
     _need(path, what)
@@ -208,7 +129,7 @@ def _flowers(root, split, flowers_split="paper", names_file=None):
     layout = "Flowers102 layout: DIR/jpg/image_00001.jpg, DIR/imagelabels.mat, DIR/setid.mat"
     if flowers_split not in ("paper", "official"):
         raise BnnError("flowers_split=%r: expected 'paper' (6,149 train / 1,020 test) or 'official'" % (flowers_split,))
-    jpg = _need_dir(os.path.join(root, "jpg"), layout)
+    jpg = need_dir(os.path.join(root, "jpg"), layout)
     (labels,) = _load_mat(os.path.join(root, "imagelabels.mat"), ["labels"], layout)
     trnid, valid, tstid = _load_mat(os.path.join(root, "setid.mat"), ["trnid", "valid", "tstid"], layout)
     if flowers_split == "paper":
@@ -224,7 +145,7 @@ def _flowers(root, split, flowers_split="paper", names_file=None):
     names = None
     if names_file:
         path = names_file if os.path.isabs(names_file) else os.path.join(root, names_file)
-        names = [line for _, line in _read_lines(path, "class names, one per line")]
+        names = [line for _, line in read_lines(path, "class names, one per line")]
         if len(names) != num_classes:
             raise BnnError("%s: %d class names for %d classes" % (path, len(names), num_classes))
     sources = [os.path.join(jpg, "image_%05d.jpg" % i) for i in ids]
@@ -237,7 +158,7 @@ def _cub200(root, split):
     images = _read_table(os.path.join(root, "images.txt"), layout, 2)
     labels = _read_table(os.path.join(root, "image_class_labels.txt"), layout, 2)
     is_train = _read_table(os.path.join(root, "train_test_split.txt"), layout, 2)
-    image_dir = _need_dir(os.path.join(root, "images"), layout)
+    image_dir = need_dir(os.path.join(root, "images"), layout)
     for path, table in (("image_class_labels.txt", labels), ("train_test_split.txt", is_train)):
         missing = sorted(set(images) - set(table))
         if missing:
@@ -265,12 +186,12 @@ def _cub200(root, split):
 
 def _indoor67(root, split):
     layout = "MIT Indoor 67 layout: DIR/Images/<class>/*.jpg, DIR/TrainImages.txt, DIR/TestImages.txt"
-    image_dir = _need_dir(os.path.join(root, "Images"), layout)
+    image_dir = need_dir(os.path.join(root, "Images"), layout)
     lists = {}
     for s, fn in (("train", "TrainImages.txt"), ("test", "TestImages.txt")):
         path = os.path.join(root, fn)
         entries = []
-        for n, line in _read_lines(path, layout):
+        for n, line in read_lines(path, layout):
             rel = line.replace("\\", "/")
             if "/" not in rel:
                 raise BnnError("%s:%d: expected 'class/file.jpg', got %r" % (path, n, line))
@@ -290,7 +211,7 @@ def _folder(root, split, seed=0, test_fraction=0.2):
     has_train, has_test = os.path.isdir(train_dir), os.path.isdir(test_dir)
     if has_train and has_test:
         classes = sorted(set(list_subdirs(train_dir)) | set(list_subdirs(test_dir)))
-        return _from_class_dirs("folder", split, root, train_dir if split == "train" else test_dir, classes,
+        return from_class_dirs("folder", split, root, train_dir if split == "train" else test_dir, classes,
                                 {"layout": "train/test"})
     if has_train != has_test:
         present, absent = (train_dir, test_dir) if has_train else (test_dir, train_dir)
@@ -329,7 +250,6 @@ def _folder(root, split, seed=0, test_fraction=0.2):
 
 
 _READERS = {
-    "imagenet": (_imagenet, {}),
     "flowers102": (_flowers, {"flowers_split": "paper", "names_file": None}),
     "cub200": (_cub200, {}),
     "indoor67": (_indoor67, {}),
@@ -340,8 +260,6 @@ _READERS = {
 def dataset_option_names(name):
     """The options ``open_dataset`` accepts for ``name`` (for CLI help and validation)."""
     if name in ("synthetic", "synthetic-transfer"):
-        from .synthetic import OPTION_NAMES
-
         return tuple(OPTION_NAMES)
     return tuple(sorted(_READERS[name][1])) if name in _READERS else ()
 
@@ -354,19 +272,43 @@ def open_dataset(name, split, data_dir=None, **options):
     """
     if name not in DATASETS:
         raise BnnError("dataset %r: unknown, choose one of %s" % (name, ", ".join(DATASETS)))
+    if name in ("synthetic", "synthetic-transfer"):
+        check_request(name, split, dataset_option_names(name), options)
+        return open_synthetic(name, split, **options)
+    return read_layout(name, _READERS[name][0], dataset_option_names(name), split, data_dir, options)
+
+
+def check_request(name, split, option_names, options):
     if split not in SPLITS:
         raise BnnError("split %r: expected 'train' or 'test'" % (split,))
-    unknown = sorted(set(options) - set(dataset_option_names(name)))
+    unknown = sorted(set(options) - set(option_names))
     if unknown:
         raise BnnError("dataset %s: unknown option(s) %s (valid: %s)"
-                       % (name, ", ".join(unknown), ", ".join(dataset_option_names(name)) or "none"))
-    if name in ("synthetic", "synthetic-transfer"):
-        from .synthetic import open_synthetic
+                       % (name, ", ".join(unknown), ", ".join(sorted(option_names)) or "none"))
 
-        return open_synthetic(name, split, **options)
+
+def read_layout(name, reader, option_names, split, data_dir, options):
+    """``reader(root, split, **options)`` after checking the request: what every on-disk dataset shares."""
+    check_request(name, split, option_names, options)
     if not data_dir:
         raise BnnError("dataset %s: needs --data-dir (the folder in its official layout)" % name)
     root = os.path.abspath(os.path.expanduser(os.fspath(data_dir)))
-    _need_dir(root, "dataset directory of %s" % name)
-    reader, _ = _READERS[name]
-    return reader(root, split, **options)
+    need_dir(root, "dataset directory of %s" % name)
+    ds = reader(root, split, **options)
+    if split == "train":
+        _check_training_classes(ds)
+    return ds
+
+
+def _check_training_classes(ds):
+    """Fitting needs two classes with images; a class with none (only test images) is named."""
+    counts = ds.class_counts()
+    trained = int((counts > 0).sum())
+    if trained < 2:
+        names = ", ".join(printable(c) for c, n in zip(ds.classes, counts) if n) or "none"
+        raise BnnError("%s: %d class(es) with training images (%s); a classifier needs at least two"
+                       % (ds.root, trained, names))
+    missing = [printable(c) for c, n in zip(ds.classes, counts) if not n]
+    if missing:
+        print("warning: %s: no training images for %d class(es), which a head can never predict: %s"
+              % (ds.root, len(missing), ", ".join(missing)), file=sys.stderr, flush=True)

@@ -30,6 +30,7 @@ import json
 import numpy as np
 
 from .errors import BnnError
+from .npzfile import open_npz
 
 FORMAT = "bnn-transfer/emulator/v1"
 
@@ -195,21 +196,19 @@ class Emulator:
 
 
 def save_emulator(path, spec, weights, thresholds):
-    from .manifest import atomic_path
+    from .manifest import save_npz_atomic
 
     spec = dict(spec, format=FORMAT)
     arrays = {"spec": np.array(json.dumps(spec, sort_keys=True))}
     for layer, w, t in zip(spec["layers"], weights, thresholds):
         arrays[layer["name"] + ".weight"] = np.asarray(w, dtype=np.int8)
         arrays[layer["name"] + ".threshold"] = np.asarray(t, dtype=np.int64)
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            np.savez_compressed(f, **arrays)
+    save_npz_atomic(path, arrays, compressed=True)
 
 
 def load_emulator(path):
     try:
-        with np.load(path, allow_pickle=False) as z:
+        with open_npz(path) as z:
             spec = json.loads(str(z["spec"]))
             if spec.get("format") != FORMAT:
                 raise BnnError("%s: not an emulator weights file (format %r)" % (path, spec.get("format")))

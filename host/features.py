@@ -27,7 +27,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import BnnError
-from .manifest import atomic_path
+from .manifest import save_npz_atomic
+from .npzfile import open_npz
 
 FEATURES_FORMAT = "bnn-transfer/features"
 FEATURES_VERSION = 1
@@ -132,12 +133,7 @@ class FeatureStore:
             "key": np.array(_canonical_key(key)),
             "digest": np.array(_digest(packed, labels, width)),
         }
-        with atomic_path(path) as tmp:
-            # a file object, because np.savez appends ".npz" to a name that lacks it
-            with open(tmp, "wb") as f:
-                np.savez(f, **arrays)
-                f.flush()
-                os.fsync(f.fileno())
+        save_npz_atomic(path, arrays)
 
     @staticmethod
     def load(path, expect_key=None):
@@ -149,7 +145,7 @@ class FeatureStore:
         if not os.path.isfile(path):
             return None
         try:
-            with np.load(path, allow_pickle=False) as z:
+            with open_npz(path, max_bytes=None) as z:  # a cache may be large; the headers are still checked
                 data = {k: z[k] for k in z.files}
         except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as e:
             raise BnnError("%s: not a readable feature cache (%s)" % (path, e)) from None

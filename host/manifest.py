@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import sys
 import tempfile
 import time
@@ -62,9 +63,21 @@ def atomic_path(path):
     try:
         yield tmp
         os.replace(tmp, path)
+    except OSError as e:
+        raise _named(e, tmp, path) from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _named(e, tmp, path):
+    """``e`` naming the output the user asked for: a full disk names no file, a temporary name means nothing."""
+    name = os.fsdecode(e.filename) if e.filename is not None else None
+    if name is None or name == tmp:
+        name = path
+    elif name.startswith(tmp + os.sep):
+        name = path + name[len(tmp):]
+    return OSError(e.errno, e.strerror or str(e), name)
 
 
 def write_bytes_atomic(path, data):
@@ -77,6 +90,33 @@ def write_bytes_atomic(path, data):
 
 def write_json_atomic(path, obj):
     write_bytes_atomic(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode("utf-8"))
+
+
+def save_npz_atomic(path, arrays, compressed=False):
+    """``np.savez(path, **arrays)`` (or savez_compressed), durable and all-or-nothing like write_bytes_atomic."""
+    import numpy as np
+
+    save = np.savez_compressed if compressed else np.savez
+    with atomic_path(path) as tmp:
+        # a file object, because np.savez appends ".npz" to a name that lacks it
+        with open(tmp, "wb") as f:
+            save(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def package_versions(*packages):
+    """{"python": version, package: installed version or None}: what every manifest records as "versions"."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for pkg in packages:
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = None
+    return out
 
 
 def _sibling(path, suffix):
@@ -275,6 +315,8 @@ def atomic_dir(path):
                     tmp = old
             else:
                 os.replace(tmp, path)
+        except OSError as e:
+            raise _named(e, tmp, path) from None
         finally:
             if os.path.isdir(tmp):
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -361,12 +403,34 @@ def load_manifest(root, name, kind=None):
 
 
 def verify_files(root, manifest, where):
-    for rel, digest in sorted(manifest.get("files", {}).items()):
-        p = os.path.join(root, rel)
-        if not os.path.isfile(p):
-            raise BnnError("%s: file listed in %s is missing" % (p, where))
-        if sha256_file(p) != digest:
+    files = manifest.get("files", {})
+    if not isinstance(files, dict):
+        raise BnnError("%s: 'files' must map file names to sha256 digests, got a %s" % (where, type(files).__name__))
+    for rel, digest in sorted(files.items(), key=lambda kv: str(kv[0])):
+        p = member_path(root, rel, where)
+        if not isinstance(digest, str) or sha256_file(p) != digest:
             raise BnnError("%s: sha256 does not match %s (file changed or corrupt)" % (p, where))
+
+
+def member_path(root, rel, where):
+    """The absolute path of ``rel``, a file a manifest (``where``) names inside ``root``.
+
+    BnnError unless ``rel`` is a normalised relative path ('/'-separated, no '.', '..' or empty
+    parts) that stays inside ``root`` after resolving symlinks and names a regular file: a
+    manifest never makes a command read outside its own artifact.
+    """
+    parts = rel.split("/") if isinstance(rel, str) else [""]
+    if any(p in ("", ".", "..") or "\\" in p or "\0" in p for p in parts):
+        raise BnnError("%s: %r is not a relative path inside %s" % (where, rel, root))
+    p = os.path.join(root, *parts)
+    real_root, real = os.path.realpath(root), os.path.realpath(p)
+    if os.path.commonpath([real_root, real]) != real_root:
+        raise BnnError("%s: file listed in %s resolves outside %s (to %s)" % (p, where, root, real))
+    if not os.path.exists(real):
+        raise BnnError("%s: file listed in %s is missing" % (p, where))
+    if not stat.S_ISREG(os.stat(real).st_mode):
+        raise BnnError("%s: file listed in %s is not a regular file" % (p, where))
+    return p
 
 
 def manifest_digest(root, name):

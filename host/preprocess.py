@@ -49,22 +49,63 @@ class Preprocess:
         return cls(**{k: d[k] for k in names})
 
 
-def decode_image(path):
-    """Decode an image file into HWC uint8 RGB; raise ImageError when it cannot be read."""
+# Refused before decoding: a few KB of PNG can declare 13000 x 13000 pixels (507 MB as RGB); a
+# Pynq-Z2 has 512 MB for everything. 40 megapixels (120 MB as RGB) admits every camera photo.
+MAX_PIXELS = 40_000_000
+_HIGH_DEPTH = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+
+
+def decode_image(path, max_pixels=MAX_PIXELS):
+    """Decode an image file into HWC uint8 RGB; raise ImageError when it cannot be read.
+
+    The size comes from the header first: an image of more than ``max_pixels`` is refused
+    without being decoded. 16-bit and 32-bit grey levels are scaled to 8 bits (not clipped).
+    """
+    import warnings
+
     from PIL import Image
 
     try:
-        with Image.open(path) as im:
+        with warnings.catch_warnings():
+            # PIL's own bomb warning (89 Mpx) is above MAX_PIXELS, which is checked below
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(path)
+        with im:
+            w, h = im.size  # from the header: Image.open does not decode
+            if w * h > max_pixels:
+                raise ImageError("%s: image of %d x %d pixels is over the limit of %d megapixels (it would take "
+                                 "%d MB decoded)" % (path, w, h, max_pixels // 1_000_000, w * h * 3 >> 20))
             # load() forces the full decode: a truncated file fails here, not later in a worker.
             im.load()
-            if im.mode != "RGB":
-                im = im.convert("RGB")
-            arr = np.asarray(im, dtype=np.uint8)
+            if im.mode in _HIGH_DEPTH:
+                arr = _grey_to_rgb8(np.asarray(im), im.mode, path)
+            else:
+                if im.mode != "RGB":
+                    im = im.convert("RGB")
+                arr = np.asarray(im, dtype=np.uint8)
+    except ImageError:
+        raise
     except Exception as e:  # PIL raises many types for malformed files (OSError, SyntaxError, struct.error, ...)
         raise ImageError("%s: cannot decode image (%s)" % (path, _reason(e))) from None
     if arr.ndim != 3 or arr.shape[2] != 3 or arr.shape[0] < 1 or arr.shape[1] < 1:
         raise ImageError("%s: cannot decode image (unexpected shape %s)" % (path, arr.shape))
     return np.ascontiguousarray(arr)
+
+
+def _grey_to_rgb8(a, mode, path):
+    """Grey levels of a high-depth mode to 8 bits: PIL's own convert clips them at 255 instead."""
+    if mode == "F":
+        if not (np.isfinite(a).all() and a.min() >= 0 and a.max() <= 1):
+            raise ImageError("%s: floating-point image with values outside [0, 1]; save it with 8 or 16 bits" % path)
+        g = np.rint(a * 255)
+    elif mode == "I" and a.min() >= 0 and a.max() <= 255:
+        g = a  # 8-bit data in a 32-bit container
+    elif a.min() >= 0 and a.max() <= 65535:
+        g = a.astype(np.uint32) >> 8  # 16-bit data (PIL reads 16-bit PNG/TIFF as I;16 or I)
+    else:
+        raise ImageError("%s: %s image with values outside 0..65535 is not supported" % (path, mode))
+    g = g.astype(np.uint8)
+    return np.repeat(g[:, :, None], 3, axis=2)
 
 
 def _reason(e):

@@ -1,6 +1,19 @@
-"""Progress bars: tqdm when it is installed (optional on the board), nothing otherwise."""
+"""Progress on stderr: status lines (``log``) and tqdm bars when tqdm is installed (optional on the board).
+
+stdout carries a command's results only (its JSON line, a table), so that a caller can read them;
+everything a person watches goes to stderr.
+"""
 
 import sys
+
+# Seconds between two updates of a bar written to a file or a pipe rather than a terminal: there,
+# every update is a new line, and a log of a long run would otherwise hold thousands of them.
+NON_TTY_INTERVAL_S = 30.0
+
+
+def log(msg):
+    """One status line on stderr, flushed (it must interleave correctly with the bars)."""
+    print(msg, file=sys.stderr, flush=True)
 
 
 def progress_bar(total=None, desc="", enabled=True, iterable=None, unit="it"):
@@ -12,8 +25,9 @@ def progress_bar(total=None, desc="", enabled=True, iterable=None, unit="it"):
         except ImportError:
             tqdm = None
         if tqdm is not None:
+            tty = hasattr(sys.stderr, "isatty") and sys.stderr.isatty()
             bar = tqdm(iterable, total=total, desc=desc, unit=unit, leave=False, dynamic_ncols=True,
-                       file=sys.stderr)
+                       file=sys.stderr, mininterval=0.1 if tty else NON_TTY_INTERVAL_S)
     if bar is None and iterable is not None:
         return iterable
     return bar

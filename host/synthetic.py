@@ -22,8 +22,8 @@ import math
 
 import numpy as np
 
-from .datasets import ImageDataset
 from .errors import BnnError
+from .imagedataset import ImageDataset
 
 GENERATOR_VERSION = 1  # bump when rendering changes: it is part of every image id, so caches rebuild
 

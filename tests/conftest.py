@@ -1,14 +1,21 @@
 """Shared fixtures: small fake on-disk layouts of every dataset format, with generated JPEGs."""
 
 import os
-import sys
 
 import numpy as np
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
+
+def pytest_addoption(parser):
+    parser.addoption("--update-golden", action="store_true",
+                     help="rewrite tests/golden/* and README.md's golden blocks from this run (tests/golden_files.py)")
+
+
+@pytest.fixture
+def golden(request):
+    from golden_files import Golden
+
+    return Golden(request.config.getoption("--update-golden"))
 
 
 def write_image(path, seed=0, size=(40, 56), fmt=None, mode="RGB"):

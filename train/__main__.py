@@ -1,4 +1,4 @@
-"""python -m train {fit,finetune,eval,table2,demo} — see --help of each command."""
+"""python -m train {fit,finetune,eval,table2} — see --help of each command."""
 
 import argparse
 import json
@@ -11,7 +11,7 @@ from .presets import PRESETS
 
 
 def _common(p, with_out=True):
-    from host.datasets import DATASETS
+    from .datasets import DATASETS
 
     p.add_argument("--dataset", default="synthetic", choices=DATASETS, help="dataset name (default: synthetic)")
     p.add_argument("--data-dir", help="dataset root in its official on-disk layout (not needed for synthetic)")
@@ -96,20 +96,6 @@ def build_parser():
     _common(ev, with_out=False)
     _table2(sub)
 
-    demo = sub.add_parser(
-        "demo", help="the whole flow on the embedded synthetic data: train, export, build_fpga, host heads, table",
-        description="Trains the tiny binary backbone on synthetic, exports and verifies it, builds the FINN "
-                    "accelerator bundle (estimates + emulator without Vivado), trains software heads (a) binary and "
-                    "(b) float on synthetic-transfer on the host, compares with training from scratch and prints a "
-                    "table shaped like the paper's Table 2. Finished stages are skipped on a second run.",
-    )
-    demo.add_argument("--out", default="runs/demo", help="where everything goes (default runs/demo)")
-    demo.add_argument("--board", default="pynq-z2", help="board of the deploy bundle (default pynq-z2)")
-    demo.add_argument("--pretrain-epochs", type=int, default=10)
-    demo.add_argument("--scratch-epochs", type=int, default=20)
-    demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--workers", type=int, default=2)
-    demo.add_argument("--quick", action="store_true", help="small datasets: a smoke test of the flow (tests use it)")
     return ap
 
 
@@ -119,13 +105,6 @@ def main(argv=None):
         from .table2 import main as table2_main
 
         return table2_main(args)
-    if args.cmd == "demo":
-        from .demo import DemoConfig, run_demo
-
-        run_demo(DemoConfig(out=args.out, board=args.board, pretrain_epochs=args.pretrain_epochs,
-                            scratch_epochs=args.scratch_epochs, seed=args.seed, workers=args.workers,
-                            quick=args.quick))
-        return 0
     opts = dataset_options(args.option)
     if args.cmd == "eval":
         from .fit import evaluate_run
@@ -157,5 +136,11 @@ def main(argv=None):
     return 0
 
 
+
+def cli():
+    """The console script (pyproject.toml): one-line errors, exit code 2."""
+    return run_cli(main)
+
+
 if __name__ == "__main__":
-    sys.exit(run_cli(main))
+    sys.exit(cli())

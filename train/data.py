@@ -16,8 +16,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from host.errors import ImageError
-from host.imagecache import ImageCache
 from host.preprocess import eval_transform, eval_transform_resized, train_transform, train_transform_resized
+
+from .imagecache import ImageCache
 
 
 class ImageTorchDataset(Dataset):
@@ -133,7 +134,7 @@ def _open_cache(dataset, pp, cache_dir, distributed):
 def make_loader(dataset, pp, train, batch_size, workers, seed, cache_dir=None, distributed=False):
     """A DataLoader of (uint8 NCHW, int64 labels, dropped count) over ``dataset`` preprocessed by ``pp``.
 
-    ``cache_dir``: decode each image once into a memory-mapped cache there (see host/imagecache.py).
+    ``cache_dir``: decode each image once into a memory-mapped cache there (see train/imagecache.py).
     Training shuffles per epoch (call ``loader.set_epoch(e)``) and drops the last partial batch
     (a batch of one breaks BatchNorm) unless that would leave no batch at all.
     """

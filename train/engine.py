@@ -116,7 +116,8 @@ def run_epoch(rt, forward, loader, optimizer=None, scheduler=None, after_step=No
             n += bs
             if progress is not None:
                 progress.update(1)
-                progress.set_postfix(loss="%.3f" % (loss_sum / max(n, 1)), acc="%.3f" % (top1 / max(n, 1)))
+                progress.set_postfix(loss="%.3f" % (loss_sum / max(n, 1)), acc="%.3f" % (top1 / max(n, 1)),
+                                     refresh=False)  # shown at the next update, which mininterval paces
     loss_sum, top1, top5, n, skipped = all_reduce_sum(rt, [loss_sum, top1, top5, n, skipped])
     return {
         "loss": loss_sum / max(n, 1),

@@ -17,15 +17,23 @@ import numpy as np
 import torch
 from torch import nn
 
-from host.datasets import open_dataset
 from host.errors import BnnError
-from host.manifest import finalize_manifest, new_manifest, output_lock, read_json, sha256_file, write_bytes_atomic
+from host.manifest import (
+    finalize_manifest,
+    new_manifest,
+    output_lock,
+    package_versions,
+    read_json,
+    sha256_file,
+    write_bytes_atomic,
+)
 from host.preprocess import Preprocess
-from host.progress import progress_bar
+from host.progress import log, progress_bar
 
 from . import engine
 from .checkpoint import CHECKPOINT, load_checkpoint, load_model_state, save_checkpoint
 from .data import make_loader
+from .datasets import open_dataset
 from .freeze import IntegerBackbone, fold_backbone
 from .models import ModelConfig, build_model
 from .plots import plot_curves
@@ -226,7 +234,7 @@ def _run(cfg: FitConfig, mode, on_epoch_end, progress):
         raise BnnError("--head binary needs a binary network: floating-point networks have a float last layer")
     if not cfg.resume and is_up_to_date(out, cfg, mode):
         m = read_json(os.path.join(out, RUN_MANIFEST))
-        print("train: %s is up to date (%s finished), skipping" % (out, mode))
+        log("train: %s is up to date (%s finished), skipping" % (out, mode))
         return m["final"]
     if not cfg.resume and os.path.exists(ckpt_path):
         raise BnnError("%s: a run already exists here; pass --resume to continue it or choose another --out" % out)
@@ -283,10 +291,7 @@ def _run(cfg: FitConfig, mode, on_epoch_end, progress):
             scaler.load_state_dict(state["scaler"])
 
     after_step = engine.unwrap(net).clip_weights if precision == "binary" else None
-    if mode == "finetune":
-        forward = lambda x: net(frozen(x), start=cfg.cut)  # noqa: E731
-    else:
-        forward = net
+    forward = forward_fn(net, frozen, cfg.cut)
     if rt.main:
         os.makedirs(out, exist_ok=True)
         _trim_metrics(os.path.join(out, METRICS), start_epoch)
@@ -322,7 +327,7 @@ def _run(cfg: FitConfig, mode, on_epoch_end, progress):
         }
         if rt.main:
             if row["skipped_images"]:
-                print("train: skipped %d unreadable images this epoch" % row["skipped_images"])
+                log("train: skipped %d unreadable images this epoch" % row["skipped_images"])
             save_checkpoint(ckpt_path, {
                 "mode": mode,
                 "model_config": mcfg.to_dict(),
@@ -338,7 +343,7 @@ def _run(cfg: FitConfig, mode, on_epoch_end, progress):
             })
             _append_metrics(os.path.join(out, METRICS), row)
             _write_run_manifest(out, cfg, mode, mcfg, train_ds, test_ds, pp, row, epoch + 1 == cfg.epochs)
-            print(
+            log(
                 "train: epoch %d/%d loss %.3f train %.1f%% test top-1 %.1f%% top-5 %.1f%% (%.0f s)"
                 % (epoch + 1, cfg.epochs, row["train_loss"], 100 * row["train_top1"], 100 * row["test_top1"],
                    100 * row["test_top5"], row["seconds"])
@@ -366,18 +371,9 @@ def _write_run_manifest(out, cfg, mode, mcfg, train_ds, test_ds, pp, row, finish
         "train", "run", params=cfg.identity(), inputs=inputs, mode=mode, model_config=mcfg.to_dict(),
         preset=mcfg.spec().to_dict(), preprocess=pp.to_dict(), classes=list(train_ds.classes),
         epochs_done=row["epoch"], finished=bool(finished), final=row,
-        versions={"torch": torch.__version__, "brevitas": _version("brevitas")},
+        versions=package_versions("torch", "brevitas"),
     )
     finalize_manifest(out, m, RUN_MANIFEST, files=[CHECKPOINT, METRICS, CURVES])
-
-
-def _version(pkg):
-    try:
-        from importlib.metadata import version
-
-        return version(pkg)
-    except Exception:
-        return None
 
 
 def evaluate_run(run_dir, dataset, data_dir=None, dataset_options=None, batch_size=128, workers=2, device=None):

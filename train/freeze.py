@@ -11,43 +11,23 @@ the accumulator's reachable range, which changes no output and keeps them small 
 
 Why: where a float BatchNorm lands exactly on zero, the sign depends on the order of floating-point
 operations, and torch, ONNX and FINN then disagree. With integer thresholds every stage computes the
-same bits by construction. ``IntegerBackbone`` is the torch evaluator of that definition (used to
-fine-tune heads and as the reference the export verifies against); ``to_brevitas`` builds the
-Brevitas modules that ``export/`` turns into QONNX.
+same bits by construction. The layers themselves (``IntLayer``, ``backbone_digest``) are numpy
+data in ``host/intlayers.py``; ``IntegerBackbone`` is the torch evaluator of that definition (used
+to fine-tune heads and as the reference the export verifies against).
 """
 
-import hashlib
-from dataclasses import dataclass
-from typing import List, Optional, Tuple
+from typing import List, Optional
 
 import numpy as np
 import torch
 from brevitas.nn import QuantConv2d, QuantLinear
-from brevitas_examples.bnn_pynq.models.common import CommonWeightQuant
 from torch import nn
 from torch.nn import functional as F
 
 from host.errors import BnnError
+from host.intlayers import IntLayer
 
-from .models import AlexNet, binary_act
-
-
-@dataclass
-class IntLayer:
-    name: str
-    kind: str  # "conv" or "fc"
-    weight: np.ndarray  # int8, +-1: (out, in, k, k) or (out, in)
-    threshold: np.ndarray  # int64, (out,)
-    input_max: int  # 255 for the uint8 image, 1 for +-1 maps
-    stride: int = 1
-    padding: int = 0
-    pad_value: float = 0.0  # 0 for pixels, -1 for binary maps (the 0 bit)
-    pool: Optional[Tuple[int, int]] = None
-
-    @property
-    def acc_bound(self):
-        """|acc| can never exceed fan_in * max|x|."""
-        return int(np.prod(self.weight.shape[1:])) * self.input_max
+from .models import AlexNet
 
 
 def sign_weights(w: torch.Tensor) -> np.ndarray:
@@ -150,47 +130,3 @@ class IntegerBackbone(nn.Module):
                     x = F.max_pool2d(x, *il.pool)
                 outs.append(x)
         return outs if return_all else torch.flatten(x, 1)
-
-
-def to_brevitas(layers: List[IntLayer]) -> nn.Module:
-    """The integer backbone as Brevitas modules for QONNX export (same arithmetic, no rounding op)."""
-    blocks = []
-    prev_kind = None
-    for il in layers:
-        mods = []
-        w = torch.from_numpy(il.weight.astype(np.float32))
-        if il.kind == "conv":
-            out_ch, in_ch, k, _ = il.weight.shape
-            pad = il.padding
-            if pad and il.pad_value != 0.0:
-                mods.append(nn.ConstantPad2d(pad, il.pad_value))
-                pad = 0
-            layer = QuantConv2d(
-                in_ch, out_ch, k, stride=il.stride, padding=pad, bias=True,
-                weight_quant=CommonWeightQuant, weight_bit_width=1,
-            )
-        else:
-            out_ch, in_ch = il.weight.shape
-            if prev_kind == "conv":
-                mods.append(nn.Flatten(1))
-            layer = QuantLinear(in_ch, out_ch, bias=True, weight_quant=CommonWeightQuant, weight_bit_width=1)
-        prev_kind = il.kind
-        with torch.no_grad():
-            layer.weight.copy_(w)
-            layer.bias.copy_(-torch.from_numpy(il.threshold.astype(np.float32)))
-        mods += [layer, binary_act()]
-        if il.pool is not None:
-            mods.append(nn.MaxPool2d(*il.pool))
-        blocks.append(nn.Sequential(*mods))
-    return nn.Sequential(*blocks).eval()
-
-
-def backbone_digest(layers: List[IntLayer]) -> str:
-    """sha256 identifying the integer backbone; heads record it so they only run on features they fit."""
-    h = hashlib.sha256()
-    for il in layers:
-        geometry = (il.name, il.kind, il.weight.shape, il.stride, il.padding, il.pad_value, il.pool, il.input_max)
-        h.update(repr(geometry).encode())
-        h.update(np.ascontiguousarray(il.weight, dtype=np.int8).tobytes())
-        h.update(np.ascontiguousarray(il.threshold, dtype=np.int64).tobytes())
-    return h.hexdigest()

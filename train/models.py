@@ -32,6 +32,11 @@ class ModelConfig:
     cut: str = "fc3"  # the first layer trained in software; everything before it is frozen
 
     def __post_init__(self):
+        for name, kind in (("preset", str), ("precision", str), ("head", str), ("cut", str)):
+            if not isinstance(getattr(self, name), kind):
+                raise BnnError("model config: %s must be a string, got %r" % (name, getattr(self, name)))
+        if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int) or self.num_classes < 1:
+            raise BnnError("model config: num_classes must be a positive integer, got %r" % (self.num_classes,))
         if self.precision not in PRECISIONS:
             raise BnnError("precision must be one of %s, not %r" % (PRECISIONS, self.precision))
         if self.head not in HEADS:
@@ -49,11 +54,15 @@ class ModelConfig:
         return asdict(self)
 
     @staticmethod
-    def from_dict(d):
+    def from_dict(d, where=None):
+        """``where`` (a file name) prefixes the error message."""
+        prefix = "" if where is None else "%s: " % where
         try:
             return ModelConfig(**{k: d[k] for k in ("preset", "num_classes", "precision", "head", "cut")})
         except KeyError as e:
-            raise BnnError("model config lacks %s" % e) from None
+            raise BnnError("%smodel config lacks %s" % (prefix, e)) from None
+        except BnnError as e:
+            raise BnnError(prefix + str(e)) from None
 
 
 def binary_act():

@@ -59,6 +59,18 @@ class Preset:
             out.append((ch, size, size))
         return out, ch * size * size
 
+    def weight_count(self):
+        """Conv and FC weights (no biases, no BatchNorm), as AlexNet counts are quoted."""
+        n, ch = 0, 3
+        for c in self.convs:
+            n += c.out_channels * ch * c.kernel * c.kernel
+            ch = c.out_channels
+        width = self.geometry()[1]
+        for f in self.fcs + (FCSpec("fc3", self.num_classes),):
+            n += width * f.out_features
+            width = f.out_features
+        return n
+
     def to_dict(self):
         return asdict(self)
 
@@ -101,6 +113,20 @@ PRESETS = {
         num_classes=24,
     ),
 }
+
+
+def presets_table():
+    """The presets as the markdown table README.md shows (checked against it by the tests)."""
+    lines = ["| preset | input | conv channels | kernels | conv1 stride | padding | pools (kernel/stride) | FC "
+             "| weights |", "|---|---|---|---|---|---|---|---|---|"]
+    for p in PRESETS.values():
+        pools = ", ".join("%s %d/%d" % (c.name, c.pool[0], c.pool[1]) for c in p.convs if c.pool)
+        lines.append("| `%s` | %d | %s | %s | %d | %s | %s | %s | %s |" % (
+            p.name, p.input_size, "-".join(str(c.out_channels) for c in p.convs),
+            "-".join(str(c.kernel) for c in p.convs), p.convs[0].stride,
+            "-".join(str(c.padding) for c in p.convs), pools,
+            "-".join(str(f.out_features) for f in p.fcs), f"{p.weight_count():,}"))
+    return "\n".join(lines) + "\n"
 
 
 def get_preset(name, num_classes=None):

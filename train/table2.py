@@ -53,11 +53,12 @@ from typing import List, Optional
 
 import numpy as np
 
-from host.datasets import open_dataset
 from host.errors import BnnError
 from host.manifest import atomic_path, finalize_manifest, new_manifest, read_json, sha256_file, write_bytes_atomic
+from host.progress import log
 
 from .checkpoint import CHECKPOINT, load_checkpoint
+from .datasets import open_dataset
 from .fit import RUN_MANIFEST, FitConfig, run
 from .models import ModelConfig
 
@@ -390,7 +391,7 @@ def run_table2(cfg, on_epoch_end=None, progress=True):
     states = {job.id: row_state(job) for job in jobs}
     pending = [job for job in jobs if states[job.id] != "done"]
     counts = {s: sum(1 for v in states.values() if v == s) for s in ("done", "resume", "new")}
-    print("table2: %d rows under %s: %d done, %d to resume, %d to run"
+    log("table2: %d rows under %s: %d done, %d to resume, %d to run"
           % (len(jobs), os.path.join(cfg.out, RUNS), counts["done"], counts["resume"], counts["new"]))
     check_layouts(pending)
     write_report(cfg, jobs, elsewhere, plot=False)
@@ -399,7 +400,7 @@ def run_table2(cfg, on_epoch_end=None, progress=True):
         state = states[job.id]
         check_pretrained_unchanged(job, digest)
         verb = {"done": "checking", "resume": "resuming", "new": "running"}[state]
-        print("table2: [%d/%d] %s %s: %s, %d epoch%s"
+        log("table2: [%d/%d] %s %s: %s, %d epoch%s"
               % (i, len(jobs), verb, job.id, job.title, job.fit.epochs, "" if job.fit.epochs == 1 else "s"))
         job.fit.resume = state == "resume"
         hook = None if on_epoch_end is None else functools.partial(on_epoch_end, job.id)
@@ -411,7 +412,7 @@ def run_table2(cfg, on_epoch_end=None, progress=True):
                 write_report(cfg, jobs, elsewhere, plot=False)
     report = write_report(cfg, jobs, elsewhere, plot=True)
     print("\n".join(["", *table_lines(report["rows"]), ""]))
-    print("table2: wrote %s, %s and %s" % tuple(os.path.join(cfg.out, n) for n in (REPORT_MD, REPORT_JSON, REPORT_PNG)))
+    log("table2: wrote %s, %s and %s" % tuple(os.path.join(cfg.out, n) for n in (REPORT_MD, REPORT_JSON, REPORT_PNG)))
     return report
 
 

@@ -10,7 +10,8 @@ import zipfile
 import numpy as np
 
 from ..errors import BnnError
-from ..manifest import atomic_path
+from ..manifest import save_npz_atomic
+from ..npzfile import open_npz
 from .head import _PARAMS, VARIANTS, Head, _check_classes, _check_params
 
 HEAD_FORMAT = "bnn-transfer/head"
@@ -36,12 +37,7 @@ def save_head(path, head):
         "meta": np.array(meta),
     }
     arrays.update(params)
-    with atomic_path(path) as tmp:
-        # a file object, because np.savez appends ".npz" to a name that lacks it
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
+    save_npz_atomic(path, arrays)
 
 
 def _scalar(data, key, kind, path):
@@ -57,7 +53,7 @@ def load_head(path):
     if not os.path.isfile(path):
         raise BnnError("%s: head file not found" % path)
     try:
-        with np.load(path, allow_pickle=False) as z:
+        with open_npz(path) as z:
             data = {k: z[k] for k in z.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as e:
         raise BnnError("%s: not a readable head file (%s)" % (path, e)) from None

@@ -206,39 +206,3 @@ def test_tampered_export_and_bad_folding_are_refused(tiny_export, tmp_path, caps
     assert rc == 2 and cap.err.strip() == "error: %s: sha256 does not match %s (file changed or corrupt)" % (
         export / "backbone.onnx", export / "export.json")
     assert not (tmp_path / "o").exists()
-
-
-@pytest.mark.slow
-def test_vivado_path_puts_bitfile_and_finn_io_into_the_bundle(tiny_export, tmp_path, monkeypatch):
-    """Vivado cannot run here: FINN's hardware steps are replaced by a stand-in that leaves what
-    step_synthesize_bitfile and step_make_driver leave (bit, hwh, driver/settings.json)."""
-    import build_fpga.build as build_mod
-    import build_fpga.hardware as hardware
-    from host.bundle import load_bundle
-
-    calls = []
-
-    def fake_run_hardware(out_dir, cfg, build_dir=None):
-        calls.append(out_dir)
-        assert os.path.exists(os.path.join(out_dir, "intermediate_models", "step_bnn_io_shapes.onnx"))
-        hw = tmp_path / "hw"
-        (hw / "driver").mkdir(parents=True)
-        (hw / "finn-accel.bit").write_bytes(b"bit")
-        (hw / "finn-accel.hwh").write_text("<hwh/>")
-        io = json.loads(open(os.path.join(out_dir, "report", "io_shapes.json")).read())
-        io["number_of_external_weights"] = "0"  # finn-plus writes a string
-        (hw / "driver" / "settings.json").write_text(json.dumps({"driver_information": {"io_shape_dict": io}}))
-        return {"bitfile": hw / "finn-accel.bit", "hwh": hw / "finn-accel.hwh", "driver_dir": hw / "driver",
-                "io": io, "wall_s": 0.0}
-
-    monkeypatch.setattr(build_mod, "vivado_available", lambda: True)
-    monkeypatch.setattr(hardware, "run_hardware", fake_run_hardware)
-    out = tmp_path / "deploy"
-    res = build_mod.build(build_mod.BuildConfig(export=tiny_export[2], board="pynq-z2", out=str(out),
-                                                target_fps=500, verify_images=1), log=lambda s: None)
-    assert res.hardware and len(calls) == 1 and res.message == "build_fpga: bitstream and bundle written to %s" % out
-    b = load_bundle(str(out))
-    assert b.bitfile_path == str(out / "bitfile" / "finn-accel.bit") and b.hwh_path.endswith("finn-accel.hwh")
-    assert b.manifest["params"]["hardware"] is True and "driver/settings.json" in b.manifest["files"]
-    assert res.build_dir == str(tmp_path / "deploy.finn-build")  # kept: Vivado projects and logs live there
-    assert "Building the bitstream" not in (out / "README.md").read_text()

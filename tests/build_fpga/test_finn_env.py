@@ -19,16 +19,21 @@ NO_VIVADO = shutil.which("vivado") is None
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _python(code, tmp_path, home="home", **extra_env):
-    """Run ``code`` in a fresh interpreter without Vivado/FINN variables and with HOME in tmp_path."""
+def _env(tmp_path, extra_env, home="home"):
+    """os.environ without Vivado/FINN variables, plus ``extra_env``, with HOME in tmp_path."""
     env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("XILINX", "FINN_", "PYTEST")) and k != "NUM_DEFAULT_WORKERS"}
+           if not k.startswith(("XILINX", "FINN_", "PYTEST")) and k not in ("NUM_DEFAULT_WORKERS", "LD_LIBRARY_PATH")}
     env.update(extra_env)
     env["HOME"] = str(tmp_path / home)
     env["PYTHONPATH"] = str(REPO)
     (tmp_path / home).mkdir(exist_ok=True)
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=str(tmp_path), env=env,
-                          capture_output=True, text=True, timeout=120)
+    return env
+
+
+def _python(code, tmp_path, home="home", **extra_env):
+    """Run ``code`` in a fresh interpreter without Vivado/FINN variables and with HOME in tmp_path."""
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=str(tmp_path),
+                          env=_env(tmp_path, extra_env, home), capture_output=True, text=True, timeout=120)
 
 
 def test_vivado_available_matches_path():
@@ -112,3 +117,84 @@ def test_contained_build_logging_restores_streams():
             logging.basicConfig(force=True, filename=os.devnull)
     assert sys.stdout is out and sys.stderr is err
     assert logging.getLogger().handlers == handlers
+
+
+# Runs finn-plus's own `finn build` command (click) with the two things that need the network or
+# a real Vivado neutralised (the dependency updater, the XSI build) and the builder replaced by a
+# probe that records the environment the launcher hands to FINN.
+_LAUNCHER = """
+    import json, os, sys, types
+    from unittest import mock
+    import finn.xsi
+    from finn.interface import run_finn as rf
+
+    before = dict(os.environ)
+    seen = {}
+    probe = types.ModuleType("finn.builder.build_dataflow")
+    probe.build_dataflow_cfg = lambda model, cfg: seen.update(os.environ)
+    sys.modules["finn.builder.build_dataflow"] = probe
+
+    class NoUpdates:
+        def __init__(self, **kw):
+            pass
+        def update(self):
+            pass
+
+    with mock.patch.object(finn.xsi, "ensure_available", lambda: True), \\
+            mock.patch.object(rf, "DependencyUpdater", NoUpdates):
+        rf.build.main(["--accept-defaults", "-b", sys.argv[1], sys.argv[2], sys.argv[3]], standalone_mode=False)
+    print(json.dumps({k: v for k, v in seen.items() if before.get(k) != v}))
+"""
+
+_OURS = """
+    import json, os, sys
+    from build_fpga.finn_env import prepare_finn
+    before = dict(os.environ)
+    prepare_finn(sys.argv[1])
+    print(json.dumps({k: v for k, v in os.environ.items() if before.get(k) != v}))
+"""
+
+
+def _fake_xilinx(root):
+    """Folders shaped like a sourced Vivado/Vitis HLS 2024.2 install (executables that do nothing)."""
+    env = {}
+    for var, tool, sub in (("XILINX_VIVADO", "vivado", "Vivado"), ("XILINX_HLS", "vitis_hls", "Vitis_HLS")):
+        home = root / "Xilinx" / sub / "2024.2"
+        (home / "bin").mkdir(parents=True)
+        (home / "bin" / tool).write_text("#!/bin/sh\nexit 0\n")
+        (home / "bin" / tool).chmod(0o755)
+        env[var] = str(home)
+    env["PATH"] = os.pathsep.join([env["XILINX_VIVADO"] + "/bin", env["XILINX_HLS"] + "/bin", os.environ["PATH"]])
+    return env
+
+
+@pytest.mark.parametrize("vivado", [True, False], ids=["with-vivado", "without-vivado"])
+def test_prepare_finn_sets_what_finns_launcher_sets(tmp_path, vivado):
+    """Environment parity: the variables `finn build` exports before building == those prepare_finn exports."""
+    extra = _fake_xilinx(tmp_path) if vivado else {}
+    settings = tmp_path / "settings.yaml"
+    settings.write_text("finn_deps: %s\n" % (tmp_path / "deps"))
+    extra.update(FINN_SETTINGS=str(settings), LD_LIBRARY_PATH="/opt/some/lib")
+    flow = tmp_path / "flow.yaml"
+    flow.write_text("output_dir: out\nsynth_clk_period_ns: 10.0\ntarget_fps: 1\nfpga_part: xc7z020clg400-1\n"
+                    "generate_outputs: [estimate_reports]\n")
+    (tmp_path / "model.onnx").write_bytes(b"")
+    build = tmp_path / "build"
+    launcher = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(_LAUNCHER), str(build / "finn_tmp"), str(flow),
+         str(tmp_path / "model.onnx")],
+        cwd=str(tmp_path), env=_env(tmp_path, extra), capture_output=True, text=True, timeout=120)
+    assert launcher.returncode == 0, launcher.stderr[-3000:] + launcher.stdout[-3000:]
+    ours = subprocess.run([sys.executable, "-c", textwrap.dedent(_OURS), str(build)], cwd=str(tmp_path),
+                          env=_env(tmp_path, extra), capture_output=True, text=True, timeout=120)
+    assert ours.returncode == 0, ours.stderr[-3000:]
+    theirs, mine = (json.loads(p.stdout.strip().splitlines()[-1]) for p in (launcher, ours))
+    assert mine == theirs
+    assert {"FINN_CUSTOM_HLS", "FINN_RTLLIB", "FINN_BUILD_DIR", "FINN_DEPS", "XILINX_LOCAL_USER_DATA"} <= set(mine)
+    if vivado:
+        assert mine["LD_LIBRARY_PATH"].split(os.pathsep)[:3] == [
+            "/lib/x86_64-linux-gnu/", extra["XILINX_VIVADO"] + "/lib/lnx64.o",
+            extra["XILINX_HLS"] + "/lnx64/tools/fpo_v7_1"]
+        assert mine["PATH"].endswith(os.pathsep.join([extra["XILINX_VIVADO"] + "/bin", extra["XILINX_HLS"] + "/bin"]))
+    else:
+        assert "LD_LIBRARY_PATH" not in mine

@@ -137,7 +137,7 @@ def test_a_corrupted_threshold_is_named_by_layer(tiny):
 def test_threshold_check_compares_semantics_not_raw_values():
     from build_fpga.bundle import check_emulator, effective_thresholds
     from host.errors import BnnError
-    from train.freeze import IntLayer
+    from host.intlayers import IntLayer
 
     rng = np.random.default_rng(0)
     w1 = rng.choice([-1, 1], size=(4, 27)).astype(np.int8)

@@ -20,9 +20,11 @@ def cli(*args, cwd=ROOT):
 
 
 def one_line_error(r, code=2):
+    """The command failed with ``code`` and one "error: " line, the last on stderr (progress bars may precede it)."""
     lines = r.stderr.strip().splitlines()
-    assert r.returncode == code and len(lines) == 1 and lines[0].startswith("error: "), (r.returncode, r.stderr)
-    return lines[0]
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert r.returncode == code and errors == lines[-1:] and "Traceback" not in r.stderr, (r.returncode, r.stderr)
+    return lines[-1]
 
 
 def snapshot(root):
@@ -72,3 +74,31 @@ def test_train_epoch_range_is_one_line_and_leaves_nothing(tmp_path, epochs):
     line = one_line_error(cli("train", "fit", "--out", str(tmp_path / "r"), "--epochs", epochs, *SMALL))
     assert "--epochs %s: must be >= 1" % epochs in line
     assert os.listdir(tmp_path) == []
+
+
+def test_unwritable_out_is_one_line_naming_the_file(tiny_run, tmp_path):
+    line = one_line_error(cli("export", "backbone", "--run", tiny_run, "--out", "/proc/x/export"))
+    assert line.startswith("error: /proc/x") and "Traceback" not in line
+    r = cli("export", "backbone", "--run", tiny_run, "--out", "/proc/x/export", "--debug")
+    assert r.returncode == 2 and "Traceback (most recent call last)" in r.stderr
+    assert r.stderr.strip().splitlines()[-1] == line
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not os.path.exists("/proc/mounts"), reason="mounting a tmpfs needs root")
+def test_full_disk_in_train_and_export_keeps_the_earlier_artifacts(tiny_run, tmp_path):
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=160k", "tmpfs", str(disk)]).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        line = one_line_error(cli("train", "fit", "--out", str(disk / "run"), "--epochs", "1", "--workers", "0",
+                                  *SMALL))
+        assert "No space left on device" in line and str(disk) in line
+        assert os.listdir(str(disk / "run")) == []  # no half-written checkpoint
+        line = one_line_error(cli("export", "backbone", "--run", tiny_run, "--out", str(disk / "export"),
+                                  "--verify-images", "2"))
+        assert "No space left on device" in line and str(disk) in line
+        assert not os.path.exists(str(disk / "export"))
+        assert [n for n in os.listdir(str(disk)) if n.startswith(".")] == []
+    finally:
+        subprocess.run(["umount", str(disk)])

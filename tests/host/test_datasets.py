@@ -8,7 +8,7 @@ from host.errors import BnnError
 
 
 def test_dataset_names():
-    assert DATASETS == ("imagenet", "flowers102", "cub200", "indoor67", "folder", "synthetic", "synthetic-transfer")
+    assert DATASETS == ("flowers102", "cub200", "indoor67", "folder", "synthetic", "synthetic-transfer")
 
 
 def check_common(ds, name, split, n, num_classes):
@@ -22,37 +22,6 @@ def check_common(ds, name, split, n, num_classes):
     d = ds.describe()
     assert d["count"] == n and d["num_classes"] == num_classes and d["name"] == name and d["split"] == split
     assert d["fingerprint"] == ds.fingerprint() and len(ds.fingerprint()) == 64
-
-
-def test_imagenet(fake_imagenet):
-    root, wnids = fake_imagenet
-    tr = open_dataset("imagenet", "train", str(root))
-    te = open_dataset("imagenet", "test", str(root))
-    check_common(tr, "imagenet", "train", 9, 3)  # .DS_Store and notes.txt are not images
-    check_common(te, "imagenet", "test", 6, 3)
-    assert tr.classes == te.classes == wnids
-    assert tr.class_names[0] == "tench, Tinca tinca"
-    np.testing.assert_array_equal(tr.labels, [0, 0, 0, 1, 1, 1, 2, 2, 2])
-    np.testing.assert_array_equal(te.labels, [0, 0, 1, 1, 2, 2])
-    for i in range(len(te)):
-        assert os.path.basename(os.path.dirname(te.source(i))) == wnids[te.labels[i]]
-        assert "/val/" in te.source(i).replace(os.sep, "/")
-
-
-def test_imagenet_errors(fake_imagenet):
-    root, wnids = fake_imagenet
-    import shutil
-
-    shutil.rmtree(root / "val")
-    (root / "val").mkdir()
-    (root / "val" / "ILSVRC2012_val_00000001.JPEG").write_bytes(b"x")
-    with pytest.raises(BnnError, match="expected one folder per class"):
-        open_dataset("imagenet", "test", str(root))
-    shutil.rmtree(root / "val")
-    with pytest.raises(BnnError) as e:
-        open_dataset("imagenet", "test", str(root))
-    assert str(e.value).startswith(str(root / "val") + ": not found")
-    assert len(open_dataset("imagenet", "train", str(root))) == 9  # the train split needs no val/
 
 
 def test_flowers_paper_and_official_splits(fake_flowers):

@@ -24,7 +24,7 @@ from host.preprocess import (
 )
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-MY_HOST_MODULES = ("preprocess", "datasets", "synthetic", "imagecache")
+MY_HOST_MODULES = ("preprocess", "datasets", "synthetic")
 
 
 def ramp(h, w):
@@ -181,7 +181,7 @@ def test_my_host_modules_import_without_heavy_dependencies():
     code = (
         "import sys\n"
         "for m in %r: sys.modules[m] = None\n"
-        "import host.preprocess, host.datasets, host.synthetic, host.imagecache\n"
+        "import host.preprocess, host.datasets, host.synthetic\n"
         "ds = host.datasets.open_dataset('synthetic-transfer', 'test', n_test_per_class=1)\n"
         "assert ds.load(0).shape == (48, 48, 3)\n"
     ) % blocked

@@ -3,9 +3,9 @@ import pytest
 import torch
 
 from host.datasets import open_dataset
-from host.imagecache import ImageCache
 from host.preprocess import Preprocess, eval_transform
 from train.data import EpochSampler, ImageTorchDataset, collate_skip, make_loader
+from train.imagecache import ImageCache
 
 PP = Preprocess.for_input_size(32)
 

@@ -55,7 +55,8 @@ def test_finished_run_is_skipped_and_different_run_in_same_dir_refused(tmp_path,
     cfg = _cfg(tmp_path / "r", epochs=1)
     first = run(cfg, progress=False)
     again = run(_cfg(tmp_path / "r", epochs=1), progress=False)
-    assert again == first and "up to date" in capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert again == first and "up to date" in err and out == ""  # progress on stderr, stdout for results
     with pytest.raises(BnnError, match="a run already exists here"):
         run(_cfg(tmp_path / "r", epochs=2), progress=False)
 

@@ -3,9 +3,11 @@ import pytest
 import torch
 from torch import nn
 
+from export.qonnx_graph import to_brevitas
 from host.errors import BnnError
+from host.intlayers import backbone_digest
 from train.calibrate import calibrated_random_model
-from train.freeze import IntegerBackbone, backbone_digest, fold_backbone, fold_threshold, to_brevitas
+from train.freeze import IntegerBackbone, fold_backbone, fold_threshold
 from train.models import ModelConfig, build_model
 
 

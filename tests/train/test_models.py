@@ -3,7 +3,7 @@ import torch
 
 from host.errors import BnnError
 from train.models import ModelConfig, binary_act, build_model, count_weights
-from train.presets import PRESETS, get_preset
+from train.presets import PRESETS, get_preset, presets_table
 
 
 def test_binary_activation_forward_is_sign_with_zero_to_plus_one():
@@ -52,7 +52,17 @@ def test_paper_preset_has_alexnet_weight_count():
     # AlexNet without grouped convolutions: 62,367,776 conv+FC weights (62.4M); with groups it would be 61.0M.
     model = build_model(ModelConfig(preset="paper", num_classes=1000))
     assert abs(count_weights(model) - 62.4e6) / 62.4e6 < 0.01
-    assert count_weights(model) == 62_367_776
+    assert count_weights(model) == 62_367_776 == get_preset("paper").weight_count()
+
+
+@pytest.mark.parametrize("preset", ["z2", "tiny"])
+def test_weight_count_from_the_spec_equals_the_model(preset):
+    spec = get_preset(preset)
+    assert spec.weight_count() == count_weights(build_model(ModelConfig(preset=preset, num_classes=spec.num_classes)))
+
+
+def test_readme_presets_table_is_generated(golden):
+    golden.check("presets.md", presets_table())
 
 
 def test_z2_preset_is_alexnet_shaped_and_at_least_64px():

@@ -69,7 +69,7 @@ def test_synthetic_table_runs_end_to_end_resumes_and_skips(tmp_path, capsys):
     # The CLI picks up where the interrupted command stopped.
     capsys.readouterr()
     assert train_main(["table2", *SMALL, "--out", str(out)]) == 0
-    log = capsys.readouterr().out
+    log = capsys.readouterr().err
     assert "resuming birds-binary-a" in log and "running indoor-binary-b" in log
     assert "running flowers-fp-scratch" not in log
     metrics = (out / "runs" / "birds-binary-a" / "metrics.jsonl").read_text().splitlines()
@@ -103,8 +103,9 @@ def test_synthetic_table_runs_end_to_end_resumes_and_skips(tmp_path, capsys):
     t0 = time.monotonic()
     assert train_main(["table2", *SMALL, "--out", str(out)]) == 0
     elapsed = time.monotonic() - t0
-    log = capsys.readouterr().out
+    result, log = capsys.readouterr()
     assert _checkpoint_mtimes(out) == before
+    assert "up to date" not in result and all(line.startswith("|") for line in result.strip().splitlines())
     assert log.count("is up to date") == len(ROW_IDS) and "17 done, 0 to resume, 0 to run" in log
     assert elapsed < 30, elapsed
 

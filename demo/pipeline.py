@@ -1,10 +1,10 @@
-"""``python -m train demo``: the whole flow on the embedded synthetic data, in one command.
+"""``python -m demo``: the whole flow on the embedded synthetic data, in one command.
 
 Each stage runs as its own command, exactly as a user would type it (``python -m train fit``,
 ``python -m export backbone``, ``python -m build_fpga``, ``python -m host fit|eval``), so the demo
-exercises the real interfaces and keeps the layering: train/ imports none of the later stages.
-Every stage skips its work when its output already matches its inputs, so a second run only
-re-prints the table.
+exercises the real interfaces: its result is the one JSON line each stage prints on stdout, while
+the stages' progress goes to stderr untouched. Every stage skips its work when its output already
+matches its inputs, so a second run only re-prints the table.
 
 The table is shaped like the paper's Table 2 for one dataset: a binary network trained from
 scratch on the transfer task against the pretrained binary backbone with a software head,
@@ -20,7 +20,8 @@ from dataclasses import asdict, dataclass
 from typing import List, Optional
 
 from host.errors import BnnError
-from host.manifest import write_json_atomic
+from host.manifest import write_bytes_atomic, write_json_atomic
+from host.progress import log
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -51,28 +52,22 @@ def _options(opts):
 
 
 def run_stage(args: List[str], log) -> Optional[dict]:
-    """Run ``python -m <args>`` from the repo root; return its last JSON line (None if it prints none)."""
+    """Run ``python -m <args>`` from the repo root; its result: the JSON object it printed, if it printed one.
+
+    The stage's progress goes to stderr, straight through to ours; its stdout is its result alone.
+    """
     cmd = [sys.executable, "-m"] + args
     log("$ python -m " + " ".join(args))
     t0 = time.time()
-    lines = []
-    # Stream the stage's stdout as it comes (epochs take a while); its progress bars go to stderr directly.
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    with subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True, bufsize=1, env=env) as proc:
-        for line in proc.stdout:
-            lines.append(line.rstrip("\n"))
-            log("  " + lines[-1])
+    proc = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True)
     if proc.returncode != 0:
         raise BnnError("stage failed (exit %d): python -m %s" % (proc.returncode, " ".join(args)))
-    log("  (%.0f s)" % (time.time() - t0))
-    for line in reversed(lines):
-        line = line.strip()
-        if line.startswith("{"):
-            return json.loads(line)
-    return None
+    out = proc.stdout.strip()
+    log("  %s (%.0f s)" % (out, time.time() - t0))
+    return json.loads(out) if out.startswith("{") else None
 
 
-def run_demo(cfg: DemoConfig, log=print):
+def run_demo(cfg: DemoConfig, log=log):
     out = os.path.abspath(cfg.out)
     paths = {
         "pretrain": os.path.join(out, "pretrain"),
@@ -125,12 +120,7 @@ def run_demo(cfg: DemoConfig, log=print):
         "seconds": round(time.time() - t0, 1),
     }
     write_json_atomic(os.path.join(out, "summary.json"), summary)
-    table = format_table(rows, pre)
-    with open(os.path.join(out, "table.md"), "w", encoding="utf-8") as f:
-        f.write(table + "\n")
-    log("")
-    log(table)
-    log("")
+    write_bytes_atomic(os.path.join(out, "table.md"), (format_table(summary) + "\n").encode())
     log("artifacts:")
     for k in ("pretrain", "export", "deploy", "scratch", "head_float", "head_binary"):
         log("  %-12s %s" % (k, paths[k]))
@@ -142,14 +132,14 @@ def run_demo(cfg: DemoConfig, log=print):
     return summary
 
 
-def format_table(rows, pre):
+def format_table(summary):
     lines = [
         "synthetic-transfer (10 classes unseen in pretraining; backbone pretrained on synthetic: "
-        "top-1 %.1f%%)" % (100 * pre["test_top1"]),
+        "top-1 %.1f%%)" % (100 * summary["pretrain"]["test_top1"]),
         "",
         "| %-36s | %6s | %6s |" % ("", "top-1", "top-5"),
         "|%s|%s|%s|" % ("-" * 38, "-" * 8, "-" * 8),
     ]
-    for name, t1, t5 in rows:
-        lines.append("| %-36s | %5.1f%% | %5.1f%% |" % (name, 100 * t1, 100 * t5))
+    for row in summary["table"]:
+        lines.append("| %-36s | %5.1f%% | %5.1f%% |" % (row["row"], 100 * row["top1"], 100 * row["top5"]))
     return "\n".join(lines)

@@ -7,8 +7,8 @@ import pytest
 
 from host.datasets import open_dataset
 from host.errors import BnnError, ImageError
-from host.imagecache import ImageCache
 from host.preprocess import decode_image, resize_longest_side
+from train.imagecache import ImageCache
 
 
 @pytest.fixture

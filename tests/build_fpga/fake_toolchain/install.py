@@ -1,0 +1,52 @@
+"""Lay out a fake Xilinx install and a fake FINN deps folder for the fake toolchain (tests only).
+
+``install(root, version)`` makes ``<root>/Vivado/<version>/bin/vivado`` and
+``<root>/Vitis_HLS/<version>/bin/{vitis_hls,vitis-run}`` (links to ``bin/`` beside this file) and the
+library folders FINN's launcher puts on LD_LIBRARY_PATH, and returns the variables a sourced
+settings64.sh would set. ``deps(root, board_parts)`` makes a FINN deps folder holding finn-hlslib's
+header names and a board.xml per board part, as ``finn deps update`` would (content: placeholders).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Dict, Iterable
+
+HERE = Path(__file__).resolve().parent
+# finn-hlslib's top-level headers (github.com/Xilinx/finn-hlslib): FINN's generated HLS includes them.
+HLSLIB_HEADERS = (
+    "activations.hpp bnn-library.h concat.hpp convlayer.h crop.hpp dma.h eltwise.hpp flatten.hpp interpret.hpp "
+    "mac.hpp maxpool.h mmv.hpp mvau.hpp normalize.hpp pool.hpp slidingwindow.h split.hpp streamtools.h "
+    "tmrcheck.hpp upsample.hpp utils.hpp vvau.hpp weights.hpp").split()
+
+
+def install(root, version: str = "2024.2") -> Dict[str, str]:
+    root = Path(root)
+    vivado, hls = root / "Vivado" / version, root / "Vitis_HLS" / version
+    for home, tools in ((vivado, ("vivado",)), (hls, ("vitis_hls", "vitis-run"))):
+        (home / "bin").mkdir(parents=True, exist_ok=True)
+        for tool in tools:
+            link = home / "bin" / tool
+            if not link.exists():
+                link.symlink_to(HERE / "bin" / tool)
+    (vivado / "lib" / "lnx64.o").mkdir(parents=True, exist_ok=True)
+    (hls / "lnx64" / "tools" / "fpo_v7_1").mkdir(parents=True, exist_ok=True)
+    return {"XILINX_VIVADO": str(vivado), "XILINX_HLS": str(hls),
+            "PATH": os.pathsep.join([str(vivado / "bin"), str(hls / "bin"), os.environ.get("PATH", "")])}
+
+
+def deps(root, board_parts: Iterable[str]) -> Path:
+    root = Path(root)
+    lib = root / "finn-hlslib"
+    lib.mkdir(parents=True, exist_ok=True)
+    for name in HLSLIB_HEADERS:
+        (lib / name).write_text("// placeholder of finn-hlslib's %s (fake toolchain)\n" % name)
+    for bp in board_parts:
+        vendor, name, _, version = bp.split(":")
+        d = root / "board_files" / name / version
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "board.xml").write_text(
+            '<?xml version="1.0" encoding="UTF-8"?>\n<board schema_version="2.1" vendor="%s" name="%s">\n'
+            "  <file_version>%s</file_version>\n</board>\n" % (vendor, name, version))
+    return root

@@ -1,0 +1,177 @@
+"""Crafted artifacts: manifests that point outside their root, checkpoints and .npz files that lie."""
+
+import io
+import json
+import os
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+
+from host.errors import BnnError
+from host.manifest import finalize_manifest, load_manifest, new_manifest, sha256_file
+from host.npzfile import check_npz, open_npz
+from tests.host.fake_pynq import make_bundle
+from train.checkpoint import load_checkpoint, save_checkpoint
+
+
+def artifact(root, files):
+    os.makedirs(root, exist_ok=True)
+    for rel, data in files.items():
+        with open(os.path.join(root, rel), "wb") as f:
+            f.write(data)
+    finalize_manifest(str(root), new_manifest("test", "thing"), "m.json")
+    return str(root)
+
+
+def edit_manifest(root, edit):
+    path = os.path.join(root, "m.json")
+    m = json.load(open(path))
+    edit(m)
+    json.dump(m, open(path, "w"))
+
+
+@pytest.mark.parametrize("name", ["/etc/passwd", "/proc/self/environ", "../../x", "a/../../x", "./a.bin", "a//b", ""])
+def test_manifest_paths_outside_the_root_are_refused_unread(tmp_path, name):
+    root = artifact(tmp_path / "art", {"a.bin": b"a"})
+    target = "/etc/passwd" if name.startswith("/") else None
+    digest = sha256_file(target) if target and os.path.exists(target) else "0" * 64  # even a matching hash
+    edit_manifest(root, lambda m: m["files"].update({name: digest}))
+    with pytest.raises(BnnError, match=r"is not a relative path inside"):
+        load_manifest(root, "m.json")
+
+
+def test_symlink_out_of_the_root_is_refused(tmp_path):
+    outside = tmp_path / "secret"
+    outside.write_bytes(b"secret")
+    root = artifact(tmp_path / "art", {"a.bin": b"a"})
+    os.symlink(str(outside), os.path.join(root, "e.npz"))
+    edit_manifest(root, lambda m: m["files"].update({"e.npz": sha256_file(str(outside))}))
+    with pytest.raises(BnnError, match=r"e\.npz: file listed in .*m\.json resolves outside"):
+        load_manifest(root, "m.json")
+
+
+def test_listed_directory_and_files_as_a_list_are_one_line_errors(tmp_path):
+    root = artifact(tmp_path / "art", {"a.bin": b"a"})
+    os.mkdir(os.path.join(root, "d"))
+    edit_manifest(root, lambda m: m["files"].update({"d": "0" * 64}))
+    with pytest.raises(BnnError, match=r"d: file listed in .* is not a regular file"):
+        load_manifest(root, "m.json")
+    edit_manifest(root, lambda m: m.update(files=["a.bin"]))
+    with pytest.raises(BnnError, match=r"'files' must map file names to sha256 digests, got a list"):
+        load_manifest(root, "m.json")
+
+
+def test_bundle_with_an_escaping_emulator_is_refused(tmp_path):
+    from host.bundle import load_bundle
+
+    root = make_bundle(tmp_path / "b")
+    outside = tmp_path / "evil.npz"
+    os.replace(os.path.join(root, "emulator.npz"), str(outside))
+    os.symlink(str(outside), os.path.join(root, "emulator.npz"))
+    with pytest.raises(BnnError, match="resolves outside"):
+        load_bundle(root)
+
+
+def good_state():
+    from train.models import ModelConfig, build_model
+
+    cfg = ModelConfig(preset="tiny", num_classes=3)
+    return {"mode": "fit", "model_config": cfg.to_dict(), "classes": ["a", "b", "c"],
+            "preprocess": {"input_size": 32, "resize_longest": 37}, "epoch": 1,
+            "model": build_model(cfg).state_dict(), "metrics": {}}
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda s: s.update(epoch="7"), "field 'epoch' is a str, expected int"),
+    (lambda s: s.update(epoch=-3), "field 'epoch' is -3, expected >= 0"),
+    (lambda s: s.update(classes={"a": 1}), "field 'classes' is a dict, expected list"),
+    (lambda s: s.update(classes=[1, 2, 3]), "'classes' must be a non-empty list of names"),
+    (lambda s: s["model_config"].update(num_classes=-5), "num_classes must be a positive integer, got -5"),
+    (lambda s: s["model_config"].update(preset=["tiny"]), "preset must be a string"),
+    (lambda s: s["model_config"].update(num_classes=4), "3 class names for 4 outputs"),
+    (lambda s: s.update(preprocess={"input_size": -1, "resize_longest": 37}), "input_size must be a positive"),
+    (lambda s: s.update(model={"w": [1, 2]}), "'model' must map parameter names to tensors"),
+])
+def test_crafted_checkpoint_fields_are_one_line_errors(tmp_path, edit, message):
+    state = good_state()
+    edit(state)
+    save_checkpoint(tmp_path / "checkpoint.pt", state)
+    with pytest.raises(BnnError, match=r"checkpoint\.pt: .*" + _re(message)):
+        load_checkpoint(tmp_path)
+
+
+def _re(text):
+    import re
+
+    return re.escape(text)
+
+
+def test_zero_byte_and_pickle_checkpoints(tmp_path):
+    (tmp_path / "z").mkdir()
+    (tmp_path / "z" / "checkpoint.pt").write_bytes(b"")
+    with pytest.raises(BnnError, match=r"checkpoint\.pt: not a readable checkpoint \(\S"):
+        load_checkpoint(tmp_path / "z")
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, ("touch %s" % (tmp_path / "pwned"),))
+
+    torch.save({"format": "bnn-transfer/checkpoint/v1", "x": Payload()}, str(tmp_path / "evil.pt"))
+    with pytest.raises(BnnError) as e:
+        load_checkpoint(tmp_path / "evil.pt")
+    assert "GLOBAL posix.system" in str(e.value) and "weights_only" not in str(e.value)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_checkpoint_write_on_a_full_disk_names_the_file_and_keeps_the_old_one(tmp_path, monkeypatch):
+    import errno
+
+    import train.checkpoint as ck
+
+    save_checkpoint(tmp_path / "checkpoint.pt", good_state())
+
+    class Full(io.FileIO):
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ck, "open", lambda p, mode: Full(p, "w"), raising=False)
+    with pytest.raises(OSError) as e:
+        save_checkpoint(tmp_path / "checkpoint.pt", dict(good_state(), epoch=2))
+    monkeypatch.undo()
+    assert e.value.errno == errno.ENOSPC and e.value.filename == str(tmp_path / "checkpoint.pt")
+    assert load_checkpoint(tmp_path)["epoch"] == 1 and os.listdir(tmp_path) == ["checkpoint.pt"]
+
+
+def npz_with_header(path, shape, data_bytes, name="junk"):
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": "<f4", "fortran_order": False, "shape": shape})
+    with zipfile.ZipFile(str(path), "w") as zf:
+        zf.writestr(name + ".npy", buf.getvalue() + b"\0" * data_bytes)
+
+
+def test_npz_that_lies_about_its_size_is_refused_before_allocation(tmp_path):
+    npz_with_header(tmp_path / "h.npz", (270_000_000,), 1 << 20)
+    with pytest.raises(ValueError, match=r"junk\.npy declares float32 \(270000000,\) \(1080000000 bytes\) but holds"):
+        check_npz(str(tmp_path / "h.npz"))
+    from host.heads import load_head
+
+    with pytest.raises(BnnError, match=r"h\.npz: .*junk\.npy declares float32"):
+        load_head(str(tmp_path / "h.npz"))
+
+
+def test_npz_members_limits(tmp_path):
+    np.savez(str(tmp_path / "ok.npz"), a=np.zeros(10, np.float32), s=np.array("x"))
+    with open_npz(str(tmp_path / "ok.npz"), names={"a", "s"}) as z:
+        assert z["a"].shape == (10,)
+    with pytest.raises(ValueError, match="unexpected member 's.npy'"):
+        check_npz(str(tmp_path / "ok.npz"), names={"a"})
+    with pytest.raises(ValueError, match="members declare .* more than the 16 such a file may hold"):
+        check_npz(str(tmp_path / "ok.npz"), max_bytes=16)
+    with zipfile.ZipFile(str(tmp_path / "obj.npz"), "w") as zf:
+        buf = io.BytesIO()
+        np.lib.format.write_array_header_1_0(buf, {"descr": "|O", "fortran_order": False, "shape": (1,)})
+        zf.writestr("o.npy", buf.getvalue() + b"\0" * 8)
+    with pytest.raises(ValueError, match="holds Python objects"):
+        check_npz(str(tmp_path / "obj.npz"))
