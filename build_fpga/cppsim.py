@@ -35,6 +35,7 @@ from typing import Callable, Dict, Iterator, List, Optional
 import numpy as np
 
 from host.errors import BnnError
+from host.manifest import package_versions
 from host.progress import progress_bar
 
 # Vitis-only declarations that finn-hlslib and FINN's npy stream templates include. Only what the
@@ -164,6 +165,10 @@ def find_headers(hls_include: Optional[str] = None, finn_deps: Optional[str] = N
     return Headers(ap_include=ap_include, finn_deps=str(deps), vitis=is_vitis)
 
 
+def _finn_version() -> str:
+    return str(package_versions("finn-plus")["finn-plus"])
+
+
 def _has(folder: Path, *names: str) -> bool:
     return all((folder / n).is_file() for n in names)
 
@@ -226,11 +231,9 @@ def toolchain_fingerprint(env: Dict[str, str]) -> str:
     (path, size, mtime) FINN's compile line can see."""
     from finn.templates import get_templates_folder
 
-    from build_fpga.finn_env import finn_version
-
     h = hashlib.sha256()
     gxx = subprocess.run(["g++", "--version"], capture_output=True, text=True).stdout.splitlines()
-    h.update(("%s|%s|%s" % (gxx[0] if gxx else "", finn_version(), sorted(env.items()))).encode())
+    h.update(("%s|%s|%s" % (gxx[0] if gxx else "", _finn_version(), sorted(env.items()))).encode())
     folders = [Path(env["XILINX_HLS"]) / "include", Path(env["FINN_DEPS"]) / "finn-hlslib",
                Path(get_templates_folder()) / "npy2stream", Path(env["FINN_CUSTOM_HLS"])]
     if env.get("CPATH"):
@@ -285,9 +288,8 @@ def generate(hw_model, work: Path, jobs: int = 1):
 
 def _node_digest(model, node) -> str:
     """The node (attributes, code folder included) and its initializers, under this FINN version."""
-    from build_fpga.finn_env import finn_version
 
-    h = hashlib.sha256(str(finn_version()).encode() + node.SerializeToString())
+    h = hashlib.sha256(str(_finn_version()).encode() + node.SerializeToString())
     for name in node.input:
         init = model.get_initializer(name)
         if init is not None:
