@@ -29,7 +29,8 @@ def parse_args(argv):
     ap.add_argument("--with-paper-finn", action="store_true",
                     help="also run FINN's estimate flow on the paper preset (~20 min, 13.5 GB)")
     ap.add_argument("--tiny-bundle", metavar="DIR",
-                    help="a tiny deploy bundle: also train heads on its real features of synthetic-transfer")
+                    help="a tiny deploy bundle (the demo's): also train heads on its features of synthetic-transfer "
+                         "and measure transfer to real images (transfer/digits)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     if args.threads is not None and args.threads < 1:
@@ -56,7 +57,7 @@ def main(argv=None):
         for var in THREAD_VARS:
             os.environ[var] = str(args.threads)
     # numpy, torch and onnxruntime are imported only now, after the thread settings
-    from . import extraction, finn_estimates, head, packing, report
+    from . import extraction, finn_estimates, head, packing, report, transfer
     from .context import Context
     from .measure import machine
     from .networks import Networks
@@ -79,7 +80,7 @@ def main(argv=None):
         ctx = Context(quick=args.quick, workdir=work, networks=Networks(work, args.seed), only=args.only,
                       with_paper_finn=args.with_paper_finn, tiny_bundle=args.tiny_bundle, seed=args.seed,
                       threads=threads)
-        for module in (extraction, packing, head, finn_estimates):
+        for module in (extraction, packing, head, transfer, finn_estimates):
             try:
                 for rec in module.run(ctx):
                     if rec.get("met") is False and "gap" not in rec:

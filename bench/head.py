@@ -124,7 +124,7 @@ def _why(rec):
     if d > TOP1_TOLERANCE:
         parts.append("top-1 %.1f points below scikit-learn's" % (100 * d))
     if rec["ours_s"] > rec["theirs_s"]:
-        parts.append("%.1fx slower: %d passes over the features (an L2 path of 7 values, a few L-BFGS iterations "
+        parts.append("%.1fx slower: %d passes over the features (an L2 path of up to 6 values, 2 L-BFGS iterations "
                      "each, and the refit on all rows) against scikit-learn's single fit of %d iterations, which "
                      "its gradient tolerance stops long before convergence" % (
                          rec["ours_s"] / rec["theirs_s"], rec["ours_passes"], rec["theirs_iterations"]))

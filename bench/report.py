@@ -48,6 +48,7 @@ def _load_remark(start: Dict, end: Dict) -> str:
 def markdown(records: List[Dict], start: Dict, end: Dict, wall_s: float, quick: bool) -> str:
     speed = [r for r in records if r["kind"] in ("speed", "memory")]
     est = [r for r in records if r["kind"] == "estimate"]
+    acc = [r for r in records if r["kind"] == "accuracy"]
     skipped = [r for r in records if r["kind"] == "skipped"]
     errors = [r for r in records if r["kind"] == "error"]
     lines = [
@@ -63,10 +64,10 @@ def markdown(records: List[Dict], start: Dict, end: Dict, wall_s: float, quick: 
         % (_machine_line(start), start.get("threads") or "all", "/".join("%.2f" % v for v in start["loadavg"]),
            "/".join("%.2f" % v for v in end["loadavg"]),
            _load_remark(start, end)),
-        "",
-        "| measurement | ours | theirs | speedup | bit-exact | target | met |",
-        "|---|---|---|---|---|---|---|",
     ]
+    if speed:  # a run with --only finn_estimate has none
+        lines += ["", "| measurement | ours | theirs | speedup | bit-exact | target | met |",
+                  "|---|---|---|---|---|---|---|"]
     for r in speed:
         if r["kind"] == "memory":
             ours, theirs = "%.0f MB peak RSS" % r["rss_mb"], "(numpy + host/ import: %.0f MB)" % r["import_rss_mb"]
@@ -75,19 +76,29 @@ def markdown(records: List[Dict], start: Dict, end: Dict, wall_s: float, quick: 
         lines.append("| `%s` | %s | %s | %s | %s | %s | %s |" % (
             r["name"], ours, theirs, _speedup(r), _yes(r["identical"]), r["target"] or "-", _yes(r["met"])))
     if est:
-        lines += ["", "FINN estimates at the highest fitting target fps (FINN's analytical models, 70% LUT / 80% BRAM "
-                  "margins, no FIFOs; not measured on hardware):", "",
-                  "| network / board | est. images/s | LUT | BRAM18 | limited by |", "|---|---|---|---|---|"]
+        lines += ["", "FINN estimates at the folding `python -m build_fpga` chooses (the folding search: most img/s "
+                  "within 70% LUT / 80% BRAM18 / 80% DSP; layers by FINN's analytical models, plus the FIFOs, "
+                  "width converters and DMAs the hardware build adds, `build_fpga/estimates.py`; not measured on "
+                  "hardware):", "",
+                  "| network / board | est. images/s | LUT | BRAM18 | DSP | binds | slowest node | target | met |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for r in est:
             if r["fps"] is None:
-                lines.append("| `%s` | does not fit | | | |" % r["name"])
+                lines.append("| `%s` | does not fit | | | | | | %s | %s |" % (r["name"], r["target"] or "-",
+                                                                          _yes(r["met"])))
             else:
-                lines.append("| `%s` | %s | %s / %s | %s / %s | %s |" % (
-                    r["name"], format(r["fps"], ","), format(r["lut"], ","), format(r["lut_usable"], ","),
-                    r["bram18"], r["bram18_usable"], r["bottleneck"]))
-        lines.append("| finn-examples CNV-W1A1 / Pynq-Z1 (published anchor, not measured here) | ~3,000 | | | |")
-    gaps = [r for r in speed if r["met"] is False]
-    targets = [r for r in speed if r["met"] is not None]
+                lines.append("| `%s` | %s | %s (%.1f%%) | %s (%.1f%%) | %s (%.1f%%) | %s | %s | %s | %s |" % (
+                    r["name"], format(r["fps"], ","), format(r["lut"], ","), r["lut_pct"], r["bram18"],
+                    r["bram18_pct"], r["dsp"], r["dsp_pct"], r["binding"], r["bottleneck"], r["target"] or "-",
+                    _yes(r["met"])))
+        lines.append("| finn-examples CNV-W1A1 / Pynq-Z1 (published anchor, not measured here) | ~3,000 | | | | | "
+                     "| | |")
+    if acc:
+        lines += ["", "Transfer to real images: frozen binary features of the `--tiny-bundle` backbone, a random "
+                  "backbone of the same preset (BatchNorm statistics from the task's images) and the raw input pixels, "
+                  "top-1 / top-5 on the test split:", ""] + transfer_table(acc)
+    gaps = [r for r in speed + acc if r["met"] is False]
+    targets = [r for r in speed + acc if r["met"] is not None]
     lines += ["", "## Targets not met (%d of %d)" % (len(gaps), len(targets)) if gaps else "## Targets", ""]
     if not gaps:
         lines.append("Every target above is met.")
@@ -115,6 +126,23 @@ def markdown(records: List[Dict], start: Dict, end: Dict, wall_s: float, quick: 
         lines.append("- **error** in `%s`: %s" % (r["name"], r["error"]))
     lines += ["", "What is measured: `bench/__init__.py`; every number above is one JSON line of the run."]
     return "\n".join(lines) + "\n"
+
+
+def transfer_table(records: List[Dict]) -> List[str]:
+    """The ``transfer/*`` lines as a markdown table (bench/results.md, and the README quotes it)."""
+
+    def cell(r):
+        return "%.1f%% / %.1f%%" % (100 * r["top1"], 100 * r["top5"]) if r else "-"
+
+    out = ["| task | frozen features, host head | frozen, sklearn LR | random backbone, host head | "
+           "random, sklearn LR | pixels, sklearn LR | target met |", "|---|---|---|---|---|---|---|"]
+    for r in records:
+        rows = r["rows"]
+        out.append("| `%s` (%d train / %d test, %d classes, %d px, %d features) | %s | %s | %s | %s | %s | %s |" % (
+            r["name"], r["train"], r["test"], r["classes"], r["input_size"], r["feature_width"],
+            cell(rows["frozen"]["host"]), cell(rows["frozen"]["sklearn"]), cell(rows["random"]["host"]),
+            cell(rows["random"]["sklearn"]), cell(rows["pixels"]["sklearn"]), _yes(r["met"])))
+    return out
 
 
 def plot(records: List[Dict]) -> bytes:

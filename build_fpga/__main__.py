@@ -42,15 +42,17 @@ def build_parser():
     ap.add_argument("--out", required=True, metavar="DEPLOY_DIR",
                     help="deploy bundle to write (replaced as a whole when the build succeeds)")
     ap.add_argument("--target-fps", type=int, default=None, metavar="N",
-                    help="images per second FINN folds the layers for (default: the highest that fits the board "
-                         "within FINN's margins, 70%% LUT and 80%% BRAM18)")
+                    help="images per second FINN's SetFolding folds the layers for (default: the folding search, "
+                         "the most img/s whose layers, FIFOs, width converters and DMAs fit FINN's margins: "
+                         "70%% LUT, 80%% BRAM18, 80%% DSP)")
     ap.add_argument("--folding", metavar="FILE",
                     help="FINN folding config JSON to use instead of a target fps, e.g. a bundle's "
                          "report/folding_config.json with PE/SIMD edited")
     ap.add_argument("--clock-mhz", type=float, default=None, metavar="MHZ",
                     help="clock FINN folds and estimates for (default: the board's, 100 MHz on the Zynq-7000 boards)")
     ap.add_argument("--mvau-wwidth-max", type=int, default=36, metavar="BITS",
-                    help="FINN's cap on SIMD x weight bits per PE during folding (default 36, FINN's)")
+                    help="FINN's cap on SIMD x weight bits per PE in SetFolding, i.e. with --target-fps "
+                         "(default 36, FINN's)")
     ap.add_argument("--estimate-only", action="store_true",
                     help="stop after FINN's estimates even where Vivado is on PATH")
     ap.add_argument("--hw-codegen", action="store_true",

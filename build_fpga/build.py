@@ -7,9 +7,11 @@ What :func:`build` does, in order; every failure is one line (BnnError) and leav
    build is skipped (the one-command demo reruns every stage).
 2. Reference: the integer layers read back from ``backbone.onnx`` and ``export.json`` must hash to
    the export's ``backbone_digest``, i.e. be exactly the torch side's frozen integers (``ladder.py``).
-3. FINN: the estimate flow (``finn_flow.run_flow``) at the chosen folding. Default: the highest target
-   fps whose estimate stays within FINN's margins (``folding.search_max_fps``).
-4. Fit: more than 100% of any resource refuses the build (exit 2) naming the resource (``estimates.py``).
+3. FINN: the estimate flow (``finn_flow.run_flow``) at the chosen folding. Default: the folding search
+   (``folding.search_max_fps``): the most img/s whose layers, FIFOs, width converters and DMAs stay
+   within FINN's margins on every resource.
+4. Fit: more than 100% of any resource refuses the build (exit 2) naming the resource (``estimates.py``);
+   FIFOs, width converters and DMAs count.
 5. Bit-exactness: on seeded random uint8 images, FINN's streamlined graph, FINN's HW graph and the
    bundle's emulator must equal the torch integer backbone layer by layer (``ladder.py``).
 6. Bundle (``bundle.py``) and report (``report.py``), built under a temporary name.
@@ -28,7 +30,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field, replace
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 from host.errors import BnnError
 from host.manifest import atomic_dir, manifest_digest, sha256_bytes
@@ -94,7 +96,7 @@ def _build(cfg, out, export, export_sha, params, folding_bytes, toolchain, build
     from .boards import get_board
     from .estimates import check_fit, fit_refusal, pct
     from .finn_flow import extract_layers, run_flow
-    from .folding import search_max_fps
+    from .folding import SEARCH_FOLDING, search_max_fps
     from .ladder import cppsim_message, cppsim_stage, reference_layers, verify_build
 
     board = get_board(cfg.board)
@@ -110,12 +112,13 @@ def _build(cfg, out, export, export_sha, params, folding_bytes, toolchain, build
             f.write(folding_bytes)
 
     t0 = time.time()
-    sweep: List[Dict] = []
     with _quiet_finn():
         if cfg.target_fps is None and folding_bytes is None:
-            log("build_fpga: searching the highest target fps that fits %s within FINN's margins" % board.name)
-            est, sweep = search_max_fps(onnx, finn_dir, run_cfg, names, log)
-            mode = "highest fitting target fps (default)"
+            log("build_fpga: searching the folding with the most img/s within FINN's margins on %s" % board.name)
+            est, _ = search_max_fps(onnx, finn_dir, run_cfg, names, log)
+            mode = "folding search (default): %s binds" % est["folding_search"]["binding"]
+            # from here on FINN's folding is the search's file, as with --folding (hardware key, resume)
+            run_cfg = replace(run_cfg, folding=os.path.join(finn_dir, SEARCH_FOLDING))
         else:
             mode = "--folding %s" % cfg.folding if folding_bytes is not None else "--target-fps %d" % cfg.target_fps
             log("build_fpga: FINN estimate flow for %s with %s" % (board.name, mode))
@@ -124,8 +127,10 @@ def _build(cfg, out, export, export_sha, params, folding_bytes, toolchain, build
     refusal = fit_refusal(est, out, "file" if folding_bytes is not None else "fps" if cfg.target_fps else "default")
     if refusal:
         raise BnnError(refusal)
-    log("build_fpga: estimate %.0f img/s, LUT %s, BRAM18 %s (%.0f s)" % (
-        est["fps"], pct(est["lut"]), pct(est["bram18"]), time.time() - t0))
+    log("build_fpga: estimate %.0f img/s, LUT %s, BRAM18 %s, DSP %s with FIFOs, DWCs and IODMAs (%.0f s)" % (
+        est["fps"], pct(est["lut"]), pct(est["bram18"]), pct(est["dsp"]), time.time() - t0))
+    if "folding_search" in est:
+        log("build_fpga: folding search stopped: %s" % est["folding_search"]["detail"])
     for line in check_fit(est):
         log("build_fpga: warning: %s: over FINN's recommended margin, timing closure may fail" % line)
 
@@ -138,8 +143,8 @@ def _build(cfg, out, export, export_sha, params, folding_bytes, toolchain, build
     finn_arrays = bundle.finn_emulator_arrays(extract_layers(hw_model), names, input_size)
     bundle.check_emulator(finn_arrays, emulator_arrays(layers, input_size), layers, out)
     bitexact = verify_build(layers, finn_dir, hw_model, finn_arrays, cfg.verify_images, export, out, log)
-    report_args = dict(board=board, export=export, sweep=sweep, bitexact=bitexact,
-                       folding_file=_folding_source(finn_dir, folding_bytes is not None))
+    report_args = dict(board=board, export=export, bitexact=bitexact,
+                       folding_file=_folding_source(finn_dir, cfg.target_fps is None))
     if cfg.cppsim:
         bitexact["stages"]["cppsim"] = cppsim_stage(hw_model, build_dir, finn_arrays, names, cfg.cppsim, input_size,
                                                     headers, log)
@@ -158,10 +163,11 @@ def _build(cfg, out, export, export_sha, params, folding_bytes, toolchain, build
     if toolchain is not None:
         log("build_fpga: Vivado found: FINN hardware steps (HLS IP, FIFOs, stitching, synthesis, bitstream); "
             "this takes long and resumes if stopped")
-        hw_dir = hardware.hardware_dir(build_dir, hardware.hardware_key(export_sha, finn_dir, cfg))
+        hw_dir = hardware.hardware_dir(build_dir, hardware.hardware_key(export_sha, finn_dir, run_cfg))
         with _quiet_finn():
             hw = hardware.run_hardware(finn_dir, hw_dir, run_cfg, log=log, clean=cfg.clean)
         hw["toolchain"] = toolchain
+        hardware.copy_reports(hw, os.path.join(finn_dir, "report"))
         n_ext = int(hw["io"].get("number_of_external_weights", 0) or 0)
         if n_ext:
             raise BnnError("%s: FINN streams %d weight tensor(s) from DRAM; bundles with external weights are not "
@@ -256,8 +262,9 @@ def _build_dir(cfg: BuildConfig, out: str, with_vivado: bool) -> Tuple[str, bool
 
 
 def _folding_source(finn_dir: str, from_file: bool) -> str:
-    # FINN writes the folding it applied from a file as applied_folding_config.json and the one
-    # SetFolding chose for a target fps as auto_folding_config.json; both round-trip via --folding.
+    # FINN writes the folding it applied from a file (--folding, or the search's) as
+    # applied_folding_config.json and the one SetFolding chose for a target fps as
+    # auto_folding_config.json; both round-trip via --folding.
     name = "applied_folding_config.json" if from_file else "auto_folding_config.json"
     return os.path.join(finn_dir, "report", name)
 

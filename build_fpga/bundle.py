@@ -202,17 +202,17 @@ finn-plus 1.6.1 does not pin one Vivado release in code: its package description
 version from the `XILINX_VIVADO` path, and its code switches behaviour at 2024.2 (e.g. `vitis-run`
 replaces `vitis_hls` after 2024.2 in `finn/util/hls.py`). Use 2022.2 or 2024.2. Then:
 
-1. `source <Xilinx>/Vivado/<version>/settings64.sh` (and Vitis HLS's): `vivado` on PATH and
-   `XILINX_VIVADO` set; `XILINX_HLS` for Vitis HLS.
-2. `finn deps update` once: fetches finn-hlslib (HLS layers) and the board files (Pynq-Z1/Z2,
-   KV260, ...) into FINN's dependency folder.
-3. `FINN_BUILD_DIR` (where FINN generates code and Vivado projects) is set by `build_fpga` itself,
-   to `<build dir>/finn/finn_build/finn_tmp`; pick the disk with `--build-dir` (a synthesis run
-   needs several GB). Set it yourself only when you drive FINN directly (the `finn` CLI, or
-   resuming with `start_step`), to that same folder: the generated tcl files hold absolute paths.
-4. Re-run the same `python -m build_fpga ...` command without `--estimate-only`: it repeats the
-   estimate steps (seconds), then runs FINN's hardware steps (HLS IP generation and FIFO sizing,
-   stitched IP, Zynq shell synthesis and bitstream, PYNQ driver) and puts `bitfile/finn-accel.bit`,
+1. `source <Xilinx>/Vivado/<version>/settings64.sh` (and Vitis HLS's): `vivado` and `vitis_hls` on
+   PATH, `XILINX_VIVADO` and `XILINX_HLS` set.
+2. `finn deps update --accept-defaults` once: fetches finn-hlslib (HLS layers) and the board files
+   (Pynq-Z1/Z2, Ultra96, KV260, ...) into FINN's dependency folder.
+3. Re-run the same `python -m build_fpga ...` command without `--estimate-only`. A pre-flight names
+   every missing piece first (one `error:` line each, nothing run); the environment FINN's own
+   launcher would set (`FINN_BUILD_DIR`, `FINN_CUSTOM_HLS`, `LD_LIBRARY_PATH`, ...) is set by
+   `build_fpga` itself; pick the disk with `--build-dir` (a synthesis run needs several GB).
+4. It repeats the estimate steps (seconds), then runs FINN's hardware steps (HLS IP generation and
+   FIFOs (`--fifo`), stitched IP, Zynq shell synthesis and bitstream, PYNQ driver), one terminal line
+   per step, FINN's log in `<build dir>/hw-<key>/build_dataflow.log`, and puts `bitfile/finn-accel.bit`,
    `bitfile/finn-accel.hwh` and `driver/` into this bundle.
 """
 
@@ -274,9 +274,9 @@ def readme(manifest: Dict, est: Dict, hardware: bool, build_dir: Optional[str]) 
             "",
             "FINN's intermediate models, HLS C++/RTL sources (with `--hw-codegen`) and logs were kept in "
             "`%s` (not part of the bundle: they are large and hold absolute paths of the build machine). "
-            "A Vivado user can resume from there with FINN's `start_step` (the model to continue from is "
-            "`finn/intermediate_models/step_bnn_io_shapes.onnx`) or simply re-run the build command "
-            "with `--build-dir` pointing there." % build_dir,
+            "A Vivado user re-runs the build command with `--build-dir` pointing there: a hardware build "
+            "(`hw-<key>/`) stopped midway resumes from its last finished FINN step (`--clean` starts "
+            "over)." % build_dir,
             "",
         ]
     else:

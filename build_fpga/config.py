@@ -19,7 +19,7 @@ class BuildConfig:
     target_fps: Optional[int] = None  # None (and no folding): the highest that fits within FINN's margins
     folding: Optional[str] = None  # FINN folding config JSON (e.g. a bundle's report/folding_config.json)
     clock_mhz: Optional[float] = None  # default: the board's
-    mvau_wwidth_max: int = 36  # FINN's default; caps SIMD * weight bits per PE during folding
+    mvau_wwidth_max: int = 36  # FINN's default; caps SIMD * weight bits per PE in SetFolding (--target-fps only)
     estimate_only: bool = False  # no synthesis even where Vivado is on PATH
     hw_codegen: bool = False  # also generate the HLS C++/RTL sources (no Vivado needed)
     build_dir: Optional[str] = None  # FINN's working dir; default: a temp dir, or <out>.finn-build with hw_codegen

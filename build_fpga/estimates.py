@@ -1,14 +1,25 @@
-"""FINN's estimate reports -> our resource dict, and the fit check against a board and its margins."""
+"""FINN's estimate reports -> our resource dict, and the fit check against a board and its margins.
+
+The dict counts the layers (FINN's per-node models) and what the hardware build adds around them
+(FIFOs, data-width converters, DMAs: :func:`interconnect`); ``used`` is their sum, and the fit check
+uses it. Only the Zynq shell (the processing system's AXI interconnect, clock wizard) is left out.
+"""
 
 from __future__ import annotations
 
+import copy
 import json
+import math
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
 
 from .boards import RESOURCES, Board
 
 _FINN_RES = {"lut": "LUT", "bram18": "BRAM_18K", "uram": "URAM", "dsp": "DSP"}
+RESOURCE_KEYS = ("lut", "bram18", "uram", "dsp")  # what FINN's analytical models estimate (no FF)
+EXCLUDES = "the Zynq shell (the processing system's AXI interconnect, clock wizard)"
 
 
 def parse_estimates(report_dir, board: Board, clock_mhz: float, models_dir=None,
@@ -23,8 +34,9 @@ def parse_estimates(report_dir, board: Board, clock_mhz: float, models_dir=None,
     res = json.loads((report_dir / "estimate_layer_resources.json").read_text())
     cycles = json.loads((report_dir / "estimate_layer_cycles.json").read_text())
     params = json.loads((report_dir / "op_and_param_counts.json").read_text())
-    total = res.pop("total")
-    attrs = _node_attrs(Path(models_dir) / "step_generate_estimate_reports.onnx") if models_dir else {}
+    res.pop("total")
+    model = _final_model(models_dir)
+    attrs = _node_attrs(model) if model is not None else {}
     blocks = _assign_blocks(list(res), attrs, layer_names)
     layers = []
     for name, r in res.items():
@@ -47,6 +59,12 @@ def parse_estimates(report_dir, board: Board, clock_mhz: float, models_dir=None,
             "weight_bits": _weight_bits(p),
             "macs": int(sum(v for k, v in p.items() if k.startswith("op_mac_"))),
         })
+        if model is not None and layers[-1]["op_type"] == "MVAU_rtl":
+            from qonnx.custom_op.registry import getCustomOp
+
+            fixed = node_resources(getCustomOp(model.get_node_from_name(name)), board.part)
+            layers[-1].update(lut=fixed["lut"], dsp=fixed["dsp"], note=RTL_MVAU_NOTE)
+    extra = interconnect(model, board) if model is not None else []
     out = {
         "board": board.name,
         "finn_board": board.finn_board,
@@ -59,13 +77,25 @@ def parse_estimates(report_dir, board: Board, clock_mhz: float, models_dir=None,
         "latency_ms": float(perf["estimated_latency_ns"]) / 1e6,
     }
     for r in RESOURCES:
-        used = None if r == "ff" else int(round(total.get(_FINN_RES[r], 0)))
-        out[r] = {"used": used, "available": getattr(board, r), "usable": board.usable[r], "margin": board.margins[r]}
+        out[r] = {"used": None, "available": getattr(board, r), "usable": board.usable[r], "margin": board.margins[r]}
+        if r != "ff":
+            in_layers, around = sum(ly[r] for ly in layers), sum(x[r] for x in extra)
+            out[r].update(used=in_layers + around, layers=in_layers, interconnect=around)
     out["ff"]["note"] = "not estimated: FINN's analytical resource models have no FF term"
     out["layers"] = layers
+    out["interconnect"] = extra
     out["weight_bits"] = int(sum(ly["weight_bits"] for ly in layers))
-    out["excludes"] = "FIFOs, data width converters, IODMAs and the Zynq shell (added by the hardware build)"
+    out["excludes"] = EXCLUDES
     return out
+
+
+def _final_model(models_dir):
+    path = Path(models_dir) / "step_generate_estimate_reports.onnx" if models_dir else None
+    if path is None or not path.exists():
+        return None
+    from qonnx.core.modelwrapper import ModelWrapper
+
+    return ModelWrapper(str(path))
 
 
 def _weight_bits(counts: Dict) -> int:
@@ -74,15 +104,11 @@ def _weight_bits(counts: Dict) -> int:
     return int(sum(v * int(k.rsplit("_", 1)[1].rstrip("b")) for k, v in weights.items()))
 
 
-def _node_attrs(path: Path) -> Dict[str, Dict]:
-    if not path.exists():
-        return {}
+def _node_attrs(model) -> Dict[str, Dict]:
     from onnx import helper
-    from qonnx.core.modelwrapper import ModelWrapper
 
-    m = ModelWrapper(str(path))
     out = {}
-    for n in m.graph.node:
+    for n in model.graph.node:
         a = {"op_type": n.op_type}
         for at in n.attribute:
             if at.name in ("PE", "SIMD", "MW", "MH", "depthwise"):
@@ -117,6 +143,146 @@ def _assign_blocks(names: List[str], attrs: Dict[str, Dict], layer_names) -> Dic
     for p in pending:
         out[p] = labels[-1]
     return out
+
+
+# ---------------------------------------------------------------- what FINN's estimate reports leave out
+#
+# FINN's estimate step prices only the layers. The hardware build adds a FIFO on every stream, a
+# data-width converter (DWC) wherever a producer's stream width differs from its consumer's, and an
+# input and an output DMA (IODMA); the fit check counts them, priced as follows.
+# - FIFOs and DWCs: inserted by FINN's own transformations (InsertIODMA, InsertDWC, InsertFIFO,
+#   SpecializeLayers, as ZynqBuild and step_set_fifo_depths do) on a weightless copy of the graph,
+#   and priced by FINN's own models (StreamingFIFO's fifo.sv cost model, the DWC's LUT model).
+# - FIFO depths: FINN sizes FIFOs only by simulation (rtlsim/XSI or live on the board), which needs
+#   Vivado. Our rule instead: each FIFO holds one row of the feature map passing through it (the
+#   whole vector after the flatten), in stream words, rounded up to a power of two, at least
+#   FIFO_MIN_DEPTH; each FIFO takes the cheapest storage (shift register, LUTRAM, BRAM; URAM where
+#   the board has it) by share of the usable budget. Around a width converter both FIFOs carry the
+#   same elements: the narrower one holds the row, the other stays at FINN's minimal depth 2, which
+#   FINN does not build. The sliding-window generators buffer their own rows, so a row per stream is
+#   generous for a balanced pipeline; the hardware build (#18) sizes the real FIFOs by simulation.
+# - IODMAs: FINN has no resource model for IODMA_hls; IODMA_RULE per DMA is our allowance (not a
+#   measurement) for a Vitis HLS AXI4 master with its default 64-bit burst buffers (one BRAM36) and
+#   AXI-lite control.
+# - MVAU_rtl (the DSP-mapped 8-bit layer): FINN estimates 0 LUT and 4 multiplications per DSP48E1.
+#   finn-rtllib's mvu.sv packs 1 + (25 - W) // (W + A - 1) products per DSP48E1 (3 for INT2 x UINT8)
+#   and sums the SIMD DSP chains in LUTs: we count ceil(PE / lanes) * SIMD DSPs and
+#   PE * ((SIMD - 1) * accumulator bits + SIMD) LUTs (adder tree + lane sign correction), or FINN's
+#   figure where it is higher.
+
+FIFO_MIN_DEPTH = 32
+IODMA_RULE = {"lut": 1500, "bram18": 2, "uram": 0, "dsp": 0}
+SHALLOW_DEPTH = 2  # FINN does not build FIFOs this shallow (InsertFIFO(create_shallow_fifos=False))
+AXI_PORT_WIDTH = 64  # FINN's ZynqBuild default (axi_port_width)
+RTL_MVAU_NOTE = "LUT and DSP from finn-rtllib's mvu.sv (FINN's estimate: 0 LUT, 4 products per DSP48)"
+
+
+def node_resources(inst, part: str) -> Dict[str, int]:
+    """FINN's resource estimate of one HW node (the functions its estimate reports call), with the
+    MVAU_rtl correction described above."""
+    r = {"lut": inst.lut_estimation(part), "bram18": inst.bram_estimation(part),
+         "uram": inst.uram_estimation(part), "dsp": inst.dsp_estimation(part)}
+    if inst.onnx_node.op_type == "MVAU_rtl":
+        lut, dsp = rtl_mvau_cost(inst, part)
+        r["lut"], r["dsp"] = max(r["lut"], lut), max(r["dsp"], dsp)
+    return {k: int(round(float(v))) for k, v in r.items()}
+
+
+def rtl_mvau_cost(inst, part: str) -> Tuple[int, int]:
+    """(LUT, DSP) of finn-rtllib's mvu.sv for an MVAU_rtl node on a DSP48E1/E2 part (see above);
+    (0, 0) on parts where FINN's own model is used."""
+    from finn.util.basic import get_dsp_block
+
+    block = get_dsp_block(part)
+    if block not in ("DSP48E1", "DSP48E2"):
+        return 0, 0
+    pe, simd = int(inst.get_nodeattr("PE")), int(inst.get_nodeattr("SIMD"))
+    w, a = inst.get_input_datatype(1).bitwidth(), inst.get_input_datatype(0).bitwidth()
+    a_port = 25 if block == "DSP48E1" else 27
+    lanes = 1 + (a_port - w) // (w + a - 1)
+    acc = inst.get_output_datatype().bitwidth()
+    return pe * ((simd - 1) * acc + simd), math.ceil(pe / lanes) * simd
+
+
+def fifo_depth(folded_shape: Sequence[int]) -> int:
+    """Our FIFO depth rule (see above): one row of the map (whole vector for FC) in stream words."""
+    shape = [int(v) for v in folded_shape]
+    words = int(np.prod(shape[2:-1])) if len(shape) >= 5 else int(np.prod(shape[1:-1]))
+    return max(FIFO_MIN_DEPTH, 1 << max(words - 1, 0).bit_length())
+
+
+def _cheapest_fifo(inst, board: Board) -> Tuple[str, Dict[str, int]]:
+    """The storage FINN's fifo.sv cost model prices lowest (by share of the usable budget) for this
+    FIFO; sets it on ``inst``. (StreamingFIFO.get_fifo_cost calls the same two functions, but logs a
+    warning for every style it would not pick itself.)"""
+    from finn.util.basic import is_versal
+    from finn.util.resource_models import _fifo_cost, _resolve
+
+    depth, width = int(inst.get_nodeattr("depth")), int(inst.get_instream_width_padded())
+    best = None
+    for asked in ["srl", "distributed", "block"] + (["ultra"] if board.uram else []):
+        style = _resolve(depth, width, asked)
+        c = _fifo_cost(depth, width, style, is_versal(board.part))
+        res = {"lut": int(c.lut), "bram18": int(c.bram), "uram": int(c.uram), "dsp": 0}
+        score = sum(res[k] / board.usable[k] for k in RESOURCE_KEYS if board.usable[k])
+        if best is None or score < best[0]:
+            best = (score, style, res)
+    inst.set_nodeattr("ram_style", best[1])
+    return best[1], best[2]
+
+
+def interconnect(model, board: Board) -> List[Dict]:
+    """What the hardware build adds to the dataflow graph ``model``: one row per FIFO, DWC and IODMA
+    (``kind`` "fifo"/"dwc"/"iodma", resources, stream widths, FIFO depth and storage); see above."""
+    from finn.transformation.fpgadataflow.insert_dwc import InsertDWC
+    from finn.transformation.fpgadataflow.insert_fifo import InsertFIFO
+    from finn.transformation.fpgadataflow.insert_iodma import InsertIODMA
+    from finn.transformation.fpgadataflow.specialize_layers import SpecializeLayers
+    from qonnx.core.modelwrapper import ModelWrapper
+    from qonnx.custom_op.registry import getCustomOp
+
+    proto = copy.deepcopy(model.model)
+    del proto.graph.initializer[:]  # the inserted nodes' models need shapes and widths, not weights
+    m = ModelWrapper(proto)
+    for t in (InsertIODMA(AXI_PORT_WIDTH), InsertDWC(), InsertFIFO(create_shallow_fifos=True),
+              SpecializeLayers(board.part)):
+        m = m.transform(t, make_deepcopy=False, cleanup=False)  # our private copy; only node costs are read
+    _set_fifo_depths(m)
+    rows = []
+    for n in m.graph.node:
+        inst = getCustomOp(n) if n.domain.startswith("finn.custom_op.fpgadataflow") else None
+        if n.op_type.startswith("StreamingFIFO"):
+            if inst.get_nodeattr("depth") <= SHALLOW_DEPTH:
+                continue  # not built: FINN's InsertFIFO(create_shallow_fifos=False) skips depth <= 2
+            style, res = _cheapest_fifo(inst, board)
+            rows.append(dict(node=n.name, kind="fifo", depth=int(inst.get_nodeattr("depth")), ram_style=style,
+                             width=int(inst.get_instream_width_padded()), **res))
+        elif n.op_type.startswith("StreamingDataWidthConverter"):
+            rows.append(dict(node=n.name, kind="dwc", in_width=int(inst.get_instream_width()),
+                             out_width=int(inst.get_outstream_width()), **node_resources(inst, board.part)))
+        elif n.op_type.startswith("IODMA"):
+            rows.append(dict(node=n.name, kind="iodma", direction=inst.get_nodeattr("direction"),
+                             width=int(inst.get_nodeattr("intfWidth")), **IODMA_RULE))
+    return rows
+
+
+def _set_fifo_depths(m) -> None:
+    """Depth of every FIFO by our rule; around a width converter only the narrower FIFO holds the
+    row (both hold the same elements), the other keeps FINN's minimal depth."""
+    from qonnx.custom_op.registry import getCustomOp
+
+    for n in m.graph.node:
+        if n.op_type.startswith("StreamingFIFO"):
+            inst = getCustomOp(n)
+            inst.set_nodeattr("depth", fifo_depth(inst.get_nodeattr("folded_shape")))
+    for n in m.graph.node:
+        if not n.op_type.startswith("StreamingDataWidthConverter"):
+            continue
+        around = [m.find_producer(n.input[0]), m.find_consumer(n.output[0])]
+        fifos = [getCustomOp(f) for f in around if f is not None and f.op_type.startswith("StreamingFIFO")]
+        if len(fifos) == 2:
+            wider = max(fifos, key=lambda f: f.get_instream_width_padded())
+            wider.set_nodeattr("depth", SHALLOW_DEPTH)
 
 
 def check_fit(est: Dict, margins: bool = True) -> List[str]:
@@ -159,4 +325,4 @@ def fit_refusal(est: Dict, out: str, mode: str) -> Optional[str]:
 def pct(r: Dict) -> str:
     if r["used"] is None:
         return "n/a"
-    return "%s (%.0f%%)" % (format(r["used"], ","), 100.0 * r["used"] / r["available"] if r["available"] else 0)
+    return "%s (%.1f%%)" % (format(r["used"], ","), 100.0 * r["used"] / r["available"] if r["available"] else 0)

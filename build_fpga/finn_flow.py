@@ -157,7 +157,10 @@ def extract_layers(model) -> List[Dict]:
                 raise FlowError("%s: unsupported pooling %s" % (n.name, inst.get_nodeattr("Function")))
         elif op.startswith("MVAU"):
             w = model.get_initializer(n.input[1])
-            t = model.get_initializer(n.input[2])
+            act = n if len(n.input) > 2 else model.find_consumer(n.output[0])  # DSP layers: a Thresholding
+            if act is None or not act.op_type.startswith(("MVAU", "Thresholding")):
+                raise FlowError("%s: an MVAU without thresholds that no Thresholding node follows" % n.name)
+            t = model.get_initializer(act.input[-1])
             xnor = bool(inst.get_nodeattr("binaryXnorMode"))
             w = (2 * w - 1) if xnor else w
             if t.shape[1] != 1:
@@ -170,7 +173,7 @@ def extract_layers(model) -> List[Dict]:
                 "mw": int(inst.get_nodeattr("MW")),
                 "mh": int(inst.get_nodeattr("MH")),
                 "input_dtype": inst.get_nodeattr("inputDataType"),
-                "output_dtype": inst.get_nodeattr("outputDataType"),
+                "output_dtype": getCustomOp(act).get_nodeattr("outputDataType"),
                 "acc_dtype": inst.get_nodeattr("accDataType"),
                 "pe": int(inst.get_nodeattr("PE")),
                 "simd": int(inst.get_nodeattr("SIMD")),
@@ -178,6 +181,6 @@ def extract_layers(model) -> List[Dict]:
                 "pool": None,
             })
             pending_conv = None
-        elif not op.startswith(("StreamingFIFO", "StreamingDataWidthConverter")):
+        elif not op.startswith(("StreamingFIFO", "StreamingDataWidthConverter", "Thresholding")):
             raise FlowError("%s: unexpected node %s in the dataflow graph" % (n.name, op))
     return rows

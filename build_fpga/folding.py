@@ -1,69 +1,262 @@
-"""The folding search: the highest throughput whose FINN estimate fits the board within FINN's margins."""
+"""The one folding search: the most images per second whose estimate fits every margin.
+
+FINN's ``SetFolding`` folds every layer for one target fps and caps an MVAU's SIMD by
+``mvau_wwidth_max``; the LUTs it spends jump with the target (build_fpga/FINN_NOTES.md, section 4).
+:func:`search` instead starts from the smallest folding and repeatedly speeds up the bottleneck (the
+node with the most cycles per image), taking the step that costs the least share of the board, until
+the bottleneck cannot get faster within the margins. Costs are FINN's own per-node models (the same
+functions its estimate reports call) plus what the hardware build adds around the layers (FIFOs,
+width converters, DMAs: :func:`build_fpga.estimates.interconnect`), checked on every accepted step.
+The result names the binding constraint: the resource over its margin, or the node that is fully
+parallel already.
+
+Knobs move together where FINN's streams tie them: a depthwise window generator's SIMD equals the
+PE of the max pool it feeds, and an MVAU's window generator takes the SIMD that feeds the MVAU
+without a width converter where one divides the other (or a parallel window when it must be faster).
+"""
 
 from __future__ import annotations
 
-from dataclasses import replace
+import json
+import math
+import os
+from dataclasses import dataclass, field, replace
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
+import numpy as np
+
+from .boards import Board, get_board
 from .config import BuildConfig
-from .estimates import check_fit, pct
+from .estimates import RESOURCE_KEYS, interconnect, node_resources
 from .finn_flow import refold, run_flow
 
-# Coarse target-fps ladder for the default search; between the last fitting point f and the first
-# one over the margins (2f) three more points are tried (BRAM use is not monotonic in fps).
-COARSE_FPS = (250, 500, 1000, 2000, 4000, 8000, 16000, 32000, 64000, 128000)
+SEARCH_FOLDING = "search_folding_config.json"  # in the FINN output dir
 
-REFINE_STEPS = (1.25, 1.5, 1.75)
+FOLDING_ATTRS = ("PE", "SIMD", "parallel_window")
+INTERCONNECT_TRIES = 8  # cheapest candidates per step checked with FIFOs/DWCs/IODMAs before giving up
+
+
+@dataclass
+class Knob:
+    """Nodes whose folding attributes change together, and their legal settings (one dict per node).
+
+    :meth:`price` evaluates every setting once (FINN's cycle and resource models depend only on the
+    node's own attributes), so the search itself only compares numbers.
+    """
+
+    insts: List
+    options: List[Tuple[Dict[str, int], ...]]
+    current: int = 0
+    cycles: np.ndarray = None  # per option: cycles of the knob's slowest node
+    costs: np.ndarray = None  # per option: resources (RESOURCE_KEYS) of the knob's nodes
+
+    def set(self, i: int) -> None:
+        for inst, attrs in zip(self.insts, self.options[i]):
+            for k, v in attrs.items():
+                inst.set_nodeattr(k, v)
+        self.current = i
+
+    def price(self, part: str) -> None:
+        """Tabulate every legal option (illegal ones are dropped), then set the first."""
+        rows = []
+        for i in range(len(self.options)):
+            self.set(i)
+            if _legal(self):
+                cost = sum(np.array([r[k] for k in RESOURCE_KEYS]) for r in
+                           (node_resources(inst, part) for inst in self.insts))
+                rows.append((self.options[i], max(int(inst.get_exp_cycles()) for inst in self.insts), cost))
+        self.options = [r[0] for r in rows]
+        self.cycles = np.array([r[1] for r in rows], dtype=np.int64)
+        self.costs = np.array([r[2] for r in rows], dtype=np.int64)
+        self.set(0)
+
+    def slowest(self) -> str:
+        return max(self.insts, key=lambda inst: inst.get_exp_cycles()).onnx_node.name
+
+
+@dataclass
+class FoldingResult:
+    config: Dict  # FINN folding config (node name -> attrs), for DataflowBuildConfig.folding_config_file
+    fps: float
+    max_cycles: int
+    bottleneck: str
+    binding: str  # "lut", "bram18", "uram", "dsp", or "parallelism"
+    binding_detail: str  # one line: why the bottleneck could not be made faster
+    used: Dict[str, int]  # layers + interconnect at the chosen folding
+    steps: List[Dict] = field(default_factory=list)
+
+
+def _divisors(n: int) -> List[int]:
+    return [d for d in range(1, int(n) + 1) if n % d == 0]
+
+
+def knobs(model, part: str) -> List[Knob]:
+    """One knob per foldable unit of the dataflow graph, priced, each at its smallest folding."""
+    from qonnx.custom_op.registry import getCustomOp
+
+    out: List[Knob] = []
+    taken = set()
+    for node in model.graph.node:
+        if node.name in taken or not node.domain.startswith("finn.custom_op.fpgadataflow"):
+            continue
+        op, inst = node.op_type, getCustomOp(node)
+        if op.startswith("ConvolutionInputGenerator") and inst.get_nodeattr("depthwise"):
+            pool = model.find_consumer(node.output[0])
+            pool_inst = getCustomOp(pool)
+            taken.add(pool.name)
+            opts = [({"SIMD": c, "parallel_window": 0}, {"PE": c})
+                    for c in _divisors(pool_inst.get_nodeattr("Channels"))]
+            out.append(Knob([inst, pool_inst], opts))
+        elif op.startswith("ConvolutionInputGenerator"):
+            mvau = model.find_consumer(node.output[0])
+            if mvau is None or not mvau.op_type.startswith("MVAU"):
+                opts = [({"SIMD": s, "parallel_window": 0},) for s in _divisors(inst.get_nodeattr("IFMChannels"))]
+                out.append(Knob([inst], opts))
+                continue
+            taken.add(mvau.name)
+            mvau_inst = getCustomOp(mvau)
+            out.append(Knob([inst, mvau_inst], _window_mvau_options(inst, mvau_inst)))
+        elif op.startswith("MVAU"):
+            opts = [({"PE": p, "SIMD": s},) for p in _divisors(inst.get_nodeattr("MH"))
+                    for s in _divisors(inst.get_nodeattr("MW"))]
+            out.append(Knob([inst], opts))
+        elif op.startswith("Thresholding"):
+            out.append(Knob([inst], [({"PE": p},) for p in _divisors(inst.get_nodeattr("NumChannels"))]))
+        elif op.startswith("FMPadding"):
+            out.append(Knob([inst], [({"SIMD": s},) for s in _divisors(inst.get_nodeattr("NumChannels"))]))
+    for k in out:
+        k.price(part)
+    return out
+
+
+def _window_mvau_options(swg, mvau) -> List[Tuple[Dict[str, int], ...]]:
+    """(window generator, MVAU) settings: the generator's SIMD is gcd(MVAU SIMD, channels), so the
+    two streams match without a converter when one divides the other; or a parallel window."""
+    channels = int(swg.get_nodeattr("IFMChannels"))
+    opts = []
+    for p in _divisors(mvau.get_nodeattr("MH")):
+        for s in _divisors(mvau.get_nodeattr("MW")):
+            opts.append(({"SIMD": math.gcd(s, channels), "parallel_window": 0}, {"PE": p, "SIMD": s}))
+            opts.append(({"SIMD": channels, "parallel_window": 1}, {"PE": p, "SIMD": s}))
+    return opts
+
+
+def _legal(knob: Knob) -> bool:
+    """HLS streams are ap_uint<W> with W <= MAX_ALLOWED_AP_INT_W (SetFolding reverts past it)."""
+    from finn.util.basic import MAX_ALLOWED_AP_INT_W
+
+    for inst in knob.insts:
+        if inst.onnx_node.op_type.endswith("_hls"):
+            n_in = len(inst.onnx_node.input)
+            widths = [inst.get_instream_width(i) for i in range(min(n_in, 2))] + [inst.get_outstream_width()]
+            if max(widths) > MAX_ALLOWED_AP_INT_W:
+                return False
+    return True
+
+
+def _share(used: np.ndarray, usable: np.ndarray) -> float:
+    """Cost of a design: the summed shares of the usable budgets (a resource the board lacks counts
+    only when used, and then too much)."""
+    return float(sum(u / lim if lim else (np.inf if u else 0.0) for u, lim in zip(used, usable)))
+
+
+def _over(used: np.ndarray, usable: np.ndarray) -> List[str]:
+    return [k for k, u, lim in zip(RESOURCE_KEYS, used, usable) if u > lim]
+
+
+def _interconnect_total(model, board: Board) -> np.ndarray:
+    rows = interconnect(model, board)
+    return np.array([sum(r[k] for r in rows) for k in RESOURCE_KEYS], dtype=np.int64)
+
+
+def search(model, board: Board, clock_mhz: float, log=None) -> FoldingResult:
+    """Fold ``model`` (a FINN dataflow graph, e.g. step_generate_estimate_reports.onnx; its folding
+    attributes are changed in place) for the highest fps within the board's margins."""
+    usable = np.array([board.usable[k] for k in RESOURCE_KEYS], dtype=np.int64)
+    ks = knobs(model, board.part)
+    steps: List[Dict] = []
+    extra = _interconnect_total(model, board)
+    while True:
+        cycles = np.array([k.cycles[k.current] for k in ks])
+        b = int(np.argmax(cycles))
+        kb, cmax = ks[b], int(cycles[b])
+        rest = sum(k.costs[k.current] for i, k in enumerate(ks) if i != b)
+        faster = np.nonzero(kb.cycles < cmax)[0]
+        cands = sorted((_share(rest + kb.costs[i], usable), -int(kb.cycles[i]), int(i)) for i in faster)
+        start, accepted, detail = kb.current, None, ""
+        for tries, (_, _, i) in enumerate(cands):
+            used = rest + kb.costs[i]
+            over = _over(used, usable)
+            if over:
+                detail = detail or _over_line(used, usable, over[0], "layers alone")
+                break
+            if tries >= INTERCONNECT_TRIES:
+                break
+            kb.set(i)
+            ext = _interconnect_total(model, board)
+            over = _over(used + ext, usable)
+            if not over:
+                accepted, extra = i, ext
+                break
+            detail = detail or _over_line(used + ext, usable, over[0], "with FIFOs, DWCs and IODMAs")
+        if accepted is None:
+            kb.set(start)
+            name = kb.slowest()
+            if not cands:
+                binding, detail = "parallelism", "%s is as parallel as FINN allows (%d cycles)" % (name, cmax)
+            else:
+                binding = detail.split()[0].lower()
+                detail = "speeding up %s (%d cycles) needs %s" % (name, cmax, detail)
+            total = sum(k.costs[k.current] for k in ks) + extra
+            return FoldingResult(
+                config=folding_config(model), fps=clock_mhz * 1e6 / cmax, max_cycles=cmax, bottleneck=name,
+                binding=binding, binding_detail=detail, used={k: int(v) for k, v in zip(RESOURCE_KEYS, total)},
+                steps=steps)
+        new_max = max(int(k.cycles[k.current]) for k in ks)
+        steps.append({"node": kb.insts[-1].onnx_node.name, "attrs": [dict(a) for a in kb.options[accepted]],
+                      "fps": round(clock_mhz * 1e6 / new_max, 1)})
+        if log is not None and len(steps) % 20 == 0:
+            log("build_fpga:   folding search: %d steps, %.0f img/s" % (len(steps), steps[-1]["fps"]))
+
+
+def _over_line(used: np.ndarray, usable: np.ndarray, key: str, what: str) -> str:
+    i = RESOURCE_KEYS.index(key)
+    return "%s %s > %s usable (%s)" % (key.upper(), format(int(used[i]), ","), format(int(usable[i]), ","), what)
+
+
+def folding_config(model, names: Optional[Sequence[str]] = None) -> Dict:
+    """FINN folding config (``auto_folding_config.json`` format) of the foldable nodes of ``model``."""
+    from qonnx.custom_op.registry import getCustomOp
+
+    cfg: Dict = {"Defaults": {}}
+    for node in model.graph.node:
+        if names is not None and node.name not in names:
+            continue
+        if not node.domain.startswith("finn.custom_op.fpgadataflow"):
+            continue
+        inst = getCustomOp(node)
+        attrs = inst.get_nodeattr_types()
+        row = {a: int(inst.get_nodeattr(a)) for a in FOLDING_ATTRS if a in attrs}
+        if row:
+            cfg[node.name] = row
+    return cfg
 
 
 def search_max_fps(onnx: str, finn_dir: str, cfg: BuildConfig, layer_names: Optional[Sequence[str]] = None,
-                   log: Callable[[str], None] = lambda s: None,
-                   coarse: Sequence[int] = COARSE_FPS) -> Tuple[Dict, List[Dict]]:
-    """Highest target fps whose estimate fits FINN's margins; the FINN dir ends at that folding.
+                   log: Callable[[str], None] = lambda s: None) -> Tuple[Dict, List[Dict]]:
+    """The default folding of ``python -m build_fpga``: FINN's estimate flow at its smallest folding,
+    :func:`search` on the resulting graph, and FINN refolded with the folding found (so the reports
+    are FINN's own). Returns (the estimates, with ``folding_search`` added; the search's steps)."""
+    from qonnx.core.modelwrapper import ModelWrapper
 
-    Walks the ``coarse`` targets (doubling from 250 img/s) until an estimate leaves the margins (or the
-    achieved fps stops growing: fully parallel), tries three points between the last fit and that one,
-    and refolds at the winner (with HW codegen if asked). Returns (its estimates, one row per point).
-    When nothing fits the margins, the smallest folding is kept: the fit check then decides.
-    """
-
-    def estimate(fps, first=False):
-        c = replace(cfg, target_fps=fps, folding=None, hw_codegen=False)
-        est = run_flow(onnx, finn_dir, c, layer_names) if first else refold(finn_dir, c, layer_names)
-        rows.append(sweep_row(fps, est))
-        log("build_fpga:   target %6d img/s -> %8.0f img/s, LUT %s, BRAM18 %s%s" % (
-            fps, est["fps"], pct(est["lut"]), pct(est["bram18"]), "" if rows[-1]["fits_margins"] else "  (over)"))
-        return est
-
-    rows: List[Dict] = []
-    last_fit, first_over, prev_fps = None, None, None
-    for i, fps in enumerate(coarse):
-        est = estimate(fps, first=i == 0)
-        if check_fit(est):
-            first_over = fps
-            break
-        last_fit = fps
-        if prev_fps is not None and est["fps"] <= prev_fps:
-            break  # no more parallelism to add
-        prev_fps = est["fps"]
-    if last_fit is None:
-        # Even the lowest target leaves the margins: fall back to FINN's minimal folding (target 1 img/s).
-        est = estimate(1)
-    elif first_over is not None:
-        for k in REFINE_STEPS:
-            estimate(int(round(last_fit * k)))
-    fitting = [r for r in rows if r["fits_margins"]]
-    best = max(fitting, key=lambda r: (r["fps"], -r["target_fps"])) if fitting else min(rows, key=lambda r: r["fps"])
-    best["chosen"] = True
-    est = refold(finn_dir, replace(cfg, target_fps=best["target_fps"], folding=None), layer_names)
-    est["target_fps"] = best["target_fps"]
-    return est, rows
-
-
-def sweep_row(target_fps: int, est: Dict) -> Dict:
-    row = {"target_fps": int(target_fps), "fps": round(float(est["fps"]), 1), "bottleneck": est["bottleneck"],
-           "fits_margins": not check_fit(est), "fits_board": not check_fit(est, margins=False), "chosen": False}
-    for r in ("lut", "bram18", "uram", "dsp"):
-        row[r] = est[r]["used"]
-        row[r + "_pct"] = round(100.0 * est[r]["used"] / est[r]["available"], 1) if est[r]["available"] else None
-    return row
+    board = get_board(cfg.board)
+    run_flow(onnx, finn_dir, replace(cfg, target_fps=None, folding=None, hw_codegen=False), layer_names)
+    model = ModelWrapper(os.path.join(finn_dir, "intermediate_models", "step_generate_estimate_reports.onnx"))
+    found = search(model, board, cfg.clock_mhz or board.clock_mhz, log)
+    path = os.path.join(finn_dir, SEARCH_FOLDING)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(found.config, f, indent=2)
+    est = refold(finn_dir, replace(cfg, target_fps=None, folding=path), layer_names)
+    est["folding_search"] = {"binding": found.binding, "detail": found.binding_detail, "steps": len(found.steps),
+                             "fps": round(found.fps, 1)}
+    return est, found.steps

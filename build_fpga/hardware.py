@@ -4,8 +4,9 @@ bitstream, PYNQ driver) continued from the folded, verified graph our estimate f
 The build resumes. Its folder (:func:`hardware_dir`) is named after what decides the hardware (export,
 board, the folding FINN applied, clock, FIFO strategy) and is kept. Each step records on entry that
 the one before it finished (FINN has saved that step's model by then) in ``progress.json``; a rerun
-starts FINN at the first unfinished step (``DataflowBuildConfig.start_step``) and reuses what FINN
-already generated below ``finn_tmp/`` (HLSSynthIP skips layers whose IP exists). ``clean`` starts over.
+starts FINN at the first unfinished step (``DataflowBuildConfig.start_step``); within HLS IP
+generation, the layers an interrupted run finished are not synthesized again
+(:class:`AttachFinishedHLSIP`). ``clean`` starts over.
 FINN's log streams to ``build_dataflow.log`` in that folder (earlier attempts' logs move to
 ``logs/``); the terminal gets one line per step.
 """
@@ -22,6 +23,8 @@ import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
+from qonnx.transformation.base import Transformation
+
 from host.manifest import write_json_atomic
 
 from .boards import get_board
@@ -36,11 +39,41 @@ PROGRESS = "progress.json"
 
 
 def hardware_steps() -> List[str]:
-    """FINN's default build steps after the estimate reports (step_generate_hardware does HW codegen,
-    HLS IP generation and FIFO sizing; then stitched IP, ZynqBuild synthesis + bitstream, driver)."""
+    """FINN's default build steps after the estimate reports, with step_generate_hardware as its three
+    parts (HW codegen, HLS IP generation, FIFO sizing; its fourth, recursing into FINNLoop bodies, has
+    nothing to do in our loop-free graphs) so a build stopped during the hours of HLS resumes there;
+    then stitched IP, ZynqBuild synthesis + bitstream, driver."""
     from finn.builder.build_dataflow_config import default_build_dataflow_steps as steps
 
-    return list(steps[steps.index("step_generate_estimate_reports") + 1 :])
+    hw = list(steps[steps.index("step_generate_estimate_reports") + 1 :])
+    i = hw.index("step_generate_hardware")
+    hw[i : i + 1] = ["step_hw_codegen", "step_hw_ipgen", "step_set_fifo_depths"]
+    return hw
+
+
+class AttachFinishedHLSIP(Transformation):
+    """Point each HLS layer whose IP an earlier, interrupted run already exported (``project_<node>/sol1``
+    under the layer's code folder, with its synthesis report) at that IP, as Vitis HLS's success would
+    have: FINN's HLSSynthIP then skips it instead of synthesizing it again."""
+
+    def apply(self, model):
+        from finn.util.fpgadataflow import is_hls_node
+        from qonnx.custom_op.registry import getCustomOp
+
+        for node in model.graph.node:
+            if not is_hls_node(node):
+                continue
+            inst = getCustomOp(node)
+            code = inst.get_nodeattr("code_gen_dir_ipgen")
+            project = Path(code) / ("project_" + node.name) if code else None
+            if (project is None or inst.get_nodeattr("ipgen_path")
+                    or not (project / "sol1" / "impl" / "ip" / "component.xml").is_file()
+                    or not (project / "sol1" / "syn" / "report" / (node.name + "_csynth.xml")).is_file()):
+                continue
+            inst.set_nodeattr("ipgen_path", str(project))
+            inst.set_nodeattr("ip_path", str(project / "sol1" / "impl" / "ip"))
+            inst.set_nodeattr("ip_vlnv", "xilinx.com:hls:%s:1.0" % node.name)  # what ipgen_singlenode_code sets
+        return model, False
 
 
 def _start_model_step() -> str:
@@ -91,6 +124,8 @@ def _tracked(name: str, index: int, steps: List[str], hw_dir: Path, log: Callabl
         with contextlib.redirect_stderr(stderr):
             log("build_fpga: hardware step %d/%d %s%s" % (index + 1, len(steps), name, prev))
         t0[0] = now
+        if name == "step_hw_ipgen":
+            model = model.transform(AttachFinishedHLSIP())
         return step(model, cfg)
 
     run.__name__ = name  # FINN names the step's saved model and its time after __name__
@@ -150,6 +185,18 @@ def run_hardware(est_dir, hw_dir, cfg: BuildConfig, log: Callable[[str], None] =
     return {"bitfile": bit, "hwh": hwh, "driver_dir": hw_dir / "driver", "io": info["io_shape_dict"],
             "wall_s": round(wall, 1), "steps_run": todo, "resumed_after": done[-1] if done else None,
             "log": finn_log, "dir": hw_dir}
+
+
+def copy_reports(hw: Dict, report_dir) -> None:
+    """FINN's reports of the hardware build (post-synthesis resources, timing, FIFO sizes, HLS
+    estimates, times per step) and its log into the estimate build's ``report_dir``, which the bundle's
+    report/finn/ copies; a name the estimate build also wrote gets a ``hardware_`` prefix."""
+    report_dir = Path(report_dir)
+    for src in sorted((Path(hw["dir"]) / "report").iterdir()):
+        if src.is_file():
+            dst = report_dir / src.name
+            shutil.copyfile(src, dst.with_name("hardware_" + src.name) if dst.exists() else dst)
+    shutil.copyfile(hw["log"], report_dir / "hardware_build_dataflow.log")
 
 
 def finn_deps_dir(build_dir) -> Optional[Path]:

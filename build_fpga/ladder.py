@@ -66,7 +66,8 @@ def finn_layer_outputs(model, x: np.ndarray) -> List[np.ndarray]:
     """Every binary layer's +-1 output of a FINN graph (streamlined or despecialized HW), image by image.
 
     ``x``: uint8 values, NCHW (as for :func:`execute_batch`; transposed when the graph takes NHWC).
-    A layer ends at a ``MultiThreshold`` (streamlined) or ``MVAU`` (HW graph) output, or at the max
+    A layer ends at a ``MultiThreshold`` (streamlined) or ``MVAU`` (HW graph; for a DSP layer the
+    ``Thresholding`` after its MVAU) output, or at the max
     pool that follows it (``MaxPoolNHWC``/``MaxPool``, or the HW graph's window generator + ``Pool``).
     Returns one (N, -1) float32 array per layer in NHWC flattening order; FINN's BINARY {0,1} maps
     are turned into +-1 (bit 1 = +1).
@@ -79,6 +80,9 @@ def finn_layer_outputs(model, x: np.ndarray) -> List[np.ndarray]:
             continue
         out = n.output[0]
         nxt = model.find_consumer(out)
+        if nxt is not None and nxt.op_type.startswith("Thresholding"):  # a DSP layer's activation
+            out = nxt.output[0]
+            nxt = model.find_consumer(out)
         if nxt is not None and nxt.op_type in ("MaxPoolNHWC", "MaxPool"):
             out = nxt.output[0]
         elif nxt is not None and nxt.op_type.startswith("ConvolutionInputGenerator"):

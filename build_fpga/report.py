@@ -36,14 +36,16 @@ def fit_rows(est: Dict) -> List[Dict]:
     return rows
 
 
-def estimates_json(est: Dict, sweep: List[Dict], bitexact: Dict) -> Dict:
+def estimates_json(est: Dict, bitexact: Dict) -> Dict:
     out = {k: v for k, v in est.items() if k != "run"}
     out["fit"] = {row["resource"]: {k: row[k] for k in ("percent", "within_margin", "within_board")}
                   for row in fit_rows(est)}
     notes = [
         "ff.used is null: FINN's analytical resource models have no flip-flop estimate (only Vivado's HLS "
         "and synthesis reports do); no number is invented here",
-        "estimates exclude " + est.get("excludes", "FIFOs, data width converters, IODMAs and the Zynq shell"),
+        "used counts the layers and the FIFOs, data-width converters and DMAs the hardware build adds "
+        "(interconnect rows; FIFO depths and DMA cost by our rule, build_fpga/estimates.py); it excludes "
+        + est["excludes"],
         "fps is the clock divided by the cycles of the slowest node (%s: %s cycles)" % (
             est["bottleneck"], format(est["max_cycles"], ",")),
     ]
@@ -52,14 +54,13 @@ def estimates_json(est: Dict, sweep: List[Dict], bitexact: Dict) -> Dict:
         notes.append("%s %.1f%% exceeds FINN's recommended %d%% (timing closure may fail)" % (
             _LABEL[row["resource"]], row["percent"], round(row["margin"] * 100)))
     out["notes"] = notes
-    out["sweep"] = sweep
     out["bitexact"] = {k: v.get("mismatched_bits") for k, v in bitexact.get("stages", {}).items()}
     out["run"] = {"wall_s": est.get("run", {}).get("wall_s")}
     return out
 
 
-def write_report(report_dir: str, est: Dict, finn_dir: str, *, board, export: Dict, sweep: List[Dict],
-                 bitexact: Dict, folding_file: str, hardware: bool) -> Dict:
+def write_report(report_dir: str, est: Dict, finn_dir: str, *, board, export: Dict, bitexact: Dict,
+                 folding_file: str, hardware: bool) -> Dict:
     """Write report/ into a fresh directory; returns the estimates.json content."""
     os.makedirs(report_dir)
     finn_out = os.path.join(report_dir, "finn")
@@ -72,11 +73,11 @@ def write_report(report_dir: str, est: Dict, finn_dir: str, *, board, export: Di
     if os.path.isfile(log):
         shutil.copyfile(log, os.path.join(finn_out, "build_dataflow.log"))
     shutil.copyfile(folding_file, os.path.join(report_dir, "folding_config.json"))
-    data = estimates_json(est, sweep, bitexact)
+    data = estimates_json(est, bitexact)
     write_json_atomic(os.path.join(report_dir, "estimates.json"), data)
     write_json_atomic(os.path.join(report_dir, "bitexact.json"), bitexact)
     plot_layers(est, os.path.join(report_dir, "layers.png"))
-    text = readme(est, board=board, export=export, sweep=sweep, bitexact=bitexact, hardware=hardware)
+    text = readme(est, board=board, export=export, bitexact=bitexact, hardware=hardware)
     with open(os.path.join(report_dir, "README.md"), "w", encoding="utf-8") as f:
         f.write(text)
     return data
@@ -122,19 +123,23 @@ def layer_table(est: Dict) -> List[str]:
     return lines
 
 
-def sweep_table(sweep: List[Dict]) -> List[str]:
-    lines = ["| target img/s | estimated img/s | LUT | BRAM18 | slowest node | within FINN's margins |",
-             "|---:|---:|---:|---:|---|---|"]
-    for row in sorted(sweep, key=lambda r: r["target_fps"]):
-        mark = "**yes (chosen)**" if row.get("chosen") else ("yes" if row["fits_margins"] else
-                                                              ("no" if row["fits_board"] else "no (over 100%)"))
-        lines.append("| %s | %s | %s (%s) | %s (%s) | %s | %s |" % (
-            _n(row["target_fps"]), _n(row["fps"]), _n(row["lut"]), _p(row["lut_pct"]), _n(row["bram18"]),
-            _p(row["bram18_pct"]), row["bottleneck"], mark))
+def parts_table(est: Dict) -> List[str]:
+    """Layers, then what the hardware build adds (FIFOs, width converters, DMAs), then the total."""
+    kinds = (("fifo", "FIFOs"), ("dwc", "data-width converters"), ("iodma", "IODMAs (our allowance)"))
+    lines = ["| part | count | LUT | BRAM18 | URAM | DSP |", "|---|---:|---:|---:|---:|---:|"]
+    rows = [("layers (FINN's estimates)", len(est["layers"]), {r: est[r]["layers"] for r in ("lut", "bram18",
+                                                                                          "uram", "dsp")})]
+    for kind, label in kinds:
+        items = [x for x in est["interconnect"] if x["kind"] == kind]
+        rows.append((label, len(items), {r: sum(x[r] for x in items) for r in ("lut", "bram18", "uram", "dsp")}))
+    rows.append(("**total (fit check)**", "", {r: est[r]["used"] for r in ("lut", "bram18", "uram", "dsp")}))
+    for label, count, res in rows:
+        lines.append("| %s | %s | %s | %s | %s | %s |" % (label, count, _n(res["lut"]), _n(res["bram18"]),
+                                                      _n(res["uram"]), _n(res["dsp"])))
     return lines
 
 
-def tradeoff(est: Dict, sweep: List[Dict], export: Dict, board) -> List[str]:
+def tradeoff(est: Dict, export: Dict, board) -> List[str]:
     """Accuracy vs fps vs resources for this preset on this board, from what the build knows."""
     spec = export.get("preset_spec", {})
     size = export["preprocess"]["input_size"]
@@ -147,23 +152,16 @@ def tradeoff(est: Dict, sweep: List[Dict], export: Dict, board) -> List[str]:
     lines.append("")
     lines.append(acc if acc else "Accuracy: not recorded with this export (see the training run's run.json; "
                  "`python -m train table2` makes the paper's Table 2 comparison).")
-    fitting = [r for r in sweep if r["fits_margins"]]
-    over = [r for r in sweep if not r["fits_margins"]]
-    if fitting:
-        best = max(fitting, key=lambda r: r["fps"])
-        lines += ["", "Throughput vs resources on the %s: the highest target that stays within FINN's margins "
-                  "(%d%% LUT, %d%% BRAM18) is %s img/s (estimated %s img/s, LUT %s, BRAM18 %s)." % (
-                      board.name, round(est["lut"]["margin"] * 100), round(est["bram18"]["margin"] * 100),
-                      _n(best["target_fps"]), _n(best["fps"]), _p(best["lut_pct"]), _p(best["bram18_pct"]))]
-        faster = [r for r in over if r["fps"] > best["fps"]]
-        if faster:
-            nxt = min(faster, key=lambda r: r["fps"])
-            limit = "LUT" if nxt["lut"] > est["lut"]["usable"] else "BRAM18"
-            lines.append("The next faster folding (%s img/s) needs LUT %s and BRAM18 %s: %s limits." % (
-                _n(nxt["fps"]), _p(nxt["lut_pct"]), _p(nxt["bram18_pct"]), limit))
-        lines.append("Lower targets trade throughput for area (table above); the host head runs in software "
-                     "either way, so accuracy does not change with the folding: only the preset (input size, "
-                     "widths) moves accuracy, at the cost of LUTs and of BRAM for fc1's weights.")
+    search = est.get("folding_search")
+    if search:
+        lines += ["", "Throughput vs resources on the %s: the folding search (most img/s within FINN's margins on "
+                  "every resource, FIFOs, width converters and DMAs counted) reached %s img/s; it stopped because "
+                  "%s. %s binds." % (board.name, _n(est["fps"]), search["detail"],
+                                     "Parallelism" if search["binding"] == "parallelism" else
+                                     _LABEL.get(search["binding"], search["binding"]))]
+    lines.append("Accuracy does not change with the folding (the host head runs in software either way): only "
+                 "the preset (input size, widths) moves accuracy, at the cost of LUTs and of BRAM for fc1's "
+                 "weights.")
     if export["preset"] == "tiny":
         lines.append("`tiny` (32 px) is the CI/demo preset: cheapest in hardware, lowest accuracy; `z2` (112 px) "
                      "is the one sized for a Pynq-Z2 at >= 1,000 img/s.")
@@ -189,7 +187,7 @@ def _pretrain_accuracy(export: Dict) -> Optional[str]:
         return None
 
 
-def readme(est: Dict, *, board, export: Dict, sweep: List[Dict], bitexact: Dict, hardware: bool) -> str:
+def readme(est: Dict, *, board, export: Dict, bitexact: Dict, hardware: bool) -> str:
     fold = est.get("folding_mode", "")
     lines = [
         "# FINN estimates: `%s` preset on %s (%s, %s MHz)" % (export["preset"], board.name, board.part,
@@ -208,14 +206,16 @@ def readme(est: Dict, *, board, export: Dict, sweep: List[Dict], bitexact: Dict,
     ]
     lines += fit_table(est)
     lines += ["", "FINN's margins are `finn.util.platforms.DEFAULT_RES_LIMITS` (Xilinx's recommended limits for "
-              "timing closure). FF: FINN has no flip-flop estimate. The estimates exclude %s: keep some margin "
-              "for them." % est.get("excludes", "FIFOs, width converters, DMAs and the shell"), ""]
+              "timing closure). FF: FINN has no flip-flop estimate. Counted: the layers and what the hardware "
+              "build adds around them (below); not counted: %s." % est["excludes"], ""]
+    lines += ["## Layers, FIFOs, width converters, DMAs", ""]
+    lines += parts_table(est)
+    lines += ["", "FIFO and width-converter costs are FINN's own models on the nodes FINN's InsertDWC/InsertFIFO/"
+              "InsertIODMA insert; FIFO depths (one feature-map row per stream: FINN sizes FIFOs only by "
+              "simulation) and the IODMA cost (FINN has no model) are our rules, `build_fpga/estimates.py`.", ""]
     lines += ["## Per layer", "", "![per-layer cycles and resources](layers.png)", ""]
     lines += layer_table(est)
-    if sweep:
-        lines += ["", "## Target fps sweep (FINN folding, same model)", ""]
-        lines += sweep_table(sweep)
-    lines += [""] + tradeoff(est, sweep, export, board)
+    lines += [""] + tradeoff(est, export, board)
     stages = {k: v for k, v in bitexact.get("stages", {}).items() if k != "cppsim"}
     lines += ["", "## Bit-exactness", ""]
     if stages:

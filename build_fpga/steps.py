@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Dict, List
 
-from .transforms import AbsorbBinaryPad
+from .transforms import AbsorbBinaryPad, MapWideLayersToDsp
 
 # The message of the step that failed last: build_dataflow_cfg catches every exception and returns -1
 # (it re-raises only under pytest), so the one line travels beside it.
@@ -30,6 +30,11 @@ def fail(msg: str):
 def step_bnn_absorb_binary_pad(model, cfg):
     """-1 padding of binary maps moved into the consuming Conv (see :class:`AbsorbBinaryPad`)."""
     return model.transform(AbsorbBinaryPad())
+
+
+def step_bnn_dsp_layers(model, cfg):
+    """The 8-bit first layer onto DSPs (see :class:`MapWideLayersToDsp`); after step_convert_to_hw."""
+    return model.transform(MapWideLayersToDsp())
 
 
 def step_bnn_check_partition(model, cfg):
@@ -93,6 +98,8 @@ def flow_steps(hw_codegen: bool = False) -> List:
         if name == "step_streamline":
             steps.append(step_bnn_absorb_binary_pad)
         steps.append(name)
+        if name == "step_convert_to_hw":
+            steps.append(step_bnn_dsp_layers)
         if name == "step_create_dataflow_partition":
             steps.append(step_bnn_check_partition)
     steps.append(step_bnn_io_shapes)

@@ -49,3 +49,58 @@ class AbsorbBinaryPad(Transformation):
         if any(next(a for a in conv.attribute if a.name == "pads").ints):
             return None
         return conv
+
+
+class MapWideLayersToDsp(Transformation):
+    """MVAUs with multi-bit inputs and +-1 weights (the 8-bit first layer) -> FINN's DSP-based RTL MVAU.
+
+    In LUTs, FINN's HLS MVAU spends ~30 LUTs per 8-bit x 2-bit product (build_fpga/FINN_NOTES.md: conv1
+    is 40-60% of z2's LUTs) while the board's DSP48 slices sit idle. FINN's MVAU_rtl maps the products
+    onto DSPs (finn-rtllib mvu.sv packs several narrow products per DSP), but only without embedded
+    thresholds, for signed weights of >= 2 bits, and on DSP48E1 only for narrow-range weights
+    (``specialize_layers._mvu_rtl_possible``). So, on the converted HW graph (after
+    ``step_convert_to_hw``): the thresholds move into a standalone ``Thresholding`` node that reads the
+    MVAU's accumulator, the +-1 weights are typed INT2 (their narrow range: no -2), which
+    ``step_minimize_bit_width`` would choose anyway, and the MVAU asks for the RTL variant. The
+    function is unchanged: ``Thresholding`` computes ``acc >= t`` exactly as the MVAU's thresholds did.
+    XNOR-popcount layers stay in LUTs (no multiplier to save). Where FINN still declines the RTL
+    variant, ``step_specialize_layers`` falls back to the HLS MVAU (same function, LUT cost).
+    """
+
+    def apply(self, model):
+        from onnx import helper
+        from qonnx.custom_op.registry import getCustomOp
+
+        for node in model.graph.node:
+            if node.op_type != "MVAU" or len(node.input) < 3:
+                continue
+            mvau = getCustomOp(node)
+            if mvau.get_nodeattr("binaryXnorMode") or mvau.get_nodeattr("noActivation"):
+                continue
+            if model.get_tensor_datatype(node.input[1]) != DataType["BIPOLAR"]:
+                continue
+            thresholds, out = node.input[2], node.output[0]
+            acc = model.make_new_valueinfo_name()
+            model.set_tensor_shape(acc, model.get_tensor_shape(out))
+            model.set_tensor_datatype(acc, DataType[mvau.get_nodeattr("accDataType")])
+            thresholding = helper.make_node(
+                "Thresholding", [acc, thresholds], [out], domain="finn.custom_op.fpgadataflow",
+                backend="fpgadataflow", name="Thresholding_" + node.name,
+                NumChannels=int(mvau.get_nodeattr("MH")), PE=1,
+                numSteps=int(model.get_tensor_shape(thresholds)[1]),
+                inputDataType=mvau.get_nodeattr("accDataType"),
+                weightDataType=model.get_tensor_datatype(thresholds).name,
+                outputDataType=mvau.get_nodeattr("outputDataType"),
+                numInputVectors=list(mvau.get_nodeattr("numInputVectors")),
+                ActVal=int(mvau.get_nodeattr("ActVal")))
+            del node.input[2]
+            node.output[0] = acc
+            mvau.set_nodeattr("noActivation", 1)
+            mvau.set_nodeattr("outputDataType", mvau.get_nodeattr("accDataType"))
+            mvau.set_nodeattr("weightDataType", "INT2")
+            model.set_tensor_datatype(node.input[1], DataType["INT2"])
+            mvau.set_nodeattr("preferred_impl_style", "rtl")
+            mvau.set_nodeattr("resType", "dsp")
+            model.graph.node.insert(list(model.graph.node).index(node) + 1, thresholding)
+            return model, True  # the node list changed: start over
+        return model, False

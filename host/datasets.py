@@ -21,7 +21,7 @@ from .errors import BnnError
 from .imagedataset import ImageDataset, printable
 from .synthetic import OPTION_NAMES, open_synthetic
 
-DATASETS = ("flowers102", "cub200", "indoor67", "folder", "synthetic", "synthetic-transfer")
+DATASETS = ("flowers102", "cub200", "indoor67", "folder", "synthetic", "synthetic-transfer", "digits")
 SPLITS = ("train", "test")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 _EXT_LIST = "/".join(e[1:] for e in IMAGE_EXTENSIONS)
@@ -261,6 +261,10 @@ def dataset_option_names(name):
     """The options ``open_dataset`` accepts for ``name`` (for CLI help and validation)."""
     if name in ("synthetic", "synthetic-transfer"):
         return tuple(OPTION_NAMES)
+    if name == "digits":
+        from .digits import OPTIONS
+
+        return tuple(sorted(OPTIONS))
     return tuple(sorted(_READERS[name][1])) if name in _READERS else ()
 
 
@@ -275,6 +279,11 @@ def open_dataset(name, split, data_dir=None, **options):
     if name in ("synthetic", "synthetic-transfer"):
         check_request(name, split, dataset_option_names(name), options)
         return open_synthetic(name, split, **options)
+    if name == "digits":
+        from .digits import DigitsDataset
+
+        check_request(name, split, dataset_option_names(name), options)
+        return DigitsDataset(split, data_dir, **options)
     return read_layout(name, _READERS[name][0], dataset_option_names(name), split, data_dir, options)
 
 

@@ -6,6 +6,7 @@ Its own module so that the file readers (``datasets.py``) and the generated data
 
 import hashlib
 import json
+from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
 
@@ -15,7 +16,7 @@ from .preprocess import decode_image
 __all__ = ["ImageDataset", "printable"]
 
 
-def printable(name):
+def printable(name: str) -> str:
     """A file-system name as text a terminal, a JSON file or a plot can show (undecodable bytes as U+FFFD)."""
     return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
@@ -30,7 +31,9 @@ class ImageDataset:
 
     native_size = None  # fixed image side of generated datasets; None for files of any size
 
-    def __init__(self, name, split, root, classes, sources, labels, class_names=None, options=None):
+    def __init__(self, name: str, split: str, root: Optional[str], classes: Sequence[str],
+                 sources: Optional[Sequence[str]], labels: Any, class_names: Optional[Sequence[str]] = None,
+                 options: Optional[Dict[str, Any]] = None) -> None:
         self.name = name
         self.split = split
         self.root = root
@@ -41,22 +44,24 @@ class ImageDataset:
         self._sources = list(sources) if sources is not None else None
         self.labels = np.asarray(labels, dtype=np.int64).reshape(-1)
         self.options = dict(options or {})
-        self._fingerprint = None
+        self._fingerprint: Optional[str] = None
         if self._sources is not None and len(self._sources) != len(self.labels):
             raise ValueError("%d sources but %d labels" % (len(self._sources), len(self.labels)))
         if len(self.labels) and (self.labels.min() < 0 or self.labels.max() >= len(self.classes)):
             raise BnnError("%s: labels outside 0..%d" % (root or name, len(self.classes) - 1))
 
-    def __len__(self):
+    def __len__(self) -> int:
         return int(self.labels.shape[0])
 
-    def source(self, i):
+    def source(self, i: int) -> str:
+        if self._sources is None:
+            raise NotImplementedError("%s generates its images: it overrides source() and load()" % type(self).__name__)
         return self._sources[i]
 
-    def load(self, i):
-        return decode_image(self._sources[i])
+    def load(self, i: int) -> np.ndarray:
+        return decode_image(self.source(i))
 
-    def fingerprint(self):
+    def fingerprint(self) -> str:
         """sha256 over name, split, classes, every source and label: the key of derived caches."""
         if self._fingerprint is None:
             h = hashlib.sha256()
@@ -68,7 +73,7 @@ class ImageDataset:
             self._fingerprint = h.hexdigest()
         return self._fingerprint
 
-    def describe(self):
+    def describe(self) -> Dict[str, Any]:
         """What a manifest records about its input data."""
         return {
             "name": self.name,
@@ -80,8 +85,8 @@ class ImageDataset:
             "fingerprint": self.fingerprint(),
         }
 
-    def class_counts(self):
+    def class_counts(self) -> np.ndarray:
         return np.bincount(self.labels, minlength=len(self.classes))
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return "ImageDataset(%r, %r, %d images, %d classes)" % (self.name, self.split, len(self), len(self.classes))

@@ -8,11 +8,15 @@ The ``*_resized`` variants take an image whose longest side is already ``resize_
 decoded-image cache stores images that way); the full transforms are resize + those.
 """
 
+import os
 from dataclasses import asdict, dataclass, fields
+from typing import Any, Dict, Sequence, Tuple, Union
 
 import numpy as np
 
 from .errors import BnnError, ImageError
+
+PathLike = Union[str, "os.PathLike[str]"]
 
 
 @dataclass(frozen=True)
@@ -22,22 +26,22 @@ class Preprocess:
     input_size: int
     resize_longest: int
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         for f in fields(self):
             v = getattr(self, f.name)
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
                 raise BnnError("preprocess: %s must be a positive integer, got %r" % (f.name, v))
 
     @classmethod
-    def for_input_size(cls, n):
+    def for_input_size(cls, n: int) -> "Preprocess":
         """The paper's ratio scaled to ``n``: 224 -> 256, 32 -> 37."""
         return cls(int(n), int(round(n * 256 / 224)))
 
-    def to_dict(self):
+    def to_dict(self) -> Dict[str, int]:
         return {k: int(v) for k, v in asdict(self).items()}
 
     @classmethod
-    def from_dict(cls, d, where="preprocess"):
+    def from_dict(cls, d: Any, where: str = "preprocess") -> "Preprocess":
         """Inverse of to_dict; ``where`` (a file name) prefixes the error message."""
         if not isinstance(d, dict):
             raise BnnError("%s: expected a dict with the preprocessing parameters, got %r" % (where, type(d).__name__))
@@ -55,7 +59,7 @@ MAX_PIXELS = 40_000_000
 _HIGH_DEPTH = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 
 
-def decode_image(path, max_pixels=MAX_PIXELS):
+def decode_image(path: PathLike, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Decode an image file into HWC uint8 RGB; raise ImageError when it cannot be read.
 
     The size comes from the header first: an image of more than ``max_pixels`` is refused
@@ -80,9 +84,7 @@ def decode_image(path, max_pixels=MAX_PIXELS):
             if im.mode in _HIGH_DEPTH:
                 arr = _grey_to_rgb8(np.asarray(im), im.mode, path)
             else:
-                if im.mode != "RGB":
-                    im = im.convert("RGB")
-                arr = np.asarray(im, dtype=np.uint8)
+                arr = np.asarray(im if im.mode == "RGB" else im.convert("RGB"), dtype=np.uint8)
     except ImageError:
         raise
     except Exception as e:  # PIL raises many types for malformed files (OSError, SyntaxError, struct.error, ...)
@@ -92,7 +94,7 @@ def decode_image(path, max_pixels=MAX_PIXELS):
     return np.ascontiguousarray(arr)
 
 
-def _grey_to_rgb8(a, mode, path):
+def _grey_to_rgb8(a: np.ndarray, mode: str, path: PathLike) -> np.ndarray:
     """Grey levels of a high-depth mode to 8 bits: PIL's own convert clips them at 255 instead."""
     if mode == "F":
         if not (np.isfinite(a).all() and a.min() >= 0 and a.max() <= 1):
@@ -108,12 +110,12 @@ def _grey_to_rgb8(a, mode, path):
     return np.repeat(g[:, :, None], 3, axis=2)
 
 
-def _reason(e):
+def _reason(e: BaseException) -> str:
     msg = str(e).strip().splitlines()
     return "%s: %s" % (type(e).__name__, msg[0]) if msg else type(e).__name__
 
 
-def _check_image(img):
+def _check_image(img: Any) -> None:
     if not isinstance(img, np.ndarray) or img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
         desc = "%s %s" % (img.dtype, img.shape) if isinstance(img, np.ndarray) else type(img).__name__
         raise ValueError("expected an HWC uint8 RGB image, got %s" % desc)
@@ -121,13 +123,13 @@ def _check_image(img):
         raise ValueError("empty image of shape %s" % (img.shape,))
 
 
-def resized_shape(h, w, longest):
+def resized_shape(h: int, w: int, longest: int) -> Tuple[int, int]:
     """(height, width) after scaling so that the longer side is ``longest`` (aspect kept, >= 1)."""
     scale = longest / float(max(h, w))
     return max(1, int(round(h * scale))), max(1, int(round(w * scale)))
 
 
-def resize_longest_side(img, longest):
+def resize_longest_side(img: np.ndarray, longest: int) -> np.ndarray:
     """Scale (up or down) so that max(h, w) == longest, with PIL's bilinear filter."""
     _check_image(img)
     h, w = img.shape[:2]
@@ -136,11 +138,12 @@ def resize_longest_side(img, longest):
         return img
     from PIL import Image
 
-    out = Image.fromarray(img, "RGB").resize((nw, nh), Image.BILINEAR)
+    # Image.BILINEAR, not Image.Resampling (Pillow >= 9.1): a PYNQ image's Pillow may be older
+    out = Image.fromarray(img, "RGB").resize((nw, nh), Image.BILINEAR)  # type: ignore[attr-defined]
     return np.asarray(out, dtype=np.uint8)
 
 
-def pad_to_min(img, size):
+def pad_to_min(img: np.ndarray, size: int) -> np.ndarray:
     """Zero-pad symmetrically (extra pixel at the bottom/right) so both sides are >= size."""
     h, w = img.shape[:2]
     ph, pw = max(0, size - h), max(0, size - w)
@@ -150,12 +153,12 @@ def pad_to_min(img, size):
     return np.pad(img, pad, mode="constant")
 
 
-def _check_crop(img, size):
+def _check_crop(img: np.ndarray, size: int) -> None:
     if img.shape[0] < size or img.shape[1] < size:
         raise ValueError("image of %dx%d is smaller than the %d crop; pad it first" % (img.shape[:2] + (size,)))
 
 
-def center_crop(img, size):
+def center_crop(img: np.ndarray, size: int) -> np.ndarray:
     """The central size x size window (top-left bias when the margin is odd)."""
     _check_crop(img, size)
     top = (img.shape[0] - size) // 2
@@ -163,7 +166,7 @@ def center_crop(img, size):
     return img[top:top + size, left:left + size]
 
 
-def random_crop_flip(img, size, rng):
+def random_crop_flip(img: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
     """A uniformly placed size x size window, mirrored left-right with probability 0.5."""
     _check_crop(img, size)
     top = int(rng.integers(0, img.shape[0] - size + 1))
@@ -174,29 +177,29 @@ def random_crop_flip(img, size, rng):
     return out
 
 
-def eval_transform_resized(img, pp):
+def eval_transform_resized(img: np.ndarray, pp: Preprocess) -> np.ndarray:
     """Pad + center crop of an image already resized to pp.resize_longest."""
     _check_image(img)
     return np.ascontiguousarray(center_crop(pad_to_min(img, pp.input_size), pp.input_size))
 
 
-def train_transform_resized(img, pp, rng):
+def train_transform_resized(img: np.ndarray, pp: Preprocess, rng: np.random.Generator) -> np.ndarray:
     """Pad + random crop + flip of an image already resized to pp.resize_longest."""
     _check_image(img)
     return np.ascontiguousarray(random_crop_flip(pad_to_min(img, pp.input_size), pp.input_size, rng))
 
 
-def eval_transform(img, pp):
+def eval_transform(img: np.ndarray, pp: Preprocess) -> np.ndarray:
     """Decoded image -> input_size x input_size x 3 uint8 (resize, pad, center crop)."""
     return eval_transform_resized(resize_longest_side(img, pp.resize_longest), pp)
 
 
-def train_transform(img, pp, rng):
+def train_transform(img: np.ndarray, pp: Preprocess, rng: np.random.Generator) -> np.ndarray:
     """Decoded image -> input_size x input_size x 3 uint8 (resize, pad, random crop + flip)."""
     return train_transform_resized(resize_longest_side(img, pp.resize_longest), pp, rng)
 
 
-def prepare_batch(images, pp):
+def prepare_batch(images: Sequence[np.ndarray], pp: Preprocess) -> np.ndarray:
     """Evaluation preprocessing of a list of decoded HWC images into one NHWC uint8 batch."""
     n = pp.input_size
     out = np.empty((len(images), n, n, 3), dtype=np.uint8)
@@ -205,7 +208,7 @@ def prepare_batch(images, pp):
     return out
 
 
-def check_batch(x, pp, name="images"):
+def check_batch(x: Any, pp: Preprocess, name: str = "images") -> np.ndarray:
     """Raise BnnError unless ``x`` is an NHWC uint8 batch of pp.input_size RGB images."""
     n = pp.input_size
     want = "uint8 NHWC batch (N, %d, %d, 3)" % (n, n)

@@ -5,18 +5,20 @@ everything a person watches goes to stderr.
 """
 
 import sys
+from typing import Any, Iterable, Optional
 
 # Seconds between two updates of a bar written to a file or a pipe rather than a terminal: there,
 # every update is a new line, and a log of a long run would otherwise hold thousands of them.
 NON_TTY_INTERVAL_S = 30.0
 
 
-def log(msg):
+def log(msg: str) -> None:
     """One status line on stderr, flushed (it must interleave correctly with the bars)."""
     print(msg, file=sys.stderr, flush=True)
 
 
-def progress_bar(total=None, desc="", enabled=True, iterable=None, unit="it"):
+def progress_bar(total: Optional[int] = None, desc: str = "", enabled: bool = True,
+                 iterable: Optional[Iterable[Any]] = None, unit: str = "it") -> Any:
     """A tqdm bar on stderr, or None (or the bare iterable) when disabled or tqdm is missing."""
     bar = None
     if enabled:

@@ -83,7 +83,7 @@ def fake_imagenet(tmp_path):
 @pytest.fixture
 def fake_flowers(tmp_path):
     """Flowers102 scaled down: 18 images of 3 classes; trnid 3, valid 3, tstid 12 (1 : 1 : 4 as the real one ~)."""
-    import scipy.io
+    scipy_io = pytest.importorskip("scipy.io", reason="the Flowers102 reader reads .mat files with scipy")
 
     root = tmp_path / "flowers"
     n = 18
@@ -92,8 +92,8 @@ def fake_flowers(tmp_path):
         write_image(root / "jpg" / ("image_%05d.jpg" % i), seed=int(labels[i - 1]))
     ids = np.arange(1, n + 1)
     trnid, valid, tstid = ids[:3], ids[3:6], ids[6:]
-    scipy.io.savemat(str(root / "imagelabels.mat"), {"labels": labels[None, :]})
-    scipy.io.savemat(str(root / "setid.mat"), {"trnid": trnid[None, :], "valid": valid[None, :],
+    scipy_io.savemat(str(root / "imagelabels.mat"), {"labels": labels[None, :]})
+    scipy_io.savemat(str(root / "setid.mat"), {"trnid": trnid[None, :], "valid": valid[None, :],
                                               "tstid": tstid[None, :]})
     return root, {"labels": labels, "trnid": trnid, "valid": valid, "tstid": tstid}
 

@@ -20,7 +20,8 @@ def test_demo_runs_the_whole_flow_and_transfer_beats_chance(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     table = {row["row"]: row for row in summary["table"]}
     assert set(table) == {"binary, trained from scratch", "(a) fine-tuned, binary last layer",
-                          "(b) fine-tuned, float last layer"}
+                          "(b) fine-tuned, float last layer", "real images: digits, (b) float layer"}
+    assert table["real images: digits, (b) float layer"]["top1"] > 2.5 * (1 / 10), summary  # 10 digits
     chance = 1 / 10  # synthetic-transfer has 10 classes
     float_head = table["(b) fine-tuned, float last layer"]
     assert float_head["top1"] > 2.5 * chance, summary

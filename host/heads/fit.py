@@ -19,7 +19,7 @@ from .head import VARIANTS, _check_classes, _check_labels
 from .model import Model
 
 SOLVERS = ("lbfgs", "adam")
-L2_GRID = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6, 1e-7)
+L2_GRID = (1e-2, 1e-3, 1e-4, 1e-5, 1e-6, 1e-7)
 # Below this many held-out rows (or with fewer than 2 classes among them) one L2 cannot be told
 # from its neighbours: the fit falls back to FALLBACK_L2 and says so.
 MIN_VAL_ROWS = 20
@@ -38,7 +38,9 @@ class HeadConfig:
       scales), for features scaled by 1/sqrt(D) (the trainer scales internally and folds the
       factor into the saved weights), so one value suits any feature width. None: lbfgs chooses
       it from ``l2_grid`` on the held-out rows; adam uses ``FALLBACK_L2``.
-    - ``max_iter``: L-BFGS iterations per L2 of the path, and for the final fit on all rows.
+    - ``path_iter``: L-BFGS iterations per L2 of the path (a continuation: each value starts where
+      the previous one ended, with its curvature memory), and for the warm-started refit on all rows.
+    - ``max_iter``: L-BFGS iterations of a fit at one given (or fallback) L2, from zero.
     - ``val_fraction`` of each class is held out to choose the L2 (lbfgs) or the epoch (adam).
       With ``refit`` the chosen head is then trained again on every row: warm-started for lbfgs
       (None: on), from scratch for as many epochs for adam (None: off). 0 holds nothing out.
@@ -56,7 +58,8 @@ class HeadConfig:
     solver: Optional[str] = None
     weight_decay: Optional[float] = None
     l2_grid: Tuple[float, ...] = L2_GRID
-    max_iter: int = 6
+    path_iter: int = 2
+    max_iter: int = 30
     epochs: int = 60
     batch_size: Optional[int] = None
     lr: float = 1e-2
@@ -79,8 +82,9 @@ def _check_config(cfg):
     if cfg.variant != "float" and cfg.solver == "lbfgs":
         raise BnnError("fit: the %s head trains with adam; lbfgs fits the float head" % cfg.variant)
     if (cfg.epochs < 1 or (cfg.batch_size is not None and cfg.batch_size < 1) or not cfg.lr > 0 or cfg.hidden < 1
-            or cfg.max_iter < 1 or cfg.patience < 1):
-        raise BnnError("fit: epochs, batch_size, lr, hidden, max_iter and patience must be positive (%r)" % (cfg,))
+            or cfg.max_iter < 1 or cfg.path_iter < 1 or cfg.patience < 1):
+        raise BnnError("fit: epochs, batch_size, lr, hidden, max_iter, path_iter and patience must be positive (%r)"
+                       % (cfg,))
     if not 0 <= cfg.val_fraction < 1:
         raise BnnError("fit: val_fraction must be in [0, 1), got %r" % (cfg.val_fraction,))
     if cfg.weight_decay is not None and not cfg.weight_decay >= 0:
@@ -192,7 +196,7 @@ def fit_head(features, labels, classes, cfg=None, progress=True, feature_width=N
         opt = lbfgs.Lbfgs(lbfgs.data_term(model, packed, width, y, train_idx, batch_size), model.theta,
                           0.0 if wd is None else wd * width, mask)
         if wd is None:
-            wd, theta = lbfgs.l2_path(opt, cfg.l2_grid, width, cfg.max_iter, cfg.patience, score_theta, history,
+            wd, theta = lbfgs.l2_path(opt, cfg.l2_grid, width, cfg.path_iter, cfg.patience, score_theta, history,
                                       progress)
             l2["value"] = wd
         else:
@@ -224,7 +228,7 @@ def fit_head(features, labels, classes, cfg=None, progress=True, feature_width=N
         if solver == "lbfgs":
             opt = lbfgs.Lbfgs(lbfgs.data_term(model, packed, width, y, all_rows, batch_size), model.theta,
                               wd * width, mask)
-            iters = opt.run(cfg.max_iter)
+            iters = opt.run(cfg.path_iter)
             np.copyto(model.theta, opt.x)
             history.append({"phase": "refit", "l2": wd, "iterations": iters, "passes": opt.evals,
                             "train_loss": opt.f})

@@ -51,7 +51,7 @@ def test_quick_run_prints_one_complete_json_object_per_measurement(quick):
     assert set(MEASURED) <= set(by_name)
     for r in lines:
         assert all(k in r for k in REQUIRED), r
-        assert r["kind"] in ("speed", "memory", "estimate", "skipped"), r
+        assert r["kind"] in ("speed", "memory", "estimate", "accuracy", "skipped"), r
         if r["kind"] == "speed":
             assert r["ours_s"] > 0 and r["theirs_s"] > 0
             assert r["speedup"] == pytest.approx(r["theirs_s"] / r["ours_s"], abs=0.01)
@@ -62,6 +62,7 @@ def test_quick_run_prints_one_complete_json_object_per_measurement(quick):
     # --quick measures the tiny preset; the others are reported as skipped, with the reason
     assert by_name["emulator_vs_torch/paper"]["kind"] == "skipped"
     assert by_name["finn_estimate/paper/zcu104"]["kind"] == "skipped"
+    assert by_name["transfer/digits"]["kind"] == "skipped" and "--tiny-bundle" in by_name["transfer/digits"]["reason"]
 
 
 @needs_tools
@@ -175,8 +176,17 @@ def test_report_lists_every_gap_and_skip():
          "target": "not slower", "met": False, "gap": "because of reasons", "ours_top1": 0.5, "theirs_top1": 0.6},
         {"name": "e", "kind": "skipped", "reason": "too slow", "ours_s": None, "theirs_s": None, "speedup": None,
          "identical": None, "target": None, "met": None},
+        {"name": "transfer/digits", "kind": "accuracy", "ours_s": None, "theirs_s": None, "speedup": None,
+         "identical": None, "target": "frozen > random", "met": False, "gap": "frozen trails the pixels",
+         "train": 10, "test": 5, "classes": 2, "input_size": 32, "feature_width": 256,
+         "rows": {"frozen": {"host": {"top1": 0.5, "top5": 1.0}, "sklearn": {"top1": 0.4, "top5": 1.0}},
+                  "random": {"host": {"top1": 0.3, "top5": 1.0}, "sklearn": {"top1": 0.2, "top5": 1.0}},
+                  "pixels": {"sklearn": {"top1": 0.9, "top5": 1.0}}}},
     ]
     md = markdown(recs, m, m, 12.0, quick=False)
     assert "| `a/b` | 1.00 ms | 2.00 ms | 2.0x | yes | >= 1x | yes |" in md
     assert "- `c/d` (not slower): because of reasons" in md and "50.0%" in md
     assert "- skipped `e`: too slow" in md and "1.00/2.00/3.00" in md
+    assert ("| `transfer/digits` (10 train / 5 test, 2 classes, 32 px, 256 features) | 50.0% / 100.0% | 40.0% / "
+            "100.0% | 30.0% / 100.0% | 20.0% / 100.0% | 90.0% / 100.0% | **no** |") in md
+    assert "- `transfer/digits` (frozen > random): frozen trails the pixels" in md

@@ -77,21 +77,29 @@ def test_tiny_bundle_through_the_cli(tiny):
     for res, total in (("lut", 53200), ("ff", 106400), ("bram18", 280), ("dsp", 220), ("uram", 0)):
         assert est[res]["available"] == total
     assert est["ff"]["used"] is None and any("flip-flop" in n for n in est["notes"])
-    # default folding: the highest target that keeps FINN's margins, and the sweep shows the next one does not
-    assert 0 < est["lut"]["used"] <= 37240 and 0 < est["bram18"]["used"] <= 224
+    # default folding: the search's, within every margin with FIFOs, width converters and DMAs counted
+    assert 0 < est["lut"]["used"] <= 37240 and 0 < est["bram18"]["used"] <= 224 and est["dsp"]["used"] <= 176
     assert est["fps"] >= 10000 and est["latency_cycles"] > est["max_cycles"] > 0
     assert est["fps"] == pytest.approx(100e6 / est["max_cycles"])
-    chosen = [row for row in est["sweep"] if row["chosen"]]
-    assert len(chosen) == 1 and chosen[0]["fps"] == pytest.approx(est["fps"], rel=1e-3)
-    assert all(row["fps"] <= chosen[0]["fps"] for row in est["sweep"] if row["fits_margins"])
-    assert any(not row["fits_margins"] for row in est["sweep"])
+    search = est["folding_search"]
+    assert search["binding"] in ("lut", "bram18", "dsp", "parallelism") and search["fps"] == pytest.approx(est["fps"])
     assert [ly["layer"] for ly in est["layers"] if ly["op_type"].startswith("MVAU")] == \
         ["conv1", "conv2", "conv3", "conv4", "conv5", "fc1", "fc2"]
-    assert sum(ly["lut"] for ly in est["layers"]) == est["lut"]["used"]
+    # the 8-bit first layer runs on DSPs, its thresholds in a standalone node of the same layer
+    conv1 = [ly for ly in est["layers"] if ly["layer"] == "conv1"]
+    assert [ly["op_type"] for ly in conv1 if ly["dsp"]] == ["MVAU_rtl"] and "Thresholding_rtl" in \
+        [ly["op_type"] for ly in conv1]
+    kinds = [x["kind"] for x in est["interconnect"]]
+    assert kinds.count("iodma") == 2 and "fifo" in kinds and "dwc" in kinds
+    for r in ("lut", "bram18", "dsp"):
+        assert est[r]["layers"] == sum(ly[r] for ly in est["layers"])
+        assert est[r]["used"] == est[r]["layers"] + sum(x[r] for x in est["interconnect"])
+    assert est["lut"]["interconnect"] > 0
 
     report = (out / "report" / "README.md").read_text()
     for text in ("| LUT | %s | 53,200 |" % format(est["lut"]["used"], ","), "70%", "layers.png",
-                 "Target fps sweep", "Trade-off", "| conv1 |"):
+                 "| FIFOs | %d |" % kinds.count("fifo"), "| IODMAs (our allowance) | 2 |", "folding search",
+                 "Trade-off", "| conv1 |"):
         assert text in report
     assert (out / "report" / "layers.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads((out / "report" / "bitexact.json").read_text())["stages"]["emulator"]["mismatched_bits"] == 0

@@ -72,6 +72,9 @@ def check_bundle(out, board):
     assert m["params"]["hardware"] is True and m["params"]["fifo"] == "force_minimal_fifos"
     assert m["hardware_build"]["toolchain"]["vivado"] == m["hardware_build"]["toolchain"]["vitis_hls"] == "2024.2"
     assert "driver/settings.json" in m["files"]
+    for name in ("post_synth_resources.json", "post_route_timing.rpt", "fifo_sizing.json",
+                 "hardware_time_per_step.json", "hardware_build_dataflow.log"):
+        assert "report/finn/" + name in m["files"]
     io = json.loads((out / "driver" / "settings.json").read_text())["driver_information"]["io_shape_dict"]
     assert m["io"]["ishape_normal"] == io["ishape_normal"] == [[1, 32, 32, 3]]
 
@@ -86,28 +89,35 @@ def test_bitstream_path_runs_end_to_end(fake, board):
     check_bundle(out, board)
     log = calls(out)
     mvau_hls = [c for c in log if c.startswith("vitis_hls") and "hls_syn_MVAU_hls_" in c]
-    assert len(mvau_hls) == 7  # tiny's seven layers, each through HLS once
+    assert len(mvau_hls) == 6  # tiny's six XNOR layers, each through HLS once (conv1: RTL MVAU on DSPs)
     assert sum("vivado_zynq_proj_" in c for c in log) == 1
-    assert "hardware step 9/9 step_deployment_package" in r.stderr
+    assert "hardware step 11/11 step_deployment_package" in r.stderr
 
 
 @pytest.mark.slow
 def test_killed_hardware_build_resumes_from_its_last_finished_step(fake):
+    """Killed in the middle of HLS IP generation (one worker: layers in a fixed order), the rerun starts at
+    that step and synthesizes only the layers whose IP the first run had not finished."""
     out = fake["tmp"] / "pynq-z2"
-    killed = cli(fake, out, "--board", "pynq-z2", FAKE_TOOLCHAIN_KILL="*vivado_zynq_proj_*")
-    assert killed.returncode == -9 and not out.exists()
-    first = calls(out)
+    killed = cli(fake, out, "--board", "pynq-z2", FAKE_TOOLCHAIN_KILL="*hls_syn_MVAU_hls_3.tcl",
+                 NUM_DEFAULT_WORKERS="1")
+    assert killed.returncode == -9 and not out.exists(), killed.stderr[-3000:]
     hw = [d for d in Path(str(out) + ".finn-build").iterdir() if d.name.startswith("hw-")]
     assert len(hw) == 1
-    done = json.loads((hw[0] / "progress.json").read_text())["finished"]
-    assert done[-1] == "step_prepare_synthesis"  # killed inside step_synthesize_bitfile
-    r = cli(fake, out, "--board", "pynq-z2")
+    assert json.loads((hw[0] / "progress.json").read_text())["finished"][-1] == "step_hw_codegen"
+    exported = {p.parents[3].name[len("project_"):] for p in hw[0].glob(
+        "finn_build/finn_tmp/code_gen_ipgen_MVAU_*/project_*/sol1/impl/ip/component.xml")}
+    assert exported and "MVAU_hls_3" not in exported
+    first = calls(out)
+    r = cli(fake, out, "--board", "pynq-z2", NUM_DEFAULT_WORKERS="1")
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "resuming the hardware build in %s after step_prepare_synthesis" % hw[0] in r.stderr
-    assert "hardware step 2/9" not in r.stderr and "hardware step 7/9 step_synthesize_bitfile" in r.stderr
-    again = calls(out)[len(first):]
-    assert not any("hls_syn_MVAU_hls_" in c for c in again)  # no layer went through HLS twice
-    assert sum("vivado_zynq_proj_" in c for c in again) == 1
+    assert "resuming the hardware build in %s after step_hw_codegen" % hw[0] in r.stderr
+    assert "hardware step 2/11" not in r.stderr and "hardware step 3/11 step_hw_ipgen" in r.stderr
+    again = [c for c in calls(out)[len(first):] if c.startswith("vitis_hls") and "code_gen_ipgen_MVAU" in c]
+    redone = {c.rsplit("hls_syn_", 1)[1][: -len(".tcl")] for c in again}
+    layers = {c.rsplit("hls_syn_", 1)[1][: -len(".tcl")] for c in calls(out) if "code_gen_ipgen_MVAU" in c}
+    # each of tiny's HLS layers synthesized to the end exactly once over both runs
+    assert "MVAU_hls_3" in redone and not redone & exported and redone | exported == layers
     assert (hw[0] / "logs" / "build_dataflow.0.log").exists() and (hw[0] / "build_dataflow.log").exists()
     check_bundle(out, "pynq-z2")
 
@@ -131,3 +141,22 @@ def test_a_missing_precondition_stops_the_build_before_anything_runs(fake, tmp_p
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: pre-flight: " + expected), r.stderr
     assert not out.exists() and not Path(str(out) + ".finn-build").exists() and calls(out) == []
+
+
+def test_progress_is_trusted_only_as_a_prefix_of_the_steps_with_its_model(tmp_path):
+    from build_fpga.hardware import PROGRESS, _read_progress, _start_model_step, hardware_steps
+
+    steps = hardware_steps()
+    models = tmp_path / "intermediate_models"
+    models.mkdir()
+    (tmp_path / PROGRESS).write_text(json.dumps({"finished": steps[:3]}))
+    assert _read_progress(tmp_path, steps) == []  # the third step's model is missing
+    (models / (steps[2] + ".onnx")).write_bytes(b"")
+    assert _read_progress(tmp_path, steps) == steps[:3]
+    (tmp_path / PROGRESS).write_text(json.dumps({"finished": [steps[1], steps[0]]}))
+    assert _read_progress(tmp_path, steps) == []
+    (tmp_path / PROGRESS).write_text('{"finished": [')
+    assert _read_progress(tmp_path, steps) == []
+    (tmp_path / PROGRESS).write_text(json.dumps({"finished": []}))
+    assert _read_progress(tmp_path, steps) == []
+    assert _start_model_step() == "step_bnn_io_shapes"

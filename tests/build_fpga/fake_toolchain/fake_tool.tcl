@@ -39,7 +39,11 @@ proc log_call {what} {
     }
     # Simulates a build killed at this tool call (power cut, Ctrl-C of the whole process group).
     if {[info exists ::env(FAKE_TOOLCHAIN_KILL)] && [string match $::env(FAKE_TOOLCHAIN_KILL) $what]} {
-        exec kill -KILL -- -[string trim [exec ps -o pgid= [pid]]]
+        # process group: 5th field of /proc/<pid>/stat, after the ")" closing the command name;
+        # the shell's builtin kill (no procps needed) signals the whole group
+        set stat [read_text /proc/[pid]/stat]
+        set pgid [lindex [string range $stat [expr {[string last ")" $stat] + 2}] end] 2]
+        exec /bin/sh -c "kill -9 -$pgid"
     }
 }
 

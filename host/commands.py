@@ -1,0 +1,398 @@
+"""What each ``python -m host`` command does, given its parsed arguments (``__main__.py`` parses them).
+
+Results go to stdout (one JSON line, or the table ``predict --table`` asks for); progress bars,
+warnings and errors go to stderr.
+"""
+
+import json
+import os
+import sys
+import time
+
+from .cli import dataset_options
+from .errors import BnnError, ImageError
+
+BACKEND_NAMES = ("pynq", "emulator", "onnx")
+HEAD_VARIANTS = ("float", "binary", "mlp")
+
+
+# ------------------------------------------------------------------------------------------- helpers
+
+def _positive(name, value):
+    if value is not None and value < 1:
+        raise BnnError("%s: must be a positive integer, got %d" % (name, value))
+    return value
+
+
+def _load_bundle(args):
+    from .bundle import load_bundle
+
+    board = (args.board or "").strip() or None
+    return load_bundle(args.bundle, board=board)
+
+
+def _backend_choice(args, bundle):
+    """(name, options) of the backend to use."""
+    from .backends import available_backends
+
+    name = args.backend or available_backends(bundle)[0]
+    opts = {}
+    if name == "pynq" and args.timeout is not None:
+        if not args.timeout > 0:
+            raise BnnError("--timeout: must be a positive number of seconds, got %r" % args.timeout)
+        # one deadline per batch, whatever its size: what a user asking for N seconds expects
+        opts = {"timeout_s": args.timeout, "timeout_per_image_s": 0.0}
+    return name, opts
+
+
+def _cache_dir(args, head_path):
+    if args.no_cache:
+        return None
+    if args.cache_dir:
+        return os.path.abspath(os.path.expanduser(args.cache_dir))
+    return os.path.join(os.path.dirname(os.path.abspath(head_path)), "features-cache")
+
+
+def _open_dataset(args, split):
+    from .datasets import open_dataset
+
+    return open_dataset(args.dataset, split, args.data_dir, **dataset_options(args.option))
+
+
+def _extract(args, bundle, dataset, head_path):
+    """(backend name, DatasetFeatures) of ``dataset`` with the command's backend and cache options."""
+    from .extract import extract_dataset
+
+    _positive("--batch-size", args.batch_size)
+    _positive("--workers", args.workers)
+    name, opts = _backend_choice(args, bundle)
+    feats = extract_dataset(bundle, name, dataset, batch_size=args.batch_size, cache_dir=_cache_dir(args, head_path),
+                            progress=not args.quiet, workers=args.workers, backend_options=opts)
+    return name, feats
+
+
+def _load_head(args, bundle):
+    from .bundle import check_head_compatible
+    from .heads import load_head
+
+    head = load_head(args.head)
+    check_head_compatible(bundle, head.meta, args.head)
+    return head
+
+
+def _r(x, digits=4):
+    return None if x is None else round(float(x), digits)
+
+
+def _print_json(obj):
+    print(json.dumps(obj, sort_keys=True), flush=True)
+
+
+# ------------------------------------------------------------------------------------------- commands
+
+def cmd_fit(args):
+    from .benchmark import peak_rss_mb
+    from .heads import HeadConfig, fit_head, save_head
+
+    t0 = time.perf_counter()
+    out = os.path.abspath(args.out)
+    if os.path.isdir(out):
+        raise BnnError("%s: is a directory; --out takes the head file to write, e.g. %s"
+                       % (out, os.path.join(out, "head.npz")))
+    _positive("--train-batch-size", args.train_batch_size)
+    for flag, value in (("--epochs", args.epochs), ("--patience", args.patience), ("--hidden", args.hidden),
+                        ("--max-iter", args.max_iter), ("--path-iter", args.path_iter)):
+        _positive(flag, value)
+    # checked here, not only in fit_head: a typo should not cost a whole feature extraction first
+    wd_ok = args.weight_decay is None or args.weight_decay >= 0
+    if not args.lr > 0 or not wd_ok or not 0 <= args.val_fraction < 1:
+        raise BnnError("--lr must be > 0, --weight-decay >= 0 and --val-fraction in [0, 1), got %r, %r, %r"
+                       % (args.lr, args.weight_decay, args.val_fraction))
+    if args.solver == "lbfgs" and args.head != "float":
+        raise BnnError("--solver lbfgs: fits the float head only; the %s head trains with adam" % args.head)
+    cfg = HeadConfig(variant=args.head, solver=args.solver, weight_decay=args.weight_decay, max_iter=args.max_iter,
+                     path_iter=args.path_iter,
+                     epochs=args.epochs, batch_size=args.train_batch_size, lr=args.lr,
+                     val_fraction=args.val_fraction, patience=args.patience, seed=args.seed, hidden=args.hidden,
+                     refit=args.refit, calibrate=not args.no_calibrate)
+    bundle = _load_bundle(args)
+    dataset = _open_dataset(args, "train")
+    backend, feats = _extract(args, bundle, dataset, out)
+    t_train = time.perf_counter()
+    meta = bundle.head_meta()
+    meta.update(
+        bundle={"root": bundle.root, "digest": bundle.digest, "board": bundle.board, "preset": bundle.preset},
+        dataset=dataset.describe(),
+        features={"backend": feats.backend or backend, "images": len(feats), "skipped": len(feats.skipped),
+                  "cache": feats.cache_path},
+    )
+    if list(dataset.class_names) != list(dataset.classes):
+        meta["class_names"] = list(dataset.class_names)
+    head, _ = fit_head(feats.packed, feats.labels, dataset.classes, cfg, progress=not args.quiet,
+                       feature_width=feats.width, meta=meta)
+    train_seconds = time.perf_counter() - t_train
+    save_head(out, head)
+    info = head.meta["train"]
+    if info["l2"]["chosen_by"] == "fallback":
+        print("warning: %s: %s; used L2=%g (recorded in the head file)" % (out, info["l2"]["reason"],
+                                                                        info["l2"]["value"]), file=sys.stderr)
+    _print_json({
+        "command": "fit", "head": out, "variant": head.variant, "backend": backend, "dataset": dataset.name,
+        "classes": head.num_classes, "feature_width": head.feature_width,
+        "train_images": len(feats), "skipped": len(feats.skipped), "n_train": info["n_train"], "n_val": info["n_val"],
+        "val_top1": _r(info.get("val_top1")), "solver": info["solver"], "l2": info["l2"]["value"],
+        "l2_chosen_by": info["l2"]["chosen_by"], "best_epoch": info.get("best_epoch"),
+        "epochs_run": info.get("epochs_run"),
+        "cached": feats.cached, "cache": feats.cache_path, "extract_seconds": _r(feats.seconds, 3),
+        "images_per_s": _r(feats.images_per_s, 1), "train_seconds": _r(train_seconds, 3),
+        "seconds": _r(time.perf_counter() - t0, 3), "peak_rss_mb": peak_rss_mb(),
+    })
+    return 0
+
+
+def _confusion_path(args):
+    if args.confusion:
+        return os.path.abspath(args.confusion)
+    stem = os.path.abspath(args.head)
+    if stem.endswith(".npz"):
+        stem = stem[:-4]
+    return stem + ".confusion.png"
+
+
+def _check_classes(head, dataset, head_path):
+    if list(head.classes) == list(dataset.classes):
+        return
+    if len(head.classes) != len(dataset.classes):
+        raise BnnError("%s: head knows %d classes but the %s test split has %d"
+                       % (head_path, head.num_classes, dataset.name, len(dataset.classes)))
+    k = next(i for i, (a, b) in enumerate(zip(head.classes, dataset.classes)) if a != b)
+    raise BnnError("%s: head's class %d is %r but the %s dataset's is %r (trained on another dataset?)"
+                   % (head_path, k, head.classes[k], dataset.name, dataset.classes[k]))
+
+
+def cmd_eval(args):
+    from .heads import evaluate
+    from .report import save_confusion_png
+
+    t0 = time.perf_counter()
+    bundle = _load_bundle(args)
+    head = _load_head(args, bundle)
+    png = _confusion_path(args)
+    dataset = _open_dataset(args, "test")
+    _check_classes(head, dataset, args.head)  # before the (long) extraction
+    backend, feats = _extract(args, bundle, dataset, args.head)
+    res = evaluate(head, feats.packed, feats.labels, confusion=True)
+    names = head.meta.get("class_names") or head.classes
+    save_confusion_png(png, res["confusion"], names, title="%s on %s/test" % (os.path.basename(args.head),
+                                                                             dataset.name))
+    _print_json({
+        "command": "eval", "head": os.path.abspath(args.head), "variant": head.variant, "backend": backend,
+        "dataset": dataset.name, "classes": head.num_classes, "top1": _r(res["top1"]), "top5": _r(res["top5"]),
+        "images": res["n"], "skipped": len(feats.skipped), "cached": feats.cached, "cache": feats.cache_path,
+        "images_per_s": _r(feats.images_per_s, 1), "extract_seconds": _r(feats.seconds, 3),
+        "confusion": png, "seconds": _r(time.perf_counter() - t0, 3),
+    })
+    return 0
+
+
+def _prepared(paths, pp):
+    """(path, image or None) per path, with a warning for each unreadable one."""
+    from .preprocess import decode_image, eval_transform
+
+    for path in paths:
+        try:
+            yield path, eval_transform(decode_image(path), pp)
+        except ImageError as e:
+            print("warning: %s" % e, file=sys.stderr, flush=True)
+            yield path, None
+
+
+def _print_table(path, names, probs):
+    print(path)
+    for rank, (name, p) in enumerate(zip(names, probs), 1):
+        print("  %d  %-40s %6.2f%%" % (rank, name, 100.0 * p))
+
+
+def cmd_predict(args):
+    import numpy as np
+
+    from .backends import make_backend
+    from .heads import predict_topk
+    from .preprocess import Preprocess
+
+    _positive("--top", args.top)
+    bundle = _load_bundle(args)
+    head = _load_head(args, bundle)
+    names = head.meta.get("class_names") or head.classes
+    pp = Preprocess.from_dict(bundle.preprocess)
+    name, opts = _backend_choice(args, bundle)
+    _positive("--batch-size", args.batch_size)
+    failed = 0
+    with make_backend(name, bundle, **opts) as backend:
+        bs = args.batch_size or backend.default_batch_size
+        stream = _prepared(args.images, pp)
+        while True:
+            chunk = [item for _, item in zip(range(bs), stream)]
+            if not chunk:
+                break
+            good = [(p, img) for p, img in chunk if img is not None]
+            failed += len(chunk) - len(good)
+            if not good:
+                continue
+            feats = backend.extract(np.stack([img for _, img in good]), batch_size=bs)
+            idx, prob = predict_topk(head, feats, k=args.top)
+            for (path, _), i_row, p_row in zip(good, idx, prob):
+                if args.table:
+                    _print_table(path, [names[i] for i in i_row], p_row)
+                else:
+                    top = [{"class": head.classes[i], "prob": round(float(p), 6)} for i, p in zip(i_row, p_row)]
+                    if "class_names" in head.meta:
+                        for t, i in zip(top, i_row):
+                            t["name"] = names[i]
+                    _print_json({"image": path, "top": top})
+    return 1 if failed else 0
+
+
+def _open_source(args):
+    from .live import open_source
+
+    if args.folder is not None:
+        source, _ = open_source(camera=None, folder=args.folder)
+        return source
+    source, _ = open_source(camera=args.camera)
+    return source
+
+
+def _top_entries(head, names, i_row, p_row):
+    top = [{"class": head.classes[i], "prob": round(float(p), 6)} for i, p in zip(i_row, p_row)]
+    if "class_names" in head.meta:
+        for t, i in zip(top, i_row):
+            t["name"] = names[i]
+    return top
+
+
+def _stage_ms(timer):
+    return {k: round(v, 3) for k, v in timer.ms().items()}
+
+
+def cmd_live(args):
+    from .backends import make_backend
+    from .live import STAGES, LivePipeline, StageTimer
+
+    _positive("--top", args.top)
+    _positive("--frames", args.frames)
+    bundle = _load_bundle(args)
+    head = _load_head(args, bundle)
+    names = head.meta.get("class_names") or head.classes
+    name, opts = _backend_choice(args, bundle)
+    total = StageTimer(window=10 ** 6)  # the whole run, for the summary; the pipeline's own is the last 30 frames
+    frames = skipped = failed_in_a_row = 0
+    with _open_source(args) as source, make_backend(name, bundle, **opts) as backend:
+        print("live: %s, %s backend, head %s (%d classes)" % (source.name, name, args.head, head.num_classes),
+              file=sys.stderr, flush=True)
+        pipe = LivePipeline(bundle, backend)
+        try:
+            while args.frames is None or frames < args.frames:
+                try:
+                    res = pipe.step(source, head, k=args.top)
+                except ImageError as e:
+                    skipped += 1
+                    failed_in_a_row += 1
+                    print("warning: %s" % e, file=sys.stderr, flush=True)
+                    if failed_in_a_row >= source.max_failures:
+                        raise BnnError("%s (%d frames in a row)" % (e, failed_in_a_row)) from None
+                    continue
+                failed_in_a_row = 0
+                frames += 1
+                total.add(res.seconds)
+                fps = pipe.timer.fps()
+                if args.table:
+                    print("%6d  %s  %s" % (frames, "  ".join("%-16s %5.1f%%" % (names[i][:16], 100 * p)
+                                                              for i, p in zip(res.top, res.prob)),
+                                           "%.1f frames/s" % fps if fps else ""), flush=True)
+                else:
+                    _print_json({"frame": frames, "top": _top_entries(head, names, res.top, res.prob),
+                                 "fps": _r(fps, 2)})
+        except KeyboardInterrupt:
+            pass  # Ctrl-C ends a live run; the summary still comes
+    host_fps = total.host_fps()
+    _print_json({"command": "live", "frames": frames, "skipped": skipped, "backend": name, "source": source.name,
+                 "fps": _r(total.fps(), 2), "host_fps": _r(host_fps, 1), "ms": _stage_ms(total),
+                 "stages": list(STAGES)})
+    return 1 if skipped else 0
+
+
+def _prompt(text):
+    """Wait for Enter on an interactive terminal; go on at once when stdin is not one (scripts, tests)."""
+    print(text, file=sys.stderr, flush=True)
+    if sys.stdin is not None and sys.stdin.isatty():
+        sys.stdin.readline()
+
+
+def cmd_teach(args):
+    from .backends import make_backend
+    from .live import CameraSource, Teacher, check_class_name
+
+    _positive("--frames", args.frames)
+    out = os.path.abspath(args.out)
+    if os.path.isdir(out):
+        raise BnnError("%s: is a directory; --out takes the head file to write" % out)
+    classes = [check_class_name(c) for c in args.classes]
+    examples = args.examples or (out[:-4] if out.endswith(".npz") else out) + "-examples"
+    bundle = _load_bundle(args)
+    name, opts = _backend_choice(args, bundle)
+    with _open_source(args) as source, make_backend(name, bundle, **opts) as backend:
+        teacher = Teacher(bundle, backend, source, examples_dir=examples, variant=args.head)
+        if teacher.resumed:
+            print("teach: %d examples of %s from %s" % (teacher.resumed, ", ".join(teacher.store.classes), examples),
+                  file=sys.stderr, flush=True)
+        for c in classes:
+            if isinstance(source, CameraSource):
+                _prompt("teach: show '%s' to %s and press Enter" % (c, source.name))
+            print("teach: " + teacher.capture(c, args.frames), file=sys.stderr, flush=True)
+        head = teacher.train()
+    teacher.save_head(out)
+    info = head.meta["train"]
+    _print_json({"command": "teach", "head": out, "examples_dir": teacher.store.folder, "backend": name,
+                 "source": source.name, "classes": head.classes, "examples": teacher.store.counts(),
+                 "resumed": teacher.resumed, "variant": head.variant, "val_top1": _r(info.get("val_top1")),
+                 "train_seconds": _r(teacher.train_seconds, 3)})
+    return 0
+
+
+def _name_list(text, what, choices=None):
+    items = [s.strip() for s in str(text).split(",") if s.strip()]
+    if not items:
+        raise BnnError("%s: expected a comma-separated list, got %r" % (what, text))
+    if choices is not None:
+        bad = [s for s in items if s not in choices]
+        if bad:
+            raise BnnError("%s: unknown %s (choose from %s)" % (what, ", ".join(bad), ", ".join(choices)))
+    return items
+
+
+def cmd_bench(args):
+    from .benchmark import BenchConfig, run_bench
+
+    try:
+        sizes = [int(s) for s in _name_list(args.batch_sizes, "--batch-sizes")]
+    except ValueError:
+        raise BnnError("--batch-sizes: expected positive integers like 1,8,64, got %r" % args.batch_sizes) from None
+    backends = _name_list(args.backends, "--backends", BACKEND_NAMES) if args.backends else None
+    opts = {}
+    if args.timeout is not None:
+        if not args.timeout > 0:
+            raise BnnError("--timeout: must be a positive number of seconds, got %r" % args.timeout)
+        opts = {"timeout_s": args.timeout, "timeout_per_image_s": 0.0}
+    if args.seconds is not None and not args.seconds > 0:
+        raise BnnError("--seconds: must be positive, got %r" % args.seconds)
+    cfg = BenchConfig(batch_sizes=sizes, backends=backends, quick=args.quick, min_seconds=args.seconds,
+                      backend_options=opts)
+    bundle = _load_bundle(args)
+    result = run_bench(bundle, cfg, progress=lambda msg: print("bench: " + msg, file=sys.stderr, flush=True))
+    print(json.dumps(result, indent=2, sort_keys=True))
+    return 0
+
+
+COMMANDS = {"fit": cmd_fit, "eval": cmd_eval, "predict": cmd_predict, "live": cmd_live, "teach": cmd_teach,
+            "bench": cmd_bench}

@@ -1,0 +1,122 @@
+"""The folding search (build_fpga/folding.py) and the FIFO/DWC/IODMA rows of the fit check.
+
+One FINN flow of the tiny stand-in at its smallest folding; the search then runs on boards whose
+margin for one resource is cut, so that each resource in turn is the one that binds. (The z2 search
+on the real Pynq-Z2 margins is measured by ``python -m bench``, not here: it takes a minute.)
+"""
+
+import importlib.util
+import json
+import os
+import sys
+from dataclasses import replace
+
+import pytest
+
+HAVE_FINN = all(importlib.util.find_spec(m) is not None for m in ("finn", "qonnx"))
+pytestmark = pytest.mark.skipif(not HAVE_FINN, reason="needs finn-plus and qonnx")
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def tiny_flow(tmp_path_factory):
+    from test_flow import make_standin
+
+    from build_fpga.config import BuildConfig
+    from build_fpga.finn_flow import run_flow
+
+    tmp = tmp_path_factory.mktemp("folding")
+    path, _, _, _ = make_standin("tiny", tmp, n_images=2, ties=False)
+    est = run_flow(path, tmp / "build", BuildConfig(board="pynq-z2"))  # FINN's smallest folding
+    return tmp / "build", est
+
+
+def final_model(out):
+    from qonnx.core.modelwrapper import ModelWrapper
+
+    return ModelWrapper(str(out / "intermediate_models" / "step_generate_estimate_reports.onnx"))
+
+
+def tightened(resource, margin):
+    from build_fpga.boards import get_board
+
+    board = get_board("pynq-z2")
+    return replace(board, margins={**board.margins, resource: margin})
+
+
+@pytest.mark.parametrize("resource,margin", [("lut", 0.2), ("bram18", 0.15), ("dsp", 0.05)])
+def test_search_keeps_every_margin_and_names_the_binding_resource(tiny_flow, resource, margin):
+    from build_fpga.estimates import RESOURCE_KEYS
+    from build_fpga.folding import search
+
+    out, smallest = tiny_flow
+    board = tightened(resource, margin)
+    found = search(final_model(out), board, 100.0)
+    assert found.binding == resource and resource.upper() in found.binding_detail
+    assert found.bottleneck in found.binding_detail
+    for r in RESOURCE_KEYS:
+        assert found.used[r] <= board.usable[r], r
+    assert found.fps > 10 * smallest["fps"] and len(found.steps) > 5
+    assert found.fps == pytest.approx(100e6 / found.max_cycles)
+
+
+def test_search_folding_is_what_finn_estimates(tiny_flow, tmp_path):
+    """The search's numbers are FINN's: refolding FINN with the folding found gives the same fps and,
+    with the FIFO/DWC/IODMA rows, the same resources; and a step was refused only for those rows."""
+    from build_fpga.config import BuildConfig
+    from build_fpga.estimates import RESOURCE_KEYS, check_fit, parse_estimates
+    from build_fpga.finn_flow import refold
+    from build_fpga.folding import search
+
+    out, _ = tiny_flow
+    board = tightened("lut", 0.2)
+    found = search(final_model(out), board, 100.0)
+    assert found.binding_detail.endswith("(with FIFOs, DWCs and IODMAs)")  # the layers alone would fit
+    folding = tmp_path / "folding.json"
+    folding.write_text(json.dumps(found.config))
+    refold(out, BuildConfig(board="pynq-z2", folding=str(folding)))
+    est = parse_estimates(out / "report", board, 100.0, out / "intermediate_models")
+    assert est["fps"] == pytest.approx(found.fps) and est["bottleneck"] == found.bottleneck
+    assert {r: est[r]["used"] for r in RESOURCE_KEYS} == found.used
+    assert check_fit(est) == []
+
+
+def test_fifos_dwcs_and_iodmas_are_counted_in_the_fit_check(tiny_flow):
+    """A design whose layers fit but which does not fit with its FIFOs, converters and DMAs is over the
+    margin and, beyond the board, refused."""
+    from build_fpga.estimates import IODMA_RULE, check_fit, fit_refusal, parse_estimates
+
+    out, est = tiny_flow
+    kinds = [x["kind"] for x in est["interconnect"]]
+    assert kinds.count("iodma") == 2 and kinds.count("fifo") > 0
+    assert all(x["lut"] == IODMA_RULE["lut"] for x in est["interconnect"] if x["kind"] == "iodma")
+    assert all(x["depth"] >= 32 and x["ram_style"] in ("srl", "distributed", "block")
+               for x in est["interconnect"] if x["kind"] == "fifo")
+    layers, around = est["lut"]["layers"], est["lut"]["interconnect"]
+    assert around > 0 and est["lut"]["used"] == layers + around
+
+    squeezed = replace(tightened("lut", 1.0), lut=layers + around // 2)  # the layers alone fit
+    small = parse_estimates(out / "report", squeezed, 100.0, out / "intermediate_models")
+    assert small["lut"]["layers"] <= squeezed.lut < small["lut"]["used"]
+    assert any(line.startswith("LUT ") for line in check_fit(small))
+    refusal = fit_refusal(small, "deploy", "file")
+    assert refusal is not None and "LUT needs %s" % format(small["lut"]["used"], ",") in refusal
+
+
+def test_only_the_8bit_layer_goes_onto_dsps(tiny_flow):
+    """MapWideLayersToDsp: conv1 becomes FINN's RTL MVAU (no thresholds, INT2 narrow weights) with a
+    standalone Thresholding after it; the XNOR layers stay HLS MVAUs with their thresholds."""
+    from qonnx.custom_op.registry import getCustomOp
+
+    out, est = tiny_flow
+    model = final_model(out)
+    mvaus = [n for n in model.graph.node if n.op_type.startswith("MVAU")]
+    first = getCustomOp(mvaus[0])
+    assert mvaus[0].op_type == "MVAU_rtl" and first.get_nodeattr("noActivation") == 1
+    assert first.get_nodeattr("weightDataType") == "INT2" and model.get_initializer(mvaus[0].input[1]).min() == -1
+    assert model.find_consumer(mvaus[0].output[0]).op_type == "Thresholding_rtl"
+    assert all(n.op_type == "MVAU_hls" and getCustomOp(n).get_nodeattr("binaryXnorMode") == 1 and len(n.input) == 3
+               for n in mvaus[1:])
+    dsp = {ly["op_type"]: ly["dsp"] for ly in est["layers"] if ly["dsp"]}
+    assert list(dsp) == ["MVAU_rtl"] and est["dsp"]["used"] == dsp["MVAU_rtl"]
