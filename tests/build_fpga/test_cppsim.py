@@ -35,6 +35,14 @@ def cli_without_vitis(*args, tmp, finn_deps):
         return cli(*args, tmp=tmp)
 
 
+def mvau_nodes(build):
+    """The matrix-vector units of the build's HW graph in layer order (conv1 .. fc2)."""
+    from qonnx.core.modelwrapper import ModelWrapper
+
+    hw = ModelWrapper(str(build / "finn" / "intermediate_models" / "step_generate_estimate_reports.onnx"))
+    return [n.name for n in hw.graph.node if n.op_type.startswith("MVAU")]
+
+
 @pytest.fixture(scope="module")
 def tiny_cppsim(tmp_path_factory):
     """tiny -> pynq-z2 bundle through the CLI with --cppsim, its FINN working folder kept."""
@@ -55,25 +63,30 @@ def test_tiny_hls_layers_compile_and_match_bit_for_bit(tiny_cppsim):
     assert r.returncode == 0, r.stderr[-3000:]
     rung = json.loads((out / "report" / "bitexact.json").read_text())["stages"]["cppsim"]
     assert rung["rung"] == "cppsim" and rung["images"] == IMAGES and rung["mismatched_bits"] == 0
-    assert rung["layers_compiled"] == ["MVAU_hls_%d" % i for i in range(7)]
+    assert set(rung["mismatched_bits_per_layer"].values()) == {0}
+    # every HLS matrix-vector unit compiled; the first layer's DSP (RTL) unit has no C++ model
+    mvaus = mvau_nodes(tiny_cppsim["build"])
+    assert len(mvaus) == 7 and len(rung["layers_compiled"]) >= 6
+    assert rung["layers_compiled"] == [n for n in mvaus if n.startswith("MVAU_hls")]
+    python = rung["layers_python"]
+    assert all(python[n].startswith("RTL node") for n in mvaus if not n.startswith("MVAU_hls"))
     # Pool_hls does not compile with this finn-hlslib: it runs in python, named with the g++ error,
     # and so does the window generator feeding it; RTL nodes run FINN's python model.
-    python = rung["layers_python"]
     pools = [n for n in python if n.startswith("Pool_hls")]
     assert pools and all("does not compile" in python[p] and "error" in python[p] for p in pools)
     assert sum("feeding Pool_hls" in why for why in python.values()) == len(pools)
     assert "FMPadding_rtl_0" in python
     assert set(rung["compared_with"]) == {"emulator", "FINN HW graph, python"}
     report = (out / "report" / "README.md").read_text()
-    assert "cppsim" in report and "MVAU_hls_6" in report and "Pool_hls_0" in report
+    assert "cppsim" in report and rung["layers_compiled"][-1] in report and "Pool_hls_0" in report
 
 
 @needs_gxx
 @needs_headers
 @pytest.mark.slow
 def test_a_changed_threshold_in_the_generated_cpp_is_caught_at_its_layer(tiny_cppsim, monkeypatch):
-    """Negative control: one threshold of conv4 (MVAU_hls_3) set to 0 in its generated thresh.h must make
-    the rung name conv4 as the first divergent layer, with exactly that channel's -1 bits flipped."""
+    """Negative control: one threshold of conv4 set to 0 in its generated thresh.h must make the rung name
+    conv4 as the first divergent layer, with exactly that channel's -1 bits flipped."""
     from qonnx.core.modelwrapper import ModelWrapper
     from qonnx.custom_op.registry import getCustomOp
 
@@ -87,7 +100,9 @@ def test_a_changed_threshold_in_the_generated_cpp_is_caught_at_its_layer(tiny_cp
     names = ["conv1", "conv2", "conv3", "conv4", "conv5", "fc1", "fc2"]
     arrays = bundle.finn_emulator_arrays(extract_layers(hw), names, 32)
     headers = cppsim.find_headers(hls_include=str(AP_INCLUDE), finn_deps=str(THIRD_PARTY), environ={})
-    inst = getCustomOp(hw.get_node_from_name("MVAU_hls_3"))
+    node = mvau_nodes(build)[3]
+    assert node.startswith("MVAU_hls")
+    inst = getCustomOp(hw.get_node_from_name(node))
     pe, mh = inst.get_nodeattr("PE"), inst.get_nodeattr("MH")
     conv4 = finn_stage(despecialize(hw), verification_images(1, 32))[3].reshape(-1, mh)  # NHWC: channel fastest
     channel = int(np.flatnonzero((conv4 < 0).any(0))[0])  # a channel that is -1 somewhere
@@ -97,7 +112,7 @@ def test_a_changed_threshold_in_the_generated_cpp_is_caught_at_its_layer(tiny_cp
 
     def generate_then_edit(hw_model, work, jobs=1):
         model = generate(hw_model, work, jobs)
-        path = work / "nodes" / "MVAU_hls_3" / "thresh.h"
+        path = work / "nodes" / node / "thresh.h"
         head, body = path.read_text().split("=", 1)
         m = list(re.finditer(r"-?\d+", body))[entry]
         path.write_text(head + "=" + body[: m.start()] + "0" + body[m.end():])  # popcount >= 0: always +1
@@ -105,11 +120,11 @@ def test_a_changed_threshold_in_the_generated_cpp_is_caught_at_its_layer(tiny_cp
 
     monkeypatch.setattr(cppsim, "generate", generate_then_edit)
     rung = cppsim_stage(hw, str(build), arrays, names, 1, 32, headers, log=lambda s: None)
-    assert rung["compiled_now"] == ["MVAU_hls_3"]  # the other layers came from the cache
-    assert rung["first_divergence"] == "conv4 (MVAU_hls_3)"
+    assert rung["compiled_now"] == [node]  # the other layers came from the cache
+    assert rung["first_divergence"] == "conv4 (%s)" % node
     per_layer = rung["mismatched_bits_per_layer"]
     assert [per_layer[n] for n in names[:4]] == [0, 0, 0, int((conv4[:, channel] < 0).sum())]
-    assert "first at layer conv4 (MVAU_hls_3)" in cppsim_message(rung, "D")
+    assert "first at layer conv4 (%s)" % node in cppsim_message(rung, "D")
 
     # the unedited sources map to their cached executables again: nothing compiles, nothing differs
     monkeypatch.setattr(cppsim, "generate", generate)
