@@ -24,10 +24,11 @@ NAMES = tuple("transfer/%s" % d for d in DATASETS)
 PIXEL_MARGIN = 0.05  # frozen features may trail logistic regression on pixels by at most 5 points
 
 
-def _images(dataset, pp):
+def _images(dataset, pp, indices=None):
     from host.preprocess import eval_transform
 
-    return np.stack([eval_transform(dataset.load(i), pp) for i in range(len(dataset))])
+    indices = range(len(dataset)) if indices is None else indices
+    return np.stack([eval_transform(dataset.load(i), pp) for i in indices])
 
 
 def random_backbone(preset, train_images, seed=0):

@@ -27,13 +27,21 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from typing import Callable, Dict, Optional, Tuple
 
+from host.bundle import BUNDLE_KIND
 from host.errors import BnnError
-from host.manifest import atomic_dir, manifest_digest, sha256_bytes
+from host.manifest import (
+    MAX_JSON_BYTES,
+    atomic_dir,
+    check_replaceable,
+    make_temp_dir,
+    manifest_digest,
+    output_lock,
+    sha256_bytes,
+)
 
 from . import hardware
 from .config import BuildConfig
@@ -73,21 +81,24 @@ def build(cfg: BuildConfig, log: Callable[[str], None] = _stderr) -> BuildResult
     with_vivado = not cfg.estimate_only and vivado_requested()
     export_sha = manifest_digest(cfg.export, EXPORT_MANIFEST)
     params = build_params(cfg, folding_bytes, with_vivado)
-    if up_to_date(out, export_sha, params):
-        msg = "build_fpga: %s is up to date, skipping" % out
-        return BuildResult(out, True, with_vivado, message=msg)
+    with output_lock(out):  # one build per DEPLOY_DIR; a killed build's temporary FINN dir is removed here
+        if up_to_date(out, export_sha, params):
+            msg = "build_fpga: %s is up to date, skipping" % out
+            return BuildResult(out, True, with_vivado, message=msg)
+        check_replaceable(out, BUNDLE_MANIFEST, BUNDLE_KIND)  # now, not after minutes of FINN
 
-    toolchain = None
-    if with_vivado:  # before anything long runs (or anything is written)
-        toolchain = hardware.preflight_hardware(cfg, cfg.build_dir or out + ".finn-build")
-        log("build_fpga: pre-flight: Vivado %s, Vitis HLS %s, board part %s, FIFO sizing %s" % (
-            toolchain["vivado"], toolchain["vitis_hls"], toolchain["board_part"], cfg.fifo))
-    build_dir, keep = _build_dir(cfg, out, with_vivado)
-    try:
-        return _build(cfg, out, export, export_sha, params, folding_bytes, toolchain, build_dir, keep, headers, log)
-    finally:
-        if not keep:
-            shutil.rmtree(build_dir, ignore_errors=True)
+        toolchain = None
+        if with_vivado:  # before anything long runs (or anything is written)
+            toolchain = hardware.preflight_hardware(cfg, cfg.build_dir or out + ".finn-build")
+            log("build_fpga: pre-flight: Vivado %s, Vitis HLS %s, board part %s, FIFO sizing %s" % (
+                toolchain["vivado"], toolchain["vitis_hls"], toolchain["board_part"], cfg.fifo))
+        build_dir, keep = _build_dir(cfg, out, with_vivado)
+        try:
+            return _build(cfg, out, export, export_sha, params, folding_bytes, toolchain, build_dir, keep, headers,
+                          log)
+        finally:
+            if not keep:
+                shutil.rmtree(build_dir, ignore_errors=True)
 
 
 def _build(cfg, out, export, export_sha, params, folding_bytes, toolchain, build_dir, keep, headers,
@@ -198,14 +209,16 @@ def _read_folding(path: Optional[str]) -> Optional[bytes]:
         return None
     try:
         with open(path, "rb") as f:
-            data = f.read()
+            data = f.read(MAX_JSON_BYTES + 1)
     except FileNotFoundError:
         raise BnnError("%s: folding config not found" % path) from None
     except OSError as e:
         raise BnnError("%s: cannot read the folding config (%s)" % (path, e)) from None
+    if len(data) > MAX_JSON_BYTES:
+        raise BnnError("%s: not a FINN folding config (larger than %d MB)" % (path, MAX_JSON_BYTES >> 20))
     try:
         cfg = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as e:
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
         raise BnnError("%s: not valid JSON (%s)" % (path, e)) from None
     if not isinstance(cfg, dict) or not any(isinstance(v, dict) for v in cfg.values()):
         raise BnnError("%s: not a FINN folding config (a JSON object of node name -> {PE, SIMD, ...})" % path)
@@ -258,7 +271,7 @@ def _build_dir(cfg: BuildConfig, out: str, with_vivado: bool) -> Tuple[str, bool
         shutil.rmtree(os.path.join(path, "finn"), ignore_errors=True)
         os.makedirs(path, exist_ok=True)
         return path, True
-    return tempfile.mkdtemp(dir=parent, prefix="." + name + ".finn-"), False
+    return make_temp_dir(out, "finn-"), False
 
 
 def _folding_source(finn_dir: str, from_file: bool) -> str:

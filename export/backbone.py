@@ -18,6 +18,7 @@ from host.manifest import (
     finalize_manifest,
     load_manifest,
     new_manifest,
+    output_lock,
     package_versions,
     sha256_file,
 )
@@ -102,6 +103,11 @@ def up_to_date(cfg: ExportConfig):
 
 
 def export_backbone(cfg: ExportConfig, progress=log):
+    with output_lock(cfg.out):  # one writer per export directory
+        return _export_backbone(cfg, progress)
+
+
+def _export_backbone(cfg: ExportConfig, progress):
     done = up_to_date(cfg)
     if done is not None:
         progress("export: %s is up to date, skipping" % cfg.out)
@@ -163,6 +169,30 @@ def export_backbone(cfg: ExportConfig, progress=log):
 
 
 def load_export(export_dir):
-    """The export manifest, after checking every file's sha256; BnnError naming the file otherwise."""
-    return load_manifest(export_dir, EXPORT_MANIFEST, kind="backbone")
+    """The export manifest, after checking every file's sha256 and the type of every field the later
+    stages read; BnnError naming the file otherwise."""
+    m = load_manifest(export_dir, EXPORT_MANIFEST, kind="backbone")
+    where = os.path.join(export_dir, EXPORT_MANIFEST)
+
+    def is_int(v):
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+    checks = (
+        ("feature_width", is_int(m.get("feature_width")), "a positive integer"),
+        ("preset", isinstance(m.get("preset"), str), "a preset name"),
+        ("cut", isinstance(m.get("cut"), str), "a layer name"),
+        ("backbone_digest", isinstance(m.get("backbone_digest"), str), "a sha256 digest"),
+        ("classes", isinstance(m.get("classes"), list) and all(isinstance(c, str) for c in m["classes"]),
+         "a list of class names"),
+        ("layers", isinstance(m.get("layers"), list) and all(isinstance(x, dict) for x in m["layers"]),
+         "a list of layer descriptions"),
+    )
+    for field, ok, want in checks:
+        if not ok:
+            raise BnnError("%s: field %r must be %s, got %r" % (where, field, want, m.get(field)))
+    try:
+        Preprocess.from_dict(m.get("preprocess"))
+    except BnnError as e:
+        raise BnnError("%s: %s" % (where, e)) from None
+    return m
 

@@ -11,8 +11,9 @@ import numpy as np
 import torch
 
 from host.errors import BnnError
-from host.heads import Head, save_head
+from host.heads import Head, load_head, save_head
 from host.intlayers import backbone_digest
+from host.manifest import check_replaceable_file
 from host.preprocess import Preprocess
 from train.checkpoint import CHECKPOINT
 from train.freeze import fold_backbone, sign_weights
@@ -42,6 +43,7 @@ def head_from_model(model, classes, meta):
 
 
 def export_head(run_dir, out):
+    check_replaceable_file(out, load_head, "head")
     state, mcfg, model = load_trained(run_dir)
     if state.get("mode") != "finetune":
         raise BnnError("%s: not a fine-tuned run (python -m train finetune); its head is the pretraining "

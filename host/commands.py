@@ -5,6 +5,7 @@ warnings and errors go to stderr.
 """
 
 import json
+import math
 import os
 import sys
 import time
@@ -22,6 +23,20 @@ def _positive(name, value):
     if value is not None and value < 1:
         raise BnnError("%s: must be a positive integer, got %d" % (name, value))
     return value
+
+
+# One batch of input images may take this much memory: a Pynq-Z2 has 512 MB for everything.
+MAX_BATCH_BYTES = 256 << 20
+
+
+def _batch_fits(name, sizes, bundle):
+    per_image = math.prod(bundle.input_shape)
+    limit = max(1, MAX_BATCH_BYTES // per_image)
+    for n in sizes:
+        if n is not None and n > limit:
+            raise BnnError("%s: %d images of %s take %d MB, over the %d MB one batch may use (at most %d)"
+                           % (name, n, "x".join(map(str, bundle.input_shape)), n * per_image >> 20,
+                              MAX_BATCH_BYTES >> 20, limit))
 
 
 def _load_bundle(args):
@@ -64,6 +79,7 @@ def _extract(args, bundle, dataset, head_path):
     from .extract import extract_dataset
 
     _positive("--batch-size", args.batch_size)
+    _batch_fits("--batch-size", [args.batch_size], bundle)
     _positive("--workers", args.workers)
     name, opts = _backend_choice(args, bundle)
     feats = extract_dataset(bundle, name, dataset, batch_size=args.batch_size, cache_dir=_cache_dir(args, head_path),
@@ -91,14 +107,24 @@ def _print_json(obj):
 # ------------------------------------------------------------------------------------------- commands
 
 def cmd_fit(args):
-    from .benchmark import peak_rss_mb
-    from .heads import HeadConfig, fit_head, save_head
+    from .heads import load_head
+    from .manifest import check_replaceable_file, output_lock
 
-    t0 = time.perf_counter()
     out = os.path.abspath(args.out)
     if os.path.isdir(out):
         raise BnnError("%s: is a directory; --out takes the head file to write, e.g. %s"
                        % (out, os.path.join(out, "head.npz")))
+    with output_lock(out):  # removes what a killed fit left next to it
+        check_replaceable_file(out, load_head, "head")
+        return _fit(args, out)
+
+
+def _fit(args, out):
+    from .benchmark import peak_rss_mb
+    from .datasets import check_training_classes
+    from .heads import HeadConfig, fit_head, save_head
+
+    t0 = time.perf_counter()
     _positive("--train-batch-size", args.train_batch_size)
     for flag, value in (("--epochs", args.epochs), ("--patience", args.patience), ("--hidden", args.hidden),
                         ("--max-iter", args.max_iter), ("--path-iter", args.path_iter)):
@@ -108,6 +134,8 @@ def cmd_fit(args):
     if not args.lr > 0 or not wd_ok or not 0 <= args.val_fraction < 1:
         raise BnnError("--lr must be > 0, --weight-decay >= 0 and --val-fraction in [0, 1), got %r, %r, %r"
                        % (args.lr, args.weight_decay, args.val_fraction))
+    if args.seed < 0:
+        raise BnnError("--seed: must be 0 or more, got %d" % args.seed)
     if args.solver == "lbfgs" and args.head != "float":
         raise BnnError("--solver lbfgs: fits the float head only; the %s head trains with adam" % args.head)
     cfg = HeadConfig(variant=args.head, solver=args.solver, weight_decay=args.weight_decay, max_iter=args.max_iter,
@@ -117,6 +145,7 @@ def cmd_fit(args):
                      refit=args.refit, calibrate=not args.no_calibrate)
     bundle = _load_bundle(args)
     dataset = _open_dataset(args, "train")
+    check_training_classes(dataset)
     backend, feats = _extract(args, bundle, dataset, out)
     t_train = time.perf_counter()
     meta = bundle.head_meta()
@@ -208,9 +237,11 @@ def _prepared(paths, pp):
 
 
 def _print_table(path, names, probs):
-    print(path)
+    from .imagedataset import printable  # a file name that is not UTF-8 must not stop the table
+
+    print(printable(path))
     for rank, (name, p) in enumerate(zip(names, probs), 1):
-        print("  %d  %-40s %6.2f%%" % (rank, name, 100.0 * p))
+        print("  %d  %-40s %6.2f%%" % (rank, printable(name), 100.0 * p))
 
 
 def cmd_predict(args):
@@ -227,6 +258,7 @@ def cmd_predict(args):
     pp = Preprocess.from_dict(bundle.preprocess)
     name, opts = _backend_choice(args, bundle)
     _positive("--batch-size", args.batch_size)
+    _batch_fits("--batch-size", [args.batch_size], bundle)
     failed = 0
     with make_backend(name, bundle, **opts) as backend:
         bs = args.batch_size or backend.default_batch_size
@@ -389,6 +421,7 @@ def cmd_bench(args):
     cfg = BenchConfig(batch_sizes=sizes, backends=backends, quick=args.quick, min_seconds=args.seconds,
                       backend_options=opts)
     bundle = _load_bundle(args)
+    _batch_fits("--batch-sizes", sizes, bundle)
     result = run_bench(bundle, cfg, progress=lambda msg: print("bench: " + msg, file=sys.stderr, flush=True))
     print(json.dumps(result, indent=2, sort_keys=True))
     return 0

@@ -303,14 +303,11 @@ def read_layout(name, reader, option_names, split, data_dir, options):
         raise BnnError("dataset %s: needs --data-dir (the folder in its official layout)" % name)
     root = os.path.abspath(os.path.expanduser(os.fspath(data_dir)))
     need_dir(root, "dataset directory of %s" % name)
-    ds = reader(root, split, **options)
-    if split == "train":
-        _check_training_classes(ds)
-    return ds
+    return reader(root, split, **options)
 
 
-def _check_training_classes(ds):
-    """Fitting needs two classes with images; a class with none (only test images) is named."""
+def check_training_classes(ds):
+    """What fitting needs of its train split: two classes with images; a class with none is named."""
     counts = ds.class_counts()
     trained = int((counts > 0).sum())
     if trained < 2:

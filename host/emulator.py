@@ -26,6 +26,7 @@ File format (``emulator.npz``, no pickle):
 """
 
 import json
+from typing import Any, Dict, List, Sequence, cast
 
 import numpy as np
 
@@ -41,7 +42,7 @@ _EXACT_LIMIT = 1 << 24
 _IM2COL_BYTES = 16 << 20
 
 
-def _patches(x, k, s, oh, ow):
+def _patches(x: np.ndarray, k: int, s: int, oh: int, ow: int) -> np.ndarray:
     """The first (oh, ow) im2col patches of NHWC ``x`` as an (N, oh, ow, k, k*C) view.
 
     One patch row (kw, c) is contiguous in a C-contiguous NHWC map, so it is one axis here: the
@@ -55,7 +56,7 @@ def _patches(x, k, s, oh, ow):
                       strides=(sn, sh * s, sw * s, sh, sc))
 
 
-def _pad(x, p, value):
+def _pad(x: np.ndarray, p: int, value: float) -> np.ndarray:
     """NHWC ``x`` with ``p`` rows/columns of ``value`` around each map (np.pad is ~5x slower on small maps)."""
     n, h, w, c = x.shape
     out = np.full((n, h + 2 * p, w + 2 * p, c), value, dtype=x.dtype)
@@ -63,7 +64,7 @@ def _pad(x, p, value):
     return out
 
 
-def max_pool(x, k, s):
+def max_pool(x: np.ndarray, k: int, s: int) -> np.ndarray:
     """Max pool (window k, stride s, no padding, floor) of NHWC ``x``; returns a new array.
 
     k*k elementwise maxima of strided slices: each runs vectorised over contiguous channel runs,
@@ -72,24 +73,21 @@ def max_pool(x, k, s):
     """
     n, h, w, c = x.shape
     oh, ow = (h - k) // s + 1, (w - k) // s + 1
-    out = None
+    out = np.array(x[:, 0: s * (oh - 1) + 1: s, 0: s * (ow - 1) + 1: s, :], copy=True, order="C")
     for i in range(k):
         for j in range(k):
-            v = x[:, i: i + s * (oh - 1) + 1: s, j: j + s * (ow - 1) + 1: s, :]
-            if out is None:
-                out = np.array(v, copy=True, order="C")
-            else:
-                np.maximum(out, v, out=out)
+            if i or j:
+                np.maximum(out, x[:, i: i + s * (oh - 1) + 1: s, j: j + s * (ow - 1) + 1: s, :], out=out)
     return out
 
 
-def _bits(acc, t):
+def _bits(acc: np.ndarray, t: np.ndarray) -> np.ndarray:
     """uint8 bits of ``acc >= t`` (1 = +1). Exact: acc and t are multiples of 1/2 far below 2**23 (a
     threshold beyond 2**24 rounds in float32 but stays beyond every reachable accumulator)."""
     return np.greater_equal(acc, t).view(np.uint8)
 
 
-def _pm1(bits):
+def _pm1(bits: np.ndarray) -> np.ndarray:
     """float32 +-1 from 0/1 bits."""
     out = bits.astype(np.float32)
     out *= np.float32(2)
@@ -100,7 +98,7 @@ def _pm1(bits):
 class Emulator:
     """``extract(images_nhwc_uint8) -> (N, D) int8 +-1 features``."""
 
-    def __init__(self, spec, weights, thresholds):
+    def __init__(self, spec: Dict[str, Any], weights: Sequence[np.ndarray], thresholds: Sequence[np.ndarray]) -> None:
         self.spec = spec
         self.layers = spec["layers"]
         self.input_shape = tuple(spec["input"]["shape"])
@@ -124,17 +122,17 @@ class Emulator:
                                % (layer["name"], w.shape[0]))
 
     @property
-    def feature_width(self):
+    def feature_width(self) -> int:
         return int(self.w[-1].shape[1])
 
-    def _check(self, images):
+    def _check(self, images: Any) -> np.ndarray:
         x = np.asarray(images)
         if x.ndim != 4 or tuple(x.shape[1:]) != self.input_shape or x.dtype != np.uint8:
             raise BnnError("emulator expects uint8 images of shape (N, %d, %d, %d), got %s %s"
                            % (self.input_shape + (x.dtype, x.shape)))
         return x
 
-    def _conv(self, x, layer, w, t, first):
+    def _conv(self, x: np.ndarray, layer: Dict[str, Any], w: np.ndarray, t: np.ndarray, first: bool) -> np.ndarray:
         """One conv layer (+ pool) on NHWC ``x`` (the uint8 image, or bits): uint8 bits, NHWC."""
         p = layer["padding"]
         if p:
@@ -167,9 +165,9 @@ class Emulator:
             if out is None:
                 out = np.empty((n,) + y.shape[1:], np.uint8)
             out[i: i + chunk] = y
-        return out
+        return cast(np.ndarray, out)  # n > chunk: the loop's first pass allocated it
 
-    def _forward(self, x, keep_all):
+    def _forward(self, x: np.ndarray, keep_all: bool) -> List[np.ndarray]:
         """Every layer's output bits (keep_all) or the last one's, as uint8 0/1."""
         outs = []
         for i, (layer, w, t) in enumerate(zip(self.layers, self.w, self.t)):
@@ -181,11 +179,11 @@ class Emulator:
                 outs.append(x)
         return outs if keep_all else [x]
 
-    def layer_outputs(self, images):
+    def layer_outputs(self, images: Any) -> List[np.ndarray]:
         """Every layer's +-1 output (float32; NHWC for convs), for divergence reports."""
         return [_pm1(b) for b in self._forward(self._check(images), keep_all=True)]
 
-    def extract(self, images, batch_size=64):
+    def extract(self, images: Any, batch_size: int = 64) -> np.ndarray:
         images = self._check(images)
         out = np.empty((images.shape[0], self.feature_width), dtype=np.int8)
         for i in range(0, images.shape[0], batch_size):
@@ -195,7 +193,8 @@ class Emulator:
         return out
 
 
-def save_emulator(path, spec, weights, thresholds):
+def save_emulator(path: str, spec: Dict[str, Any], weights: Sequence[np.ndarray],
+                  thresholds: Sequence[np.ndarray]) -> None:
     from .manifest import save_npz_atomic
 
     spec = dict(spec, format=FORMAT)
@@ -206,7 +205,7 @@ def save_emulator(path, spec, weights, thresholds):
     save_npz_atomic(path, arrays, compressed=True)
 
 
-def load_emulator(path):
+def load_emulator(path: str) -> Emulator:
     try:
         with open_npz(path) as z:
             spec = json.loads(str(z["spec"]))

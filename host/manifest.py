@@ -20,6 +20,7 @@ import time
 from .errors import BnnError
 
 MANIFEST_FORMAT = "bnn-transfer/manifest/v1"
+MAX_JSON_BYTES = 64 << 20  # far above any manifest or folding file this flow writes
 # Sibling names of an output ``X``: ``.X.lock`` (held while a command writes X) and ``.X.bnn-*``
 # (temporary files and directories of the command writing X). Holding the lock makes every
 # ``.X.bnn-*`` that exists a leftover of a killed run: nobody else may be writing X.
@@ -55,7 +56,10 @@ def atomic_path(path):
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + _TMP_TAG + "tmp-")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + _TMP_TAG + "tmp-")
+    except OSError as e:
+        raise OSError(e.errno, e.strerror, path) from None  # not the random temporary name
     os.close(fd)
     # mkstemp creates 0600; give the file the mode a plain open() would (on a board, root may write
     # what the notebook user reads).
@@ -222,8 +226,7 @@ def check_replaceable(path, manifest_name, kind):
     where = os.path.join(path, manifest_name)
     what = "a %r artifact written by this flow (no %s of that kind in it)" % (kind, manifest_name)
     try:
-        with open(where, encoding="utf-8") as f:
-            m = json.load(f)
+        m = _load_json(where)
     except (OSError, ValueError):
         m = None
     if not (isinstance(m, dict) and m.get("format") == MANIFEST_FORMAT and m.get("kind") == kind):
@@ -237,6 +240,19 @@ def check_replaceable(path, manifest_name, kind):
         if rel not in ours and not _is_cache(rel):
             raise BnnError("%s: was not written by this flow (not in %s); refusing to replace %s (move it "
                            "out first or choose another output)" % (os.path.join(path, rel), manifest_name, path))
+
+
+def check_replaceable_file(path, load, what):
+    """Refuse (BnnError) to replace an existing file ``load`` (a loader raising BnnError) does not accept."""
+    if not os.path.lexists(path):
+        return
+    if os.path.isdir(path):
+        raise BnnError("%s: is a directory; expected the %s file to write" % (path, what))
+    try:
+        load(path)
+    except BnnError:
+        raise BnnError("%s: exists and is not a %s written by this flow; refusing to replace it (choose another "
+                       "output)" % (path, what)) from None
 
 
 def _all_entries(root):
@@ -276,8 +292,7 @@ def _manifests_in(root):
         if not name.endswith(".json") or not os.path.isfile(p):
             continue
         try:
-            with open(p, encoding="utf-8") as f:
-                m = json.load(f)
+            m = _load_json(p)
         except (OSError, ValueError):
             continue
         if isinstance(m, dict) and m.get("format") == MANIFEST_FORMAT:
@@ -322,10 +337,21 @@ def atomic_dir(path):
                 shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _load_json(path):
+    """json.load of a file this flow writes (small); a huge or absurdly nested one is a ValueError."""
+    with open(path, "rb") as f:
+        data = f.read(MAX_JSON_BYTES + 1)
+    if len(data) > MAX_JSON_BYTES:
+        raise ValueError("larger than %d MB" % (MAX_JSON_BYTES >> 20))
+    try:
+        return json.loads(data.decode("utf-8"))
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+
+
 def read_json(path, what="file"):
     try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
+        return _load_json(path)
     except FileNotFoundError:
         raise BnnError("%s: %s not found" % (path, what)) from None
     except (OSError, ValueError) as e:

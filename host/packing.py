@@ -26,12 +26,15 @@ Typical use on the board::
 
 import re
 from dataclasses import dataclass
+from typing import Any, Sequence, Tuple, Union
 
 import numpy as np
 
 from .errors import BnnError
 
 __all__ = ["DataType", "pack", "unpack", "packed_shape"]
+
+DTypeName = Union[str, "DataType"]  # FINN's name ("UINT8", "DataType['UINT8']") or a DataType
 
 
 @dataclass(frozen=True)
@@ -50,7 +53,7 @@ class DataType:
     is_bipolar: bool = False
 
     @classmethod
-    def parse(cls, name):
+    def parse(cls, name: Union[str, "DataType"]) -> "DataType":
         """Parse FINN's name of a datatype: "UINT8", "INT4", "BIPOLAR", "BINARY".
 
         Also accepts the forms FINN writes into its driver settings, ``DataType['UINT8']``
@@ -85,19 +88,19 @@ class DataType:
                        % (name,))
 
     @property
-    def numpy_dtype(self):
+    def numpy_dtype(self) -> np.dtype:
         """The smallest numpy integer type holding every value (int8 for BIPOLAR)."""
         for width, st, ut in ((8, np.int8, np.uint8), (16, np.int16, np.uint16), (32, np.int32, np.uint32)):
             if self.bits <= width:
                 return np.dtype(st if self.signed else ut)
         raise AssertionError("unreachable: bits <= 32")  # pragma: no cover
 
-    def packed_bytes(self, n):
+    def packed_bytes(self, n: int) -> int:
         """Bytes of a packed word holding ``n`` values (padded to a whole byte)."""
         return (int(n) * self.bits + 7) // 8
 
 
-def packed_shape(shape, dtype_name):
+def packed_shape(shape: Sequence[int], dtype_name: DTypeName) -> Tuple[int, ...]:
     """Shape of the packed uint8 array for an unpacked (folded) ``shape``."""
     dt = DataType.parse(dtype_name)
     shape = tuple(int(s) for s in shape)
@@ -106,11 +109,11 @@ def packed_shape(shape, dtype_name):
     return shape[:-1] + (dt.packed_bytes(shape[-1]),)
 
 
-def _unsigned_container(bits):
+def _unsigned_container(bits: int) -> type:
     return np.uint8 if bits <= 8 else np.uint16 if bits <= 16 else np.uint32
 
 
-def _check_values(x, dt):
+def _check_values(x: np.ndarray, dt: DataType) -> None:
     """Raise BnnError unless every element of ``x`` is a value of ``dt``."""
     if x.size == 0:
         return
@@ -140,13 +143,14 @@ def _check_values(x, dt):
                        % (dt.name, dt.min, dt.max, lo.item(), hi.item()))
 
 
-def _to_unsigned(x, dt):
+def _to_unsigned(x: np.ndarray, dt: DataType) -> np.ndarray:
     """The values' ``dt.bits``-wide bit patterns in the smallest unsigned container."""
     ct = _unsigned_container(dt.bits)
     if dt.is_bipolar:
         return (x > 0).astype(np.uint8)
     if x.dtype.kind == "b":
         return x.view(np.uint8)
+    u: np.ndarray
     if x.dtype.kind in "iu" and x.dtype.itemsize == np.dtype(ct).itemsize:
         u = x.view(ct)  # two's complement already: only the high bits need clearing
     elif x.dtype.kind == "f":
@@ -158,7 +162,7 @@ def _to_unsigned(x, dt):
     return u
 
 
-def _pack_le(u, bits):
+def _pack_le(u: np.ndarray, bits: int) -> np.ndarray:
     """Pack the last axis of unsigned bit patterns little-endian: value i at bits [i*b, (i+1)*b)."""
     lead, n = u.shape[:-1], u.shape[-1]
     nbytes = (n * bits + 7) // 8
@@ -182,7 +186,7 @@ def _pack_le(u, bits):
     return np.packbits(bitmat.reshape(lead + (n * bits,)), axis=-1, bitorder="little")
 
 
-def _unpack_le(p, bits, n):
+def _unpack_le(p: np.ndarray, bits: int, n: int) -> np.ndarray:
     """Inverse of ``_pack_le``: ``n`` unsigned bit patterns per word."""
     lead = p.shape[:-1]
     if bits == 8:
@@ -202,7 +206,7 @@ def _unpack_le(p, bits, n):
     return v
 
 
-def pack(x, dtype_name, reverse_endian=True, reverse_inner=True):
+def pack(x: Any, dtype_name: DTypeName, reverse_endian: bool = True, reverse_inner: bool = True) -> np.ndarray:
     """Pack the last axis of ``x`` into FINN's byte layout; returns a uint8 array.
 
     ``x`` holds values of the FINN datatype ``dtype_name`` in any numeric container (uint8
@@ -243,7 +247,8 @@ def pack(x, dtype_name, reverse_endian=True, reverse_inner=True):
     return np.ascontiguousarray(p, dtype=np.uint8)
 
 
-def unpack(packed, dtype_name, shape, reverse_endian=True, reverse_inner=True, out_dtype=None):
+def unpack(packed: np.ndarray, dtype_name: DTypeName, shape: Sequence[int], reverse_endian: bool = True,
+           reverse_inner: bool = True, out_dtype: Any = None) -> np.ndarray:
     """Unpack FINN's byte layout into values of shape ``shape``; the inverse of ``pack``.
 
     ``packed`` is uint8 with ``prod(shape[:-1]) * ceil(bits * shape[-1] / 8)`` elements (any

@@ -12,7 +12,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.mark.slow
-def test_demo_runs_the_whole_flow_and_transfer_beats_chance(tmp_path):
+def test_demo_runs_the_whole_flow_and_transfer_beats_chance(tmp_path, golden):
     out = tmp_path / "demo"
     cmd = [sys.executable, "-m", "demo", "--quick", "--out", str(out)]
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1500)
@@ -31,6 +31,8 @@ def test_demo_runs_the_whole_flow_and_transfer_beats_chance(tmp_path):
     # stdout is the result only: the table (progress and the stages' logs went to stderr)
     assert r.stdout == (out / "table.md").read_text(), r.stdout[-3000:]
     assert "| (b) fine-tuned, float last layer" in r.stdout
+    # Deterministic for a seed (README.md shows this golden table): a change is a change of behaviour.
+    golden.check("demo_quick.md", r.stdout)
     deploy = summary["paths"]["deploy"]
     for f in ("manifest.json", "emulator.npz", "report/estimates.json", "report/README.md"):
         assert os.path.exists(os.path.join(deploy, f)), f

@@ -12,6 +12,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from host.errors import BnnError
+
 
 @dataclass
 class Runtime:
@@ -39,7 +41,12 @@ def setup_runtime(device=None) -> Runtime:
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise BnnError("--device %r: not a torch device (cpu, cuda, cuda:1, ...)" % (device,)) from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise BnnError("--device %r: CUDA is not available on this machine (use cpu)" % (device,))
     if dev.type == "cuda":
         dev = torch.device("cuda", local_rank)
         torch.cuda.set_device(dev)

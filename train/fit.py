@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from host.datasets import check_training_classes
 from host.errors import BnnError
 from host.manifest import (
     finalize_manifest,
@@ -142,9 +143,13 @@ def forward_fn(model, frozen, cut):
 def _trim_metrics(path, epochs_done):
     if not os.path.exists(path):
         return
-    with open(path, encoding="utf-8") as f:
-        rows = [json.loads(line) for line in f if line.strip()]
-    keep = [r for r in rows if r["epoch"] <= epochs_done]
+    try:
+        with open(path, encoding="utf-8") as f:
+            rows = [json.loads(line) for line in f if line.strip()]
+        keep = [r for r in rows if r["epoch"] <= epochs_done]
+    except (ValueError, TypeError, KeyError, RecursionError):
+        raise BnnError("%s: not a metrics file of this flow (a JSON object with an 'epoch' per line)"
+                       % path) from None
     write_bytes_atomic(path, "".join(json.dumps(r) + "\n" for r in keep).encode())
 
 
@@ -158,6 +163,8 @@ def is_up_to_date(out, cfg: FitConfig, mode):
     if not os.path.exists(path):
         return False
     m = read_json(path)
+    if not isinstance(m, dict):
+        return False
     if not (m.get("finished") and m.get("params") == cfg.identity() and m.get("mode") == mode):
         return False
     if cfg.init_from:
@@ -183,7 +190,7 @@ def check_config(cfg: FitConfig):
         ("--epochs", cfg.epochs, ">= 1", cfg.epochs >= 1),
         ("--batch-size", cfg.batch_size, ">= 1", cfg.batch_size >= 1),
         ("--workers", cfg.workers, ">= 0", cfg.workers >= 0),
-        ("--lr", cfg.lr, "> 0", cfg.lr is None or cfg.lr > 0),
+        ("--lr", cfg.lr, "> 0 and finite", cfg.lr is None or 0 < cfg.lr < float("inf")),
         ("--weight-decay", cfg.weight_decay, ">= 0", cfg.weight_decay is None or cfg.weight_decay >= 0),
     ) if not ok]
     if bad:
@@ -242,6 +249,7 @@ def _run(cfg: FitConfig, mode, on_epoch_end, progress):
     rt = engine.setup_runtime(cfg.device)
     seed_everything(cfg.seed)
     train_ds = open_dataset(cfg.dataset, "train", cfg.data_dir, **cfg.dataset_options)
+    check_training_classes(train_ds)
     test_ds = open_dataset(cfg.dataset, "test", cfg.data_dir, **cfg.dataset_options)
     precision = cfg.precision
     mcfg = ModelConfig(cfg.preset, len(train_ds.classes), precision, cfg.head, cfg.cut)

@@ -1,29 +1,39 @@
-"""What a user's --out may be: the commands refuse, in one line, to replace anything they did not write."""
+"""What a user's --out may be: the commands refuse, in one line, to replace anything they did not write.
+
+The commands run in-process through the same error boundary as ``python -m`` (``host.cli.run_cli``),
+which keeps this suite cheap; tests/faults/test_kill.py runs real processes.
+"""
 
 import os
 import subprocess
-import sys
 
 import pytest
 
-from train.calibrate import calibrated_random_model
-from train.models import ModelConfig
+from host.cli import run_cli
+from tests.host.fake_pynq import make_bundle
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SMALL = ["--option", "n_train_per_class=4", "--option", "n_test_per_class=2", "--option", "num_classes=3"]
 
 
-def cli(*args, cwd=ROOT):
-    env = dict(os.environ, PYTHONPATH=ROOT)
-    return subprocess.run([sys.executable, "-m", *args], cwd=cwd, capture_output=True, text=True, timeout=600,
-                          env=env)
+def command(stage):
+    import importlib
+
+    return importlib.import_module(stage + ".__main__").main
 
 
-def one_line_error(r, code=2):
+def cli(capsys, stage, *args):
+    """(exit code, stderr) of ``python -m stage args`` run in-process."""
+    capsys.readouterr()
+    rc = run_cli(command(stage), [str(a) for a in args])
+    return rc, capsys.readouterr().err
+
+
+def one_line_error(result, code=2):
     """The command failed with ``code`` and one "error: " line, the last on stderr (progress bars may precede it)."""
-    lines = r.stderr.strip().splitlines()
+    rc, err = result
+    lines = err.strip().splitlines()
     errors = [line for line in lines if line.startswith("error: ")]
-    assert r.returncode == code and errors == lines[-1:] and "Traceback" not in r.stderr, (r.returncode, r.stderr)
+    assert rc == code and errors == lines[-1:] and "Traceback" not in err, (rc, err)
     return lines[-1]
 
 
@@ -36,69 +46,105 @@ def snapshot(root):
     return out
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    from tests.export.test_export import write_run
-
-    tmp = tmp_path_factory.mktemp("faults-run")
-    model = calibrated_random_model(ModelConfig(preset="tiny", num_classes=3), seed=1)
-    return write_run(tmp / "run", model, ["a", "b", "c"])
-
-
-def test_export_into_the_working_directory_or_the_run_deletes_nothing(tiny_run, tmp_path):
+def test_export_into_the_working_directory_or_the_run_deletes_nothing(tiny_run, tmp_path, capsys, monkeypatch):
     work = tmp_path / "work"
     (work / "project").mkdir(parents=True)
     (work / "data.csv").write_text("1,2\n")
     (work / "project" / "main.py").write_text("print()\n")
     before, run_before = snapshot(tmp_path), snapshot(tiny_run)
-    line = one_line_error(cli("export", "backbone", "--run", tiny_run, "--out", ".", "--verify-images", "2",
-                              cwd=str(work)))
+    monkeypatch.chdir(work)
+    line = one_line_error(cli(capsys, "export", "backbone", "--run", tiny_run, "--out", ".", "--verify-images", "2"))
     assert "holds no bnn-transfer manifest; refusing to replace it" in line
-    line = one_line_error(cli("export", "backbone", "--run", tiny_run, "--out", tiny_run, "--verify-images", "2"))
+    line = one_line_error(cli(capsys, "export", "backbone", "--run", tiny_run, "--out", tiny_run))
     assert "run: exists, is not empty and holds no bnn-transfer manifest" in line  # a checkpoint alone
+    (work / "head.npz").write_text("the user's own file")
+    line = one_line_error(cli(capsys, "export", "head", "--run", tiny_run, "--out", "head.npz"))
+    assert "head.npz: exists and is not a head written by this flow; refusing to replace it" in line
+    os.unlink(str(work / "head.npz"))
     assert snapshot(tmp_path) == before and snapshot(tiny_run) == run_before
 
 
-def test_train_refuses_a_foreign_directory(tmp_path):
+def test_build_fpga_refuses_a_user_directory_before_running_finn(export_dir, tmp_path, capsys):
+    pytest.importorskip("finn", reason="build_fpga needs finn-plus")
+    _, _, export = export_dir
+    user = tmp_path / "userdir"
+    (user / "sub").mkdir(parents=True)
+    (user / "mine.txt").write_text("mine")
+    (user / "sub" / "x").write_text("also mine")
+    before = snapshot(tmp_path)
+    line = one_line_error(cli(capsys, "build_fpga", "--export", export, "--board", "pynq-z2", "--out", user,
+                              "--estimate-only"))
+    assert "userdir: exists, is not empty and holds no bnn-transfer manifest; refusing to replace it" in line
+    assert snapshot(tmp_path) == before
+
+
+def test_train_refuses_a_foreign_directory(tmp_path, capsys):
     user = tmp_path / "mine"
     user.mkdir()
     (user / "metrics.jsonl").write_text("my own notes\n")
     before = snapshot(tmp_path)
-    line = one_line_error(cli("train", "fit", "--out", str(user), "--epochs", "1", "--workers", "0", *SMALL))
+    line = one_line_error(cli(capsys, "train", "fit", "--out", user, "--epochs", "1", "--workers", "0", *SMALL))
     assert "mine: exists, is not empty and is not a training run (no checkpoint.pt in it)" in line
     assert snapshot(tmp_path) == before
 
 
-@pytest.mark.parametrize("epochs", ["0", "-1"])
-def test_train_epoch_range_is_one_line_and_leaves_nothing(tmp_path, epochs):
-    line = one_line_error(cli("train", "fit", "--out", str(tmp_path / "r"), "--epochs", epochs, *SMALL))
-    assert "--epochs %s: must be >= 1" % epochs in line
-    assert os.listdir(tmp_path) == []
+@pytest.mark.parametrize("flag, value, want", [("--epochs", "0", ">= 1"), ("--epochs", "-1", ">= 1"),
+                                               ("--batch-size", "0", ">= 1"), ("--lr", "-0.1", "> 0 and finite"),
+                                               ("--lr", "inf", "> 0 and finite")])
+def test_train_argument_ranges_are_one_line_and_leave_nothing(tmp_path, capsys, flag, value, want):
+    line = one_line_error(cli(capsys, "train", "fit", "--out", tmp_path / "r", flag, value, *SMALL))
+    assert line == "error: %s %r: must be %s" % (flag, float(value) if flag == "--lr" else int(value), want)
+    assert os.listdir(str(tmp_path)) == []
 
 
-def test_unwritable_out_is_one_line_naming_the_file(tiny_run, tmp_path):
-    line = one_line_error(cli("export", "backbone", "--run", tiny_run, "--out", "/proc/x/export"))
-    assert line.startswith("error: /proc/x") and "Traceback" not in line
-    r = cli("export", "backbone", "--run", tiny_run, "--out", "/proc/x/export", "--debug")
-    assert r.returncode == 2 and "Traceback (most recent call last)" in r.stderr
-    assert r.stderr.strip().splitlines()[-1] == line
+def test_unwritable_out_is_one_line_naming_the_file_and_debug_shows_the_traceback(tiny_run, capsys, monkeypatch):
+    line = one_line_error(cli(capsys, "export", "backbone", "--run", tiny_run, "--out", "/proc/x/export"))
+    assert line.startswith("error: /proc/x")
+    rc, err = cli(capsys, "train", "fit", "--out", "/proc/x/run", "--debug", *SMALL)
+    assert rc == 2 and "Traceback (most recent call last)" in err and err.strip().splitlines()[-1].startswith(
+        "error: /proc/x")
+    monkeypatch.setenv("BNN_DEBUG", "1")
+    rc, err = cli(capsys, "export", "backbone", "--run", tiny_run, "--out", "/proc/x/export")
+    assert rc == 2 and "Traceback (most recent call last)" in err
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or not os.path.exists("/proc/mounts"), reason="mounting a tmpfs needs root")
-def test_full_disk_in_train_and_export_keeps_the_earlier_artifacts(tiny_run, tmp_path):
+def test_a_bug_is_one_line_with_exit_code_1(capsys, monkeypatch):
+    import train.fit
+
+    def bug(*a, **k):
+        raise KeyError("oops")
+
+    monkeypatch.setattr(train.fit, "run", bug)
+    line = one_line_error(cli(capsys, "train", "fit", "--out", "x", *SMALL), code=1)
+    assert line.startswith("error: internal error, please report it: KeyError: 'oops' (rerun with --debug")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
+def test_full_disk_in_train_and_export_names_the_file_and_leaves_nothing(tiny_run, tmp_path, capsys):
     disk = tmp_path / "disk"
     disk.mkdir()
     if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=160k", "tmpfs", str(disk)]).returncode != 0:
         pytest.skip("cannot mount a tmpfs here")
     try:
-        line = one_line_error(cli("train", "fit", "--out", str(disk / "run"), "--epochs", "1", "--workers", "0",
+        line = one_line_error(cli(capsys, "train", "fit", "--out", disk / "run", "--epochs", "1", "--workers", "0",
                                   *SMALL))
-        assert "No space left on device" in line and str(disk) in line
+        assert line == "error: %s: No space left on device" % (disk / "run" / "checkpoint.pt")
         assert os.listdir(str(disk / "run")) == []  # no half-written checkpoint
-        line = one_line_error(cli("export", "backbone", "--run", tiny_run, "--out", str(disk / "export"),
+        line = one_line_error(cli(capsys, "export", "backbone", "--run", tiny_run, "--out", disk / "export",
                                   "--verify-images", "2"))
-        assert "No space left on device" in line and str(disk) in line
-        assert not os.path.exists(str(disk / "export"))
-        assert [n for n in os.listdir(str(disk)) if n.startswith(".")] == []
+        assert line.startswith("error: %s" % (disk / "export")) and line.endswith(": No space left on device")
+        assert os.listdir(str(disk)) == ["run"]
+        with open(str(disk / "filler"), "wb", buffering=0) as f:  # fill the disk: even a small head cannot fit
+            try:
+                while True:
+                    f.write(b"\0" * 4096)
+                    f.flush()
+            except OSError:
+                pass
+        bundle = make_bundle(tmp_path / "bundle")
+        line = one_line_error(cli(capsys, "host", "fit", "--bundle", bundle, "--dataset", "synthetic-transfer",
+                                  "--option", "n_train_per_class=6", "--out", disk / "h.npz", "--no-cache", "--quiet"))
+        assert line == "error: %s: No space left on device" % (disk / "h.npz")
+        assert sorted(os.listdir(str(disk))) == ["filler", "run"]
     finally:
         subprocess.run(["umount", str(disk)])

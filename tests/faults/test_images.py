@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from host.cli import run_cli
-from host.datasets import list_images, open_dataset
+from host.datasets import check_training_classes, list_images, open_dataset
 from host.errors import BnnError, ImageError
 from host.preprocess import MAX_PIXELS, decode_image
 from tests.conftest import write_image
@@ -59,7 +59,7 @@ def test_fewer_than_two_trained_classes_is_an_error_and_test_only_classes_a_warn
     for j in range(4):
         write_image(root / "cat" / ("%d.png" % j), size=(8, 8))
     with pytest.raises(BnnError, match=r"one: 1 class\(es\) with training images \(cat\); a classifier needs at least"):
-        open_dataset("folder", "train", str(root))
+        check_training_classes(open_dataset("folder", "train", str(root)))
     split = tmp_path / "split"
     for c in ("a", "b"):
         for j in range(2):
@@ -67,6 +67,7 @@ def test_fewer_than_two_trained_classes_is_an_error_and_test_only_classes_a_warn
     for c in ("a", "b", "only_test"):
         write_image(split / "test" / c / "0.png", size=(8, 8))
     ds = open_dataset("folder", "train", str(split))
+    check_training_classes(ds)
     assert len(ds.classes) == 3
     assert "no training images for 1 class(es), which a head can never predict: only_test" in capsys.readouterr().err
 

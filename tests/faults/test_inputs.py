@@ -175,3 +175,25 @@ def test_npz_members_limits(tmp_path):
         zf.writestr("o.npy", buf.getvalue() + b"\0" * 8)
     with pytest.raises(ValueError, match="holds Python objects"):
         check_npz(str(tmp_path / "obj.npz"))
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("feature_width", "abc", "field 'feature_width' must be a positive integer"),
+    ("preprocess", {"input_size": "x", "resize_longest": 3}, "input_size must be a positive integer"),
+    ("classes", 7, "field 'classes' must be a list of class names"),
+    ("preset", ["tiny"], "field 'preset' must be a preset name"),
+    ("layers", "zz", "field 'layers' must be a list of layer descriptions"),
+])
+def test_crafted_export_manifest_fields_are_one_line_errors(export_dir, tmp_path, field, value, message):
+    import shutil
+
+    from export.backbone import load_export
+
+    _, _, export = export_dir
+    copy = str(tmp_path / "export")
+    shutil.copytree(str(export), copy)
+    m = json.load(open(os.path.join(copy, "export.json")))
+    m[field] = value
+    json.dump(m, open(os.path.join(copy, "export.json"), "w"))
+    with pytest.raises(BnnError, match=r"export\.json: .*" + _re(message)):
+        load_export(copy)
