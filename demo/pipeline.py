@@ -82,7 +82,8 @@ def run_demo(cfg: DemoConfig, log=log):
         "head_digits": os.path.join(out, "heads", "digits-float.npz"),
         "features": os.path.join(out, "features-cache"),
     }
-    common = ["--seed", str(cfg.seed), "--workers", str(cfg.workers)]
+    # --resume: a demo killed during a training stage continues that run instead of refusing its folder
+    common = ["--seed", str(cfg.seed), "--workers", str(cfg.workers), "--resume"]
     t0 = time.time()
 
     log("== 1/5 train the binary backbone on synthetic (%s preset)" % cfg.preset)

@@ -239,7 +239,7 @@ def _run(cfg: FitConfig, mode, on_epoch_end, progress):
         cfg.precision = pcfg.precision
     if cfg.precision == "fp" and cfg.head == "binary":
         raise BnnError("--head binary needs a binary network: floating-point networks have a float last layer")
-    if not cfg.resume and is_up_to_date(out, cfg, mode):
+    if is_up_to_date(out, cfg, mode):  # also under --resume: a finished run has nothing to continue
         m = read_json(os.path.join(out, RUN_MANIFEST))
         log("train: %s is up to date (%s finished), skipping" % (out, mode))
         return m["final"]

@@ -57,6 +57,10 @@ def test_finished_run_is_skipped_and_different_run_in_same_dir_refused(tmp_path,
     again = run(_cfg(tmp_path / "r", epochs=1), progress=False)
     out, err = capsys.readouterr()
     assert again == first and "up to date" in err and out == ""  # progress on stderr, stdout for results
+    manifest = (tmp_path / "r" / "run.json").read_bytes()
+    # --resume on a finished run (the demo always passes it) skips too, and leaves the run as it was
+    assert run(_cfg(tmp_path / "r", epochs=1, resume=True), progress=False) == first
+    assert (tmp_path / "r" / "run.json").read_bytes() == manifest
     with pytest.raises(BnnError, match="a run already exists here"):
         run(_cfg(tmp_path / "r", epochs=2), progress=False)
 
