@@ -81,33 +81,23 @@ def test_tiny_hls_layers_compile_and_match_bit_for_bit(tiny_cppsim):
     assert "cppsim" in report and rung["layers_compiled"][-1] in report and "Pool_hls_0" in report
 
 
-@needs_gxx
-@needs_headers
-@pytest.mark.slow
-def test_a_changed_threshold_in_the_generated_cpp_is_caught_at_its_layer(tiny_cppsim, monkeypatch):
-    """Negative control: one threshold of conv4 set to 0 in its generated thresh.h must make the rung name
-    conv4 as the first divergent layer, with exactly that channel's -1 bits flipped."""
+def zero_one_threshold(build):
+    """(conv4's node, the bits that must flip, a ``cppsim.generate`` that sets one of its thresholds to 0 in
+    the generated thresh.h): a channel that is -1 somewhere on verification image 0 becomes +1 everywhere."""
     from qonnx.core.modelwrapper import ModelWrapper
     from qonnx.custom_op.registry import getCustomOp
 
-    from build_fpga import bundle, cppsim
-    from build_fpga.finn_flow import extract_layers
-    from build_fpga.ladder import cppsim_message, cppsim_stage, despecialize, finn_stage, verification_images
+    from build_fpga import cppsim
+    from build_fpga.ladder import despecialize, finn_stage, verification_images
 
-    assert tiny_cppsim["run"].returncode == 0, tiny_cppsim["run"].stderr[-3000:]
-    build = tiny_cppsim["build"]
     hw = ModelWrapper(str(build / "finn" / "intermediate_models" / "step_generate_estimate_reports.onnx"))
-    names = ["conv1", "conv2", "conv3", "conv4", "conv5", "fc1", "fc2"]
-    arrays = bundle.finn_emulator_arrays(extract_layers(hw), names, 32)
-    headers = cppsim.find_headers(hls_include=str(AP_INCLUDE), finn_deps=str(THIRD_PARTY), environ={})
     node = mvau_nodes(build)[3]
     assert node.startswith("MVAU_hls")
     inst = getCustomOp(hw.get_node_from_name(node))
     pe, mh = inst.get_nodeattr("PE"), inst.get_nodeattr("MH")
     conv4 = finn_stage(despecialize(hw), verification_images(1, 32))[3].reshape(-1, mh)  # NHWC: channel fastest
-    channel = int(np.flatnonzero((conv4 < 0).any(0))[0])  # a channel that is -1 somewhere
+    channel = int(np.flatnonzero((conv4 < 0).any(0))[0])
     entry = (channel % pe) * (mh // pe) + channel // pe  # thresh.h holds [PE][MH/PE][1]
-
     generate = cppsim.generate
 
     def generate_then_edit(hw_model, work, jobs=1):
@@ -118,18 +108,73 @@ def test_a_changed_threshold_in_the_generated_cpp_is_caught_at_its_layer(tiny_cp
         path.write_text(head + "=" + body[: m.start()] + "0" + body[m.end():])  # popcount >= 0: always +1
         return model
 
+    return node, int((conv4[:, channel] < 0).sum()), generate_then_edit
+
+
+@needs_gxx
+@needs_headers
+@pytest.mark.slow
+def test_a_changed_threshold_in_the_generated_cpp_is_caught_at_its_layer(tiny_cppsim, monkeypatch):
+    """Negative control: one threshold of conv4 set to 0 in its generated thresh.h must make the rung name
+    conv4 as the first divergent layer, with exactly that channel's -1 bits flipped."""
+    from qonnx.core.modelwrapper import ModelWrapper
+
+    from build_fpga import bundle, cppsim
+    from build_fpga.finn_flow import extract_layers
+    from build_fpga.ladder import cppsim_message, cppsim_stage
+
+    assert tiny_cppsim["run"].returncode == 0, tiny_cppsim["run"].stderr[-3000:]
+    build = tiny_cppsim["build"]
+    hw = ModelWrapper(str(build / "finn" / "intermediate_models" / "step_generate_estimate_reports.onnx"))
+    names = ["conv1", "conv2", "conv3", "conv4", "conv5", "fc1", "fc2"]
+    arrays = bundle.finn_emulator_arrays(extract_layers(hw), names, 32)
+    headers = cppsim.find_headers(hls_include=str(AP_INCLUDE), finn_deps=str(THIRD_PARTY), environ={})
+    node, flips, generate_then_edit = zero_one_threshold(build)
+    generate = cppsim.generate
+
     monkeypatch.setattr(cppsim, "generate", generate_then_edit)
     rung = cppsim_stage(hw, str(build), arrays, names, 1, 32, headers, log=lambda s: None)
     assert rung["compiled_now"] == [node]  # the other layers came from the cache
     assert rung["first_divergence"] == "conv4 (%s)" % node
     per_layer = rung["mismatched_bits_per_layer"]
-    assert [per_layer[n] for n in names[:4]] == [0, 0, 0, int((conv4[:, channel] < 0).sum())]
+    assert [per_layer[n] for n in names[:4]] == [0, 0, 0, flips]
     assert "first at layer conv4 (%s)" % node in cppsim_message(rung, "D")
 
     # the unedited sources map to their cached executables again: nothing compiles, nothing differs
     monkeypatch.setattr(cppsim, "generate", generate)
     rung = cppsim_stage(hw, str(build), arrays, names, 1, 32, headers, log=lambda s: None)
     assert rung["compiled_now"] == [] and cppsim_message(rung, "D") is None
+
+
+@needs_gxx
+@needs_headers
+@pytest.mark.slow
+def test_a_divergent_cppsim_fails_the_build_and_keeps_its_report(tiny_cppsim, monkeypatch):
+    """The same edit through build(): BnnError naming the layer (exit 2 from the CLI), no bundle, and the
+    whole report (every rung, the estimates) in the working folder."""
+    from build_fpga import cppsim
+    from build_fpga.build import build
+    from build_fpga.config import BuildConfig
+    from host.errors import BnnError
+
+    assert tiny_cppsim["run"].returncode == 0, tiny_cppsim["run"].stderr[-3000:]
+    work = tiny_cppsim["build"]
+    node, _, generate_then_edit = zero_one_threshold(work)
+    monkeypatch.setattr(cppsim, "generate", generate_then_edit)
+    monkeypatch.setenv("FINN_DEPS", str(THIRD_PARTY))
+    monkeypatch.delenv("XILINX_HLS", raising=False)
+    out = tiny_cppsim["tmp"] / "diverged"
+    cfg = BuildConfig(export=tiny_cppsim["export"], board="pynq-z2", out=str(out), target_fps=1000,
+                      estimate_only=True, verify_images=1, cppsim=1, hls_include=str(AP_INCLUDE), build_dir=str(work))
+    with pytest.raises(BnnError, match=r"differs from the emulator and FINN HW graph, python, first at layer "
+                                       r"conv4 \(%s\)" % node):
+        build(cfg, log=lambda s: None)
+    assert not out.exists()
+    report = work / "cppsim" / "report"
+    stages = json.loads((report / "bitexact.json").read_text())["stages"]
+    assert stages["cppsim"]["first_divergence"] == "conv4 (%s)" % node
+    assert stages["emulator"]["mismatched_bits"] == 0 and (report / "estimates.json").is_file()
+    assert "**differs**, first at layer conv4" in (report / "README.md").read_text()
 
 
 @pytest.mark.parametrize("case", ["nothing", "bad-include"])
