@@ -60,8 +60,8 @@ def build_parser():
                          "folder next to DEPLOY_DIR (<DEPLOY_DIR>.finn-build) so a Vivado user can resume")
     ap.add_argument("--build-dir", metavar="DIR",
                     help="FINN's working folder (intermediate models, generated code), kept after the build "
-                         "(default: a temporary folder next to DEPLOY_DIR, removed afterwards; with --hw-codegen "
-                         "or Vivado: <DEPLOY_DIR>.finn-build)")
+                         "(default: a temporary folder next to DEPLOY_DIR, removed afterwards; with --hw-codegen, "
+                         "--cppsim or Vivado: <DEPLOY_DIR>.finn-build)")
     ap.add_argument("--fifo", default="force_minimal_fifos", choices=("force_minimal_fifos", "distributed_sim"),
                     help="FINN's FIFO sizing for the hardware build: force_minimal_fifos (default; FINN's shallowest "
                          "FIFOs, no simulation: works on a plain Vivado install; our network is one chain of "
@@ -72,6 +72,15 @@ def build_parser():
     ap.add_argument("--verify-images", type=int, default=4, metavar="N",
                     help="seeded random images on which FINN's graphs and the emulator must equal the torch "
                          "integer backbone bit for bit (default 4; 0 skips; z2 takes ~4 s per image)")
+    ap.add_argument("--cppsim", type=int, nargs="?", const=8, default=0, metavar="N",
+                    help="also compile FINN's generated HLS C++ of every layer with g++ and run N seeded images "
+                         "(default 8) through FINN's C++ simulation; each layer must equal the emulator and FINN's "
+                         "python execution bit for bit (report/bitexact.json). Needs g++, finn-hlslib in FINN's deps "
+                         "folder (FINN_DEPS, 'finn deps update') and Vitis HLS (XILINX_HLS) or --hls-include. "
+                         "Compiled layers are cached in the kept FINN working folder")
+    ap.add_argument("--hls-include", metavar="DIR",
+                    help="for --cppsim without Vitis HLS: a folder with the open ap_types headers (ap_int.h, "
+                         "hls_stream.h; include/ of github.com/Xilinx/HLS_arbitrary_Precision_Types)")
     return ap
 
 
@@ -84,7 +93,7 @@ def main(argv=None):
                       folding=args.folding, clock_mhz=args.clock_mhz, mvau_wwidth_max=args.mvau_wwidth_max,
                       estimate_only=args.estimate_only, hw_codegen=args.hw_codegen,
                       build_dir=args.build_dir, verify_images=args.verify_images, fifo=args.fifo,
-                      clean=args.clean)
+                      clean=args.clean, cppsim=args.cppsim, hls_include=args.hls_include)
     result = build(cfg)
     print(result.message, flush=True)
     return 0

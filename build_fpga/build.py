@@ -70,6 +70,11 @@ def build(cfg: BuildConfig, log: Callable[[str], None] = _stderr) -> BuildResult
     from export.backbone import EXPORT_MANIFEST, load_export
 
     cfg.check()
+    headers = None
+    if cfg.cppsim:
+        from .cppsim import find_headers
+
+        headers = find_headers(cfg.hls_include)  # before anything runs: a missing header is one line
     out = os.path.abspath(cfg.out)
     export = load_export(cfg.export)
     folding_bytes = _read_folding(cfg.folding)
@@ -92,19 +97,21 @@ def build(cfg: BuildConfig, log: Callable[[str], None] = _stderr) -> BuildResult
 
         try:
             with reused_heap():  # the ladder and the bundle copy and execute the paper preset's big graphs too
-                return _build(cfg, out, export, export_sha, params, folding_bytes, toolchain, build_dir, keep, log)
+                return _build(cfg, out, export, export_sha, params, folding_bytes, toolchain, build_dir, keep,
+                              headers, log)
         finally:
             if not keep:
                 shutil.rmtree(build_dir, ignore_errors=True)
 
 
-def _build(cfg, out, export, export_sha, params, folding_bytes, toolchain, build_dir, keep, log) -> BuildResult:
+def _build(cfg, out, export, export_sha, params, folding_bytes, toolchain, build_dir, keep, headers,
+           log) -> BuildResult:
     from . import bundle, report
     from .boards import get_board
     from .estimates import check_fit, fit_refusal, pct
     from .finn_flow import extract_layers, run_flow
     from .folding import SEARCH_FOLDING, search_max_fps
-    from .ladder import reference_layers, verify_build
+    from .ladder import cppsim_message, cppsim_stage, reference_layers, verify_build
 
     board = get_board(cfg.board)
     onnx = os.path.join(cfg.export, "backbone.onnx")
@@ -158,6 +165,21 @@ def _build(cfg, out, export, export_sha, params, folding_bytes, toolchain, build
     finn_arrays = bundle.finn_emulator_arrays(extract_layers(hw_model), names, input_size)
     bundle.check_emulator(finn_arrays, emulator_arrays(layers, input_size), layers, out)
     bitexact = verify_build(layers, finn_dir, hw_model, finn_arrays, cfg.verify_images, export, out, log)
+    report_args = dict(board=board, export=export, bitexact=bitexact,
+                       folding_file=_folding_source(finn_dir))
+    if cfg.cppsim:
+        bitexact["stages"]["cppsim"] = cppsim_stage(hw_model, build_dir, finn_arrays, names, cfg.cppsim, input_size,
+                                                    headers, log)
+        msg = cppsim_message(bitexact["stages"]["cppsim"], out)
+        if msg:
+            # No bundle (its hardware would not compute the emulator's features; DEPLOY_DIR is left as it
+            # was), but the whole report, every rung included, in the kept working folder.
+            from .cppsim import WORK
+
+            report_dir = os.path.join(build_dir, WORK, "report")
+            shutil.rmtree(report_dir, ignore_errors=True)  # ours, from an earlier failed run
+            report.write_report(report_dir, est, finn_dir, hardware=False, **report_args)
+            raise BnnError("%s; the report is in %s" % (msg, report_dir))
 
     hw = None
     if toolchain is not None:
@@ -179,10 +201,7 @@ def _build(cfg, out, export, export_sha, params, folding_bytes, toolchain, build
         with open(os.path.join(finn_dir, "report", "io_shapes.json"), encoding="utf-8") as f:
             io = json.load(f)
     with atomic_dir(out) as tmp:
-        report.write_report(
-            os.path.join(tmp, "report"), est, finn_dir, board=board, export=export, bitexact=bitexact,
-            folding_file=_folding_source(finn_dir),
-            hardware=hw is not None)
+        report.write_report(os.path.join(tmp, "report"), est, finn_dir, hardware=hw is not None, **report_args)
         bundle.write_bundle(
             tmp, export_dir=cfg.export, export=export, export_sha=export_sha, params=params, board=board,
             emulator=finn_arrays, io=io, estimates=est, hw=hw,
@@ -241,6 +260,7 @@ def build_params(cfg: BuildConfig, folding_bytes: Optional[bytes], with_vivado: 
         "estimate_only": bool(cfg.estimate_only),
         "hw_codegen": bool(cfg.hw_codegen),
         "verify_images": int(cfg.verify_images),
+        "cppsim": int(cfg.cppsim),
         "hardware": bool(with_vivado),
         "fifo": cfg.fifo if with_vivado else None,
     }
@@ -260,16 +280,18 @@ def up_to_date(out: str, export_sha: str, params: Dict) -> bool:
 
 def _build_dir(cfg: BuildConfig, out: str, with_vivado: bool) -> Tuple[str, bool]:
     """(FINN working dir, keep it). Kept when asked for, with --hw-codegen so Vivado users can resume,
-    and for a Vivado build, whose Vivado projects and logs are what one reads when synthesis fails."""
+    for a Vivado build, whose Vivado projects and logs are what one reads when synthesis fails, and
+    with --cppsim, whose compiled layers are cached there (the next --cppsim compiles nothing)."""
     if cfg.build_dir:
         path = os.path.abspath(cfg.build_dir)
         os.makedirs(path, exist_ok=True)
         return path, True
     parent, name = os.path.dirname(out), os.path.basename(out)
     os.makedirs(parent, exist_ok=True)
-    if cfg.hw_codegen or with_vivado:
+    if cfg.hw_codegen or with_vivado or cfg.cppsim:
         path = os.path.join(parent, name + ".finn-build")
-        # ours: stale generated code would pile up; the hardware builds (hw-*) are kept to resume
+        # ours: stale generated code would pile up; the hardware builds (hw-*) are kept to resume,
+        # the compiled cppsim layers (cppsim/) for the next --cppsim
         shutil.rmtree(os.path.join(path, "finn"), ignore_errors=True)
         os.makedirs(path, exist_ok=True)
         return path, True

@@ -26,6 +26,8 @@ class BuildConfig:
     verify_images: int = 4  # seeded random images for the bit-exactness ladder (0: none)
     fifo: str = "force_minimal_fifos"  # FINN's FIFO sizing strategy for the hardware build (preflight.FIFO_STRATEGIES)
     clean: bool = False  # start the hardware build over instead of resuming it
+    cppsim: int = 0  # images through FINN's C++ simulation of the HLS layers (0: no cppsim rung)
+    hls_include: Optional[str] = None  # open ap_types headers for cppsim where Vitis HLS is not installed
 
     def check(self) -> None:
         """One-line BnnError for a configuration no build can run with."""
@@ -37,6 +39,8 @@ class BuildConfig:
             raise BnnError("--target-fps and --folding exclude each other: the folding file fixes the parallelism")
         if self.verify_images < 0:
             raise BnnError("--verify-images %r: must be 0 or more" % self.verify_images)
+        if self.cppsim < 0:
+            raise BnnError("--cppsim %r: must be 0 or more images" % self.cppsim)
         if self.clock_mhz is not None and not self.clock_mhz > 0:
             raise BnnError("--clock-mhz %r: must be a positive frequency" % self.clock_mhz)
         if self.mvau_wwidth_max < 1:
@@ -53,6 +57,6 @@ class BuildConfig:
     def finn_dict(self) -> Dict:
         """The fields that shape FINN's run (recorded with every estimate)."""
         d = asdict(self)
-        for k in ("export", "out", "estimate_only", "build_dir", "verify_images", "clean"):
+        for k in ("export", "out", "estimate_only", "build_dir", "verify_images", "clean", "cppsim", "hls_include"):
             d.pop(k)
         return d

@@ -3,8 +3,10 @@
 Rungs, each compared layer by layer with the torch integer backbone (``export.verify.compare_layers``):
 the export's QONNX graph (checked by ``python -m export``), FINN's streamlined graph, FINN's folded HW
 graph (python execution of its despecialized nodes), and the bundle's emulator. A difference names the
-first layer where it happens. The reference layers are read back from the export's QONNX graph and
-must hash to its ``backbone_digest``: exactly what the torch side folded.
+first layer where it happens. With ``--cppsim`` one more rung, :func:`cppsim_stage`: FINN's generated
+HLS C++ compiled with g++ (``cppsim.py``), against the emulator and FINN's python execution. The
+reference layers are read back from the export's QONNX graph and must hash to its ``backbone_digest``:
+exactly what the torch side folded.
 """
 
 from __future__ import annotations
@@ -32,12 +34,17 @@ def despecialize(model):
     """
     m = copy.deepcopy(model)
     for node in m.graph.node:
-        if node.domain.startswith("finn.custom_op.fpgadataflow."):
-            node.domain = "finn.custom_op.fpgadataflow"
-            for suffix in ("_hls", "_rtl"):
-                if node.op_type.endswith(suffix):
-                    node.op_type = node.op_type[: -len(suffix)]
+        despecialize_node(node)
     return m
+
+
+def despecialize_node(node) -> None:
+    """One node of :func:`despecialize`, in place (the cppsim rung runs single nodes in python)."""
+    if node.domain.startswith("finn.custom_op.fpgadataflow."):
+        node.domain = "finn.custom_op.fpgadataflow"
+        for suffix in ("_hls", "_rtl"):
+            if node.op_type.endswith(suffix):
+                node.op_type = node.op_type[: -len(suffix)]
 
 
 def execute_batch(model, x: np.ndarray) -> np.ndarray:
@@ -217,3 +224,70 @@ def verify_build(layers, finn_dir: str, hw_model, finn_arrays, n_images: int, ex
     log("build_fpga: bit-exact on %d images: FINN streamlined, FINN HW and emulator == torch (%.0f s)"
         % (n_images, time.time() - t0))
     return result
+
+
+# ------------------------------------------------------------------------------------- cppsim rung
+
+CPPSIM_REFERENCES = ("emulator", "FINN HW graph, python")
+
+
+def cppsim_stage(hw_model, build_dir: str, finn_arrays, names: List[str], n_images: int, input_size: int, headers,
+                 log) -> Dict:
+    """The cppsim rung for ``report/bitexact.json``: FINN's C++ simulation of ``hw_model``'s HLS layers
+    (:func:`build_fpga.cppsim.simulate`) on ``n_images`` seeded images, every layer compared with the
+    emulator and with FINN's python execution of the same graph.
+
+    A difference is recorded (``mismatched_bits``, ``first_divergence`` naming the layer and its FINN
+    node), not raised: :func:`cppsim_message` makes the error, after the report is written.
+    """
+    from host.emulator import Emulator
+
+    from .cppsim import simulate
+
+    images = verification_images(n_images, input_size)
+    load = round(os.getloadavg()[0], 1)
+    sim, got = simulate(hw_model, build_dir, images, headers, finn_layer_outputs)
+    references = {"emulator": emulator_stage(Emulator(*finn_arrays), images),
+                  "FINN HW graph, python": finn_stage(despecialize(hw_model), images)}
+    layer_node = dict(zip(names, [n.name for n in hw_model.graph.node if n.op_type.startswith("MVAU")]))
+    compared = {label: compare_layers(references[label], got, names) for label in CPPSIM_REFERENCES}
+    diverged = [c["first_divergence"] for c in compared.values() if c["first_divergence"] is not None]
+    first = min(diverged, key=lambda n: names.index(n) if n in names else -1) if diverged else None
+    rung = {
+        "rung": "cppsim",
+        "images": int(n_images),
+        "seed": VERIFY_SEED,
+        "layers_compiled": sim.compiled,
+        "layers_python": sim.python,
+        "mismatched_bits": max(abs(c["mismatched_bits"]) for c in compared.values()),
+        "bits": int(got[-1].size),
+        "first_divergence": None if first is None else "%s (%s)" % (first, layer_node.get(first, "?")),
+        "compared_with": {k: {"mismatched_bits": c["mismatched_bits"], "first_divergence": c["first_divergence"]}
+                          for k, c in compared.items()},
+        "mismatched_bits_per_layer": {name: int(np.count_nonzero(r != g)) if r.shape == g.shape else -1
+                                      for name, r, g in zip(names, references["emulator"], got)},
+        "compiled_now": sim.built,
+        "seconds": sim.seconds,
+        "cpu_seconds": sim.cpu_seconds,
+        "gxx_jobs": sim.jobs,
+        "cpus": os.cpu_count(),
+        "load_avg_1min_at_start": load,
+        "headers": {"ap_types": headers.ap_include, "finn_hlslib": os.path.join(headers.finn_deps, "finn-hlslib"),
+                    "vitis_hls": headers.vitis},
+    }
+    log("build_fpga: cppsim: %d HLS layers compiled (%d by g++ now, %.0f s), %d nodes in python (reasons in "
+        "report/bitexact.json); %s on %d images (%.0f s)" % (
+            len(sim.compiled), len(sim.built), sim.seconds["compile"], len(sim.python),
+            "bit-exact with the emulator and FINN's python execution" if cppsim_message(rung, "") is None
+            else "DIFFERENT", n_images, sim.seconds["simulate"]))
+    return rung
+
+
+def cppsim_message(rung: Dict, where: str) -> Optional[str]:
+    if rung["first_divergence"] is None and rung["mismatched_bits"] == 0:
+        return None
+    against = " and ".join(k for k, c in rung["compared_with"].items()
+                           if c["first_divergence"] is not None or c["mismatched_bits"])
+    return ("%s: FINN's C++ simulation (cppsim) differs from the %s, first at layer %s (%d of %d feature bits "
+            "differ over %d images)" % (where, against, rung["first_divergence"], rung["mismatched_bits"],
+                                        rung["bits"], rung["images"]))

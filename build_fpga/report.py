@@ -240,7 +240,7 @@ def readme(est: Dict, *, board, export: Dict, bitexact: Dict, hardware: bool) ->
     lines += ["## Per layer", "", "![per-layer cycles and resources](layers.png)", ""]
     lines += layer_table(est)
     lines += [""] + tradeoff(est, export, board)
-    stages = bitexact.get("stages", {})
+    stages = {k: v for k, v in bitexact.get("stages", {}).items() if k != "cppsim"}
     lines += ["", "## Bit-exactness", ""]
     if stages:
         lines.append("On %d seeded random images, every layer's output equals the torch integer backbone in: %s "
@@ -249,7 +249,28 @@ def readme(est: Dict, *, board, export: Dict, bitexact: Dict, hardware: bool) ->
     else:
         lines.append("Skipped (`--verify-images 0`); the emulator weights were still checked against the torch "
                      "backbone's integers.")
+    if "cppsim" in bitexact.get("stages", {}):
+        lines += [""] + cppsim_section(bitexact["stages"]["cppsim"])
     return "\n".join(lines) + "\n"
+
+
+def cppsim_section(rung: Dict) -> List[str]:
+    """The C++ simulation rung: what ran as generated HLS C++, what ran in python and why."""
+    ok = rung["first_divergence"] is None and rung["mismatched_bits"] == 0
+    verdict = ("every layer equals the emulator and FINN's python execution bit for bit" if ok else
+               "**differs**, first at layer %s (%d of %d feature bits)" % (
+                   rung["first_divergence"], rung["mismatched_bits"], rung["bits"]))
+    lines = ["### FINN HW graph, C++ (cppsim)", "",
+             "FINN's generated HLS C++ (finn-hlslib, this build's weights and thresholds) compiled with g++ and run "
+             "on %d seeded images: %s. Code generation and g++: %.0f s wall, %.0f s CPU (%d layers compiled now, "
+             "%d jobs); simulation: %.0f s wall, %.0f s CPU; %s CPUs, 1-min load %s at the start." % (
+                 rung["images"], verdict, rung["seconds"]["compile"], rung["cpu_seconds"]["compile"],
+                 len(rung["compiled_now"]), rung["gxx_jobs"], rung["seconds"]["simulate"],
+                 rung["cpu_seconds"]["simulate"], rung["cpus"], rung["load_avg_1min_at_start"]),
+             "", "| FINN node | runs as | why |", "|---|---|---|"]
+    lines += ["| %s | C++ (g++) | |" % n for n in rung["layers_compiled"]]
+    lines += ["| %s | python | %s |" % (n, why.replace("|", "/")) for n, why in rung["layers_python"].items()]
+    return lines
 
 
 # ---------------------------------------------------------------------------------------- chart
