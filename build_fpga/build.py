@@ -183,6 +183,7 @@ def _build(cfg, out, export, export_sha, params, folding_bytes, toolchain, build
 
     hw = None
     if toolchain is not None:
+        _refuse_runtime_weights(hw_model, weight_streams, out)
         log("build_fpga: Vivado found: FINN hardware steps (HLS IP, FIFOs, stitching, synthesis, bitstream); "
             "this takes long and resumes if stopped")
         hw_dir = hardware.hardware_dir(build_dir, hardware.hardware_key(export_sha, finn_dir, run_cfg))
@@ -190,10 +191,6 @@ def _build(cfg, out, export, export_sha, params, folding_bytes, toolchain, build
             hw = hardware.run_hardware(finn_dir, hw_dir, run_cfg, log=log, clean=cfg.clean)
         hw["toolchain"] = toolchain
         hardware.copy_reports(hw, os.path.join(finn_dir, "report"))
-        n_ext = int(hw["io"].get("number_of_external_weights", 0) or 0)
-        if n_ext:
-            raise BnnError("%s: FINN streams %d weight tensor(s) from DRAM; bundles with external weights are not "
-                           "supported yet (use a board with more on-chip memory or a smaller preset)" % (out, n_ext))
 
     if hw is not None:
         io = hw["io"]  # FINN's own driver settings, after ZynqBuild inserted the DMAs
@@ -247,6 +244,22 @@ def _read_folding(path: Optional[str]) -> Optional[bytes]:
     if not isinstance(cfg, dict) or not any(isinstance(v, dict) for v in cfg.values()):
         raise BnnError("%s: not a FINN folding config (a JSON object of node name -> {PE, SIMD, ...})" % path)
     return data
+
+
+def _refuse_runtime_weights(hw_model, weight_streams, out: str) -> None:
+    """Before hours of Vivado: weights FINN loads only at run time (streamed from DDR, or in URAM, which
+    UltraScale+ cannot initialise from the bitstream) need a bundle and a driver that load them; the
+    hardware path does not make those yet."""
+    from qonnx.custom_op.registry import getCustomOp
+
+    uram = [n.name for n in hw_model.graph.node if n.op_type.startswith("MVAU")
+            and getCustomOp(n).get_nodeattr("ram_style") == "ultra"]
+    if weight_streams or uram:
+        what = ["%d weight stream(s) from DDR" % len(weight_streams)] if weight_streams else []
+        what += ["URAM weights in %s" % ", ".join(uram)] if uram else []
+        raise BnnError("%s: the design loads weights at run time (%s); the bitstream path does not build such "
+                       "designs yet (use --estimate-only, a board with more BRAM or a smaller preset)"
+                       % (out, "; ".join(what)))
 
 
 def build_params(cfg: BuildConfig, folding_bytes: Optional[bytes], with_vivado: bool) -> Dict:

@@ -104,7 +104,10 @@ def external_weights_steps(board, layer_names=None) -> Tuple:
                      "FINN's weight IODMA needs (e.g. PE %d, SIMD %d)" % (
                          where, r.layer, node, folding[node]["PE"], folding[node]["SIMD"], r.weight_bits,
                          aligned[node]["PE"], aligned[node]["SIMD"]))
-        else:
+        elif any(r.mem_mode == "external" for r in rows):
+            # URAM only where BRAM runs short, i.e. in designs that already stream weights (aligned is empty
+            # otherwise): on UltraScale+ FINN initialises URAM weights only at run time
+            # (runtime_writeable_weights), which the host does not do, so a design that fits keeps BRAM.
             part = cfg._resolve_fpga_part()
             costs = []
             for r in rows:

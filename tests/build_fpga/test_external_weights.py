@@ -192,3 +192,26 @@ def test_the_search_keeps_the_smallest_folding_at_the_ddr_bound():
     rows = [row(1000, 1017.0, None), row(2000, 2035.0, None), row(2500, 2035.0, None), row(4000, 4000.0, None, False)]
     assert pick_best(rows)["target_fps"] == 2000
     assert pick_best([row(250, 250.0, 100.0, False), row(1, 20.0, 100.0, False)])["target_fps"] == 1
+
+
+@pytest.mark.parametrize("streams, style, expect", [
+    ([{"node": "MVAU_0"}], "auto", r"1 weight stream\(s\) from DDR"),
+    ([], "ultra", r"URAM weights in MVAU_0"),
+    ([], "block", None),
+])
+def test_bitstream_path_refuses_weights_loaded_at_run_time_before_vivado(streams, style, expect):
+    from onnx import TensorProto, helper
+    from qonnx.core.modelwrapper import ModelWrapper
+
+    from build_fpga.build import _refuse_runtime_weights
+
+    node = helper.make_node("MVAU", ["x", "w"], ["y"], name="MVAU_0", domain="finn.custom_op.fpgadataflow",
+                            ram_style=style)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+    model = ModelWrapper(helper.make_model(graph))
+    if expect is None:
+        _refuse_runtime_weights(model, streams, "D")
+    else:
+        with pytest.raises(BnnError, match=r"^D: the design loads weights at run time \(" + expect):
+            _refuse_runtime_weights(model, streams, "D")
