@@ -10,6 +10,7 @@ import subprocess
 import pytest
 
 from host.cli import run_cli
+from tests.faults.fsutil import snapshot
 from tests.host.fake_pynq import make_bundle
 
 SMALL = ["--option", "n_train_per_class=4", "--option", "n_test_per_class=2", "--option", "num_classes=3"]
@@ -35,15 +36,6 @@ def one_line_error(result, code=2):
     errors = [line for line in lines if line.startswith("error: ")]
     assert rc == code and errors == lines[-1:] and "Traceback" not in err, (rc, err)
     return lines[-1]
-
-
-def snapshot(root):
-    out = {}
-    for dirpath, dirnames, filenames in os.walk(str(root)):
-        for n in dirnames + filenames:
-            p = os.path.join(dirpath, n)
-            out[os.path.relpath(p, str(root))] = None if os.path.isdir(p) else open(p, "rb").read()
-    return out
 
 
 def test_export_into_the_working_directory_or_the_run_deletes_nothing(tiny_run, tmp_path, capsys, monkeypatch):

@@ -9,6 +9,7 @@ import pytest
 
 from host.errors import BnnError
 from host.manifest import atomic_dir, check_replaceable, finalize_manifest, new_manifest, output_lock
+from tests.faults.fsutil import snapshot
 
 
 def write_artifact(root, kind="backbone", name="export.json", files=None):
@@ -18,15 +19,6 @@ def write_artifact(root, kind="backbone", name="export.json", files=None):
             with open(os.path.join(tmp, rel), "wb") as f:
                 f.write(data)
         finalize_manifest(tmp, new_manifest("test", kind), name)
-
-
-def snapshot(root):
-    out = {}
-    for dirpath, dirnames, filenames in os.walk(str(root)):
-        for n in dirnames + filenames:
-            p = os.path.join(dirpath, n)
-            out[os.path.relpath(p, str(root))] = None if os.path.isdir(p) else open(p, "rb").read()
-    return out
 
 
 def test_foreign_directory_is_refused_before_the_work_and_left_intact(tmp_path):
