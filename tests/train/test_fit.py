@@ -121,8 +121,9 @@ def test_torchrun_distributed_data_parallel_on_cpu(tmp_path):
     if not os.path.exists(torchrun):
         pytest.skip("torchrun not installed next to the interpreter")
     out = tmp_path / "ddp"
+    # --standalone: a free rendezvous port, not a fixed one another run (or a leftover) may hold
     r = subprocess.run(
-        [torchrun, "--nproc_per_node", "2", "--master_port", "29541", "-m", "train", "fit", "--preset", "tiny",
+        [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "train", "fit", "--preset", "tiny",
          "--option", "n_train_per_class=8", "--option", "n_test_per_class=4", "--option", "num_classes=4",
          "--epochs", "1", "--batch-size", "8", "--workers", "0", "--out", str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=600,
