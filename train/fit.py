@@ -7,6 +7,7 @@ frozen in eval mode.
 """
 
 import contextlib
+import gc
 import json
 import os
 import time
@@ -362,6 +363,10 @@ def _run(cfg: FitConfig, mode, on_epoch_end, progress):
         row = state["metrics"]
         if rt.main:
             _write_run_manifest(out, cfg, mode, mcfg, train_ds, test_ds, pp, row, True)
+    # DDP's Reducer holds the process group: freed after the group is destroyed, it joins Gloo's worker
+    # threads while holding the GIL they may need, and the rank hangs on exit (pytorch#56297).
+    del net, forward
+    gc.collect()
     engine.shutdown_runtime(rt)
     return row
 
