@@ -124,10 +124,14 @@ def _why(rec):
     if d > TOP1_TOLERANCE:
         parts.append("top-1 %.1f points below scikit-learn's" % (100 * d))
     if rec["ours_s"] > rec["theirs_s"]:
-        parts.append("%.1fx slower: %d passes over the features (an L2 path of up to 6 values, 2 L-BFGS iterations "
-                     "each, and the refit on all rows) against scikit-learn's single fit of %d iterations, which "
-                     "its gradient tolerance stops long before convergence" % (
-                         rec["ours_s"] / rec["theirs_s"], rec["ours_passes"], rec["theirs_iterations"]))
+        from host.heads import HeadConfig
+
+        cfg = HeadConfig()
+        parts.append("%.1fx slower: %d passes over the features (an L2 path of up to %d values, at most %d L-BFGS "
+                     "iterations each, and the refit on all rows) against scikit-learn's single fit of %d iterations, "
+                     "which its gradient tolerance stops long before convergence" % (
+                         rec["ours_s"] / rec["theirs_s"], rec["ours_passes"], len(cfg.l2_grid), cfg.path_iter,
+                         rec["theirs_iterations"]))
     return "; ".join(parts)
 
 

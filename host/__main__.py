@@ -91,8 +91,9 @@ def build_parser():
     tr.add_argument("--weight-decay", type=float, default=None, metavar="X",
                     help="L2 penalty, for features scaled by 1/sqrt(width) (default: lbfgs chooses it on the "
                          "held-out rows from 1e-2 .. 1e-7; adam uses 1e-4)")
-    tr.add_argument("--path-iter", type=int, default=2, metavar="N",
-                    help="L-BFGS iterations per L2 value of the path and for the refit (default 2)")
+    tr.add_argument("--path-iter", type=int, default=3, metavar="N",
+                    help="most L-BFGS iterations per L2 value of the path and for the refit, fewer once the "
+                         "gradient norm has halved (default 3)")
     tr.add_argument("--max-iter", type=int, default=30, metavar="N",
                     help="L-BFGS iterations of a fit at one given --weight-decay (default 30)")
     tr.add_argument("--epochs", type=int, default=60, metavar="N",
