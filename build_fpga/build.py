@@ -303,19 +303,35 @@ def _build_dir(cfg: BuildConfig, out: str, with_vivado: bool) -> Tuple[str, bool
     for a Vivado build, whose Vivado projects and logs are what one reads when synthesis fails, and
     with --cppsim, whose compiled layers are cached there (the next --cppsim compiles nothing)."""
     if cfg.build_dir:
-        path = os.path.abspath(cfg.build_dir)
-        os.makedirs(path, exist_ok=True)
-        return path, True
+        return _own_build_dir(os.path.abspath(cfg.build_dir), "--build-dir"), True
     parent, name = os.path.dirname(out), os.path.basename(out)
     os.makedirs(parent, exist_ok=True)
     if cfg.hw_codegen or with_vivado or cfg.cppsim:
-        path = os.path.join(parent, name + ".finn-build")
+        path = _own_build_dir(os.path.join(parent, name + ".finn-build"), "the kept build folder")
         # ours: stale generated code would pile up; the hardware builds (hw-*) are kept to resume,
         # the compiled cppsim layers (cppsim/) for the next --cppsim
         shutil.rmtree(os.path.join(path, "finn"), ignore_errors=True)
-        os.makedirs(path, exist_ok=True)
         return path, True
     return make_temp_dir(out, "finn-"), False
+
+
+BUILD_DIR_MARKER = ".bnn-transfer-build"  # what makes a kept build folder ours, to write into and clean
+
+
+def _own_build_dir(path: str, what: str) -> str:
+    """``path``, created and marked as ours; an existing folder that is neither empty nor ours is refused:
+    the build replaces its finn/ and hw-*/ sub-folders."""
+    marker = os.path.join(path, BUILD_DIR_MARKER)
+    if os.path.isdir(path) and os.listdir(path) and not os.path.exists(marker):
+        raise BnnError("%s: %s holds files build_fpga did not write (no %s in it); choose an empty or new folder"
+                       % (path, what, BUILD_DIR_MARKER))
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise BnnError("%s: %s is a file, not a folder" % (path, what))
+    os.makedirs(path, exist_ok=True)
+    if not os.path.exists(marker):
+        with open(marker, "w", encoding="utf-8") as f:
+            f.write("a build folder of python -m build_fpga: it replaces finn/ and hw-*/ here\n")
+    return path
 
 
 def _folding_source(finn_dir: str) -> str:
