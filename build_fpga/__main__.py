@@ -71,7 +71,8 @@ def build_parser():
                     help="start the hardware build over instead of resuming it from its last finished FINN step")
     ap.add_argument("--verify-images", type=int, default=4, metavar="N",
                     help="seeded random images on which FINN's graphs and the emulator must equal the torch "
-                         "integer backbone bit for bit (default 4; 0 skips; z2 takes ~4 s per image)")
+                         "integer backbone bit for bit (default 4; 0 skips; FINN's python execution of its "
+                         "graphs takes seconds per image for the larger presets)")
     ap.add_argument("--cppsim", type=int, nargs="?", const=8, default=0, metavar="N",
                     help="also compile FINN's generated HLS C++ of every layer with g++ and run N seeded images "
                          "(default 8) through FINN's C++ simulation; each layer must equal the emulator and FINN's "

@@ -29,6 +29,7 @@ import shutil
 import sys
 import time
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Callable, Dict, Optional, Tuple
 
 from host.bundle import BUNDLE_KIND
@@ -183,7 +184,6 @@ def _build(cfg, out, export, export_sha, params, folding_bytes, toolchain, build
 
     hw = None
     if toolchain is not None:
-        _refuse_runtime_weights(hw_model, weight_streams, out)
         log("build_fpga: Vivado found: FINN hardware steps (HLS IP, FIFOs, stitching, synthesis, bitstream); "
             "this takes long and resumes if stopped")
         hw_dir = hardware.hardware_dir(build_dir, hardware.hardware_key(export_sha, finn_dir, run_cfg))
@@ -191,6 +191,7 @@ def _build(cfg, out, export, export_sha, params, folding_bytes, toolchain, build
             hw = hardware.run_hardware(finn_dir, hw_dir, run_cfg, log=log, clean=cfg.clean)
         hw["toolchain"] = toolchain
         hardware.copy_reports(hw, os.path.join(finn_dir, "report"))
+        hw["runtime_weights"] = _weights_loaded_at_run_time(hw, weight_streams, names)
 
     if hw is not None:
         io = hw["io"]  # FINN's own driver settings, after ZynqBuild inserted the DMAs
@@ -246,20 +247,26 @@ def _read_folding(path: Optional[str]) -> Optional[bytes]:
     return data
 
 
-def _refuse_runtime_weights(hw_model, weight_streams, out: str) -> None:
-    """Before hours of Vivado: weights FINN loads only at run time (streamed from DDR, or in URAM, which
-    UltraScale+ cannot initialise from the bitstream) need a bundle and a driver that load them; the
-    hardware path does not make those yet."""
-    from qonnx.custom_op.registry import getCustomOp
+def _weights_loaded_at_run_time(hw: Dict, weight_streams, names) -> list:
+    """The runtime-writeable memories of the hardware build (``external_weights.runtime_weight_files``,
+    with our layer names), after checking that FINN's driver streams exactly the weights our bundle
+    carries: same weight DMAs, same bytes (the bundle's files are ours, FINN's layout re-implemented)."""
+    import numpy as np
+    from qonnx.core.modelwrapper import ModelWrapper
 
-    uram = [n.name for n in hw_model.graph.node if n.op_type.startswith("MVAU")
-            and getCustomOp(n).get_nodeattr("ram_style") == "ultra"]
-    if weight_streams or uram:
-        what = ["%d weight stream(s) from DDR" % len(weight_streams)] if weight_streams else []
-        what += ["URAM weights in %s" % ", ".join(uram)] if uram else []
-        raise BnnError("%s: the design loads weights at run time (%s); the bitstream path does not build such "
-                       "designs yet (use --estimate-only, a board with more BRAM or a smaller preset)"
-                       % (out, "; ".join(what)))
+    from .external_weights import runtime_weight_files
+    from .finn_flow import FlowError
+
+    driver = Path(hw["driver_dir"])
+    finn_dmas = sorted(p.stem for p in (driver / "runtime_weights").glob("*.npy"))
+    if finn_dmas != sorted(w["dma"] for w in weight_streams):
+        raise FlowError("%s: FINN's driver streams weights through %s, the bundle through %s" % (
+            driver, ", ".join(finn_dmas) or "no DMA", ", ".join(sorted(w["dma"] for w in weight_streams)) or "no DMA"))
+    for w in weight_streams:
+        finn = np.load(driver / "runtime_weights" / (w["dma"] + ".npy"), allow_pickle=False)
+        if not np.array_equal(np.asarray(finn, dtype=np.uint8).reshape(-1), w["data"]):
+            raise FlowError("%s: FINN's weights for %s (%s) differ from the bundle's" % (driver, w["dma"], w["layer"]))
+    return runtime_weight_files(ModelWrapper(str(hw["model"])), driver, names)
 
 
 def build_params(cfg: BuildConfig, folding_bytes: Optional[bytes], with_vivado: bool) -> Dict:
@@ -296,19 +303,35 @@ def _build_dir(cfg: BuildConfig, out: str, with_vivado: bool) -> Tuple[str, bool
     for a Vivado build, whose Vivado projects and logs are what one reads when synthesis fails, and
     with --cppsim, whose compiled layers are cached there (the next --cppsim compiles nothing)."""
     if cfg.build_dir:
-        path = os.path.abspath(cfg.build_dir)
-        os.makedirs(path, exist_ok=True)
-        return path, True
+        return _own_build_dir(os.path.abspath(cfg.build_dir), "--build-dir"), True
     parent, name = os.path.dirname(out), os.path.basename(out)
     os.makedirs(parent, exist_ok=True)
     if cfg.hw_codegen or with_vivado or cfg.cppsim:
-        path = os.path.join(parent, name + ".finn-build")
+        path = _own_build_dir(os.path.join(parent, name + ".finn-build"), "the kept build folder")
         # ours: stale generated code would pile up; the hardware builds (hw-*) are kept to resume,
         # the compiled cppsim layers (cppsim/) for the next --cppsim
         shutil.rmtree(os.path.join(path, "finn"), ignore_errors=True)
-        os.makedirs(path, exist_ok=True)
         return path, True
     return make_temp_dir(out, "finn-"), False
+
+
+BUILD_DIR_MARKER = ".bnn-transfer-build"  # what makes a kept build folder ours, to write into and clean
+
+
+def _own_build_dir(path: str, what: str) -> str:
+    """``path``, created and marked as ours; an existing folder that is neither empty nor ours is refused:
+    the build replaces its finn/ and hw-*/ sub-folders."""
+    marker = os.path.join(path, BUILD_DIR_MARKER)
+    if os.path.isdir(path) and os.listdir(path) and not os.path.exists(marker):
+        raise BnnError("%s: %s holds files build_fpga did not write (no %s in it); choose an empty or new folder"
+                       % (path, what, BUILD_DIR_MARKER))
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise BnnError("%s: %s is a file, not a folder" % (path, what))
+    os.makedirs(path, exist_ok=True)
+    if not os.path.exists(marker):
+        with open(marker, "w", encoding="utf-8") as f:
+            f.write("a build folder of python -m build_fpga: it replaces finn/ and hw-*/ here\n")
+    return path
 
 
 def _folding_source(finn_dir: str) -> str:

@@ -166,6 +166,9 @@ def write_bundle(root: str, *, export_dir: str, export: Dict, export_sha: str, p
         np.save(os.path.join(root, rel), w["data"], allow_pickle=False)
         io["external_weights"].append({"dma": w["dma"], "file": rel, "repeats": int(w["repeats"]), "layer": w["layer"]})
     io["number_of_external_weights"] = len(io["external_weights"])
+    # FINN's own .dat files, in the driver folder copied above: nothing of ours to get wrong.
+    io["runtime_writeable_weights"] = [{"ip": w["ip"], "file": "driver/%s/%s" % (RUNTIME_WEIGHTS, w["file"]),
+                                        "layer": w["layer"]} for w in (hw or {}).get("runtime_weights", [])]
     streamed = ", ".join("%s (%s, %s bytes per image)" % (w["layer"], w["dma"], format(w["data"].size, ","))
                          for w in weight_streams)
     fit = {r: {"used": estimates[r]["used"], "available": estimates[r]["available"],
@@ -192,8 +195,7 @@ def write_bundle(root: str, *, export_dir: str, export: Dict, export_sha: str, p
                      "output [N, feature_width] +-1 features; the first axis of every io shape is the batch",
         estimates={"fps": estimates["fps"], "latency_cycles": estimates["latency_cycles"],
                    "target_fps": estimates.get("target_fps"), "folding": estimates.get("folding_mode"), **fit},
-        weights_memory=("external: %s stream from DDR, the other layers' weights are on chip" % streamed
-                        if streamed else "internal (all weights on chip; no external weight streams)"),
+        weights_memory=_weights_memory(streamed, io["runtime_writeable_weights"]),
         runtime=runtime,
         finn_build_dir=build_dir,
         hardware_build=None if hw is None else {"fifo": params.get("fifo"), "toolchain": hw.get("toolchain")},
@@ -205,6 +207,15 @@ def write_bundle(root: str, *, export_dir: str, export: Dict, export_sha: str, p
     # them would turn the first save into a "tampered bundle".
     files = [f for f in list_files(root, exclude=(BUNDLE_MANIFEST,)) if not f.startswith("notebooks/")]
     return finalize_manifest(root, manifest, BUNDLE_MANIFEST, files=files)
+
+
+def _weights_memory(streamed: str, runtime: Sequence[Dict]) -> str:
+    where = ("external: %s stream from DDR, the other layers' weights are on chip" % streamed
+             if streamed else "internal (all weights on chip; no external weight streams)")
+    if runtime:
+        where += "; %s in URAM, written over AXI-lite when the host loads the overlay" % ", ".join(
+            w["layer"] for w in runtime)
+    return where
 
 
 # ---------------------------------------------------------------------------------------- README

@@ -259,3 +259,45 @@ def streamed_weights(model, layer_names: Optional[Sequence[str]] = None) -> List
         out.append({"dma": dma, "layer": r.layer, "node": r.node, "repeats": r.repeats, "pe": pe, "simd": simd,
                     "datatype": wdt, "bytes": int(data.size), "data": data})
     return out
+
+
+def runtime_weight_files(model, driver_dir, layer_names: Optional[Sequence[str]] = None) -> List[Dict]:
+    """The runtime-writeable weight memories of a finished hardware build (``model``: the partitioned
+    graph FINN's ``step_make_driver`` saved): per memory, the ``.dat`` file FINN's ``MakePYNQDriver``
+    wrote under ``driver_dir/runtime_weights``, the AXI-lite interface it loads through and our layer.
+
+    File names follow MakePYNQDriver (``<partition index>_<runtime layer index>_<node>.dat``, counting
+    MVAU and Thresholding nodes with runtime_writeable_weights); the interface is the partition's
+    instance name and ``s_axilite_<k>``, k counting every AXI-lite interface of the partition in node
+    order, as CreateStitchedIP names the stitched IP's ports (which PYNQ lists as ``ip/port``).
+    ZynqBuild splits the layers over several partitions (a layer fed by a weight IODMA ends one) and
+    renames their nodes, so layers are named by their MVAU's position across the partitions.
+    """
+    import os
+
+    from qonnx.core.modelwrapper import ModelWrapper
+    from qonnx.custom_op.registry import getCustomOp
+
+    out, mvaus = [], 0
+    for sdp_ind, sdp in enumerate(model.graph.node):
+        if sdp.op_type != "StreamingDataflowPartition":
+            continue
+        sdp_inst = getCustomOp(sdp)
+        child = ModelWrapper(sdp_inst.get_nodeattr("model"))
+        axilite = rt = 0
+        for node in child.graph.node:
+            inst = getCustomOp(node)
+            ports = len(inst.get_verilog_top_module_intf_names()["axilite"])
+            is_mvau = node.op_type.startswith("MVAU")
+            if (is_mvau or node.op_type.startswith("Thresholding")) and inst.get_nodeattr("runtime_writeable_weights"):
+                name = "%d_%d_%s.dat" % (sdp_ind, rt, node.name)
+                if not os.path.isfile(os.path.join(str(driver_dir), "runtime_weights", name)):
+                    raise BnnError("%s: FINN's driver has no runtime_weights/%s for %s" % (driver_dir, name, node.name))
+                layer = (layer_names[mvaus] if is_mvau and layer_names is not None and mvaus < len(layer_names)
+                         else node.name)
+                out.append({"node": node.name, "layer": layer, "file": name,
+                            "ip": "%s/s_axilite_%d" % (sdp_inst.get_nodeattr("instance_name"), axilite)})
+                rt += 1
+            mvaus += is_mvau
+            axilite += ports
+    return out

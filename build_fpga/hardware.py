@@ -181,7 +181,11 @@ def run_hardware(est_dir, hw_dir, cfg: BuildConfig, log: Callable[[str], None] =
         if not p.exists():
             raise FlowError("%s: FINN's hardware build finished without %s" % (hw_dir, p.name))
     info = json.loads(settings.read_text())["driver_information"]
+    driver_model = models / "step_make_driver.onnx"
+    if not driver_model.exists():
+        raise FlowError("%s: FINN's hardware build finished without %s" % (hw_dir, driver_model.name))
     return {"bitfile": bit, "hwh": hwh, "driver_dir": hw_dir / "driver", "io": info["io_shape_dict"],
+            "model": driver_model,
             "wall_s": round(wall, 1), "steps_run": todo, "resumed_after": done[-1] if done else None,
             "log": finn_log, "dir": hw_dir}
 

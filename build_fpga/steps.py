@@ -105,9 +105,9 @@ def external_weights_steps(board, layer_names=None) -> Tuple:
                          where, r.layer, node, folding[node]["PE"], folding[node]["SIMD"], r.weight_bits,
                          aligned[node]["PE"], aligned[node]["SIMD"]))
         elif any(r.mem_mode == "external" for r in rows):
-            # URAM only where BRAM runs short, i.e. in designs that already stream weights (aligned is empty
-            # otherwise): on UltraScale+ FINN initialises URAM weights only at run time
-            # (runtime_writeable_weights), which the host does not do, so a design that fits keeps BRAM.
+            # URAM only where BRAM runs short, i.e. in designs that already stream weights: the bitstream
+            # cannot initialise URAM on UltraScale+, so its weights load over AXI-lite when the host opens
+            # the overlay, one more thing that can go wrong that a design fitting in BRAM does without.
             part = cfg._resolve_fpga_part()
             costs = []
             for r in rows:
@@ -122,6 +122,12 @@ def external_weights_steps(board, layer_names=None) -> Tuple:
             styles = assign_ram_styles(costs, board)
             model = model.transform(SetWeightMemory(
                 {n: dict(aligned.get(n, {}), **({"ram_style": styles[n]} if n in styles else {})) for n in insts}))
+        # FINN generates URAM weight memories only as runtime-writeable ones on UltraScale+ (MVAU's
+        # generate_infra_hdl asserts it), whoever chose "ultra": our assignment or a folding file.
+        uram = [n.name for n in model.graph.node if n.op_type.startswith("MVAU")
+                and getCustomOp(n).get_nodeattr("ram_style") == "ultra"
+                and getCustomOp(n).get_nodeattr("mem_mode") == "internal_decoupled"]
+        model = model.transform(SetWeightMemory({n: {"runtime_writeable_weights": 1} for n in uram}))
         extract_model_config_to_json(model, Path(cfg.output_dir) / "report" / FOLDING_CONFIG, FOLDING_ATTRS)
         return model
 

@@ -46,10 +46,16 @@ created, command, params, inputs, files) with these fields at the top level:
                                       often the stream repeats per image, default 1 (FINN:
                                       H*W of an NHWC external_weights_input_shapes entry)}],
                                       one entry per external weight, started before the run
+        runtime_writeable_weights     [{"ip": AXI-lite IP name ("StreamingDataflowPartition_1/
+                                      s_axilite_0"), "file": relative path of FINN's .dat file
+                                      (one 32-bit hex word per line, as its driver's
+                                      runtime_weights/ holds them), "layer": ours}]; default [].
+                                      Layers whose on-chip weights (URAM on UltraScale+) the
+                                      bitstream cannot initialise: written once at overlay load
         (other keys of FINN's dict, such as num_inputs, are ignored and not kept in Bundle.io)
 
 The first axis of every shape is the batch: 1 here, the batch size at run time. Every file the
-manifest names (emulator, bitfile, hwh, onnx, external weights) must be listed in "files", so
+manifest names (emulator, bitfile, hwh, onnx, external and runtime weights) must be listed in "files", so
 that it is hash-checked. ``Bundle.digest`` is the sha256 of manifest.json itself: it changes
 whenever any file changes, which makes it the key for feature caches.
 """
@@ -65,7 +71,8 @@ from .manifest import load_manifest, manifest_digest
 from .packing import DataType, packed_shape
 from .preprocess import Preprocess
 
-__all__ = ["BUNDLE_MANIFEST", "BUNDLE_KIND", "Bundle", "ExternalWeight", "load_bundle", "check_head_compatible"]
+__all__ = ["BUNDLE_MANIFEST", "BUNDLE_KIND", "Bundle", "ExternalWeight", "RuntimeWeight", "load_bundle",
+           "check_head_compatible"]
 
 BUNDLE_MANIFEST = "manifest.json"
 BUNDLE_KIND = "bundle"
@@ -82,6 +89,15 @@ class ExternalWeight:
     dma: str
     path: str
     repeats: int
+
+
+@dataclass(frozen=True)
+class RuntimeWeight:
+    """A layer's on-chip weights written over AXI-lite when the overlay loads: the IP and FINN's .dat file."""
+
+    ip: str
+    path: str
+    layer: str
 
 
 @dataclass(frozen=True)
@@ -109,6 +125,7 @@ class Bundle:
     hwh_path: Optional[str]
     onnx_path: Optional[str]
     external_weights: Tuple[ExternalWeight, ...]
+    runtime_weights: Tuple[RuntimeWeight, ...]
     digest: str
 
     def head_meta(self):
@@ -260,12 +277,24 @@ def _parse_io(r, root, preprocess, feature_width):
         repeats = r.positive_int(field + ".repeats", e.get("repeats", 1))
         external.append(ExternalWeight(e["dma"], r.file(field + ".file", e.get("file"), root), repeats))
 
+    entries_rt = io.get("runtime_writeable_weights", [])
+    if not isinstance(entries_rt, list):
+        raise r.error("io.runtime_writeable_weights", "must be a list, got %r" % (entries_rt,))
+    runtime = []
+    for k, e in enumerate(entries_rt):
+        field = "io.runtime_writeable_weights[%d]" % k
+        if not isinstance(e, dict) or not isinstance(e.get("ip"), str) or not e["ip"]:
+            raise r.error(field, "must be {\"ip\": IP name, \"file\": path, \"layer\": name}, got %r" % (e,))
+        runtime.append(RuntimeWeight(e["ip"], r.file(field + ".file", e.get("file"), root), str(e.get("layer", ""))))
+
     norm = {key: [shape] for key, shape in shapes.items()}
     norm.update(idt=[idt.name], odt=[odt.name], number_of_external_weights=int(count),
                 input_dma_name=[dmas["input_dma_name"]], output_dma_name=[dmas["output_dma_name"]],
                 external_weights=[{"dma": e["dma"], "file": e["file"], "repeats": x.repeats}
-                                  for e, x in zip(entries, external)])
-    return norm, tuple(external)
+                                  for e, x in zip(entries, external)],
+                runtime_writeable_weights=[{"ip": e["ip"], "file": e["file"], "layer": x.layer}
+                                           for e, x in zip(entries_rt, runtime)])
+    return norm, tuple(external), tuple(runtime)
 
 
 def load_bundle(path, board=None):
@@ -291,7 +320,7 @@ def load_bundle(path, board=None):
     except BnnError as e:
         raise BnnError("%s: %s" % (r.path, e)) from None
     feature_width = r.positive_int("feature_width", r.get("feature_width"))
-    io, external = _parse_io(r, root, pp, feature_width)
+    io, external, runtime = _parse_io(r, root, pp, feature_width)
 
     bitfile = r.optional_file("bitfile", root)
     hwh = r.optional_file("hwh", root)
@@ -319,6 +348,7 @@ def load_bundle(path, board=None):
         hwh_path=hwh,
         onnx_path=r.optional_file("onnx", root),
         external_weights=external,
+        runtime_weights=runtime,
         digest=manifest_digest(root, BUNDLE_MANIFEST),
     )
 

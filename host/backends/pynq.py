@@ -6,7 +6,11 @@ the bundle manifest's io dict (see ``host.bundle``):
 
 1. Load the overlay from the bundle's bitfile (pynq finds the .hwh next to it) and look up the
    IODMA IPs by name: ``io.input_dma_name``, ``io.output_dma_name`` and the external weights'
-   DMAs. External weights are copied once into DMA buffers.
+   DMAs. External weights are copied once into DMA buffers. Runtime-writeable weights (on-chip
+   memories the bitstream cannot initialise: URAM on UltraScale+) are written once into their
+   layer's AXI-lite memory window and read back; then one batch of zeros runs and is discarded,
+   because the layers' weight streamers had prefetched the memories' contents from before the
+   write (FINN's driver flushes the same way).
 2. Allocate physically contiguous uint8 buffers with ``pynq.allocate``, shaped as the packed
    shapes with the batch size as first axis, and reuse them until the batch size changes.
 3. Per batch: reshape the NHWC images to the folded input shape, pack them in FINN's layout
@@ -61,6 +65,19 @@ def _seconds(name, value):
     return float(value)
 
 
+def read_runtime_words(path):
+    """FINN's ``decoupled_runtime`` weight file: one 32-bit word per line in hex, as uint32."""
+    try:
+        with open(path, encoding="ascii") as f:
+            text = f.read()
+        words = np.array([int(w, 16) for w in text.split()], dtype=np.uint64)
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise BnnError("%s: not a FINN runtime weight file (one 32-bit hex word per line): %s" % (path, e)) from None
+    if words.size == 0 or (words >> 32).any():
+        raise BnnError("%s: not a FINN runtime weight file (empty, or a word wider than 32 bits)" % path)
+    return words.astype(np.uint32)
+
+
 def _free(buf):
     # PynqBuffer.freebuffer returns the contiguous memory at once instead of at garbage
     # collection: the CMA pool is small on Zynq-7000 boards and shared with everything else.
@@ -108,6 +125,10 @@ class PynqBackend(Backend):
             self._odma = self._ip(io["output_dma_name"][0])
             for ew in bundle.external_weights:
                 self._weights.append((self._ip(ew.dma), self._load_weights(ew), ew.repeats))
+            if bundle.runtime_weights:
+                for rw in bundle.runtime_weights:
+                    self._write_runtime_weights(rw)
+                self._flush_weight_streamers()
         except BaseException:
             self.close()
             raise
@@ -148,6 +169,23 @@ class PynqBackend(Backend):
         buf[...] = arr
         buf.flush()
         return buf
+
+    def _write_runtime_weights(self, rw):
+        words = read_runtime_words(rw.path)
+        window = self._ip(rw.ip).mmio.array
+        if words.size > window.size:
+            raise BnnError("%s: %d weight words for %s (%s), whose AXI-lite window holds %d: the bitfile does not "
+                           "match the bundle" % (rw.path, words.size, rw.ip, rw.layer, window.size))
+        window[: words.size] = words
+        if not np.array_equal(window[: words.size], words):
+            raise BnnError("%s: the weights read back from %s (%s) differ from the ones written"
+                           % (rw.path, rw.ip, rw.layer))
+
+    def _flush_weight_streamers(self):
+        self._prepare(1)
+        self._ibuf[...] = 0
+        self._ibuf.flush()
+        self._execute(1)
 
     def _prepare(self, batch_size):
         if self._overlay is None:

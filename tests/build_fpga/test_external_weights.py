@@ -194,24 +194,18 @@ def test_the_search_keeps_the_smallest_folding_at_the_ddr_bound():
     assert pick_best([row(250, 250.0, 100.0, False), row(1, 20.0, 100.0, False)])["target_fps"] == 1
 
 
-@pytest.mark.parametrize("streams, style, expect", [
-    ([{"node": "MVAU_0"}], "auto", r"1 weight stream\(s\) from DDR"),
-    ([], "ultra", r"URAM weights in MVAU_0"),
-    ([], "block", None),
-])
-def test_bitstream_path_refuses_weights_loaded_at_run_time_before_vivado(streams, style, expect):
-    from onnx import TensorProto, helper
-    from qonnx.core.modelwrapper import ModelWrapper
+def test_a_hardware_build_whose_weight_streams_differ_from_the_bundles_is_refused(tmp_path):
+    """The bundle's weight files are ours (FINN's IODMA layout re-implemented): after a hardware build they
+    must be exactly the ones FINN's driver generated, DMA for DMA and byte for byte."""
+    from build_fpga.build import _weights_loaded_at_run_time
+    from build_fpga.finn_flow import FlowError
 
-    from build_fpga.build import _refuse_runtime_weights
-
-    node = helper.make_node("MVAU", ["x", "w"], ["y"], name="MVAU_0", domain="finn.custom_op.fpgadataflow",
-                            ram_style=style)
-    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
-    model = ModelWrapper(helper.make_model(graph))
-    if expect is None:
-        _refuse_runtime_weights(model, streams, "D")
-    else:
-        with pytest.raises(BnnError, match=r"^D: the design loads weights at run time \(" + expect):
-            _refuse_runtime_weights(model, streams, "D")
+    (tmp_path / "runtime_weights").mkdir()
+    data = np.arange(32, dtype=np.uint8)
+    streams = [{"dma": "idma0", "layer": "fc1", "data": data}]
+    hw = {"driver_dir": tmp_path}
+    with pytest.raises(FlowError, match=r"FINN's driver streams weights through no DMA, the bundle through idma0$"):
+        _weights_loaded_at_run_time(hw, streams, None)
+    np.save(tmp_path / "runtime_weights" / "idma0.npy", data[::-1].copy())
+    with pytest.raises(FlowError, match=r"FINN's weights for idma0 \(fc1\) differ from the bundle's$"):
+        _weights_loaded_at_run_time(hw, streams, None)

@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 HAVE = (all(importlib.util.find_spec(m) is not None for m in ("finn", "qonnx", "brevitas", "torch"))
@@ -48,9 +49,10 @@ def fake(tmp_path_factory):
 
 def cli(fake, out, *extra, **env_extra):
     env = dict(fake["env"], FAKE_TOOLCHAIN_LOG=str(out) + ".calls", **env_extra)
+    fps = [] if "--folding" in extra else ["--target-fps", "1000"]  # a folding file fixes the parallelism
     # a session of its own: the fake tool's simulated kill takes down the whole process group
     return subprocess.run([sys.executable, "-m", "build_fpga", "--export", fake["export"], "--out", str(out),
-                           "--target-fps", "1000", "--verify-images", "1", *extra], cwd=str(ROOT), env=env,
+                           *fps, "--verify-images", "1", *extra], cwd=str(ROOT), env=env,
                           capture_output=True, text=True, timeout=900, start_new_session=True)
 
 
@@ -120,6 +122,46 @@ def test_killed_hardware_build_resumes_from_its_last_finished_step(fake):
     assert "MVAU_hls_3" in redone and not redone & exported and redone | exported == layers
     assert (hw[0] / "logs" / "build_dataflow.0.log").exists() and (hw[0] / "build_dataflow.log").exists()
     check_bundle(out, "pynq-z2")
+
+
+@pytest.mark.slow
+def test_weights_loaded_at_run_time_reach_a_bundle_the_host_runs(fake, monkeypatch):
+    """The paper design's two kinds of run-time weights, on tiny: fc1 streamed from DDR by a weight IODMA
+    and fc2 in URAM (runtime-writeable on UltraScale+), through FINN's real hardware steps. The bundle
+    holds FINN's driver files for both, the host's pynq backend (on the fake board) loads them where
+    FINN's block design put them and returns the emulator's features."""
+    sys.path.insert(0, str(ROOT / "tests" / "host"))
+    from fake_pynq import FakeBoard
+
+    from host.backends import make_backend
+    from host.backends.pynq import read_runtime_words
+    from host.bundle import load_bundle
+    from host.emulator import load_emulator
+
+    folding = fake["tmp"] / "runtime_fold.json"
+    folding.write_text(json.dumps({"Defaults": {},
+                                   "MVAU_hls_4": {"PE": 8, "SIMD": 16, "mem_mode": "external"},
+                                   "MVAU_hls_5": {"PE": 8, "SIMD": 16, "ram_style": "ultra"}}))
+    out = fake["tmp"] / "kv260-runtime"
+    r = cli(fake, out, "--board", "kv260", "--folding", str(folding))
+    assert r.returncode == 0, r.stderr[-3000:]
+    b = load_bundle(str(out))
+    assert [(w.dma, w.repeats) for w in b.external_weights] == [("idma0", 1)] and b.io["input_dma_name"] == ["idma1"]
+    assert [(w.layer, os.path.basename(w.path)) for w in b.runtime_weights] == [
+        ("fc2", "3_0_StreamingDataflowPartition_3_MVAU_hls_0.dat")]
+    # ZynqBuild ends a partition at fc1, whose weights its IODMA feeds: fc2 sits in a partition of its own
+    assert b.runtime_weights[0].ip == "StreamingDataflowPartition_3/s_axilite_0"
+    assert "fc2 in URAM, written over AXI-lite" in b.manifest["weights_memory"]
+    words = read_runtime_words(b.runtime_weights[0].path)
+    assert words.size == 256 * 256 // 32  # fc2's 65,536 bits in 32-bit words (128-bit memory lines)
+
+    board = FakeBoard(b, weights={"idma0": (np.load(b.external_weights[0].path), 1)},
+                      runtime={b.runtime_weights[0].ip: words})
+    monkeypatch.setitem(sys.modules, "pynq", board.module())
+    x = np.random.default_rng(0).integers(0, 256, size=(3, 32, 32, 3)).astype(np.uint8)
+    with make_backend("pynq", b) as backend:
+        assert np.array_equal(backend.extract(x), load_emulator(b.emulator_path).extract(x))
+    assert board.errors == [] and board.runs == [1, 3]
 
 
 # The CLI with one piece removed (test_preflight.py covers every piece without the CLI).

@@ -69,6 +69,17 @@ def test_build_fpga_refuses_a_user_directory_before_running_finn(export_dir, tmp
     assert "userdir: exists, is not empty and holds no bnn-transfer manifest; refusing to replace it" in line
     assert snapshot(tmp_path) == before
 
+    # the FINN working folder: --build-dir, or the DEPLOY_DIR.finn-build a kept build uses
+    line = one_line_error(cli(capsys, "build_fpga", "--export", export, "--board", "pynq-z2", "--out",
+                              tmp_path / "deploy", "--estimate-only", "--build-dir", user))
+    assert "userdir: --build-dir holds files build_fpga did not write (no .bnn-transfer-build in it)" in line
+    os.rename(str(user), str(tmp_path / "deploy.finn-build"))
+    before = snapshot(tmp_path)
+    line = one_line_error(cli(capsys, "build_fpga", "--export", export, "--board", "pynq-z2", "--out",
+                              tmp_path / "deploy", "--estimate-only", "--hw-codegen"))
+    assert "deploy.finn-build: the kept build folder holds files build_fpga did not write" in line
+    assert snapshot(tmp_path) == before
+
 
 def test_train_refuses_a_foreign_directory(tmp_path, capsys):
     user = tmp_path / "mine"

@@ -15,6 +15,10 @@ It models what the real protocol depends on, so the backend cannot pass by accid
   done -- but only if the external weight DMAs (with the right bytes) and the output DMA were
   started first with matching counts. Otherwise it records a protocol error and never
   completes, as a real accelerator would stall. ``hang=True`` never completes at all.
+- Runtime-writeable weight memories (``runtime=``) are AXI-lite windows (``ip.mmio.array``). A run
+  stalls unless every window holds its expected words, and the first run after a window was
+  written computes with the stale, prefetched weights (wrong features), as FINN's weight streamers
+  do until flushed.
 """
 
 import importlib.machinery
@@ -97,11 +101,12 @@ def colour_network(pool=4, width=128, seed=0):
 
 
 def make_bundle(root, board="pynq-z2", with_bitfile=True, onnx_file=None, network=None, external_weights=(),
-                io=None, **fields):
+                io=None, runtime_weights=(), **fields):
     """Write a valid deploy bundle into ``root`` (a directory that need not exist) and return it.
 
     ``network`` is ``(spec, weights, thresholds)`` (default ``tiny_network()``); ``onnx_file``
     is a QONNX graph to copy in; ``external_weights`` are ``(dma, uint8 array, repeats)``;
+    ``runtime_weights`` ``(ip, uint32 words)``, written as FINN's .dat files;
     ``board`` and ``fields`` override manifest fields (``DELETE`` removes one).
     """
     root = str(root)
@@ -129,6 +134,13 @@ def make_bundle(root, board="pynq-z2", with_bitfile=True, onnx_file=None, networ
         entries.append({"dma": dma, "file": rel, "repeats": repeats})
     if entries:
         io.update(number_of_external_weights=len(entries), external_weights=entries)
+    rt = []
+    for k, (ip, words) in enumerate(runtime_weights):
+        rel = "driver/runtime_weights/1_%d_MVAU_hls_%d.dat" % (k, k)
+        write_bytes_atomic(os.path.join(root, rel), "".join("%08x\n" % w for w in words).encode())
+        rt.append({"ip": ip, "file": rel, "layer": "fc%d" % k})
+    if rt:
+        io["runtime_writeable_weights"] = rt
     for key, value in dict(fields, board=board).items():
         if value is DELETE:
             m.pop(key, None)
@@ -200,6 +212,31 @@ class FakeDMA:
         return self.regs[0x10] | (self.regs[0x14] << 32)
 
 
+class FakeWindow(np.ndarray):
+    """An AXI-lite memory window: writes through it mark the memory as changed since the last run."""
+
+    def __array_finalize__(self, obj):
+        self.ip = getattr(obj, "ip", None)
+
+    def __setitem__(self, key, value):
+        super().__setitem__(key, value)
+        self.ip.board.stale = True
+
+
+class FakeMemIP:
+    """A runtime-writeable weight memory's AXI-lite interface (``ip.mmio.array``, uint32 words)."""
+
+    def __init__(self, board, name, words):
+        self.board, self.name, self.expected = board, name, np.asarray(words, np.uint32)
+        window = np.zeros(self.expected.size + 16, np.uint32).view(FakeWindow)  # windows are powers of two
+        window.ip = self
+        self.mmio = types.SimpleNamespace(array=window)
+
+
+class _Hier:
+    """A block-design hierarchy: ``overlay.StreamingDataflowPartition_1.s_axilite_0``."""
+
+
 class FakeOverlay:
     def __init__(self, board, bitfile, download=True):
         if not os.path.isfile(bitfile):
@@ -207,19 +244,27 @@ class FakeOverlay:
         self.board = board
         board.overlays.append(bitfile)
         self.ip_dict = {name: {"type": "xilinx.com:hls:iodma"} for name in board.dmas}
-        for name, dma in board.dmas.items():
-            setattr(self, name, dma)
+        self.ip_dict.update({name: {"type": "xilinx.com:user:memstream"} for name in board.mems})
+        for name, ip in list(board.dmas.items()) + list(board.mems.items()):
+            parent = self
+            *hier, leaf = name.split("/")
+            for part in hier:
+                if not hasattr(parent, part):
+                    setattr(parent, part, _Hier())
+                parent = getattr(parent, part)
+            setattr(parent, leaf, ip)
 
 
 class FakeBoard:
     """The fake hardware behind the fake ``pynq`` module; see the module docstring.
 
-    ``weights`` maps an external-weight DMA name to ``(expected bytes, repeats)``. Counters and
+    ``weights`` maps an external-weight DMA name to ``(expected bytes, repeats)``, ``runtime`` a
+    runtime-writeable memory's IP name to its expected uint32 words. Counters and
     logs for the tests: ``allocations`` (shapes), ``freed``, ``flushes``, ``invalidates``,
     ``log`` ((dma, count) per start), ``runs`` (images per completed run), ``errors``.
     """
 
-    def __init__(self, bundle, hang=False, weights=None):
+    def __init__(self, bundle, hang=False, weights=None, runtime=None):
         io = bundle.io
         self.emulator = load_emulator(bundle.emulator_path)
         self.idt, self.odt = io["idt"][0], io["odt"][0]
@@ -235,6 +280,8 @@ class FakeBoard:
         self.dmas = {self.idma.name: self.idma, self.odma.name: self.odma}
         for name in self.weights:
             self.dmas[name] = FakeDMA(self, name, "weights")
+        self.mems = {name: FakeMemIP(self, name, words) for name, words in (runtime or {}).items()}
+        self.stale = False
         self.dram = {}
         self.next_address = 0x1_2000_0000  # above 4 GiB, so the high address word matters
         self.allocations, self.freed, self.overlays = [], [], []
@@ -283,6 +330,9 @@ class FakeBoard:
                 mem = self._memory(dma.address, data.size, name)
                 if mem is not None and not np.array_equal(mem[:data.size], data):
                     self.errors.append("weights DMA %s streams the wrong bytes" % name)
+        for mem in self.mems.values():
+            if not np.array_equal(np.asarray(mem.mmio.array[: mem.expected.size]), mem.expected):
+                self.errors.append("runtime weights of %s not loaded" % mem.name)
         if self.errors or self.hang:
             return  # a stalled stream: nothing ever completes
         in_bytes = n * int(np.prod(self.ishape_packed))
@@ -293,6 +343,9 @@ class FakeBoard:
             return
         images = unpack(src[:in_bytes], self.idt, [n] + self.ishape_folded).reshape((n,) + self.input_shape)
         feats = self.emulator.extract(images)
+        if self.stale:  # computed with the weights the streamers had prefetched before the write
+            feats = -feats
+            self.stale = False
         if self.odt == "BINARY":
             feats = (feats > 0).astype(np.uint8)
         dst[:out_bytes] = pack(feats.reshape([n] + self.oshape_folded), self.odt).reshape(-1)

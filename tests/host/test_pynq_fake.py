@@ -113,6 +113,59 @@ def test_missing_or_tampered_weight_file_is_one_line_naming_it(tmp_path, monkeyp
     assert not (tmp_path / "b" / "runtime_weights" / "idma1.npy.bak").exists()
 
 
+RT_IPS = ("StreamingDataflowPartition_1/s_axilite_0", "StreamingDataflowPartition_1/s_axilite_1")
+
+
+def _runtime_bundle(tmp_path, sizes=(40, 9)):
+    rng = np.random.default_rng(5)
+    words = [rng.integers(0, 2 ** 32, size=n, dtype=np.uint64).astype(np.uint32) for n in sizes]
+    return load_bundle(make_bundle(tmp_path / "b", runtime_weights=list(zip(RT_IPS, words)))), words
+
+
+def test_runtime_writeable_weights_are_written_read_back_and_flushed(tmp_path, monkeypatch):
+    """URAM weights of an UltraScale+ design (FINN's runtime_writeable_weights): written once into each
+    layer's AXI-lite window when the overlay loads, then one discarded batch flushes the weights the
+    streamers had prefetched, so the very first real batch already equals the emulator."""
+    bundle, words = _runtime_bundle(tmp_path)
+    board = _install(monkeypatch, bundle, runtime=dict(zip(RT_IPS, words)))
+    x = _images(5, seed=4)
+    with make_backend("pynq", bundle) as b:
+        assert board.runs == [1]  # the flush, before any image of ours
+        assert np.array_equal(b.extract(x, batch_size=5), load_emulator(bundle.emulator_path).extract(x))
+    assert board.errors == [] and board.runs == [1, 5]
+    for ip, w in zip(RT_IPS, words):
+        assert np.array_equal(board.mems[ip].mmio.array[: w.size], w)
+
+
+def test_fake_board_computes_stale_weights_until_flushed(tmp_path, monkeypatch):
+    """What the flush guards against: without it the first batch after loading is wrong."""
+    bundle, words = _runtime_bundle(tmp_path)
+    board = _install(monkeypatch, bundle, runtime=dict(zip(RT_IPS, words)))
+    x = _images(2, seed=1)
+    with make_backend("pynq", bundle) as b:
+        board.mems[RT_IPS[1]].mmio.array[0] = words[1][0]  # rewritten: the streamers hold old words again
+        first, second = b.extract(x), b.extract(x)
+    assert np.array_equal(first, -second) and np.array_equal(second, load_emulator(bundle.emulator_path).extract(x))
+    board.mems[RT_IPS[0]].mmio.array[0] ^= 1
+    assert "runtime weights of %s not loaded" % RT_IPS[0] not in board.errors
+    board.run(board.idma)
+    assert "runtime weights of %s not loaded" % RT_IPS[0] in board.errors
+
+
+def test_runtime_weights_that_do_not_fit_or_do_not_parse_are_one_line_errors(tmp_path, monkeypatch):
+    from host.backends.pynq import read_runtime_words
+
+    bundle, words = _runtime_bundle(tmp_path)
+    _install(monkeypatch, bundle, runtime={RT_IPS[0]: words[0][:8], RT_IPS[1]: words[1]})  # a smaller window
+    with pytest.raises(BnnError, match=r"1_0_MVAU_hls_0\.dat: 40 weight words for %s \(fc0\), whose AXI-lite "
+                                       r"window holds 24: the bitfile does not match" % RT_IPS[0]):
+        make_backend("pynq", bundle)
+    for text in ("00000001\nzz\n", "", "100000000\n"):
+        (tmp_path / "w.dat").write_text(text)
+        with pytest.raises(BnnError, match=r"w\.dat: not a FINN runtime weight file"):
+            read_runtime_words(str(tmp_path / "w.dat"))
+
+
 def test_fake_board_enforces_the_start_order(bundle, monkeypatch):
     """The fake is only a test if it refuses what real hardware would not survive."""
     board = _install(monkeypatch, bundle)
