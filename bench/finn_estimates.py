@@ -81,12 +81,15 @@ def paper_command(ctx, board, clock_mhz=None):
             raise RuntimeError("%s failed: %s" % (" ".join(cmd), err.read().strip().splitlines()[-1:]))
     with open(os.path.join(out, "report", "estimates.json"), encoding="utf-8") as f:
         est = json.load(f)
+    from build_fpga.estimates import check_fit
+
     ddr = est["ddr"]
     gaps = [what for what, bad in (
         ("%.0f s > %d s" % (wall, PAPER_TARGETS["wall_s"]), wall > PAPER_TARGETS["wall_s"]),
         ("%.0f MB > %d MB" % (rss, PAPER_TARGETS["peak_rss_mb"]), rss > PAPER_TARGETS["peak_rss_mb"]),
         ("compute bound %.0f img/s" % est["fps"], est["fps"] < PAPER_TARGETS["fps"]),
         ("DDR bound %.0f img/s" % (ddr["fps"] or 0), (ddr["fps"] or est["fps"]) < PAPER_TARGETS["fps"])) if bad]
+    gaps += ["over FINN's margin: %s" % line for line in check_fit(est)]
     return {"name": paper_name(board, clock_mhz), "kind": "command", "ours_s": round(wall, 1),
             "gap": "; ".join(gaps) or None,
             "theirs_s": None, "speedup": None, "identical": None, "met": not gaps,

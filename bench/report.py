@@ -111,8 +111,8 @@ def markdown(records: List[Dict], start: Dict, end: Dict, wall_s: float, quick: 
         lines += ["", "Transfer to real images: frozen binary features of the `--tiny-bundle` backbone, a random "
                   "backbone of the same preset (BatchNorm statistics from the task's images) and the raw input pixels, "
                   "top-1 / top-5 on the test split:", ""] + transfer_table(acc)
-    gaps = [r for r in speed + acc if r["met"] is False]
-    targets = [r for r in speed + acc if r["met"] is not None]
+    gaps = [r for r in records if r["met"] is False]
+    targets = [r for r in records if r["met"] is not None]
     lines += ["", "## Targets not met (%d of %d)" % (len(gaps), len(targets)) if gaps else "## Targets", ""]
     if not gaps:
         lines.append("Every target above is met.")

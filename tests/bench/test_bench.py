@@ -183,8 +183,15 @@ def test_report_lists_every_gap_and_skip():
          "rows": {"frozen": {"host": {"top1": 0.5, "top5": 1.0}, "sklearn": {"top1": 0.4, "top5": 1.0}},
                   "random": {"host": {"top1": 0.3, "top5": 1.0}, "sklearn": {"top1": 0.2, "top5": 1.0}},
                   "pixels": {"sklearn": {"top1": 0.9, "top5": 1.0}}}},
+        {"name": "build_fpga_estimate/paper/kv260", "kind": "command", "ours_s": 369.0, "cpu_s": 127.0,
+         "theirs_s": None, "speedup": None, "identical": None, "target": ">= 300 img/s", "met": False,
+         "gap": "DDR bound 230 img/s", "peak_rss_mb": 5056, "fps": 250, "ddr_fps": 230,
+         "streamed_layers": ["fc1", "fc2"], "lut": 1, "lut_usable": 2, "bram18": 1, "bram18_usable": 2, "uram": 1,
+         "uram_usable": 2},
     ]
     md = markdown(recs, m, m, 12.0, quick=False)
+    assert "## Targets not met (3 of 4)" in md  # every kind of record with a target counts
+    assert "- `build_fpga_estimate/paper/kv260` (>= 300 img/s): DDR bound 230 img/s" in md
     assert "| `a/b` | 1.00 ms | 2.00 ms | 2.0x | yes | >= 1x | yes |" in md
     assert "- `c/d` (not slower): because of reasons" in md and "50.0%" in md
     assert "- skipped `e`: too slow" in md and "1.00/2.00/3.00" in md
