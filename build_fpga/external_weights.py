@@ -126,9 +126,11 @@ def plan(layers: List[WeightLayer], board) -> List[WeightLayer]:
     return rows
 
 
-def assign_ram_styles(costs: List[Dict], board) -> Dict[str, str]:
+def assign_ram_styles(costs: List[Dict], board, reserved_uram: int = 0) -> Dict[str, str]:
     """``ram_style`` per on-chip layer once the folding is known: URAM for the layers that free the most
     BRAM18, largest first, while the board's usable URAM lasts and a layer takes fewer URAMs than BRAM18s.
+    ``reserved_uram``: what the FIFOs and width converters take (``estimates.interconnect``), so that
+    layers and interconnect together stay within the margin.
 
     BRAM is the scarcer pool: the FIFOs and width converters the hardware build adds take it too
     (``estimates.interconnect``; 180 BRAM18 for the paper preset on the KV260), so every layer that can
@@ -136,7 +138,7 @@ def assign_ram_styles(costs: List[Dict], board) -> Dict[str, str]:
     layer in BRAM (ram_style "block") and in URAM ("ultra") at its folding.
     """
     styles = {c["node"]: "auto" for c in costs}
-    uram_left = board.usable["uram"]
+    uram_left = board.usable["uram"] - reserved_uram
     for c in sorted(costs, key=lambda c: -c["bram18"]):
         if 0 < c["uram"] <= uram_left and c["bram18"] > c["uram"]:
             styles[c["node"]] = "ultra"

@@ -75,6 +75,7 @@ def external_weights_steps(board, layer_names=None) -> Tuple:
     from finn.util.config import extract_model_config_to_json
     from qonnx.custom_op.registry import getCustomOp
 
+    from .estimates import interconnect
     from .external_weights import align_streams, assign_ram_styles, check_external, mvau_layers, plan, streamed_weights
 
     def step_bnn_external_weights(model, cfg):
@@ -119,7 +120,8 @@ def external_weights_steps(board, layer_names=None) -> Tuple:
                     cost[key] = int(getattr(inst, fn)(part))
                 inst.set_nodeattr("ram_style", r.ram_style)
                 costs.append(cost)
-            styles = assign_ram_styles(costs, board)
+            fifos = sum(r["uram"] for r in interconnect(model, board)) if board.uram else 0
+            styles = assign_ram_styles(costs, board, fifos)
             model = model.transform(SetWeightMemory(
                 {n: dict(aligned.get(n, {}), **({"ram_style": styles[n]} if n in styles else {})) for n in insts}))
         # FINN generates URAM weight memories only as runtime-writeable ones on UltraScale+ (MVAU's

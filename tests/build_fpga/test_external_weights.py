@@ -75,6 +75,9 @@ def test_ram_styles_move_the_largest_bram_users_to_uram():
     costs[0]["uram"] = 60  # more than the board has: the next ones go
     assert assign_ram_styles(costs, kv) == {"a": "auto", "b": "ultra", "c": "ultra", "d": "auto", "e": "auto"}
     assert set(assign_ram_styles(costs, get_board("pynq-z2")).values()) == {"auto"}  # no URAM at all
+    # FIFOs that take 4 URAM leave 47: c (9) no longer fits beside b (40)
+    assert assign_ram_styles(costs, kv, reserved_uram=4) == {"a": "auto", "b": "ultra", "c": "auto", "d": "auto",
+                                                            "e": "auto"}
 
 
 def test_streams_are_widened_to_whole_bytes():
