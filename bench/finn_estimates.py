@@ -61,9 +61,27 @@ def paper_name(board, clock_mhz):
     return "build_fpga_estimate/paper/%s%s" % (board, "@%dMHz" % clock_mhz if clock_mhz else "")
 
 
+def _wait_with_peak_rss(pid, interval_s=0.2):
+    """(wait status, the child's own rusage, its peak RSS in MB). The peak is its VmHWM, read until it
+    exits: ru_maxrss survives exec, so it would report this bench process's size at the fork, several GB
+    once the paper network is built (host.benchmark.peak_rss_mb). VmHWM only grows, so a sample misses at
+    most the last ``interval_s`` of growth."""
+    peak_kb = 0
+    while True:
+        done, status, usage = os.wait4(pid, os.WNOHANG)  # this child's rusage (RUSAGE_CHILDREN mixes runs)
+        if done:
+            return status, usage, peak_kb / 1024.0
+        try:
+            with open("/proc/%d/status" % pid) as f:
+                peak_kb = max([peak_kb] + [int(line.split()[1]) for line in f if line.startswith("VmHWM:")])
+        except OSError:
+            pass
+        time.sleep(interval_s)
+
+
 def paper_command(ctx, board, clock_mhz=None):
     """``python -m build_fpga --export <paper export> --board BOARD --out D --estimate-only`` in a child
-    process: its wall time, its peak RSS (the child's ru_maxrss) and its report's two bounds."""
+    process: its wall time, its peak RSS (its VmHWM) and its report's two bounds."""
     export = ctx.networks.get("paper").export_dir()
     out = os.path.join(ctx.workdir, "deploy_paper_%s_%s" % (board, clock_mhz or "default"))
     clock = ["--clock-mhz", str(clock_mhz)] if clock_mhz else []
@@ -72,10 +90,9 @@ def paper_command(ctx, board, clock_mhz=None):
     with tempfile.TemporaryFile("w+") as err:
         t0 = time.time()
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err)
-        _, status, usage = os.wait4(proc.pid, 0)  # this child's own rusage (RUSAGE_CHILDREN would mix runs)
+        status, usage, rss = _wait_with_peak_rss(proc.pid)
         proc.returncode = os.waitstatus_to_exitcode(status)
         wall = time.time() - t0
-        rss = usage.ru_maxrss / 1024.0
         if proc.returncode != 0:
             err.seek(0)
             raise RuntimeError("%s failed: %s" % (" ".join(cmd), err.read().strip().splitlines()[-1:]))

@@ -198,3 +198,18 @@ def test_report_lists_every_gap_and_skip():
     assert ("| `transfer/digits` (10 train / 5 test, 2 classes, 32 px, 256 features) | 50.0% / 100.0% | 40.0% / "
             "100.0% | 30.0% / 100.0% | 20.0% / 100.0% | 90.0% / 100.0% | **no** |") in md
     assert "- `transfer/digits` (frozen > random): frozen trails the pixels" in md
+
+
+def test_a_commands_peak_rss_is_its_own_not_the_large_parents():
+    """ru_maxrss survives exec: a child of a 600 MB process would report 600 MB. The paper estimate runs
+    as a child of the bench, which holds the paper network by then."""
+    import subprocess
+    import sys
+
+    from bench.finn_estimates import _wait_with_peak_rss
+
+    ballast = bytearray(600 << 20)  # noqa: F841 (the parent's size is the point)
+    proc = subprocess.Popen([sys.executable, "-c", "x = bytearray(200 << 20); import time; time.sleep(0.5)"])
+    status, usage, rss = _wait_with_peak_rss(proc.pid)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert 200 < rss < 400 and usage.ru_maxrss / 1024 > 600
