@@ -1,6 +1,5 @@
 """``python -m bench``: run the measurements, print JSON lines, write results.md and results.png."""
 
-import argparse
 import json
 import os
 import sys
@@ -8,7 +7,7 @@ import tempfile
 import time
 import traceback
 
-from host.cli import run_cli
+from host.cli import ArgumentParser, run_cli
 
 DEFAULT_OUT = os.path.dirname(os.path.abspath(__file__))
 # Thread pools of numpy's BLAS, torch (OpenMP) and MKL read these when they load, i.e. on first import.
@@ -16,7 +15,7 @@ THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 def parse_args(argv):
-    ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    ap = ArgumentParser(prog="python -m bench", description=__doc__)
     ap.add_argument("--quick", action="store_true",
                     help="small sizes, tiny preset only: a harness check in about a minute, not numbers to quote")
     ap.add_argument("--only", action="append", default=[], metavar="NAME-PREFIX",

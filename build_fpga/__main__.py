@@ -7,7 +7,7 @@ with one line "error: ..." and exit code 2.
 import argparse
 import sys
 
-from host.cli import run_cli
+from host.cli import ArgumentParser, run_cli
 
 from .boards import board_names
 
@@ -29,7 +29,7 @@ its last finished FINN step when the command is run again (--clean starts over);
 
 
 def build_parser():
-    ap = argparse.ArgumentParser(
+    ap = ArgumentParser(
         prog="python -m build_fpga",
         description="Build the frozen binary backbone of an export directory into a FINN dataflow accelerator "
                     "for a PYNQ board: FINN's resource and throughput estimates, a fit check against the board, "

@@ -1,13 +1,12 @@
 """python -m demo: train, export, build_fpga and host on synthetic data, ending with a Table-2-shaped table."""
 
-import argparse
 import sys
 
-from host.cli import run_cli
+from host.cli import ArgumentParser, run_cli
 
 
 def build_parser():
-    ap = argparse.ArgumentParser(
+    ap = ArgumentParser(
         prog="python -m demo",
         description="Trains the tiny binary backbone on synthetic, exports and verifies it, builds the FINN "
                     "accelerator bundle (estimates + emulator without Vivado), trains software heads (a) binary and "

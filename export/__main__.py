@@ -1,14 +1,13 @@
 """python -m export {backbone,head} — see --help of each command."""
 
-import argparse
 import json
 import sys
 
-from host.cli import run_cli
+from host.cli import ArgumentParser, run_cli
 
 
 def build_parser():
-    ap = argparse.ArgumentParser(prog="python -m export", description="Export the frozen binary backbone and the head.")
+    ap = ArgumentParser(prog="python -m export", description="Export the frozen binary backbone and the head.")
     sub = ap.add_subparsers(dest="cmd", required=True)
     bb = sub.add_parser("backbone", help="frozen part -> QONNX (uint8 in, +-1 features out), verified bit-exact")
     bb.add_argument("--run", required=True, help="training run directory (python -m train fit|finetune)")

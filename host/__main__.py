@@ -7,11 +7,10 @@ warnings and errors go to stderr. Bad input ends with one line "error: ..." and 
 This module defines the command line; ``commands.py`` does what each command does.
 """
 
-import argparse
 import os
 import sys
 
-from .cli import run_cli
+from .cli import ArgumentParser, run_cli
 from .commands import BACKEND_NAMES, COMMANDS, HEAD_VARIANTS
 
 # ------------------------------------------------------------------------------------------- arguments
@@ -64,7 +63,7 @@ def _source_args(parser):
 
 
 def build_parser():
-    ap = argparse.ArgumentParser(
+    ap = ArgumentParser(
         prog="python -m host",
         description="Train, evaluate and run the software last layer on the binary features of a deploy bundle.",
         epilog="Typical use on the board: 'fit' a head on a labelled dataset, 'eval' it on the test split, "

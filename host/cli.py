@@ -1,5 +1,6 @@
 """What every ``python -m <stage>`` entry point shares: the error boundary and option parsing."""
 
+import argparse
 import os
 import sys
 import traceback
@@ -7,6 +8,15 @@ import traceback
 from .errors import BnnError
 
 DEBUG_ENV = "BNN_DEBUG"
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose usage errors are the one line any other bad input gets: BnnError, exit 2 behind
+    :func:`run_cli` (argparse itself prints the whole usage and then the error). Subcommand parsers
+    inherit the class."""
+
+    def error(self, message):
+        raise BnnError("%s: %s (see %s --help)" % (self.prog, message, self.prog))
 
 
 def _one_line(text):

@@ -1,11 +1,10 @@
 """python -m train {fit,finetune,eval,table2} — see --help of each command."""
 
-import argparse
 import json
 import os
 import sys
 
-from host.cli import dataset_options, run_cli
+from host.cli import ArgumentParser, dataset_options, run_cli
 
 from .presets import PRESETS
 
@@ -69,7 +68,7 @@ def _table2(sub):
 
 
 def build_parser():
-    ap = argparse.ArgumentParser(prog="python -m train", description="Train binary AlexNets (Brevitas).")
+    ap = ArgumentParser(prog="python -m train", description="Train binary AlexNets (Brevitas).")
     sub = ap.add_subparsers(dest="cmd", required=True)
 
     fit = sub.add_parser("fit", help="train a network from scratch")

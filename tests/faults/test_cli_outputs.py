@@ -151,3 +151,16 @@ def test_full_disk_in_train_and_export_names_the_file_and_leaves_nothing(tiny_ru
         assert sorted(os.listdir(str(disk))) == ["filler", "run"]
     finally:
         subprocess.run(["umount", str(disk)])
+
+
+@pytest.mark.parametrize("stage, args, what", [
+    ("train", ["fit", "--epochs", "x"], "python -m train fit: argument --epochs: invalid int value: 'x'"),
+    ("export", ["nope"], "python -m export: argument cmd: invalid choice: 'nope'"),
+    ("build_fpga", ["--board"], "python -m build_fpga: argument --board: expected one argument"),
+    ("host", ["eval", "--bundle"], "python -m host eval: argument --bundle: expected one argument"),
+    ("demo", ["--bogus"], "python -m demo: unrecognized arguments: --bogus"),
+    ("bench", ["--threads", "0"], "python -m bench: --threads must be >= 1"),
+])
+def test_usage_errors_are_one_line_like_any_bad_input(capsys, stage, args, what):
+    line = one_line_error(cli(capsys, stage, *args))
+    assert line.startswith("error: " + what) and line.endswith("(see %s --help)" % what.split(":")[0])
