@@ -28,6 +28,7 @@ the ceiling on img/s, beside FINN's compute estimate.
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, replace
 from typing import Dict, List, Optional, Sequence
 
@@ -275,8 +276,6 @@ def runtime_weight_files(model, driver_dir, layer_names: Optional[Sequence[str]]
     ZynqBuild splits the layers over several partitions (a layer fed by a weight IODMA ends one) and
     renames their nodes, so layers are named by their MVAU's position across the partitions.
     """
-    import os
-
     from qonnx.core.modelwrapper import ModelWrapper
     from qonnx.custom_op.registry import getCustomOp
 
