@@ -259,9 +259,10 @@ def _weights_loaded_at_run_time(hw: Dict, weight_streams, names) -> list:
 
     driver = Path(hw["driver_dir"])
     finn_dmas = sorted(p.stem for p in (driver / "runtime_weights").glob("*.npy"))
-    if finn_dmas != sorted(w["dma"] for w in weight_streams):
+    ours = sorted(w["dma"] for w in weight_streams)
+    if finn_dmas != ours:
         raise FlowError("%s: FINN's driver streams weights through %s, the bundle through %s" % (
-            driver, ", ".join(finn_dmas) or "no DMA", ", ".join(sorted(w["dma"] for w in weight_streams)) or "no DMA"))
+            driver, ", ".join(finn_dmas) or "no DMA", ", ".join(ours) or "no DMA"))
     for w in weight_streams:
         finn = np.load(driver / "runtime_weights" / (w["dma"] + ".npy"), allow_pickle=False)
         if not np.array_equal(np.asarray(finn, dtype=np.uint8).reshape(-1), w["data"]):

@@ -126,10 +126,8 @@ def external_weights_steps(board, layer_names=None) -> Tuple:
                 {n: dict(aligned.get(n, {}), **({"ram_style": styles[n]} if n in styles else {})) for n in insts}))
         # FINN generates URAM weight memories only as runtime-writeable ones on UltraScale+ (MVAU's
         # generate_infra_hdl asserts it), whoever chose "ultra": our assignment or a folding file.
-        uram = [n.name for n in model.graph.node if n.op_type.startswith("MVAU")
-                and getCustomOp(n).get_nodeattr("ram_style") == "ultra"
-                and getCustomOp(n).get_nodeattr("mem_mode") == "internal_decoupled"]
-        model = model.transform(SetWeightMemory({n: {"runtime_writeable_weights": 1} for n in uram}))
+        model = model.transform(SetWeightMemory({r.node: {"runtime_writeable_weights": 1} for r in mvau_layers(model)
+                                                 if r.ram_style == "ultra" and r.mem_mode == "internal_decoupled"}))
         extract_model_config_to_json(model, Path(cfg.output_dir) / "report" / FOLDING_CONFIG, FOLDING_ATTRS)
         return model
 
