@@ -267,12 +267,21 @@ def image_rng(name, split, i, seed=0):
 
 # --- dataset ---------------------------------------------------------------------------------------
 
-class SyntheticDataset(ImageDataset):
-    """``synthetic`` / ``synthetic-transfer``: image ``i`` has label ``i % num_classes``."""
+class GeneratedDataset(ImageDataset):
+    """Images rendered on demand: image ``i`` has label ``i % num_classes`` and is a pure function of
+    (name, split, i, seed, image size).
+
+    A subclass names its ``defaults`` (per dataset name), its ``version`` (part of every image id, so
+    caches rebuild when rendering changes) and how a class is chosen (``class_keys``), named
+    (``class_id``) and drawn (``render_image``).
+    """
+
+    defaults = {}
+    version = 0
 
     def __init__(self, name, split, num_classes=None, n_train_per_class=None, n_test_per_class=None,
                  image_size=DEFAULT_IMAGE_SIZE, seed=0):
-        d = DEFAULTS[name]
+        d = self.defaults[name]
         num_classes = d["num_classes"] if num_classes is None else num_classes
         per_class = {"train": n_train_per_class if n_train_per_class is not None else d["n_train_per_class"],
                      "test": n_test_per_class if n_test_per_class is not None else d["n_test_per_class"]}[split]
@@ -280,28 +289,36 @@ class SyntheticDataset(ImageDataset):
                               ("image_size", image_size, 8), ("seed", seed, 0)):
             if isinstance(val, bool) or not isinstance(val, (int, np.integer)) or val < low:
                 raise BnnError("%s: option %s=%r must be an integer >= %d" % (name, key, val, low))
-        self.combos = class_combos(name, num_classes)
+        self.keys = self.class_keys(name, int(num_classes))
         self.seed = int(seed)
         self.native_size = int(image_size)
         count = int(per_class) * int(num_classes)
         labels = np.arange(count, dtype=np.int64) % int(num_classes)
         options = {"num_classes": int(num_classes), "n_%s_per_class" % split: int(per_class),
                    "image_size": self.native_size, "seed": self.seed}
-        super().__init__(name, split, None, [class_name(c) for c in self.combos], None, labels, None, options)
+        super().__init__(name, split, None, [self.class_id(k) for k in self.keys], None, labels, None, options)
+
+    def class_keys(self, name, num_classes):
+        raise NotImplementedError
+
+    def class_id(self, key):
+        raise NotImplementedError
+
+    def render_image(self, key, i):
+        raise NotImplementedError
 
     def source(self, i):
         i = int(i)
         if not 0 <= i < len(self):
             raise IndexError(i)
         return "%s://%s/%d?seed=%d&size=%d&v=%d" % (self.name, self.split, i, self.seed, self.native_size,
-                                                   GENERATOR_VERSION)
+                                                   self.version)
 
     def load(self, i):
         i = int(i)
         if not 0 <= i < len(self):
             raise IndexError(i)
-        combo = self.combos[int(self.labels[i])]
-        return render(combo, image_rng(self.name, self.split, i, self.seed), self.native_size)
+        return self.render_image(self.keys[int(self.labels[i])], i)
 
     def load_batch(self, indices):
         """NHWC uint8 images for ``indices`` (a convenience for numpy consumers)."""
@@ -309,6 +326,22 @@ class SyntheticDataset(ImageDataset):
         for j, i in enumerate(indices):
             out[j] = self.load(i)
         return out
+
+
+class SyntheticDataset(GeneratedDataset):
+    """``synthetic`` / ``synthetic-transfer``: objects of (shape, texture, colour) classes."""
+
+    defaults = DEFAULTS
+    version = GENERATOR_VERSION
+
+    def class_keys(self, name, num_classes):
+        return class_combos(name, num_classes)
+
+    def class_id(self, key):
+        return class_name(key)
+
+    def render_image(self, key, i):
+        return render(key, image_rng(self.name, self.split, i, self.seed), self.native_size)
 
 
 def open_synthetic(name, split, **options):

@@ -1,26 +1,94 @@
-"""The datasets training reads: host/'s readers, plus ImageNet, which only pretraining needs.
+"""The datasets training reads: host/'s readers, plus those only pretraining needs.
 
-The ImageNet reader lives here and not in host/ because a board never pretrains: it fine-tunes a
-head on its own images (host/'s readers) with the backbone pretrained on ImageNet elsewhere.
+ImageNet and the generated ``strokes`` live here and not in host/ because a board never pretrains:
+it fine-tunes a head on its own images (host/'s readers) with a backbone pretrained elsewhere.
+Pretraining may also read a union, ``a+b`` (e.g. ``synthetic+strokes``): the classes of ``a``, then
+those of ``b``; an option ``a.key=value`` is for part ``a`` only, a plain one for every part.
 """
 
+import bisect
 import os
 
+import numpy as np
+
 from host.datasets import DATASETS as HOST_DATASETS
-from host.datasets import from_class_dirs, list_subdirs, need_dir, read_layout, read_lines
+from host.datasets import check_request, from_class_dirs, list_subdirs, need_dir, read_layout, read_lines
 from host.datasets import open_dataset as open_host_dataset
 from host.errors import BnnError
+from host.imagedataset import ImageDataset
+from host.synthetic import OPTION_NAMES
 
-DATASETS = ("imagenet",) + HOST_DATASETS
+from .strokes import StrokesDataset
+
+DATASETS = ("imagenet", "strokes") + HOST_DATASETS
+
+
+def dataset_name(name):
+    """``name`` if it is a dataset or a ``+`` union of distinct ones; BnnError otherwise (the CLI's check)."""
+    parts = name.split("+")
+    for part in parts:
+        if part not in DATASETS:
+            raise BnnError("dataset %r: unknown, choose one of %s, or a union such as synthetic+strokes"
+                           % (part, ", ".join(DATASETS)))
+    if len(set(parts)) != len(parts):
+        raise BnnError("dataset %r: a union names each dataset once" % name)
+    return name
 
 
 def open_dataset(name, split, data_dir=None, **options):
-    """``host.datasets.open_dataset``, and ``imagenet`` (ILSVRC2012: DIR/train/<wnid>/, DIR/val/<wnid>/)."""
+    """``host.datasets.open_dataset``, ``imagenet`` (ILSVRC2012: DIR/train/<wnid>/, DIR/val/<wnid>/),
+    ``strokes``, and unions ``a+b``: every part is given ``data_dir`` and the options, except that
+    ``a.key=value`` goes to part ``a`` only."""
+    dataset_name(name)
+    if "+" in name:
+        parts = name.split("+")
+        scoped = {k for k in options if "." in k}
+        for key in sorted(scoped):
+            if key.split(".", 1)[0] not in parts:
+                raise BnnError("dataset %s: option %s names no part of it" % (name, key))
+        shared = {k: v for k, v in options.items() if k not in scoped}
+        return UnionDataset([open_dataset(part, split, data_dir, **dict(shared, **{
+            k.split(".", 1)[1]: v for k, v in options.items() if k.split(".", 1)[0] == part and k in scoped}))
+            for part in parts])
     if name == "imagenet":
         return read_layout(name, _imagenet, (), split, data_dir, options)
-    if name not in DATASETS:
-        raise BnnError("dataset %r: unknown, choose one of %s" % (name, ", ".join(DATASETS)))
+    if name == "strokes":
+        check_request(name, split, OPTION_NAMES, options)
+        return StrokesDataset(name, split, **options)
     return open_host_dataset(name, split, data_dir, **options)
+
+
+class UnionDataset(ImageDataset):
+    """Several datasets of one split as one: their images one after the other, labels offset to match."""
+
+    def __init__(self, parts):
+        classes = [c for p in parts for c in p.classes]
+        if len(set(classes)) != len(classes):
+            raise BnnError("dataset %s: its parts share class names" % "+".join(p.name for p in parts))
+        offsets = np.cumsum([0] + [len(p.classes) for p in parts])
+        labels = np.concatenate([p.labels + o for p, o in zip(parts, offsets)])
+        super().__init__("+".join(p.name for p in parts), parts[0].split, next((p.root for p in parts if p.root), None),
+                         classes, None, labels, [n for p in parts for n in p.class_names],
+                         {p.name: p.options for p in parts})
+        self.parts = parts
+        self._starts = list(np.cumsum([0] + [len(p) for p in parts[:-1]]))
+        sizes = {p.native_size for p in parts}
+        self.native_size = sizes.pop() if len(sizes) == 1 else None
+
+    def _locate(self, i):
+        i = int(i)
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        k = bisect.bisect_right(self._starts, i) - 1
+        return self.parts[k], i - int(self._starts[k])
+
+    def source(self, i):
+        part, j = self._locate(i)
+        return part.source(j)
+
+    def load(self, i):
+        part, j = self._locate(i)
+        return part.load(j)
 
 
 def _imagenet(root, split):

@@ -51,7 +51,7 @@ def test_images_are_deterministic_and_seeded():
     test = open_dataset("synthetic-transfer", "test", **SMALL)
     assert not np.array_equal(a.load(0), test.load(0))  # splits draw from different streams
     # A pure function of (name, split, i, seed): the same as rendering by hand.
-    np.testing.assert_array_equal(a.load(5), render(a.combos[a.labels[5]], image_rng(a.name, "train", 5, 0)))
+    np.testing.assert_array_equal(a.load(5), render(a.keys[a.labels[5]], image_rng(a.name, "train", 5, 0)))
 
 
 def test_labels_balanced_and_images_differ():
