@@ -166,13 +166,13 @@ def center_crop(img: np.ndarray, size: int) -> np.ndarray:
     return img[top:top + size, left:left + size]
 
 
-def random_crop_flip(img: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
-    """A uniformly placed size x size window, mirrored left-right with probability 0.5."""
+def random_crop_flip(img: np.ndarray, size: int, rng: np.random.Generator, flip: bool = True) -> np.ndarray:
+    """A uniformly placed size x size window, mirrored left-right with probability 0.5 when ``flip``."""
     _check_crop(img, size)
     top = int(rng.integers(0, img.shape[0] - size + 1))
     left = int(rng.integers(0, img.shape[1] - size + 1))
     out = img[top:top + size, left:left + size]
-    if rng.random() < 0.5:
+    if flip and rng.random() < 0.5:
         out = out[:, ::-1]
     return out
 
@@ -183,10 +183,11 @@ def eval_transform_resized(img: np.ndarray, pp: Preprocess) -> np.ndarray:
     return np.ascontiguousarray(center_crop(pad_to_min(img, pp.input_size), pp.input_size))
 
 
-def train_transform_resized(img: np.ndarray, pp: Preprocess, rng: np.random.Generator) -> np.ndarray:
-    """Pad + random crop + flip of an image already resized to pp.resize_longest."""
+def train_transform_resized(img: np.ndarray, pp: Preprocess, rng: np.random.Generator,
+                            flip: bool = True) -> np.ndarray:
+    """Pad + random crop (+ flip) of an image already resized to pp.resize_longest."""
     _check_image(img)
-    return np.ascontiguousarray(random_crop_flip(pad_to_min(img, pp.input_size), pp.input_size, rng))
+    return np.ascontiguousarray(random_crop_flip(pad_to_min(img, pp.input_size), pp.input_size, rng, flip))
 
 
 def eval_transform(img: np.ndarray, pp: Preprocess) -> np.ndarray:
@@ -194,9 +195,9 @@ def eval_transform(img: np.ndarray, pp: Preprocess) -> np.ndarray:
     return eval_transform_resized(resize_longest_side(img, pp.resize_longest), pp)
 
 
-def train_transform(img: np.ndarray, pp: Preprocess, rng: np.random.Generator) -> np.ndarray:
-    """Decoded image -> input_size x input_size x 3 uint8 (resize, pad, random crop + flip)."""
-    return train_transform_resized(resize_longest_side(img, pp.resize_longest), pp, rng)
+def train_transform(img: np.ndarray, pp: Preprocess, rng: np.random.Generator, flip: bool = True) -> np.ndarray:
+    """Decoded image -> input_size x input_size x 3 uint8 (resize, pad, random crop (+ flip))."""
+    return train_transform_resized(resize_longest_side(img, pp.resize_longest), pp, rng, flip)
 
 
 def prepare_batch(images: Sequence[np.ndarray], pp: Preprocess) -> np.ndarray:

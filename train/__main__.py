@@ -1,5 +1,6 @@
 """python -m train {fit,finetune,eval,table2} — see --help of each command."""
 
+import argparse
 import json
 import os
 import sys
@@ -9,10 +10,22 @@ from host.cli import ArgumentParser, dataset_options, run_cli
 from .presets import PRESETS
 
 
+def _dataset_arg(name):
+    from host.errors import BnnError
+
+    from .datasets import dataset_name
+
+    try:
+        return dataset_name(name)
+    except BnnError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _common(p, with_out=True):
     from .datasets import DATASETS
 
-    p.add_argument("--dataset", default="synthetic", choices=DATASETS, help="dataset name (default: synthetic)")
+    p.add_argument("--dataset", default="synthetic", type=_dataset_arg, metavar="NAME",
+                   help="dataset: %s, or a union such as synthetic+strokes (default: synthetic)" % ", ".join(DATASETS))
     p.add_argument("--data-dir", help="dataset root in its official on-disk layout (not needed for synthetic)")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="dataset option, e.g. flowers_split=official or n_train_per_class=100 (repeatable)")
@@ -30,6 +43,8 @@ def _training(p):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cache-dir", help="decoded-image cache directory (recommended for JPEG datasets)")
     p.add_argument("--no-amp", action="store_true", help="disable mixed precision on CUDA")
+    p.add_argument("--no-flip", action="store_true",
+                   help="no random left-right mirroring of training images (writing: a mirrored glyph is another one)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
 
 
@@ -118,7 +133,7 @@ def main(argv=None):
     common = dict(
         out=args.out, dataset=args.dataset, data_dir=args.data_dir, dataset_options=opts, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, seed=args.seed,
-        workers=args.workers, device=args.device, amp=not args.no_amp, cache_dir=args.cache_dir,
+        workers=args.workers, device=args.device, amp=not args.no_amp, cache_dir=args.cache_dir, flip=not args.no_flip,
         resume=args.resume,
     )
     if args.cmd == "fit":

@@ -24,7 +24,7 @@ from .imagecache import ImageCache
 class ImageTorchDataset(Dataset):
     """``dataset[i]`` -> (uint8 CHW tensor, label), or None when the image is unreadable."""
 
-    def __init__(self, dataset, pp, train, cache=None, seed=0):
+    def __init__(self, dataset, pp, train, cache=None, seed=0, flip=True):
         if cache is not None and (len(cache) != len(dataset) or cache.resize_longest != pp.resize_longest):
             raise ValueError("cache does not match the dataset or the preprocessing")
         self.dataset = dataset
@@ -32,6 +32,7 @@ class ImageTorchDataset(Dataset):
         self.train = bool(train)
         self.cache = cache
         self.seed = int(seed)
+        self.flip = bool(flip)
         self._warned = set()
 
     def __len__(self):
@@ -41,11 +42,11 @@ class ImageTorchDataset(Dataset):
         if self.cache is not None:
             img = self.cache.get(i)
             if self.train:
-                return train_transform_resized(img, self.pp, rng)
+                return train_transform_resized(img, self.pp, rng, self.flip)
             return eval_transform_resized(img, self.pp)
         img = self.dataset.load(i)
         if self.train:
-            return train_transform(img, self.pp, rng)
+            return train_transform(img, self.pp, rng, self.flip)
         return eval_transform(img, self.pp)
 
     def __getitem__(self, key):
@@ -131,15 +132,16 @@ def _open_cache(dataset, pp, cache_dir, distributed):
     return cache
 
 
-def make_loader(dataset, pp, train, batch_size, workers, seed, cache_dir=None, distributed=False):
+def make_loader(dataset, pp, train, batch_size, workers, seed, cache_dir=None, distributed=False, flip=True):
     """A DataLoader of (uint8 NCHW, int64 labels, dropped count) over ``dataset`` preprocessed by ``pp``.
 
     ``cache_dir``: decode each image once into a memory-mapped cache there (see train/imagecache.py).
-    Training shuffles per epoch (call ``loader.set_epoch(e)``) and drops the last partial batch
+    ``flip``: mirror training images left-right at random (off for writing, where a mirrored glyph is
+    another glyph). Training shuffles per epoch (call ``loader.set_epoch(e)``) and drops the last partial batch
     (a batch of one breaks BatchNorm) unless that would leave no batch at all.
     """
     cache = _open_cache(dataset, pp, cache_dir, distributed) if cache_dir else None
-    tds = ImageTorchDataset(dataset, pp, train, cache, seed)
+    tds = ImageTorchDataset(dataset, pp, train, cache, seed, flip)
     sampler = EpochSampler(len(tds), shuffle=train, seed=seed, distributed=distributed)
     workers = int(workers)
     return EpochLoader(

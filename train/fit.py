@@ -64,6 +64,7 @@ class FitConfig:
     device: Optional[str] = None
     amp: bool = True
     cache_dir: Optional[str] = None
+    flip: bool = True  # random left-right mirroring of training images
     init_from: Optional[str] = None  # fine-tuning: the pretrained run directory
     resume: bool = False
 
@@ -284,7 +285,7 @@ def _run(cfg: FitConfig, mode, on_epoch_end, progress):
     if rt.distributed:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[rt.local_rank] if rt.cuda else None)
     train_loader = make_loader(
-        train_ds, pp, True, cfg.batch_size, cfg.workers, cfg.seed, cfg.cache_dir, rt.distributed
+        train_ds, pp, True, cfg.batch_size, cfg.workers, cfg.seed, cfg.cache_dir, rt.distributed, cfg.flip
     )
     test_loader = make_loader(
         test_ds, pp, False, cfg.batch_size, cfg.workers, cfg.seed, cfg.cache_dir, rt.distributed

@@ -120,3 +120,13 @@ def test_distributed_sampler_shards_and_reshuffles(tmp_path):
         assert drain(loader)[0].shape[0] == 10
     finally:
         dist.destroy_process_group()
+
+
+def test_training_without_flip_never_mirrors():
+    from host.preprocess import random_crop_flip
+
+    img = np.arange(10 * 10 * 3, dtype=np.uint8).reshape(10, 10, 3)
+    mirrored = [not np.array_equal(random_crop_flip(img, 10, np.random.default_rng(s)), img) for s in range(20)]
+    assert any(mirrored)
+    for s in range(20):
+        np.testing.assert_array_equal(random_crop_flip(img, 10, np.random.default_rng(s), flip=False), img)
