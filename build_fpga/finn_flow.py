@@ -219,6 +219,11 @@ def extract_layers(model) -> List[Dict]:
             w = (2 * w - 1) if xnor else w
             if t.shape[1] != 1:
                 raise FlowError("%s: %d thresholds per channel; a binary layer has one" % (n.name, t.shape[1]))
+            vectors = [int(v) for v in inst.get_nodeattr("numInputVectors")]
+            if pending_conv is None and len(vectors) == 3:
+                # a 1x1 stride-1 conv: FINN drops its im2col (an identity) and runs the MVAU once per pixel
+                pending_conv = {"kernel": [1, 1], "stride": [1, 1], "ifm_dim": vectors[1:], "ofm_dim": vectors[1:],
+                                "channels": int(inst.get_nodeattr("MW")), "padding": [0, 0, 0, 0]}
             rows.append({
                 "node": n.name,
                 "weights": np.asarray(w.T, dtype=np.int8),

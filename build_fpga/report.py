@@ -163,8 +163,13 @@ def tradeoff(est: Dict, export: Dict, board) -> List[str]:
                  "the preset (input size, widths) moves accuracy, at the cost of LUTs and of BRAM for fc1's "
                  "weights.")
     if export["preset"] == "tiny":
-        lines.append("`tiny` (32 px) is the CI/demo preset: cheapest in hardware, lowest accuracy; `z2` (112 px) "
-                     "is the one sized for a Pynq-Z2 at >= 1,000 img/s.")
+        lines.append("`tiny` (32 px) is the tests' preset: cheapest in hardware, lowest accuracy (its 128-bit conv5 "
+                     "keeps too little for real images); `small` is the demo's, `z2` (112 px) the one sized for a "
+                     "Pynq-Z2 at >= 1,000 img/s.")
+    elif export["preset"] == "small":
+        lines.append("`small` (32 px) is the demo's preset: `tiny`'s convs, but conv5 keeps a 3 x 3 map and the FC "
+                     "layers are 1,024 wide, so that the frozen features transfer to real scans (bench "
+                     "`transfer/digits`); fc1 and fc2 hold most of its weights and BRAM.")
     elif export["preset"] == "z2":
         lines.append("`z2` keeps AlexNet's 5 conv + 2 FC structure at 112 px; a stride-2 conv1 keeps fc1's "
                      "weights (the BRAM driver) small. More input pixels or wider FC layers would raise accuracy "

@@ -19,7 +19,7 @@ created, command, params, inputs, files) with these fields at the top level:
                             $BOARD ("Pynq-Z2") matches
     part             str    FPGA part number
     clock_mhz        number accelerator clock the build targeted, > 0
-    preset           str    model preset ("paper", "z2", "tiny")
+    preset           str    model preset ("paper", "z2", "small", "tiny")
     preprocess       dict   {"input_size": int, "resize_longest": int} (host.preprocess)
     feature_width    int    D, the number of binary features per image
     backbone_digest  str    sha256 identifying the frozen backbone; heads record it

@@ -112,6 +112,14 @@ PRESETS = {
         pools=((2, 2), (2, 2), None, None, None), pads=(1, 0, 0, 0, 0), kernels=(3, 3, 3, 3, 3),
         num_classes=24,
     ),
+    # tiny's input and first four convs; conv5 keeps conv4's 3 x 3 map (a 1 x 1 kernel: 1,152 bits into
+    # fc1 instead of 128) and the FC layers are 1,024 wide. The demo's: features that transfer to real
+    # scans (issue 15, bench transfer/digits), at 6.5x tiny's weights.
+    "small": _alexnet(
+        "small", 32, (32, 64, 96, 96, 128), (1024, 1024), conv1=1,
+        pools=((2, 2), (2, 2), None, None, None), pads=(1, 0, 0, 0, 0), kernels=(3, 3, 3, 3, 1),
+        num_classes=24,
+    ),
 }
 
 
