@@ -28,9 +28,9 @@ def parse_args(argv):
     ap.add_argument("--with-paper-finn", action="store_true",
                     help="also run the paper preset's estimate command for kv260 (100 and 150 MHz) and zcu104 "
                          "(minutes and up to ~5 GB each)")
-    ap.add_argument("--tiny-bundle", metavar="DIR",
-                    help="a tiny deploy bundle (the demo's): also train heads on its features of synthetic-transfer "
-                         "and measure transfer to real images (transfer/digits)")
+    ap.add_argument("--demo-bundle", metavar="DIR",
+                    help="the demo's deploy bundle (runs/demo/deploy/pynq-z2): also train heads on its features of "
+                         "synthetic-transfer and measure transfer to real images (transfer/digits)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     if args.threads is not None and args.threads < 1:
@@ -62,10 +62,10 @@ def main(argv=None):
     from .measure import machine
     from .networks import Networks
 
-    if args.tiny_bundle:
+    if args.demo_bundle:
         from host.bundle import load_bundle
 
-        load_bundle(args.tiny_bundle)  # fail now, not after half an hour of measurements
+        load_bundle(args.demo_bundle)  # fail now, not after half an hour of measurements
     out = _json_stream()
     t0 = time.perf_counter()
     threads = args.threads or os.cpu_count()
@@ -78,7 +78,7 @@ def main(argv=None):
     records, failed = [], False
     with tempfile.TemporaryDirectory(prefix="bnn-bench-") as work:
         ctx = Context(quick=args.quick, workdir=work, networks=Networks(work, args.seed), only=args.only,
-                      with_paper_finn=args.with_paper_finn, tiny_bundle=args.tiny_bundle, seed=args.seed,
+                      with_paper_finn=args.with_paper_finn, demo_bundle=args.demo_bundle, seed=args.seed,
                       threads=threads)
         for module in (extraction, packing, head, transfer, finn_estimates):
             try:

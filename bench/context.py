@@ -14,7 +14,7 @@ class Context:
     networks: Networks
     only: List[str] = field(default_factory=list)  # name prefixes; empty = everything
     with_paper_finn: bool = False
-    tiny_bundle: Optional[str] = None
+    demo_bundle: Optional[str] = None
     seed: int = 0
     threads: int = 1  # for every tool: numpy's BLAS (via the environment), torch, onnxruntime
 

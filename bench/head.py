@@ -35,7 +35,7 @@ QUICK = {"train": 600, "test_per_class": 20, "classes": 10, "width": 512}
 TOP1_TOLERANCE = 0.005  # 0.5 points
 RSS_TARGET_MB = 200.0
 SKLEARN_MAX_ITER = 1000
-NAMES = ("head_vs_sklearn/flowers-size", "head_peak_rss/flowers-size", "head_vs_sklearn/tiny-bundle")
+NAMES = ("head_vs_sklearn/flowers-size", "head_peak_rss/flowers-size", "head_vs_sklearn/demo-bundle")
 
 # The child imports numpy and host/ only: what a board has. It reports its peak RSS and any heavy
 # module that slipped in (which would make the number meaningless).
@@ -159,8 +159,8 @@ def run(ctx):
         if ctx.wanted(NAMES[1]):
             ctx.log("head: peak RSS of host training in a child process")
             yield _rss(ctx, xtr, ytr, width, desc)
-    if ctx.tiny_bundle and ctx.wanted(NAMES[2]):
-        yield _tiny_bundle(ctx)
+    if ctx.demo_bundle and ctx.wanted(NAMES[2]):
+        yield _demo_bundle(ctx)
 
 
 def _child(args):
@@ -192,14 +192,14 @@ def _rss(ctx, xtr, ytr, width, desc):
     return rec
 
 
-def _tiny_bundle(ctx):
-    """The head on real features: a tiny deploy bundle's emulator on the synthetic-transfer task."""
+def _demo_bundle(ctx):
+    """The head on real features: the demo bundle's emulator on the synthetic-transfer task."""
     from host.bundle import load_bundle
     from host.datasets import open_dataset
     from host.extract import extract_dataset
 
-    ctx.log("head: features of %s on synthetic-transfer" % ctx.tiny_bundle)
-    bundle = load_bundle(ctx.tiny_bundle)
+    ctx.log("head: features of %s on synthetic-transfer" % ctx.demo_bundle)
+    bundle = load_bundle(ctx.demo_bundle)
     train_ds, test_ds = open_dataset("synthetic-transfer", "train"), open_dataset("synthetic-transfer", "test")
     tr = extract_dataset(bundle, "emulator", train_ds, progress=False)
     te = extract_dataset(bundle, "emulator", test_ds, progress=False)
@@ -207,7 +207,7 @@ def _tiny_bundle(ctx):
     classes = list(train_ds.classes)
     ours = _fit_ours(tr.packed, tr.labels, te.packed, te.labels, width, classes)
     theirs = _fit_sklearn(tr.packed, tr.labels, te.packed, te.labels, width, 1.0)
-    rec = _line(NAMES[2], ours, theirs, bundle=os.path.abspath(ctx.tiny_bundle), train=len(tr), test=len(te),
+    rec = _line(NAMES[2], ours, theirs, bundle=os.path.abspath(ctx.demo_bundle), train=len(tr), test=len(te),
                 classes=len(classes), width=width, dataset="synthetic-transfer",
                 sklearn="LogisticRegression(lbfgs, C=1.0, max_iter=%d)" % SKLEARN_MAX_ITER)
     if not rec["met"]:

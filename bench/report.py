@@ -108,7 +108,7 @@ def markdown(records: List[Dict], start: Dict, end: Dict, wall_s: float, quick: 
                 format(r["lut"], ","), format(r["lut_usable"], ","), r["bram18"], r["bram18_usable"], r["uram"],
                 r["uram_usable"], _yes(r["met"]) if r["met"] else "no: %s" % r["gap"]))
     if acc:
-        lines += ["", "Transfer to real images: frozen binary features of the `--tiny-bundle` backbone, a random "
+        lines += ["", "Transfer to real images: frozen binary features of the `--demo-bundle` backbone, a random "
                   "backbone of the same preset (BatchNorm statistics from the task's images) and the raw input pixels, "
                   "top-1 / top-5 on the test split:", ""] + transfer_table(acc)
     gaps = [r for r in records if r["met"] is False]

@@ -3,7 +3,7 @@
 On a real labelled image set (``digits``: handwritten scans that install with scikit-learn, never
 seen in pretraining) three inputs go into the same heads:
 
-- ``frozen``: the binary features of the pretrained backbone of ``--tiny-bundle`` (its emulator,
+- ``frozen``: the binary features of the pretrained backbone of ``--demo-bundle`` (its emulator,
   bit-exact with the accelerator);
 - ``random``: the binary features of the same preset with random weights, its BatchNorm statistics
   measured on the task's own training images (thresholds at the median-like point where random
@@ -108,7 +108,7 @@ def _host(xtr, ytr, xte, yte, classes):
 
 
 def measure(bundle, dataset_name, seed=0, log=lambda msg: None):
-    """The transfer record of ``dataset_name`` for ``bundle`` (a loaded tiny deploy bundle)."""
+    """The transfer record of ``dataset_name`` for ``bundle`` (a loaded deploy bundle, the demo's)."""
     from host.datasets import open_dataset
     from host.emulator import load_emulator
     from host.preprocess import Preprocess
@@ -170,9 +170,9 @@ def run(ctx):
     for dataset_name, name in zip(DATASETS, NAMES):
         if not ctx.wanted(name):
             continue
-        if not ctx.tiny_bundle:
-            yield skipped(name, "needs --tiny-bundle DIR (the demo's deploy bundle, runs/demo/deploy/pynq-z2)")
+        if not ctx.demo_bundle:
+            yield skipped(name, "needs --demo-bundle DIR (the demo's deploy bundle, runs/demo/deploy/pynq-z2)")
             continue
         from host.bundle import load_bundle
 
-        yield measure(load_bundle(ctx.tiny_bundle), dataset_name, ctx.seed, ctx.log)
+        yield measure(load_bundle(ctx.demo_bundle), dataset_name, ctx.seed, ctx.log)

@@ -63,7 +63,7 @@ def test_quick_run_prints_one_complete_json_object_per_measurement(quick):
     assert by_name["emulator_vs_torch/paper"]["kind"] == "skipped"
     assert by_name["build_fpga_estimate/paper/kv260@150MHz"]["kind"] == "skipped"
     assert by_name["build_fpga_estimate/paper/zcu104"]["kind"] == "skipped"
-    assert by_name["transfer/digits"]["kind"] == "skipped" and "--tiny-bundle" in by_name["transfer/digits"]["reason"]
+    assert by_name["transfer/digits"]["kind"] == "skipped" and "--demo-bundle" in by_name["transfer/digits"]["reason"]
 
 
 @needs_tools
@@ -123,8 +123,8 @@ def test_only_runs_the_named_measurements(tmp_path):
     assert (tmp_path / "o" / "results.md").exists()
 
 
-def test_bad_tiny_bundle_is_a_one_line_error(tmp_path):
-    res, lines = bench(tmp_path, "--quick", "--tiny-bundle", str(tmp_path / "missing"), timeout=120)
+def test_bad_demo_bundle_is_a_one_line_error(tmp_path):
+    res, lines = bench(tmp_path, "--quick", "--demo-bundle", str(tmp_path / "missing"), timeout=120)
     assert res.returncode == 2 and lines == []
     assert res.stderr.strip().splitlines()[-1].startswith("error: %s" % (tmp_path / "missing"))
 
