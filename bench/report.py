@@ -143,7 +143,7 @@ def markdown(records: List[Dict], start: Dict, end: Dict, wall_s: float, quick: 
 
 
 def transfer_table(records: List[Dict]) -> List[str]:
-    """The ``transfer/*`` lines as a markdown table (bench/results.md, and the README quotes it)."""
+    """The ``transfer/*`` lines as a markdown table (bench/results.md; README.md quotes it, tests/bench checks)."""
 
     def cell(r):
         return "%.1f%% / %.1f%%" % (100 * r["top1"], 100 * r["top5"]) if r else "-"
@@ -152,10 +152,18 @@ def transfer_table(records: List[Dict]) -> List[str]:
            "random, sklearn LR | pixels, sklearn LR | target met |", "|---|---|---|---|---|---|---|"]
     for r in records:
         rows = r["rows"]
-        out.append("| `%s` (%d train / %d test, %d classes, %d px, %d features) | %s | %s | %s | %s | %s | %s |" % (
-            r["name"], r["train"], r["test"], r["classes"], r["input_size"], r["feature_width"],
-            cell(rows["frozen"]["host"]), cell(rows["frozen"]["sklearn"]), cell(rows["random"]["host"]),
+        task = "`%s` (`%s`, %d train / %d test, %d classes, %d px, %d features)" % (
+            r["name"], r["preset"], r["train"], r["test"], r["classes"], r["input_size"], r["feature_width"])
+        out.append("| %s | %s | %s | %s | %s | %s | %s |" % (
+            task, cell(rows["frozen"]["host"]), cell(rows["frozen"]["sklearn"]), cell(rows["random"]["host"]),
             cell(rows["random"]["sklearn"]), cell(rows["pixels"]["sklearn"]), _yes(r["met"])))
+    for r in records:
+        layers = r.get("by_layer")
+        if layers:
+            out += ["", "Host's head on each layer's output for `%s`, top-1: %s." % (r["name"], "; ".join(
+                "%s backbone %s" % (kind, ", ".join("%s (%d bits) %.1f%%" % (n, v["width"], 100 * v["top1"])
+                                                    for n, v in layers[kind].items()))
+                for kind in ("frozen", "random")))]
     return out
 
 

@@ -179,10 +179,11 @@ def test_report_lists_every_gap_and_skip():
          "identical": None, "target": None, "met": None},
         {"name": "transfer/digits", "kind": "accuracy", "ours_s": None, "theirs_s": None, "speedup": None,
          "identical": None, "target": "frozen > random", "met": False, "gap": "frozen trails the pixels",
-         "train": 10, "test": 5, "classes": 2, "input_size": 32, "feature_width": 256,
+         "preset": "small", "train": 10, "test": 5, "classes": 2, "input_size": 32, "feature_width": 256,
          "rows": {"frozen": {"host": {"top1": 0.5, "top5": 1.0}, "sklearn": {"top1": 0.4, "top5": 1.0}},
                   "random": {"host": {"top1": 0.3, "top5": 1.0}, "sklearn": {"top1": 0.2, "top5": 1.0}},
-                  "pixels": {"sklearn": {"top1": 0.9, "top5": 1.0}}}},
+                  "pixels": {"sklearn": {"top1": 0.9, "top5": 1.0}}},
+         "by_layer": {"frozen": {"conv1": {"width": 8, "top1": 0.5}}, "random": {"conv1": {"width": 8, "top1": 0.25}}}},
         {"name": "build_fpga_estimate/paper/kv260", "kind": "command", "ours_s": 369.0, "cpu_s": 127.0,
          "theirs_s": None, "speedup": None, "identical": None, "target": ">= 300 img/s", "met": False,
          "gap": "DDR bound 230 img/s", "peak_rss_mb": 5056, "fps": 250, "ddr_fps": 230,
@@ -195,9 +196,11 @@ def test_report_lists_every_gap_and_skip():
     assert "| `a/b` | 1.00 ms | 2.00 ms | 2.0x | yes | >= 1x | yes |" in md
     assert "- `c/d` (not slower): because of reasons" in md and "50.0%" in md
     assert "- skipped `e`: too slow" in md and "1.00/2.00/3.00" in md
-    assert ("| `transfer/digits` (10 train / 5 test, 2 classes, 32 px, 256 features) | 50.0% / 100.0% | 40.0% / "
-            "100.0% | 30.0% / 100.0% | 20.0% / 100.0% | 90.0% / 100.0% | **no** |") in md
+    assert ("| `transfer/digits` (`small`, 10 train / 5 test, 2 classes, 32 px, 256 features) | 50.0% / 100.0% | "
+            "40.0% / 100.0% | 30.0% / 100.0% | 20.0% / 100.0% | 90.0% / 100.0% | **no** |") in md
     assert "- `transfer/digits` (frozen > random): frozen trails the pixels" in md
+    assert ("Host's head on each layer's output for `transfer/digits`, top-1: frozen backbone conv1 (8 bits) 50.0%; "
+            "random backbone conv1 (8 bits) 25.0%.") in md
 
 
 def test_a_commands_peak_rss_is_its_own_not_the_large_parents():
@@ -213,3 +216,12 @@ def test_a_commands_peak_rss_is_its_own_not_the_large_parents():
     status, usage, rss = _wait_with_peak_rss(proc.pid)
     assert os.waitstatus_to_exitcode(status) == 0
     assert 200 < rss < 400 and usage.ru_maxrss / 1024 > 600
+
+
+def test_readme_quotes_the_transfer_table_of_bench_results(golden):
+    """README.md's transfer table is bench/results.md's (python -m bench --demo-bundle ...), copied, never typed."""
+    with open(os.path.join(ROOT, "bench", "results.md"), encoding="utf-8") as f:
+        text = f.read()
+    start = text.index("Transfer to real images:")
+    end = text.index("\n\n", text.index("\n|", start))
+    golden.check("bench_transfer.md", text[start:end + 1])
