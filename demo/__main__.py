@@ -4,19 +4,22 @@ import sys
 
 from host.cli import ArgumentParser, run_cli
 
+from .pipeline import DemoConfig
+
 
 def build_parser():
     ap = ArgumentParser(
         prog="python -m demo",
-        description="Trains the tiny binary backbone on synthetic, exports and verifies it, builds the FINN "
-                    "accelerator bundle (estimates + emulator without Vivado), trains software heads (a) binary and "
-                    "(b) float on synthetic-transfer on the host, compares with training from scratch and prints a "
+        description="Trains the small binary backbone on synthetic+strokes, exports and verifies it, builds the "
+                    "FINN accelerator bundle (estimates + emulator without Vivado), trains software heads (a) binary "
+                    "and (b) float on synthetic-transfer and (b) on real digit scans on the host, compares with "
+                    "training from scratch and prints a "
                     "table shaped like the paper's Table 2 on stdout (progress on stderr). Finished stages are "
                     "skipped on a second run.")
     ap.add_argument("--out", default="runs/demo", help="where everything goes (default runs/demo)")
     ap.add_argument("--board", default="pynq-z2", help="board of the deploy bundle (default pynq-z2)")
-    ap.add_argument("--pretrain-epochs", type=int, default=10)
-    ap.add_argument("--scratch-epochs", type=int, default=20)
+    ap.add_argument("--pretrain-epochs", type=int, default=DemoConfig.pretrain_epochs)
+    ap.add_argument("--scratch-epochs", type=int, default=DemoConfig.scratch_epochs)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help="small datasets: a smoke test of the flow (tests use it)")
@@ -24,7 +27,7 @@ def build_parser():
 
 
 def main(argv=None):
-    from .pipeline import DemoConfig, format_table, run_demo
+    from .pipeline import format_table, run_demo
 
     args = build_parser().parse_args(argv)
     summary = run_demo(DemoConfig(out=args.out, board=args.board, pretrain_epochs=args.pretrain_epochs,
