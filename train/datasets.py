@@ -42,20 +42,26 @@ def open_dataset(name, split, data_dir=None, **options):
     dataset_name(name)
     if "+" in name:
         parts = name.split("+")
-        scoped = {k for k in options if "." in k}
-        for key in sorted(scoped):
-            if key.split(".", 1)[0] not in parts:
-                raise BnnError("dataset %s: option %s names no part of it" % (name, key))
-        shared = {k: v for k, v in options.items() if k not in scoped}
-        return UnionDataset([open_dataset(part, split, data_dir, **dict(shared, **{
-            k.split(".", 1)[1]: v for k, v in options.items() if k.split(".", 1)[0] == part and k in scoped}))
-            for part in parts])
+        return UnionDataset([open_dataset(part, split, data_dir, **opts)
+                             for part, opts in zip(parts, _part_options(name, parts, options))])
     if name == "imagenet":
         return read_layout(name, _imagenet, (), split, data_dir, options)
     if name == "strokes":
         check_request(name, split, OPTION_NAMES, options)
         return StrokesDataset(name, split, **options)
     return open_host_dataset(name, split, data_dir, **options)
+
+
+def _part_options(name, parts, options):
+    """The options of each part of a union: the plain ones, and those named ``part.key``."""
+    out = [{k: v for k, v in options.items() if "." not in k} for _ in parts]
+    for key, value in options.items():
+        if "." in key:
+            part, _, option = key.partition(".")
+            if part not in parts:
+                raise BnnError("dataset %s: option %s names no part of it" % (name, key))
+            out[parts.index(part)][option] = value
+    return out
 
 
 class UnionDataset(ImageDataset):
