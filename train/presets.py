@@ -8,7 +8,7 @@ refer to them.
 Padding: the first conv sees uint8 pixels and pads with 0 (a black border, representable in
 UINT8). Convs on binary feature maps pad with -1, the value of the 0 bit, because a binary
 stream has no zero: FINN's padding unit inserts 0 bits, so this is the only padding every stage
-can agree on. ``tiny`` and ``z2`` avoid binary padding altogether.
+can agree on. ``tiny``, ``small`` and ``z2`` avoid binary padding altogether.
 """
 
 from dataclasses import asdict, dataclass
