@@ -62,6 +62,7 @@ def main(argv=None):
     from .measure import machine
     from .networks import Networks
 
+    report.check_replaceable(args.out)  # fail now, not after the measurements
     if args.demo_bundle:
         from host.bundle import load_bundle
 

@@ -9,6 +9,8 @@ import sys
 import numpy as np
 import pytest
 
+from host.errors import BnnError
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 HAVE_TOOLS = all(importlib.util.find_spec(m) is not None
                  for m in ("finn", "qonnx", "brevitas", "torch", "onnxruntime", "sklearn"))
@@ -127,6 +129,27 @@ def test_bad_demo_bundle_is_a_one_line_error(tmp_path):
     res, lines = bench(tmp_path, "--quick", "--demo-bundle", str(tmp_path / "missing"), timeout=120)
     assert res.returncode == 2 and lines == []
     assert res.stderr.strip().splitlines()[-1].startswith("error: %s" % (tmp_path / "missing"))
+
+
+def test_an_out_holding_results_the_bench_did_not_write_is_refused(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "results.md").write_text("my notes\n")
+    res, lines = bench(tmp_path, "--quick", "--out", str(out), timeout=120)
+    assert res.returncode == 2 and lines == []
+    assert res.stderr.strip().splitlines()[-1] == (
+        "error: %s: exists and was not written by python -m bench; refusing to replace it (choose another --out)"
+        % (out / "results.md"))
+    assert (out / "results.md").read_text() == "my notes\n"
+
+    from bench.report import OWN_HEAD, check_replaceable
+
+    (out / "results.md").unlink()
+    (out / "results.png").write_bytes(b"a plot of mine")
+    with pytest.raises(BnnError, match="results.png: exists without the results.md"):
+        check_replaceable(str(out))
+    (out / "results.md").write_text(OWN_HEAD + " --quick` on 2026-11-30 in 60 s.\n")
+    check_replaceable(str(out))  # its own earlier run: replaced
 
 
 def test_side_by_side_times_every_function_per_call():
