@@ -13,7 +13,7 @@ from typing import Dict, List, Tuple
 
 from host.errors import BnnError
 
-from .transforms import AbsorbBinaryPad, MapWideLayersToDsp, SetWeightMemory
+from .transforms import AbsorbBinaryPad, MapWideLayersToDsp, SetWeightMemory, WidenXnorAccumulators
 
 # The message of the step that failed last: build_dataflow_cfg catches every exception and returns -1
 # (it re-raises only under pytest), so the one line travels beside it.
@@ -37,6 +37,45 @@ def step_bnn_absorb_binary_pad(model, cfg):
 def step_bnn_dsp_layers(model, cfg):
     """The 8-bit first layer onto DSPs (see :class:`MapWideLayersToDsp`); after step_convert_to_hw."""
     return model.transform(MapWideLayersToDsp())
+
+
+def _minimize_bit_width(model, cfg):
+    """finn.builder.build_dataflow_steps._minimize_bit_width with :class:`WidenXnorAccumulators` between
+    FINN's accumulator sizing and its threshold clipping (which would cut XNOR thresholds at the
+    undersized type: the clipping is inside FINN's step, so the step is repeated here, transform for
+    transform)."""
+    from finn.transformation.fpgadataflow.minimize_accumulator_width import MinimizeAccumulatorWidth
+    from finn.transformation.fpgadataflow.minimize_weight_bit_width import MinimizeWeightBitWidth
+    from finn.transformation.streamline.round_thresholds import RoundAndClipThresholds
+    from qonnx.transformation.infer_datatypes import InferDataTypes
+
+    if cfg.minimize_bit_width:
+        model = model.transform(MinimizeWeightBitWidth(), apply_to_subgraphs=True)
+        model = model.transform(MinimizeAccumulatorWidth(), apply_to_subgraphs=True)
+    model = model.transform(WidenXnorAccumulators(), apply_to_subgraphs=True)
+    model = model.transform(InferDataTypes(), apply_to_subgraphs=True)
+    model = model.transform(RoundAndClipThresholds(), apply_to_subgraphs=True)
+    model = model.transform(InferDataTypes(), apply_to_subgraphs=True)
+    if cfg.minimize_bit_width:
+        model = model.transform(MinimizeWeightBitWidth(), apply_to_subgraphs=True)
+        model = model.transform(InferDataTypes(), apply_to_subgraphs=True)
+    return model
+
+
+def step_bnn_minimize_bit_width_initial(model, cfg):
+    """FINN's step_minimize_bit_width_initial, XNOR accumulators widened (:func:`_minimize_bit_width`)."""
+    return _minimize_bit_width(model, cfg)
+
+
+def step_bnn_minimize_bit_width(model, cfg):
+    """FINN's step_minimize_bit_width (without its cppsim verification, which our flow does not
+    configure), XNOR accumulators widened (:func:`_minimize_bit_width`)."""
+    return _minimize_bit_width(model, cfg)
+
+
+# FINN's steps that this flow runs as its own versions
+REPLACED_STEPS = {"step_minimize_bit_width_initial": step_bnn_minimize_bit_width_initial,
+                  "step_minimize_bit_width": step_bnn_minimize_bit_width}
 
 
 def step_bnn_check_partition(model, cfg):
@@ -191,7 +230,7 @@ def flow_steps(hw_codegen: bool = False, board=None, layer_names=None) -> List:
     for name in estimate_only_dataflow_steps:
         if name == "step_streamline":
             steps.append(step_bnn_absorb_binary_pad)
-        steps.append(name)
+        steps.append(REPLACED_STEPS.get(name, name))
         if name == "step_convert_to_hw":
             steps.append(step_bnn_dsp_layers)
         if name == "step_create_dataflow_partition":

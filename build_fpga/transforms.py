@@ -122,3 +122,33 @@ class MapWideLayersToDsp(Transformation):
             model.graph.node.insert(list(model.graph.node).index(node) + 1, thresholding)
             return model, True  # the node list changed: start over
         return model, False
+
+
+class WidenXnorAccumulators(Transformation):
+    """An XNOR-popcount MVAU's accumulator type made to hold its popcount, ``[0, MW]``.
+
+    finn-plus 1.6.1's ``MinimizeAccumulatorWidth`` sizes a ``binaryXnorMode`` MVAU as the dot product
+    of its bipolar weights with 0/1 inputs, ``[-#negative, #positive]`` per row: for conv2 of a
+    ``small`` backbone (MW 288, at most 222 positive weights in a row) INT9, ``[-256, 255]``. But the
+    layer accumulates the popcount of matching bits, up to MW, and ``RoundAndClipThresholds`` then
+    clips a threshold of 281 (of 288) to 256: the layer fires on popcounts 256..280 where the network
+    does not (the bundle's check refused it). Run between the accumulator sizing and the clipping; an
+    accumulator type that already holds ``[0, MW]`` is kept.
+    """
+
+    def apply(self, model):
+        import math
+
+        from qonnx.custom_op.registry import getCustomOp
+
+        for node in model.graph.node:
+            if not node.op_type.startswith("MVAU"):
+                continue
+            mvau = getCustomOp(node)
+            if not mvau.get_nodeattr("binaryXnorMode"):
+                continue
+            mw = int(mvau.get_nodeattr("MW"))
+            acc = DataType[mvau.get_nodeattr("accDataType")]
+            if acc.min() > 0 or acc.max() < mw:
+                mvau.set_nodeattr("accDataType", "UINT%d" % math.ceil(math.log2(mw + 1)))
+        return model, False

@@ -63,3 +63,53 @@ def test_other_pads_are_left_alone(kwargs):
     before = [n.op_type for n in model.graph.node]
     model, changed = AbsorbBinaryPad().apply(model)
     assert not changed and [n.op_type for n in model.graph.node] == before
+
+
+def xnor_mvau_model(mw=288, mh=4, n_pos=222, threshold=281):
+    """x (1, MW) 0/1 -> FINN's XNOR-popcount MVAU (each row: n_pos weights +1, the rest -1; fires at popcount
+    >= threshold) -> y, as step_convert_to_hw leaves conv2 of the demo's backbone."""
+    from onnx import TensorProto, helper
+    from qonnx.core.datatype import DataType
+    from qonnx.core.modelwrapper import ModelWrapper
+
+    node = helper.make_node(
+        "MVAU", ["x", "w", "t"], ["y"], domain="finn.custom_op.fpgadataflow", backend="fpgadataflow",
+        MW=mw, MH=mh, SIMD=1, PE=1, inputDataType="BINARY", weightDataType="BINARY", outputDataType="BINARY",
+        binaryXnorMode=1, noActivation=0, ActVal=0, numInputVectors=[1], accDataType="INT32")
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, mw])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, mh])])
+    model = ModelWrapper(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]))
+    w = np.zeros((mw, mh), dtype=np.float32)
+    w[:n_pos] = 1.0  # FINN stores XNOR weights as 0/1 (1 = +1)
+    model.set_initializer("w", w)
+    model.set_initializer("t", np.full((mh, 1), threshold, dtype=np.float32))
+    model.set_tensor_datatype("x", DataType["BINARY"])
+    model.set_tensor_datatype("w", DataType["BINARY"])
+    model.set_tensor_datatype("t", DataType["INT32"])
+    return model
+
+
+def test_xnor_thresholds_near_the_top_survive_finns_bit_width_steps():
+    pytest.importorskip("finn")
+    from qonnx.custom_op.registry import getCustomOp
+    from finn.transformation.fpgadataflow.minimize_accumulator_width import MinimizeAccumulatorWidth
+
+    from build_fpga.steps import _minimize_bit_width
+    from build_fpga.transforms import WidenXnorAccumulators
+
+    # FINN alone sizes the popcount [0, 288] as [-66, 222]: INT9, whose clipping would cut 281 to 256.
+    finn_only = xnor_mvau_model().transform(MinimizeAccumulatorWidth())
+    assert getCustomOp(finn_only.graph.node[0]).get_nodeattr("accDataType") == "INT9"
+    widened = finn_only.transform(WidenXnorAccumulators())
+    assert getCustomOp(widened.graph.node[0]).get_nodeattr("accDataType") == "UINT9"
+
+    class Cfg:
+        minimize_bit_width = True
+
+    model = _minimize_bit_width(xnor_mvau_model(), Cfg())
+    assert getCustomOp(model.graph.node[0]).get_nodeattr("accDataType") == "UINT9"
+    assert model.get_initializer("t").ravel().tolist() == [281.0] * 4
+    # A type that already holds the popcount is kept.
+    wide = xnor_mvau_model(mw=100, n_pos=100, threshold=90).transform(MinimizeAccumulatorWidth())
+    before = getCustomOp(wide.graph.node[0]).get_nodeattr("accDataType")
+    assert getCustomOp(wide.transform(WidenXnorAccumulators()).graph.node[0]).get_nodeattr("accDataType") == before
