@@ -85,5 +85,6 @@ def dataset_options(pairs):
         key, sep, value = p.partition("=")
         if not sep or not key:
             raise BnnError("--option %r: expected KEY=VALUE" % p)
-        out[key.strip().replace("-", "_")] = _parse_value(value.strip())
+        part, dot, option = key.strip().rpartition(".")  # a union's part keeps its name (synthetic-attributes.x)
+        out[part + dot + option.replace("-", "_")] = _parse_value(value.strip())
     return out

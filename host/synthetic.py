@@ -5,9 +5,11 @@ A class is a combination of three primitives: an object shape, a fill pattern an
 with the nuisances a real dataset has: position, scale, aspect, rotation (of the shape and its
 pattern), smaller distractor objects of other shapes, pixel noise, brightness and contrast.
 
-Two disjoint class sets: ``synthetic`` (pretraining, 24 classes) and ``synthetic-transfer``
-(10 classes). Transfer classes are new combinations of the same primitives, so features learnt on
-``synthetic`` help but the classes themselves were never seen.
+Two disjoint pools of classes: ``synthetic`` (pretraining, 24 classes by default) and
+``synthetic-transfer`` (10). Transfer classes are new combinations of the same primitives, so
+features learnt on ``synthetic`` help but the classes themselves were never seen. The option
+``class_set=k`` takes the k-th block of ``num_classes`` classes of a pool: disjoint tasks of one
+generator (the demo's Flowers-, Birds- and Indoor-like tasks), each with nuisances of its own.
 
 Image ``i`` of a split is a pure function of (dataset name, split, i, seed, image size): no files,
 no state. Only ``Generator.random`` and ``standard_normal`` are drawn (their streams have not
@@ -44,7 +46,7 @@ DEFAULTS = {
     "synthetic": {"num_classes": 24, "n_train_per_class": 500, "n_test_per_class": 100},
     "synthetic-transfer": {"num_classes": 10, "n_train_per_class": 120, "n_test_per_class": 60},
 }
-OPTION_NAMES = ("num_classes", "n_train_per_class", "n_test_per_class", "image_size", "seed")
+OPTION_NAMES = ("num_classes", "n_train_per_class", "n_test_per_class", "image_size", "seed", "class_set")
 DEFAULT_IMAGE_SIZE = 48
 _SET_ID = {"synthetic": 0, "synthetic-transfer": 1}
 _SPLIT_ID = {"train": 0, "test": 1}
@@ -77,21 +79,30 @@ def _balanced_pick(pool, n):
     return chosen
 
 
-def class_combos(name, num_classes=None):
+def class_pool(name):
+    """Every combination ``synthetic`` (the first half of the fixed order) or ``synthetic-transfer`` may draw."""
+    if name not in _SET_ID:
+        raise BnnError("dataset %r: not a synthetic dataset" % (name,))
+    combos = _all_combos()
+    half = len(combos) // 2
+    return combos[:half] if name == "synthetic" else combos[half:]
+
+
+def class_combos(name, num_classes=None, class_set=0):
     """The (shape, texture, colour) of each class of ``synthetic`` or ``synthetic-transfer``.
 
     Pretraining draws from the first half of the fixed order, transfer from the second half, so
-    the two sets are disjoint whatever their sizes.
+    the two sets are disjoint whatever their sizes. ``class_set`` k is the k-th block of
+    ``num_classes`` balanced picks: blocks are disjoint, and block 0 is the set of that size.
     """
-    if name not in _SET_ID:
-        raise BnnError("dataset %r: not a synthetic dataset" % (name,))
     n = DEFAULTS[name]["num_classes"] if num_classes is None else int(num_classes)
-    combos = _all_combos()
-    half = len(combos) // 2
-    pool = combos[:half] if name == "synthetic" else combos[half:]
+    pool = class_pool(name)
     if not 2 <= n <= len(pool):
         raise BnnError("%s: num_classes=%d must be between 2 and %d" % (name, n, len(pool)))
-    return _balanced_pick(pool, n)
+    if n * (class_set + 1) > len(pool):
+        raise BnnError("%s: class_set=%d of %d classes needs %d combinations, the pool has %d"
+                       % (name, class_set, n, n * (class_set + 1), len(pool)))
+    return _balanced_pick(pool, n * (class_set + 1))[n * class_set:]
 
 
 def class_name(combo):
@@ -260,9 +271,13 @@ def render(combo, rng, size=DEFAULT_IMAGE_SIZE):
     return (img * 255.0 + 0.5).astype(np.uint8)
 
 
-def image_rng(name, split, i, seed=0):
-    """The generator that draws image ``i``'s nuisances: one independent stream per image."""
-    return np.random.default_rng([_SALT, int(seed), _SET_ID[name], _SPLIT_ID[split], int(i)])
+def image_rng(name, split, i, seed=0, class_set=0):
+    """The generator that draws image ``i``'s nuisances: one independent stream per image.
+
+    Class set 0 keeps the stream it had before class sets existed (cached images stay valid).
+    """
+    key = [_SALT, int(seed), _SET_ID[name], _SPLIT_ID[split], int(i)]
+    return np.random.default_rng(key + [int(class_set)] if class_set else key)
 
 
 # --- dataset ---------------------------------------------------------------------------------------
@@ -280,22 +295,25 @@ class GeneratedDataset(ImageDataset):
     version = 0
 
     def __init__(self, name, split, num_classes=None, n_train_per_class=None, n_test_per_class=None,
-                 image_size=DEFAULT_IMAGE_SIZE, seed=0):
+                 image_size=DEFAULT_IMAGE_SIZE, seed=0, class_set=0):
         d = self.defaults[name]
         num_classes = d["num_classes"] if num_classes is None else num_classes
         per_class = {"train": n_train_per_class if n_train_per_class is not None else d["n_train_per_class"],
                      "test": n_test_per_class if n_test_per_class is not None else d["n_test_per_class"]}[split]
         for key, val, low in (("num_classes", num_classes, 2), ("n_%s_per_class" % split, per_class, 1),
-                              ("image_size", image_size, 8), ("seed", seed, 0)):
+                              ("image_size", image_size, 8), ("seed", seed, 0), ("class_set", class_set, 0)):
             if isinstance(val, bool) or not isinstance(val, (int, np.integer)) or val < low:
                 raise BnnError("%s: option %s=%r must be an integer >= %d" % (name, key, val, low))
-        self.keys = self.class_keys(name, int(num_classes))
         self.seed = int(seed)
+        self.class_set = int(class_set)
+        self.keys = self.class_keys(name, int(num_classes))
         self.native_size = int(image_size)
         count = int(per_class) * int(num_classes)
         labels = np.arange(count, dtype=np.int64) % int(num_classes)
         options = {"num_classes": int(num_classes), "n_%s_per_class" % split: int(per_class),
                    "image_size": self.native_size, "seed": self.seed}
+        if self.class_set:  # absent at 0: the options, and so the caches' keys, of earlier runs hold
+            options["class_set"] = self.class_set
         super().__init__(name, split, None, [self.class_id(k) for k in self.keys], None, labels, None, options)
 
     def class_keys(self, name, num_classes):
@@ -311,8 +329,9 @@ class GeneratedDataset(ImageDataset):
         i = int(i)
         if not 0 <= i < len(self):
             raise IndexError(i)
-        return "%s://%s/%d?seed=%d&size=%d&v=%d" % (self.name, self.split, i, self.seed, self.native_size,
-                                                   self.version)
+        return "%s://%s/%d?seed=%d&size=%d&v=%d%s" % (self.name, self.split, i, self.seed, self.native_size,
+                                                     self.version,
+                                                     "&set=%d" % self.class_set if self.class_set else "")
 
     def load(self, i):
         i = int(i)
@@ -335,13 +354,13 @@ class SyntheticDataset(GeneratedDataset):
     version = GENERATOR_VERSION
 
     def class_keys(self, name, num_classes):
-        return class_combos(name, num_classes)
+        return class_combos(name, num_classes, self.class_set)
 
     def class_id(self, key):
         return class_name(key)
 
     def render_image(self, key, i):
-        return render(key, image_rng(self.name, self.split, i, self.seed), self.native_size)
+        return render(key, image_rng(self.name, self.split, i, self.seed, self.class_set), self.native_size)
 
 
 def open_synthetic(name, split, **options):

@@ -6,13 +6,12 @@ import os
 import sys
 
 from host.cli import ArgumentParser, dataset_options, run_cli
+from host.errors import BnnError
 
 from .presets import PRESETS
 
 
 def _dataset_arg(name):
-    from host.errors import BnnError
-
     from .datasets import dataset_name
 
     try:
@@ -32,6 +31,9 @@ def _common(p, with_out=True):
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="torch CPU threads (default: torch's, one per core). The exact bits of a CPU run depend "
+                        "on it: fix it to reproduce a run on another machine")
     if with_out:
         p.add_argument("--out", required=True, help="run directory to write (checkpoint.pt, run.json, ...)")
 
@@ -46,6 +48,10 @@ def _training(p):
     p.add_argument("--no-flip", action="store_true",
                    help="no random left-right mirroring of training images (writing: a mirrored glyph is another one)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--val-fraction", type=float, default=0.0, metavar="X",
+                   help="hold out this fraction of each class's training images, score them after every epoch "
+                        "(the test split only after the last) and report the best epoch as best_epoch: the "
+                        "budget to retrain with on all images (default 0: no held-out images)")
 
 
 def _table2(sub):
@@ -120,6 +126,12 @@ def main(argv=None):
 
         return table2_main(args)
     opts = dataset_options(args.option)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise BnnError("--threads %d: must be >= 1" % args.threads)
+        import torch
+
+        torch.set_num_threads(args.threads)
     if args.cmd == "eval":
         from .fit import evaluate_run
 
@@ -134,7 +146,7 @@ def main(argv=None):
         out=args.out, dataset=args.dataset, data_dir=args.data_dir, dataset_options=opts, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, seed=args.seed,
         workers=args.workers, device=args.device, amp=not args.no_amp, cache_dir=args.cache_dir, flip=not args.no_flip,
-        resume=args.resume,
+        resume=args.resume, val_fraction=args.val_fraction,
     )
     if args.cmd == "fit":
         head = args.head or ("float" if args.precision == "fp" else "binary")
@@ -145,8 +157,8 @@ def main(argv=None):
         cfg = FitConfig(preset=preset, head=args.head, cut=args.cut, init_from=args.init_from, **common)
         row = run(cfg, "finetune")
     if int(os.environ.get("RANK", "0")) == 0:
-        print(json.dumps({"out": args.out, "epoch": row["epoch"], "test_top1": row["test_top1"],
-                          "test_top5": row["test_top5"]}))
+        keys = ("epoch", "test_top1", "test_top5", "best_epoch", "best_val_top1")
+        print(json.dumps(dict({"out": args.out}, **{k: row[k] for k in keys if k in row})))
     return 0
 
 

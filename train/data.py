@@ -77,10 +77,14 @@ def collate_skip(batch):
 
 
 class EpochSampler(Sampler):
-    """Yields ``(epoch, index)``; shuffles with (seed, epoch) when ``shuffle``; shards when distributed."""
+    """Yields ``(epoch, index)``; shuffles with (seed, epoch) when ``shuffle``; shards when distributed.
 
-    def __init__(self, n, shuffle, seed=0, distributed=False):
-        self.n = int(n)
+    ``subset``: the dataset indices to draw from (default: all ``n``).
+    """
+
+    def __init__(self, n, shuffle, seed=0, distributed=False, subset=None):
+        self.subset = None if subset is None else np.asarray(subset, dtype=np.int64)
+        self.n = int(n) if subset is None else len(self.subset)
         self.shuffle = bool(shuffle)
         self.seed = int(seed)
         self.epoch = 0
@@ -98,10 +102,12 @@ class EpochSampler(Sampler):
 
     def indices(self):
         if self.dist is not None:
-            return list(self.dist)
-        if self.shuffle:
-            return np.random.default_rng([self.seed, self.epoch]).permutation(self.n).tolist()
-        return list(range(self.n))
+            order = list(self.dist)
+        elif self.shuffle:
+            order = np.random.default_rng([self.seed, self.epoch]).permutation(self.n).tolist()
+        else:
+            order = list(range(self.n))
+        return order if self.subset is None else self.subset[order].tolist()
 
     def __iter__(self):
         e = self.epoch
@@ -132,17 +138,19 @@ def _open_cache(dataset, pp, cache_dir, distributed):
     return cache
 
 
-def make_loader(dataset, pp, train, batch_size, workers, seed, cache_dir=None, distributed=False, flip=True):
+def make_loader(dataset, pp, train, batch_size, workers, seed, cache_dir=None, distributed=False, flip=True,
+                subset=None):
     """A DataLoader of (uint8 NCHW, int64 labels, dropped count) over ``dataset`` preprocessed by ``pp``.
 
     ``cache_dir``: decode each image once into a memory-mapped cache there (see train/imagecache.py).
     ``flip``: mirror training images left-right at random (off for writing, where a mirrored glyph is
-    another glyph). Training shuffles per epoch (call ``loader.set_epoch(e)``) and drops the last partial batch
-    (a batch of one breaks BatchNorm) unless that would leave no batch at all.
+    another glyph). ``subset``: only these indices of ``dataset`` (a validation split's either side). Training
+    shuffles per epoch (call ``loader.set_epoch(e)``) and drops the last partial batch (a batch of one breaks
+    BatchNorm) unless that would leave no batch at all.
     """
     cache = _open_cache(dataset, pp, cache_dir, distributed) if cache_dir else None
     tds = ImageTorchDataset(dataset, pp, train, cache, seed, flip)
-    sampler = EpochSampler(len(tds), shuffle=train, seed=seed, distributed=distributed)
+    sampler = EpochSampler(len(tds), shuffle=train, seed=seed, distributed=distributed, subset=subset)
     workers = int(workers)
     return EpochLoader(
         tds,

@@ -20,6 +20,7 @@ from torch import nn
 
 from host.datasets import check_training_classes
 from host.errors import BnnError
+from host.heads.fit import stratified_split
 from host.manifest import (
     finalize_manifest,
     new_manifest,
@@ -38,11 +39,12 @@ from .data import make_loader
 from .datasets import open_dataset
 from .freeze import IntegerBackbone, fold_backbone
 from .models import ModelConfig, build_model
-from .plots import plot_curves
+from .plots import plot_curves, read_metrics
 
 RUN_MANIFEST = "run.json"
 METRICS = "metrics.jsonl"
 CURVES = "curves.png"
+CHECKPOINT_SECONDS = 30.0
 
 
 @dataclass
@@ -65,6 +67,10 @@ class FitConfig:
     amp: bool = True
     cache_dir: Optional[str] = None
     flip: bool = True  # random left-right mirroring of training images
+    # > 0: this fraction of each class's training images is held out and scored after every epoch
+    # (the test split only after the last): the epoch with the best held-out top-1 is reported as
+    # best_epoch, the budget to retrain with on every image (python -m demo does)
+    val_fraction: float = 0.0
     init_from: Optional[str] = None  # fine-tuning: the pretrained run directory
     resume: bool = False
 
@@ -194,6 +200,7 @@ def check_config(cfg: FitConfig):
         ("--workers", cfg.workers, ">= 0", cfg.workers >= 0),
         ("--lr", cfg.lr, "> 0 and finite", cfg.lr is None or 0 < cfg.lr < float("inf")),
         ("--weight-decay", cfg.weight_decay, ">= 0", cfg.weight_decay is None or cfg.weight_decay >= 0),
+        ("--val-fraction", cfg.val_fraction, "in [0, 1)", 0 <= cfg.val_fraction < 1),
     ) if not ok]
     if bad:
         flag, v, want = bad[0]
@@ -249,6 +256,8 @@ def _run(cfg: FitConfig, mode, on_epoch_end, progress):
         raise BnnError("%s: a run already exists here; pass --resume to continue it or choose another --out" % out)
 
     rt = engine.setup_runtime(cfg.device)
+    # Where torch has a deterministic and a faster kernel, the deterministic one: a run repeats bit for bit
+    torch.use_deterministic_algorithms(True, warn_only=True)
     seed_everything(cfg.seed)
     train_ds = open_dataset(cfg.dataset, "train", cfg.data_dir, **cfg.dataset_options)
     check_training_classes(train_ds)
@@ -284,12 +293,17 @@ def _run(cfg: FitConfig, mode, on_epoch_end, progress):
     net = model
     if rt.distributed:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[rt.local_rank] if rt.cuda else None)
+    train_idx, val_idx = stratified_split(train_ds.labels, cfg.val_fraction, np.random.default_rng([cfg.seed, 7]))
     train_loader = make_loader(
-        train_ds, pp, True, cfg.batch_size, cfg.workers, cfg.seed, cfg.cache_dir, rt.distributed, cfg.flip
+        train_ds, pp, True, cfg.batch_size, cfg.workers, cfg.seed, cfg.cache_dir, rt.distributed, cfg.flip,
+        subset=train_idx,
     )
     test_loader = make_loader(
         test_ds, pp, False, cfg.batch_size, cfg.workers, cfg.seed, cfg.cache_dir, rt.distributed
     )
+    # Selection data: the held-out training images when there are any, never the test split
+    val_loader = make_loader(train_ds, pp, False, cfg.batch_size, cfg.workers, cfg.seed, cfg.cache_dir,
+                             rt.distributed, subset=val_idx) if len(val_idx) else None
     steps = cfg.epochs * len(train_loader)
     optimizer = make_optimizer(trainable, cfg)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(steps, 1))
@@ -307,6 +321,7 @@ def _run(cfg: FitConfig, mode, on_epoch_end, progress):
         _trim_metrics(os.path.join(out, METRICS), start_epoch)
 
     row = None
+    saved_at = time.time()
     for epoch in range(start_epoch, cfg.epochs):
         # Every source of randomness is a function of (seed, epoch): a resumed run repeats it exactly.
         seed_everything(cfg.seed * 1000003 + epoch)
@@ -323,41 +338,46 @@ def _run(cfg: FitConfig, mode, on_epoch_end, progress):
         if bar is not None:
             bar.close()
         net.eval()
-        te = engine.run_epoch(rt, forward, test_loader, amp=cfg.amp)
-        row = {
-            "epoch": epoch + 1,
-            "train_loss": tr["loss"],
-            "train_top1": tr["top1"],
-            "test_loss": te["loss"],
-            "test_top1": te["top1"],
-            "test_top5": te["top5"],
-            "lr": scheduler.get_last_lr()[0],
-            "seconds": round(time.time() - t0, 2),
-            "skipped_images": tr["skipped"] + te["skipped"],
-        }
+        row = {"epoch": epoch + 1, "train_loss": tr["loss"], "train_top1": tr["top1"]}
+        skipped = tr["skipped"]
+        last = epoch + 1 == cfg.epochs
+        for split, loader in (("val", val_loader), ("test", test_loader)):
+            if loader is None or (split == "test" and val_loader is not None and not last):
+                continue
+            ev = engine.run_epoch(rt, forward, loader, amp=cfg.amp)
+            row.update({split + "_loss": ev["loss"], split + "_top1": ev["top1"], split + "_top5": ev["top5"]})
+            skipped += ev["skipped"]
+        row.update(lr=scheduler.get_last_lr()[0], seconds=round(time.time() - t0, 2), skipped_images=skipped)
         if rt.main:
             if row["skipped_images"]:
                 log("train: skipped %d unreadable images this epoch" % row["skipped_images"])
-            save_checkpoint(ckpt_path, {
-                "mode": mode,
-                "model_config": mcfg.to_dict(),
-                "fit_config": asdict(cfg),
-                "classes": list(train_ds.classes),
-                "preprocess": pp.to_dict(),
-                "epoch": epoch + 1,
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict() if scaler is not None else {},
-                "metrics": row,
-            })
             _append_metrics(os.path.join(out, METRICS), row)
-            _write_run_manifest(out, cfg, mode, mcfg, train_ds, test_ds, pp, row, epoch + 1 == cfg.epochs)
-            log(
-                "train: epoch %d/%d loss %.3f train %.1f%% test top-1 %.1f%% top-5 %.1f%% (%.0f s)"
-                % (epoch + 1, cfg.epochs, row["train_loss"], 100 * row["train_top1"], 100 * row["test_top1"],
-                   100 * row["test_top5"], row["seconds"])
-            )
+            if last and val_loader is not None:
+                row.update(best_epoch(read_metrics(os.path.join(out, METRICS))))
+            # An epoch of a small task takes a fraction of a second, a checkpoint with Adam's state far
+            # longer: save the first epoch (the run directory then refuses other parameters), the last,
+            # and otherwise every CHECKPOINT_SECONDS. A resumed run repeats the epochs since the last one
+            # exactly, and the metrics of those epochs are trimmed first.
+            if epoch == start_epoch or last or time.time() - saved_at >= CHECKPOINT_SECONDS:
+                save_checkpoint(ckpt_path, {
+                    "mode": mode,
+                    "model_config": mcfg.to_dict(),
+                    "fit_config": asdict(cfg),
+                    "classes": list(train_ds.classes),
+                    "preprocess": pp.to_dict(),
+                    "epoch": epoch + 1,
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "scaler": scaler.state_dict() if scaler is not None else {},
+                    "metrics": row,
+                })
+                _write_run_manifest(out, cfg, mode, mcfg, train_ds, test_ds, pp, row, last)
+                saved_at = time.time()
+            scores = " ".join("%s top-1 %.1f%% top-5 %.1f%%" % (s, 100 * row[s + "_top1"], 100 * row[s + "_top5"])
+                              for s in ("val", "test") if s + "_top1" in row)
+            log("train: epoch %d/%d loss %.3f train %.1f%% %s (%.0f s)" % (
+                epoch + 1, cfg.epochs, row["train_loss"], 100 * row["train_top1"], scores, row["seconds"]))
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, row)
     if row is None:  # resumed a run whose last epoch was saved but not yet recorded as finished
@@ -372,9 +392,22 @@ def _run(cfg: FitConfig, mode, on_epoch_end, progress):
     return row
 
 
-def _write_run_manifest(out, cfg, mode, mcfg, train_ds, test_ds, pp, row, finished):
-    from .plots import read_metrics
+def best_epoch(rows, window=5):
+    """The epoch budget the held-out images choose: the best held-out top-1 averaged over ``window`` epochs.
 
+    A few dozen held-out images score in steps of several points, so one epoch's score is mostly
+    noise: the mean over neighbouring epochs is the signal. Ties go to the later epoch (longer
+    training is the safer side for a baseline).
+    """
+    top1 = [r["val_top1"] for r in rows]
+    half = window // 2
+    smooth = [sum(top1[max(0, k - half):k + half + 1]) / len(top1[max(0, k - half):k + half + 1])
+              for k in range(len(top1))]
+    k = max(range(len(rows)), key=lambda j: (round(smooth[j], 9), j))
+    return {"best_epoch": rows[k]["epoch"], "best_val_top1": round(smooth[k], 4)}
+
+
+def _write_run_manifest(out, cfg, mode, mcfg, train_ds, test_ds, pp, row, finished):
     plot_curves(read_metrics(os.path.join(out, METRICS)), os.path.join(out, CURVES),
                 "%s %s %s on %s" % (mode, mcfg.preset, mcfg.precision, cfg.dataset))
     inputs = {"train": train_ds.describe(), "test": test_ds.describe()}

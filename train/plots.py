@@ -16,16 +16,21 @@ def plot_curves(rows, out_png, title):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ep = [r["epoch"] for r in rows]
+    def series(key, scale=1):
+        """(epochs, values) of the rows that have ``key``: a held-out run scores its test split once, at the end."""
+        have = [r for r in rows if key in r]
+        return [r["epoch"] for r in have], [scale * r[key] for r in have]
+
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.8))
-    ax_loss.plot(ep, [r["train_loss"] for r in rows], "o-", label="train")
-    ax_loss.plot(ep, [r["test_loss"] for r in rows], "s-", label="test")
+    for split, marker in (("train", "o-"), ("val", "d-"), ("test", "s-")):
+        if any(split + "_loss" in r for r in rows):
+            ax_loss.plot(*series(split + "_loss"), marker, label=split)
     ax_loss.set_xlabel("epoch")
     ax_loss.set_ylabel("cross-entropy")
     ax_loss.legend()
-    ax_acc.plot(ep, [100 * r["train_top1"] for r in rows], "o-", label="train top-1")
-    ax_acc.plot(ep, [100 * r["test_top1"] for r in rows], "s-", label="test top-1")
-    ax_acc.plot(ep, [100 * r["test_top5"] for r in rows], "^--", label="test top-5")
+    for key, marker in (("train_top1", "o-"), ("val_top1", "d-"), ("test_top1", "s-"), ("test_top5", "^--")):
+        if any(key in r for r in rows):
+            ax_acc.plot(*series(key, 100), marker, label=key.replace("_top", " top-"))
     ax_acc.set_xlabel("epoch")
     ax_acc.set_ylabel("accuracy (%)")
     ax_acc.set_ylim(0, 100)

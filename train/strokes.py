@@ -89,11 +89,12 @@ class StrokesDataset(GeneratedDataset):
     version = 1
 
     def class_keys(self, name, num_classes):
-        return list(range(num_classes))
+        return list(range(num_classes * self.class_set, num_classes * (self.class_set + 1)))
 
     def class_id(self, key):
         return "glyph-%03d" % key
 
     def render_image(self, key, i):
-        rng = np.random.default_rng([_SALT, 2, self.seed, _SPLIT_ID[self.split], int(i)])
+        key = [_SALT, 2, self.seed, _SPLIT_ID[self.split], int(i)]
+        rng = np.random.default_rng(key + [self.class_set] if self.class_set else key)
         return render(glyph(key), rng, self.native_size)

@@ -19,7 +19,7 @@ from host.heads import (
     predict_topk,
     save_head,
 )
-from host.heads.fit import _fit_inverse_temperature, _stratified_split
+from host.heads.fit import _fit_inverse_temperature, stratified_split
 
 
 def prototypes(n, d, c, flip, seed):
@@ -249,11 +249,11 @@ def test_fit_is_deterministic_and_input_form_does_not_matter(data):
 
 def test_validation_split_is_stratified_and_seeded():
     y = np.repeat(np.arange(5), [40, 20, 10, 3, 1])
-    train, val = _stratified_split(y, 0.1, np.random.default_rng(0))
+    train, val = stratified_split(y, 0.1, np.random.default_rng(0))
     assert np.array_equal(np.sort(np.concatenate([train, val])), np.arange(y.size))
     assert np.bincount(y[val], minlength=5).tolist() == [4, 2, 1, 0, 0]  # a class keeps >= 1 training row
-    again = _stratified_split(y, 0.1, np.random.default_rng(0))[1]
-    other = _stratified_split(y, 0.1, np.random.default_rng(1))[1]
+    again = stratified_split(y, 0.1, np.random.default_rng(0))[1]
+    other = stratified_split(y, 0.1, np.random.default_rng(1))[1]
     assert np.array_equal(val, again) and not np.array_equal(val, other)
 
 
@@ -380,7 +380,13 @@ def test_l2_is_chosen_on_held_out_rows_and_differs_between_regimes():
 
 
 def test_too_small_held_out_split_falls_back_and_says_so():
-    x, y = prototypes(40, 64, 4, 0.2, seed=3)  # 10 per class: 4 held-out rows
+    # 10 per class: a tenth would hold out 4 rows; the float head holds out MIN_VAL_ROWS (half at most), since
+    # the chosen L2 is refitted on every row anyway
+    x, y = prototypes(40, 64, 4, 0.2, seed=3)
+    head, _ = fit_head(x, y, list("abcd"), HeadConfig(), progress=False)
+    assert head.meta["train"]["n_val"] == 20 and head.meta["train"]["l2"]["chosen_by"] == "held-out accuracy"
+    assert head.meta["train"]["refit"]
+    x, y = prototypes(24, 64, 4, 0.2, seed=3)  # 6 per class: half is 12 rows, too few
     head, _ = fit_head(x, y, list("abcd"), HeadConfig(), progress=False)
     l2 = head.meta["train"]["l2"]
     assert l2["chosen_by"] == "fallback" and l2["value"] > 0 and "held-out split too small" in l2["reason"]

@@ -101,3 +101,19 @@ def test_nearest_class_mean_beats_chance_but_is_not_perfect():
     pred = ((fte[:, None, :] - means[None]) ** 2).sum(-1).argmin(1)
     acc = float((pred == te.labels).mean())
     assert 0.35 < acc < 0.9, acc
+
+
+def test_class_sets_are_disjoint_tasks_with_their_own_nuisances():
+    sets = [class_combos("synthetic-transfer", 10, k) for k in range(3)]
+    assert sets[0] == class_combos("synthetic-transfer", 10)  # set 0 is the set of that size, as before
+    assert all(len(s) == 10 for s in sets) and len(set().union(*map(set, sets))) == 30
+    a = open_dataset("synthetic-transfer", "train", class_set=0, **SMALL)
+    b = open_dataset("synthetic-transfer", "train", class_set=1, **SMALL)
+    assert not set(a.classes) & set(b.classes)
+    assert "class_set" not in a.options and b.options["class_set"] == 1  # set 0 keeps earlier caches' keys
+    assert a.source(3) != b.source(3) and a.fingerprint() != b.fingerprint()
+    np.testing.assert_array_equal(a.load(3), render(a.keys[a.labels[3]], image_rng(a.name, "train", 3, 0)))
+    # Set 1 draws its own nuisances: the same class rendered with set 0's stream differs from its image.
+    assert not np.array_equal(b.load(3), render(b.keys[b.labels[3]], image_rng(b.name, "train", 3, 0)))
+    with pytest.raises(BnnError, match="class_set=12 of 10 classes needs 130 combinations, the pool has 120"):
+        class_combos("synthetic-transfer", 10, 12)

@@ -133,3 +133,28 @@ def test_torchrun_distributed_data_parallel_on_cpu(tmp_path):
     assert state["epoch"] == 1 and state["model_config"]["num_classes"] == 4
     rows = [json.loads(line) for line in open(out / "metrics.jsonl")]
     assert len(rows) == 1  # rank 0 alone writes
+
+
+def test_held_out_images_choose_the_epoch_and_the_test_split_is_scored_once(tmp_path):
+    row = run(_cfg(tmp_path / "r", epochs=3, val_fraction=0.25), progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert [("val_top1" in r, "test_top1" in r) for r in rows] == [(True, False), (True, False), (True, True)]
+    assert 1 <= row["best_epoch"] <= 3 and 0.0 <= row["best_val_top1"] <= 1.0
+    assert row["test_top1"] == rows[-1]["test_top1"]
+    # A quarter of each class of 12 is held out: 9 x 6 = 54 images train, in batches of 16 (the last dropped).
+    ckpt = load_checkpoint(str(tmp_path / "r"))
+    assert ckpt["fit_config"]["val_fraction"] == 0.25
+    with pytest.raises(BnnError, match=r"--val-fraction 1.0: must be in \[0, 1\)"):
+        run(_cfg(tmp_path / "bad", val_fraction=1.0), progress=False)
+
+
+def test_best_epoch_smooths_the_held_out_score_and_prefers_longer_training():
+    from train.fit import best_epoch
+
+    def rows(scores):
+        return [{"epoch": e + 1, "val_top1": v, "val_loss": 1.0} for e, v in enumerate(scores)]
+
+    # One lucky epoch (0.9 at epoch 2) loses to a consistently good stretch.
+    assert best_epoch(rows([0.2, 0.9, 0.2, 0.6, 0.7, 0.7, 0.7, 0.7]))["best_epoch"] == 6
+    # A flat score: the last epoch.
+    assert best_epoch(rows([0.5] * 6))["best_epoch"] == 6

@@ -75,3 +75,12 @@ def test_a_union_option_named_for_a_part_goes_to_that_part_only():
     assert (len(syn), len(strokes)) == (24 * 3, 4 * 2)
     with pytest.raises(BnnError, match="option folder.seed names no part of it"):
         open_dataset("synthetic+strokes", "train", **{"folder.seed": 1})
+
+
+def test_a_union_option_keeps_a_hyphenated_part_name():
+    from host.cli import dataset_options
+    from train.datasets import open_dataset
+
+    opts = dataset_options(["synthetic-transfer.n-train-per-class=2", "strokes.n_train_per_class=1"])
+    assert opts == {"synthetic-transfer.n_train_per_class": 2, "strokes.n_train_per_class": 1}
+    assert len(open_dataset("synthetic-transfer+strokes", "train", **opts)) == 10 * 2 + 100
