@@ -44,3 +44,16 @@ class Golden:
         with open(path, encoding="utf-8") as f:
             assert text == f.read(), "output differs from tests/golden/%s%s" % (name, hint)
         assert readme_block(name, readme) == text, "README.md's golden:%s block differs from the file%s" % (name, hint)
+
+    def quote(self, name, text):
+        """README.md's block ``name`` must hold ``text``, a generated file committed elsewhere (the full demo's
+        results): checked, or with --update-golden copied into the block."""
+        with open(README, encoding="utf-8") as f:
+            readme = f.read()
+        assert readme_block(name, readme) is not None, "README.md has no block <!-- golden:%s -->" % name
+        if self.update:
+            with open(README, "w", encoding="utf-8") as f:
+                f.write(_block(name).sub(lambda m: m.group(1) + text + m.group(3), readme))
+            return
+        assert readme_block(name, readme) == text, ("README.md's golden:%s block differs from the generated file; "
+                                                    "rerun with pytest --update-golden and commit the diff" % name)
