@@ -351,14 +351,15 @@ def _run(cfg: FitConfig, mode, on_epoch_end, progress):
         if rt.main:
             if row["skipped_images"]:
                 log("train: skipped %d unreadable images this epoch" % row["skipped_images"])
-            _append_metrics(os.path.join(out, METRICS), row)
+            metrics = os.path.join(out, METRICS)
             if last and val_loader is not None:
-                row.update(best_epoch(read_metrics(os.path.join(out, METRICS))))
+                row.update(best_epoch((read_metrics(metrics) if os.path.exists(metrics) else []) + [row]))
             # An epoch of a small task takes a fraction of a second, a checkpoint with Adam's state far
             # longer: save the first epoch (the run directory then refuses other parameters), the last,
             # and otherwise every CHECKPOINT_SECONDS. A resumed run repeats the epochs since the last one
             # exactly, and the metrics of those epochs are trimmed first.
-            if epoch == start_epoch or last or time.time() - saved_at >= CHECKPOINT_SECONDS:
+            due = epoch == start_epoch or last or time.time() - saved_at >= CHECKPOINT_SECONDS
+            if due:
                 save_checkpoint(ckpt_path, {
                     "mode": mode,
                     "model_config": mcfg.to_dict(),
@@ -372,6 +373,8 @@ def _run(cfg: FitConfig, mode, on_epoch_end, progress):
                     "scaler": scaler.state_dict() if scaler is not None else {},
                     "metrics": row,
                 })
+            _append_metrics(metrics, row)  # after the checkpoint: a failed save leaves no row of its epoch
+            if due:
                 _write_run_manifest(out, cfg, mode, mcfg, train_ds, test_ds, pp, row, last)
                 saved_at = time.time()
             scores = " ".join("%s top-1 %.1f%% top-5 %.1f%%" % (s, 100 * row[s + "_top1"], 100 * row[s + "_top5"])

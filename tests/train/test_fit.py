@@ -154,7 +154,8 @@ def test_best_epoch_smooths_the_held_out_score_and_prefers_longer_training():
     def rows(scores):
         return [{"epoch": e + 1, "val_top1": v, "val_loss": 1.0} for e, v in enumerate(scores)]
 
-    # One lucky epoch (0.9 at epoch 2) loses to a consistently good stretch.
-    assert best_epoch(rows([0.2, 0.9, 0.2, 0.6, 0.7, 0.7, 0.7, 0.7]))["best_epoch"] == 6
+    # One lucky epoch (0.9 at epoch 2) loses to a consistently good stretch, whose tie goes to the later epoch.
+    assert best_epoch(rows([0.2, 0.9, 0.2, 0.6, 0.7, 0.7, 0.7, 0.7]))["best_epoch"] == 8
+    assert best_epoch(rows([0.2, 0.9, 0.9, 0.9, 0.2, 0.2, 0.1, 0.1]))["best_epoch"] == 2  # then it overfits
     # A flat score: the last epoch.
     assert best_epoch(rows([0.5] * 6))["best_epoch"] == 6
