@@ -91,8 +91,8 @@ def xnor_mvau_model(mw=288, mh=4, n_pos=222, threshold=281):
 
 def test_xnor_thresholds_near_the_top_survive_finns_bit_width_steps():
     pytest.importorskip("finn")
-    from qonnx.custom_op.registry import getCustomOp
     from finn.transformation.fpgadataflow.minimize_accumulator_width import MinimizeAccumulatorWidth
+    from qonnx.custom_op.registry import getCustomOp
 
     from build_fpga.steps import _minimize_bit_width
     from build_fpga.transforms import WidenXnorAccumulators
