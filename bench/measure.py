@@ -14,6 +14,7 @@ import sys
 import time
 from typing import Callable, Dict, List, Sequence
 
+from host.benchmark import cpu_model
 from host.manifest import package_versions
 
 __all__ = ["side_by_side", "best_of", "once", "calls_per_sample", "machine", "comparison",
@@ -78,17 +79,6 @@ def once(fn: Callable):
     return time.perf_counter() - t0, out
 
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def _blas() -> List[Dict]:
     """numpy's BLAS (library, version, threads), via threadpoolctl (installed with scikit-learn)."""
     try:
@@ -108,7 +98,7 @@ def machine(threads: int = None) -> Dict:
     if threads:
         torch.set_num_threads(threads)
     return {
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "cores": os.cpu_count(),
         "loadavg": [round(v, 2) for v in os.getloadavg()],
         **package_versions("onnxruntime", "qonnx", "brevitas", "finn-plus", "scikit-learn"),

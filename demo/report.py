@@ -10,6 +10,7 @@ import platform
 import time
 from dataclasses import asdict
 
+from host.benchmark import cpu_model
 from host.errors import BnnError
 from host.manifest import atomic_path, finalize_manifest, load_manifest, new_manifest, write_bytes_atomic
 
@@ -76,20 +77,9 @@ def summarize(cfg, pre, cells, digits, paths, seconds):
         "images_per_s": digits["float"].get("images_per_s"),
         "paths": paths,
         "seconds": round(seconds, 1),
-        "machine": {"platform": platform.platform(), "processor": _cpu_name(), "cpus": os.cpu_count(),
+        "machine": {"platform": platform.platform(), "processor": cpu_model(), "cpus": os.cpu_count(),
                     "date": time.strftime("%Y-%m-%d", time.gmtime())},
     }
-
-
-def _cpu_name():
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _pct(x):

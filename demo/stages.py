@@ -17,20 +17,21 @@ from host.errors import BnnError
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # torch picks its CPU kernels by instruction set, and an AVX-512 kernel rounds differently from an AVX2
 # one: pinned to AVX2 (what x86 machines of the last decade have), a stage computes the same bits on
-# AVX-512 and AVX2 machines. On this project's machines it costs nothing (11.5 s either way for two
-# epochs of the quick pretraining). numpy's image rendering needs no pin: it gave the same pixels with
-# AVX-512 disabled. A value the user set is kept.
+# AVX-512 and AVX2 machines. On this project's AVX-512 machine a pretraining epoch took 24 s pinned
+# (with deterministic algorithms) where an unpinned development run took 22 s. numpy's image rendering
+# needs no pin: it gave the same pixels with AVX-512 disabled. A value the user set is kept.
 PINNED = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "AVX2"}
 
 
 def stage_env(**extra):
-    env = dict(PINNED, **extra)
+    """A stage's environment: ours, with the pins under the user's values and ``extra`` over them."""
+    env = dict(PINNED)
     env.update(os.environ)
     env.update(extra)
     return env
 
 
-def _result(args, out, t0, log):
+def _result(out, t0, log):
     out = out.strip()
     log("  %s (%.0f s)" % (out, time.time() - t0))
     return json.loads(out) if out.startswith("{") else None
@@ -43,7 +44,7 @@ def run_stage(args: List[str], log) -> Optional[dict]:
     proc = subprocess.run([sys.executable, "-m"] + args, cwd=ROOT, stdout=subprocess.PIPE, text=True, env=stage_env())
     if proc.returncode != 0:
         raise BnnError("stage failed (exit %d): python -m %s" % (proc.returncode, " ".join(args)))
-    return _result(args, proc.stdout, t0, log)
+    return _result(proc.stdout, t0, log)
 
 
 def run_side_by_side(stages: Sequence[Tuple], jobs, log_dir: str, log) -> List[Optional[dict]]:
@@ -56,8 +57,7 @@ def run_side_by_side(stages: Sequence[Tuple], jobs, log_dir: str, log) -> List[O
     the cores). The first failure stops the launching of new stages, lets the running ones finish and
     raises BnnError naming the stage and its log.
     """
-    limit = jobs if callable(jobs) else (lambda: jobs)
-    if limit() <= 1 and not callable(jobs):
+    if not callable(jobs) and jobs <= 1:
         results = []
         for stage in stages:
             res = run_stage(stage[1], log)
@@ -66,6 +66,7 @@ def run_side_by_side(stages: Sequence[Tuple], jobs, log_dir: str, log) -> List[O
                 res = run_stage(stage[1], log)
             results.append(res)
         return results
+    limit = jobs if callable(jobs) else (lambda: jobs)
     os.makedirs(log_dir, exist_ok=True)
     env = stage_env(OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
     results: List[Optional[dict]] = [None] * len(stages)
@@ -98,7 +99,7 @@ def run_side_by_side(stages: Sequence[Tuple], jobs, log_dir: str, log) -> List[O
                     proc.returncode, " ".join(stage[1]), path)
                 continue
             log("[%s]" % stage[0])
-            results[k] = _result(stage[1], out, t0, log)
+            results[k] = _result(out, t0, log)
             if len(stage) > 2:
                 pending.insert(0, (k, stage[2](results[k])))
     if failed is not None:

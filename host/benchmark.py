@@ -52,6 +52,18 @@ class BenchConfig:
         self.backend_options = dict(backend_options or {})
 
 
+
+def cpu_model() -> str:
+    """The processor's name as /proc/cpuinfo gives it (else what platform knows): what a timing ran on."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
 def peak_rss_mb():
     """Peak resident memory of this process in MB, or None where neither source exists (Windows).
 

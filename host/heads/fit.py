@@ -174,7 +174,8 @@ def fit_head(features, labels, classes, cfg=None, progress=True, feature_width=N
     fraction = cfg.val_fraction
     if solver == "lbfgs" and cfg.weight_decay is None and fraction > 0:
         # The L2 is refitted on every row once chosen: holding out MIN_VAL_ROWS to choose it costs the final
-        # head nothing, where the fallback's fixed L2 cost 2.4 points at 10 images x 10 classes (demo)
+        # head nothing, where the fallback's fixed L2 cost 1.7 points at 10 images x 10 classes (the demo's
+        # Flowers-like task: 71.3% -> 73.0%)
         fraction = max(fraction, min(0.5, MIN_VAL_ROWS / max(1, y.shape[0])))
     train_idx, val_idx = stratified_split(y, fraction, rng)
     batch_size = int(cfg.batch_size) if cfg.batch_size else min(512, max(32, train_idx.size // 8))
