@@ -46,8 +46,9 @@ created, command, params, inputs, files) with these fields at the top level:
                                       often the stream repeats per image, default 1 (FINN:
                                       H*W of an NHWC external_weights_input_shapes entry)}],
                                       one entry per external weight, started before the run
-        runtime_writeable_weights     [{"ip": AXI-lite IP name ("StreamingDataflowPartition_1/
-                                      s_axilite_0"), "file": relative path of FINN's .dat file
+        runtime_writeable_weights     [{"ip": partition and AXI-lite port ("StreamingDataflowPartition_1/
+                                      s_axilite_0"; the pynq backend finds the window under
+                                      PYNQ's own name for it), "file": relative path of FINN's .dat file
                                       (one 32-bit hex word per line, as its driver's
                                       runtime_weights/ holds them), "layer": ours}]; default [].
                                       Layers whose on-chip weights (URAM on UltraScale+) the

@@ -7,10 +7,18 @@ the bundle manifest's io dict (see ``host.bundle``):
 1. Load the overlay from the bundle's bitfile (pynq finds the .hwh next to it) and look up the
    IODMA IPs by name: ``io.input_dma_name``, ``io.output_dma_name`` and the external weights'
    DMAs. External weights are copied once into DMA buffers. Runtime-writeable weights (on-chip
-   memories the bitstream cannot initialise: URAM on UltraScale+) are written once into their
-   layer's AXI-lite memory window and read back; then one batch of zeros runs and is discarded,
-   because the layers' weight streamers had prefetched the memories' contents from before the
-   write (FINN's driver flushes the same way).
+   memories the bitstream cannot initialise: URAM on UltraScale+) are written once, word by word
+   through ``pynq.MMIO``, into their layer's AXI-lite window and read back; then one batch of
+   zeros runs and is discarded, because the layers' weight streamers had prefetched the memories'
+   contents from before the write (FINN's driver flushes the same way). The manifest names each
+   window ``<partition>/<interface>`` (``StreamingDataflowPartition_1/s_axilite_0``); PYNQ names
+   it otherwise, so the window is looked up the way the overlay's ``ip_dict`` was built:
+
+   - PYNQ's HWH parser (PYNQ 2.7's overlays) keys a core's windows ``<core>/<interface>`` when it
+     has two or more, and the bare ``<core>`` when it has one;
+   - pynqmetadata (PYNQ 3.x and 4.0) keys one entry per core, holding the window of one of its
+     interfaces (``mem_id``): the others are found by parsing the bundle's .hwh, the file the
+     overlay was made from, with PYNQ's HWH parser.
 2. Allocate physically contiguous uint8 buffers with ``pynq.allocate``, shaped as the packed
    shapes with the batch size as first axis, and reuse them until the batch size changes.
 3. Per batch: reshape the NHWC images to the folded input shape, pack them in FINN's layout
@@ -78,6 +86,16 @@ def read_runtime_words(path):
     return words.astype(np.uint32)
 
 
+def _window_entry(ip_dict, partition, port):
+    """The ip_dict entry of the AXI-lite window ``port`` of the core ``partition``, or None."""
+    entry = ip_dict.get(partition + "/" + port)
+    if entry is None:
+        entry = ip_dict.get(partition)
+        if not isinstance(entry, dict) or entry.get("mem_id") != port:
+            return None
+    return entry
+
+
 def _free(buf):
     # PynqBuffer.freebuffer returns the contiguous memory at once instead of at garbage
     # collection: the CMA pool is small on Zynq-7000 boards and shared with everything else.
@@ -116,6 +134,7 @@ class PynqBackend(Backend):
         self._weights = []  # (dma ip, buffer, repeats), started before every run
         self._ibuf = self._obuf = None
         self._capacity = 0
+        self._hwh_ip_dict = None
         try:
             self._overlay = self._pynq.Overlay(self._bitfile, download=download)
         except Exception as e:  # pynq raises OSError, RuntimeError, ValueError... for a bad bitfile
@@ -170,16 +189,50 @@ class PynqBackend(Backend):
         buf.flush()
         return buf
 
+    def _hwh_windows(self):
+        """The bundle's .hwh as PYNQ's HWH parser reads it, for the windows pynqmetadata leaves out."""
+        if self._hwh_ip_dict is None:
+            try:
+                self._hwh_ip_dict = self._pynq.pl_server.hwh_parser.HWH(hwh_name=self.bundle.hwh_path).ip_dict
+            except Exception as e:  # an old or broken pynq, an unreadable file: not ours to sort out
+                raise BnnError("%s: pynq's HWH parser cannot read it (%s: %s)"
+                               % (self.bundle.hwh_path, type(e).__name__, e)) from None
+        return self._hwh_ip_dict
+
+    def _runtime_window(self, rw):
+        """(physical address, size in bytes) of the AXI-lite window ``rw.ip`` names."""
+        partition, _, port = rw.ip.rpartition("/")
+        ip_dict = getattr(self._overlay, "ip_dict", None) or {}
+        entry = _window_entry(ip_dict, partition, port)
+        if entry is None and partition in ip_dict:
+            entry = _window_entry(self._hwh_windows(), partition, port)
+        if entry is None:
+            has = ", ".join("%s [%s]" % (k, v["mem_id"]) if isinstance(v, dict) and v.get("mem_id") else k
+                            for k, v in sorted(ip_dict.items()))
+            raise BnnError("%s: the overlay has no AXI-lite window %s for the runtime weights of %s (it has %s): "
+                           "the bitfile does not match the bundle manifest"
+                           % (self._bitfile, rw.ip, rw.layer, has or "none"))
+        return int(entry["phys_addr"]), int(entry["addr_range"])
+
     def _write_runtime_weights(self, rw):
-        words = read_runtime_words(rw.path)
-        window = self._ip(rw.ip).mmio.array
-        if words.size > window.size:
+        words = read_runtime_words(rw.path).tolist()  # Python ints: MMIO.write takes int or bytes, not numpy
+        base, size = self._runtime_window(rw)
+        if 4 * len(words) > size:
             raise BnnError("%s: %d weight words for %s (%s), whose AXI-lite window holds %d: the bitfile does not "
-                           "match the bundle" % (rw.path, words.size, rw.ip, rw.layer, window.size))
-        window[: words.size] = words
-        if not np.array_equal(window[: words.size], words):
-            raise BnnError("%s: the weights read back from %s (%s) differ from the ones written"
-                           % (rw.path, rw.ip, rw.layer))
+                           "match the bundle" % (rw.path, len(words), rw.ip, rw.layer, size // 4))
+        try:
+            mmio = self._pynq.MMIO(base, size)
+            for i, w in enumerate(words):
+                mmio.write(4 * i, w)
+            back = [mmio.read(4 * i) for i in range(len(words))]
+        except Exception as e:  # /dev/mem not accessible (not root), an unmapped window
+            raise BnnError("%s: cannot write the weights of %s (%s) at 0x%x (%s: %s)"
+                           % (rw.path, rw.ip, rw.layer, base, type(e).__name__, e)) from None
+        wrong = [i for i, (a, b) in enumerate(zip(back, words)) if a != b]
+        if wrong:
+            raise BnnError("%s: the weights read back from %s (%s) differ from the ones written in %d of %d words, "
+                           "the first at offset 0x%x"
+                           % (rw.path, rw.ip, rw.layer, len(wrong), len(words), 4 * wrong[0]))
 
     def _flush_weight_streamers(self):
         self._prepare(1)

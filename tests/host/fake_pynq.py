@@ -7,31 +7,42 @@ It models what the real protocol depends on, so the backend cannot pass by accid
   sees is separate from the array the CPU writes: ``flush()`` copies CPU -> DRAM,
   ``invalidate()`` DRAM -> CPU. A missing flush feeds the hardware stale bytes, a missing
   invalidate returns stale features.
-- ``Overlay`` exposes the DMA IPs the bundle manifest names, with registers 0x00 (control:
-  write 1 to start; read: 0x2 done, clear-on-read like HLS's ap_done, 0x4 idle), 0x10/0x14
-  (address) and 0x1C (count).
+- ``Overlay`` parses the .hwh of FINN's block design around the board's DMAs and memories
+  (``board_hwh``, the same design ``make_bundle`` writes next to the bitfile) with the real
+  PYNQ parser (``pynq_twin``), so its ``ip_dict`` names IPs as PYNQ does, and exposes the DMAs
+  with registers 0x00 (control: write 1 to start; read: 0x2 done, clear-on-read like HLS's
+  ap_done, 0x4 idle), 0x10/0x14 (address) and 0x1C (count).
 - Starting the input DMA "runs the hardware": it unpacks the input DRAM bytes with FINN's
   layout, runs the emulator and packs the features into the output buffer's DRAM, then sets
   done -- but only if the external weight DMAs (with the right bytes) and the output DMA were
   started first with matching counts. Otherwise it records a protocol error and never
   completes, as a real accelerator would stall. ``hang=True`` never completes at all.
-- Runtime-writeable weight memories (``runtime=``) are AXI-lite windows (``ip.mmio.array``). A run
-  stalls unless every window holds its expected words, and the first run after a window was
-  written computes with the stale, prefetched weights (wrong features), as FINN's weight streamers
-  do until flushed.
+- Runtime-writeable weight memories (``runtime=``) are AXI-lite windows at the addresses the
+  design's address map gives them, reached word by word through ``MMIO`` on one bus (``bus``,
+  physical address -> word, the twin of /dev/mem). A run stalls unless every window holds its
+  expected words, and the first run after a window was written computes with the stale,
+  prefetched weights (wrong features), as FINN's weight streamers do until flushed.
 """
 
+import collections
+import copy
 import importlib.machinery
+import itertools
 import os
 import types
 
+import finn_hwh
 import numpy as np
+import pynq_twin
 
 from host.emulator import load_emulator, save_emulator
 from host.manifest import finalize_manifest, new_manifest, write_bytes_atomic
 from host.packing import pack, packed_shape, unpack
 
 DONE, IDLE = 0x2, 0x4
+# Whose ip_dict a FakeBoard's overlay gets: PYNQ 3.x/4.0's where .ci/install put the real pynq, else
+# hwh_names (PYNQ 2.7's naming)
+DEFAULT_PARSER = None if pynq_twin.missing("pynq-4.0.0-pynqmetadata") else "pynq-4.0.0-pynqmetadata"
 
 # ----------------------------------------------------------------------------- test bundles
 
@@ -101,13 +112,14 @@ def colour_network(pool=4, width=128, seed=0):
 
 
 def make_bundle(root, board="pynq-z2", with_bitfile=True, onnx_file=None, network=None, external_weights=(),
-                io=None, runtime_weights=(), **fields):
+                io=None, runtime_weights=(), hwh_text=None, **fields):
     """Write a valid deploy bundle into ``root`` (a directory that need not exist) and return it.
 
     ``network`` is ``(spec, weights, thresholds)`` (default ``tiny_network()``); ``onnx_file``
     is a QONNX graph to copy in; ``external_weights`` are ``(dma, uint8 array, repeats)``;
-    ``runtime_weights`` ``(ip, uint32 words)``, written as FINN's .dat files;
-    ``board`` and ``fields`` override manifest fields (``DELETE`` removes one).
+    ``runtime_weights`` ``(ip, uint32 words)``, written as FINN's .dat files; ``hwh_text`` is the text
+    of the .hwh next to the bitfile (default: ``board_hwh``'s design for the bundle's DMAs and
+    memories); ``board`` and ``fields`` override manifest fields (``DELETE`` removes one).
     """
     root = str(root)
     os.makedirs(root, exist_ok=True)
@@ -118,10 +130,6 @@ def make_bundle(root, board="pynq-z2", with_bitfile=True, onnx_file=None, networ
                      clock_mhz=100.0, preset="tiny", preprocess={"input_size": INPUT_SIZE, "resize_longest": 9},
                      feature_width=FEATURE_WIDTH, backbone_digest=BACKBONE_DIGEST, emulator="emulator.npz",
                      bitfile=None, hwh=None, onnx=None, io=io)
-    if with_bitfile:
-        write_bytes_atomic(os.path.join(root, "bitfile", "finn-accel.bit"), b"fake bitstream")
-        write_bytes_atomic(os.path.join(root, "bitfile", "finn-accel.hwh"), b"<fake hwh/>")
-        m.update(bitfile="bitfile/finn-accel.bit", hwh="bitfile/finn-accel.hwh")
     if onnx_file is not None:
         with open(onnx_file, "rb") as f:
             write_bytes_atomic(os.path.join(root, "backbone.onnx"), f.read())
@@ -141,6 +149,15 @@ def make_bundle(root, board="pynq-z2", with_bitfile=True, onnx_file=None, networ
         rt.append({"ip": ip, "file": rel, "layer": "fc%d" % k})
     if rt:
         io["runtime_writeable_weights"] = rt
+    if with_bitfile:
+        if hwh_text is None:  # io may be malformed on purpose, or spell the DMAs as finn-plus does
+            dmas = [d for key in ("input_dma_name", "output_dma_name", "idma_names", "odma_names")
+                    for d in io.get(key) or []] + [e["dma"] for e in entries]
+            hwh_text, _ = board_hwh(zynq_of(fields.get("part", m["part"])), dmas,
+                                    {ip: 4 * len(words) for ip, words in runtime_weights})
+        write_bytes_atomic(os.path.join(root, "bitfile", "finn-accel.bit"), b"fake bitstream")
+        write_bytes_atomic(os.path.join(root, "bitfile", "finn-accel.hwh"), hwh_text.encode())
+        m.update(bitfile="bitfile/finn-accel.bit", hwh="bitfile/finn-accel.hwh")
     for key, value in dict(fields, board=board).items():
         if value is DELETE:
             m.pop(key, None)
@@ -148,6 +165,50 @@ def make_bundle(root, board="pynq-z2", with_bitfile=True, onnx_file=None, networ
             m[key] = value
     finalize_manifest(root, m, "manifest.json")
     return root
+
+
+# ----------------------------------------------------------------------------- the design's .hwh
+
+
+def zynq_of(part):
+    """FINN's Zynq family of a part: Zynq-7000 parts are xc7z*, the other PYNQ boards UltraScale+."""
+    return "zynq_7000" if part.startswith("xc7z") else "zynq_us+"
+
+
+def board_hwh(zynq, dmas, runtime_bytes):
+    """The .hwh of FINN's block design for a bundle, and its windows {"<instance>/<interface>": (base, size)}.
+
+    ``dmas`` are the IODMA instances (idma<k>, odma<k>); ``runtime_bytes`` maps each runtime-writeable
+    memory ("<partition>/s_axilite_<j>", j = 0, 1, ... in each partition) to its size in bytes. In
+    graph order: the input and weight DMAs, a compute partition without AXI-lite (every FINN design
+    has one), the partitions of the runtime memories, the output DMAs.
+    """
+    memories = {}
+    for ip, nbytes in runtime_bytes.items():
+        name, _, port = ip.rpartition("/")
+        memories.setdefault(name, {})[int(port[len("s_axilite_"):])] = nbytes
+    indices = {int(name.rsplit("_", 1)[1]) for name in memories}
+    free = (k for k in itertools.count() if k not in indices)
+    inputs = sorted(d for d in dmas if not d.startswith("odma"))
+    cores = [finn_hwh.iodma(d, "StreamingDataflowPartition_%d" % next(free)) for d in inputs]
+    cores.append(finn_hwh.partition("StreamingDataflowPartition_%d" % next(free), []))
+    for name in sorted(memories, key=lambda n: int(n.rsplit("_", 1)[1])):
+        cores.append(finn_hwh.partition(name, [memories[name][j] for j in range(len(memories[name]))]))
+    cores += [finn_hwh.iodma(d, "StreamingDataflowPartition_%d" % next(free)) for d in sorted(set(dmas) - set(inputs))]
+    text, windows = finn_hwh.finn_hwh(cores, zynq)
+    return text, {"%s/%s" % key: w for key, w in windows.items()}
+
+
+def hwh_names(windows):
+    """The ip_dict PYNQ's HWH parser makes of ``board_hwh``'s windows, for machines without the real pynq
+    (``test_pynq_twin`` holds it to the real parsers): a core with one AXI-lite window under its own
+    name, a core with more under ``<core>/<interface>`` each, and the PS."""
+    cores = collections.Counter(name.split("/")[0] for name in windows)
+    out = {"zynq_ps": {}}
+    for name, (base, size) in windows.items():
+        core, port = name.split("/")
+        out[core if cores[core] == 1 else name] = {"phys_addr": base, "addr_range": size, "mem_id": port}
+    return out
 
 
 # ----------------------------------------------------------------------------- fake pynq
@@ -212,59 +273,80 @@ class FakeDMA:
         return self.regs[0x10] | (self.regs[0x14] << 32)
 
 
-class FakeWindow(np.ndarray):
-    """An AXI-lite memory window: writes through it mark the memory as changed since the last run."""
+class FakeMem:
+    """A runtime-writeable weight memory: its AXI-lite window on the bus and the words it must hold."""
 
-    def __array_finalize__(self, obj):
-        self.ip = getattr(obj, "ip", None)
-
-    def __setitem__(self, key, value):
-        super().__setitem__(key, value)
-        self.ip.board.stale = True
+    def __init__(self, name, words):
+        self.name, self.expected = name, np.asarray(words, np.uint32)
+        self.base = self.size = None  # where the design's address map puts it, set with the overlay
 
 
-class FakeMemIP:
-    """A runtime-writeable weight memory's AXI-lite interface (``ip.mmio.array``, uint32 words)."""
+class FakeMMIO:
+    """``pynq.MMIO(base_addr, length)`` on the board's bus: 32-bit words by physical address.
 
-    def __init__(self, board, name, words):
-        self.board, self.name, self.expected = board, name, np.asarray(words, np.uint32)
-        window = np.zeros(self.expected.size + 16, np.uint32).view(FakeWindow)  # windows are powers of two
-        window.ip = self
-        self.mmio = types.SimpleNamespace(array=window)
+    Checks what the real one does (non-negative base, aligned offsets inside the mapping, an int
+    for ``write``: pynq's ``write_mm`` refuses numpy integers); a write outside every runtime
+    weight window is a protocol error, as it would hang or corrupt a real board's bus.
+    """
 
+    def __init__(self, board, base_addr, length=4):
+        if base_addr < 0 or length < 0:
+            raise ValueError("Base address or length cannot be negative.")
+        self.board, self.base_addr, self.length = board, base_addr, length
 
-class _Hier:
-    """A block-design hierarchy: ``overlay.StreamingDataflowPartition_1.s_axilite_0``."""
+    def _address(self, offset, access):
+        if offset < 0:
+            raise ValueError("Offset cannot be negative.")
+        if offset % 4:
+            raise MemoryError("Unaligned %s: offset must be multiple of 4." % access)
+        if offset + 4 > self.length:
+            raise IndexError("offset 0x%x outside the mapped 0x%x bytes" % (offset, self.length))
+        return self.base_addr + offset
+
+    def write(self, offset, data):
+        if type(data) is not int:  # pynq takes bytes too; the backend writes words
+            raise ValueError("Data type must be int or bytes.")
+        address = self._address(offset, "write")
+        if not any(m.base <= address < m.base + m.size for m in self.board.mems.values()):
+            self.board.errors.append("MMIO write to 0x%x, outside every runtime weight window" % address)
+            return
+        self.board.bus[address] = int(np.uint32(data))
+        self.board.bus_log.append(("write", address))
+        self.board.stale = True
+
+    def read(self, offset=0):
+        address = self._address(offset, "read")
+        self.board.bus_log.append(("read", address))
+        return self.board.bus.get(address, 0)
 
 
 class FakeOverlay:
+    """``pynq.Overlay``: the ``ip_dict`` PYNQ makes of the design's .hwh, and a driver per DMA it names."""
+
     def __init__(self, board, bitfile, download=True):
         if not os.path.isfile(bitfile):
             raise OSError("bitfile %s not found" % bitfile)
         self.board = board
         board.overlays.append(bitfile)
-        self.ip_dict = {name: {"type": "xilinx.com:hls:iodma"} for name in board.dmas}
-        self.ip_dict.update({name: {"type": "xilinx.com:user:memstream"} for name in board.mems})
-        for name, ip in list(board.dmas.items()) + list(board.mems.items()):
-            parent = self
-            *hier, leaf = name.split("/")
-            for part in hier:
-                if not hasattr(parent, part):
-                    setattr(parent, part, _Hier())
-                parent = getattr(parent, part)
-            setattr(parent, leaf, ip)
+        self.ip_dict = board.ip_dict()
+        for name, ip in board.dmas.items():
+            if name in self.ip_dict:
+                setattr(self, name, ip)
 
 
 class FakeBoard:
     """The fake hardware behind the fake ``pynq`` module; see the module docstring.
 
     ``weights`` maps an external-weight DMA name to ``(expected bytes, repeats)``, ``runtime`` a
-    runtime-writeable memory's IP name to its expected uint32 words. Counters and
-    logs for the tests: ``allocations`` (shapes), ``freed``, ``flushes``, ``invalidates``,
-    ``log`` ((dma, count) per start), ``runs`` (images per completed run), ``errors``.
+    runtime-writeable memory (the manifest's ``<partition>/s_axilite_<j>``) to its expected uint32
+    words, ``windows`` such a memory to the size of its AXI-lite window in bytes when it should
+    not be the words' (a bitfile that does not match its bundle). ``parser`` names the PYNQ whose
+    ip_dict the overlay gets (``pynq_twin.PARSERS``), None for ``hwh_names``. Counters and logs for
+    the tests: ``allocations`` (shapes), ``freed``, ``flushes``, ``invalidates``, ``log`` ((dma,
+    count) per start), ``runs`` (images per completed run), ``errors``, ``bus_log``, ``hwh_parsed``.
     """
 
-    def __init__(self, bundle, hang=False, weights=None, runtime=None):
+    def __init__(self, bundle, hang=False, weights=None, runtime=None, windows=None, parser=DEFAULT_PARSER):
         io = bundle.io
         self.emulator = load_emulator(bundle.emulator_path)
         self.idt, self.odt = io["idt"][0], io["odt"][0]
@@ -280,7 +362,13 @@ class FakeBoard:
         self.dmas = {self.idma.name: self.idma, self.odma.name: self.odma}
         for name in self.weights:
             self.dmas[name] = FakeDMA(self, name, "weights")
-        self.mems = {name: FakeMemIP(self, name, words) for name, words in (runtime or {}).items()}
+        self.mems = {name: FakeMem(name, words) for name, words in (runtime or {}).items()}
+        self.windows = dict(windows or {})
+        self.parser = parser
+        self.zynq = zynq_of(bundle.part)
+        self.bus = {}  # physical address -> 32-bit word: what /dev/mem reaches over AXI-lite
+        self.bus_log = []  # ("write" or "read", address) per MMIO access, in order
+        self.hwh_parsed = []  # the .hwh files the backend had pynq's HWH parser read
         self.stale = False
         self.dram = {}
         self.next_address = 0x1_2000_0000  # above 4 GiB, so the high address word matters
@@ -295,7 +383,36 @@ class FakeBoard:
         mod.__spec__ = importlib.machinery.ModuleSpec("pynq", None)
         mod.Overlay = lambda bitfile, download=True, **kw: FakeOverlay(self, bitfile, download)
         mod.allocate = lambda *args, **kwargs: self.allocate(*args, **kwargs)
+        mod.MMIO = lambda base_addr, length=4, **kw: FakeMMIO(self, base_addr, length)
+        mod.pl_server = types.SimpleNamespace(hwh_parser=types.SimpleNamespace(HWH=self._hwh))
         return mod
+
+    def hwh(self):
+        """The .hwh of the design this board runs (``board_hwh``); places the memories on the bus."""
+        sizes = {name: self.windows.get(name, 4 * mem.expected.size) for name, mem in self.mems.items()}
+        text, windows = board_hwh(self.zynq, list(self.dmas), sizes)
+        for name, mem in self.mems.items():
+            mem.base, mem.size = windows[name]
+        return text, windows
+
+    def ip_dict(self):
+        """The overlay's ip_dict: the design's .hwh through the board's PYNQ parser."""
+        text, windows = self.hwh()
+        return copy.deepcopy(pynq_twin.parse(text, self.parser)) if self.parser else hwh_names(windows)
+
+    def _hwh(self, hwh_name):
+        """``pynq.pl_server.hwh_parser.HWH``: the real parser of the same pynq, on the file it is given."""
+        self.hwh_parsed.append(hwh_name)
+        with open(hwh_name, encoding="utf-8") as f:
+            text = f.read()
+        if self.parser:
+            ip_dict = copy.deepcopy(pynq_twin.parse(text, pynq_twin.hwh_parser(self.parser)))
+        else:
+            design, windows = self.hwh()
+            if text != design:
+                raise ValueError("without the real pynq the fake reads no .hwh but its own design's")
+            ip_dict = hwh_names(windows)
+        return types.SimpleNamespace(ip_dict=ip_dict)
 
     def allocate(self, shape, dtype=np.uint8, **kwargs):
         buf = np.zeros(shape, dtype).view(FakeBuffer)
@@ -331,7 +448,7 @@ class FakeBoard:
                 if mem is not None and not np.array_equal(mem[:data.size], data):
                     self.errors.append("weights DMA %s streams the wrong bytes" % name)
         for mem in self.mems.values():
-            if not np.array_equal(np.asarray(mem.mmio.array[: mem.expected.size]), mem.expected):
+            if [self.bus.get(mem.base + 4 * i) for i in range(mem.expected.size)] != mem.expected.tolist():
                 self.errors.append("runtime weights of %s not loaded" % mem.name)
         if self.errors or self.hang:
             return  # a stalled stream: nothing ever completes

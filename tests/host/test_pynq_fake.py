@@ -2,12 +2,13 @@
 
 import importlib.util
 import os
+import re
 import sys
 import time
 
 import numpy as np
 import pytest
-from fake_pynq import DONE, FEATURE_WIDTH, INPUT_SIZE, FakeBoard, make_bundle, tiny_io
+from fake_pynq import DONE, FEATURE_WIDTH, INPUT_SIZE, FakeBoard, FakeMMIO, board_hwh, make_bundle, tiny_io
 
 from host.backends import available_backends, make_backend
 from host.bundle import load_bundle
@@ -116,16 +117,21 @@ def test_missing_or_tampered_weight_file_is_one_line_naming_it(tmp_path, monkeyp
 RT_IPS = ("StreamingDataflowPartition_1/s_axilite_0", "StreamingDataflowPartition_1/s_axilite_1")
 
 
-def _runtime_bundle(tmp_path, sizes=(40, 9)):
+def _runtime_bundle(tmp_path, sizes=(40, 9), ips=RT_IPS, **kwargs):
     rng = np.random.default_rng(5)
     words = [rng.integers(0, 2 ** 32, size=n, dtype=np.uint64).astype(np.uint32) for n in sizes]
-    return load_bundle(make_bundle(tmp_path / "b", runtime_weights=list(zip(RT_IPS, words)))), words
+    return load_bundle(make_bundle(tmp_path / "b", runtime_weights=list(zip(ips, words)), **kwargs)), words
+
+
+def _bus_words(board, ip, n):
+    return [board.bus.get(board.mems[ip].base + 4 * i) for i in range(n)]
 
 
 def test_runtime_writeable_weights_are_written_read_back_and_flushed(tmp_path, monkeypatch):
     """URAM weights of an UltraScale+ design (FINN's runtime_writeable_weights): written once into each
-    layer's AXI-lite window when the overlay loads, then one discarded batch flushes the weights the
-    streamers had prefetched, so the very first real batch already equals the emulator."""
+    layer's AXI-lite window when the overlay loads, one word at a time, and read back; then one discarded
+    batch flushes the weights the streamers had prefetched, so the very first real batch already equals
+    the emulator."""
     bundle, words = _runtime_bundle(tmp_path)
     board = _install(monkeypatch, bundle, runtime=dict(zip(RT_IPS, words)))
     x = _images(5, seed=4)
@@ -133,8 +139,12 @@ def test_runtime_writeable_weights_are_written_read_back_and_flushed(tmp_path, m
         assert board.runs == [1]  # the flush, before any image of ours
         assert np.array_equal(b.extract(x, batch_size=5), load_emulator(bundle.emulator_path).extract(x))
     assert board.errors == [] and board.runs == [1, 5]
+    want_log = []
     for ip, w in zip(RT_IPS, words):
-        assert np.array_equal(board.mems[ip].mmio.array[: w.size], w)
+        assert _bus_words(board, ip, w.size) == w.tolist()
+        addresses = [board.mems[ip].base + 4 * i for i in range(w.size)]
+        want_log += [("write", a) for a in addresses] + [("read", a) for a in addresses]
+    assert board.bus_log == want_log
 
 
 def test_fake_board_computes_stale_weights_until_flushed(tmp_path, monkeypatch):
@@ -143,27 +153,90 @@ def test_fake_board_computes_stale_weights_until_flushed(tmp_path, monkeypatch):
     board = _install(monkeypatch, bundle, runtime=dict(zip(RT_IPS, words)))
     x = _images(2, seed=1)
     with make_backend("pynq", bundle) as b:
-        board.mems[RT_IPS[1]].mmio.array[0] = words[1][0]  # rewritten: the streamers hold old words again
+        mem = board.mems[RT_IPS[1]]
+        sys.modules["pynq"].MMIO(mem.base, mem.size).write(0, int(words[1][0]))  # the streamers hold old words again
         first, second = b.extract(x), b.extract(x)
     assert np.array_equal(first, -second) and np.array_equal(second, load_emulator(bundle.emulator_path).extract(x))
-    board.mems[RT_IPS[0]].mmio.array[0] ^= 1
+    board.bus[board.mems[RT_IPS[0]].base] ^= 1
     assert "runtime weights of %s not loaded" % RT_IPS[0] not in board.errors
     board.run(board.idma)
     assert "runtime weights of %s not loaded" % RT_IPS[0] in board.errors
 
 
+def test_fake_mmio_is_pynqs(tmp_path, monkeypatch):
+    """The fake refuses what pynq.MMIO refuses, so the backend's writes would work on a board."""
+    bundle, words = _runtime_bundle(tmp_path)
+    board = _install(monkeypatch, bundle, runtime=dict(zip(RT_IPS, words)))
+    make_backend("pynq", bundle).close()
+    mem = board.mems[RT_IPS[0]]
+    mmio = sys.modules["pynq"].MMIO(mem.base, mem.size)
+    with pytest.raises(ValueError, match="Data type must be int or bytes"):
+        mmio.write(0, np.uint32(1))  # pynq's write_mm tests type(data) is int
+    with pytest.raises(MemoryError, match="Unaligned"):
+        mmio.write(2, 1)
+    with pytest.raises(IndexError):
+        mmio.read(mem.size)
+    beyond = max(m.base + m.size for m in board.mems.values())
+    sys.modules["pynq"].MMIO(beyond, 4).write(0, 1)
+    assert board.errors == ["MMIO write to 0x%x, outside every runtime weight window" % beyond]
+
+
+def test_weights_that_cannot_be_written_or_do_not_read_back_are_one_line_errors(tmp_path, monkeypatch):
+    bundle, words = _runtime_bundle(tmp_path)
+    board = _install(monkeypatch, bundle, runtime=dict(zip(RT_IPS, words)))
+    pynq = sys.modules["pynq"]
+
+    def no_dev_mem(base_addr, length=4):  # pynq.MMIO opens /dev/mem, which needs root
+        raise PermissionError("[Errno 13] Permission denied: '/dev/mem'")
+
+    monkeypatch.setattr(pynq, "MMIO", no_dev_mem)
+    with pytest.raises(BnnError, match=r"1_0_MVAU_hls_0\.dat: cannot write the weights of %s \(fc0\) at 0x[0-9a-f]+ "
+                                       r"\(PermissionError: \[Errno 13\] Permission denied: '/dev/mem'\)$" % RT_IPS[0]):
+        make_backend("pynq", bundle)
+
+    class FlippedBit(FakeMMIO):  # the third word reads back with its lowest bit flipped
+        def read(self, offset=0):
+            return super().read(offset) ^ (offset == 8)
+
+    monkeypatch.setattr(pynq, "MMIO", lambda base_addr, length=4: FlippedBit(board, base_addr, length))
+    with pytest.raises(BnnError, match=r"1_0_MVAU_hls_0\.dat: the weights read back from %s \(fc0\) differ from the "
+                                       r"ones written in 1 of 40 words, the first at offset 0x8$" % RT_IPS[0]):
+        make_backend("pynq", bundle)
+    assert board.runs == [] and board.errors == []
+
+
 def test_runtime_weights_that_do_not_fit_or_do_not_parse_are_one_line_errors(tmp_path, monkeypatch):
     from host.backends.pynq import read_runtime_words
 
-    bundle, words = _runtime_bundle(tmp_path)
-    _install(monkeypatch, bundle, runtime={RT_IPS[0]: words[0][:8], RT_IPS[1]: words[1]})  # a smaller window
-    with pytest.raises(BnnError, match=r"1_0_MVAU_hls_0\.dat: 40 weight words for %s \(fc0\), whose AXI-lite "
-                                       r"window holds 24: the bitfile does not match" % RT_IPS[0]):
+    ip = "StreamingDataflowPartition_1/s_axilite_0"
+    bundle, words = _runtime_bundle(tmp_path, sizes=(1500,), ips=(ip,))
+    board = _install(monkeypatch, bundle, runtime={ip: words[0]}, windows={ip: 4096})  # FINN's smallest window
+    with pytest.raises(BnnError, match=r"1_0_MVAU_hls_0\.dat: 1500 weight words for %s \(fc0\), whose AXI-lite "
+                                       r"window holds 1024: the bitfile does not match the bundle$" % ip):
         make_backend("pynq", bundle)
+    assert board.bus_log == []  # refused before the first write
     for text in ("00000001\nzz\n", "", "100000000\n"):
         (tmp_path / "w.dat").write_text(text)
         with pytest.raises(BnnError, match=r"w\.dat: not a FINN runtime weight file"):
             read_runtime_words(str(tmp_path / "w.dat"))
+
+
+def test_a_runtime_memory_the_overlay_lacks_is_one_line_naming_what_it_has(tmp_path, monkeypatch):
+    """The manifest lists a memory the bitfile does not have (its .hwh is the bitfile's, as a build writes it)."""
+    ips = RT_IPS + ("StreamingDataflowPartition_3/s_axilite_0",)
+    hwh, _ = board_hwh("zynq_7000", ["idma0", "odma0"], {RT_IPS[0]: 160, ips[2]: 16})
+    bundle, words = _runtime_bundle(tmp_path, sizes=(40, 9, 4), ips=ips, hwh_text=hwh)
+    board = _install(monkeypatch, bundle, runtime={RT_IPS[0]: words[0], ips[2]: words[2]})
+    with pytest.raises(BnnError) as e:
+        make_backend("pynq", bundle)
+    assert "\n" not in str(e.value)
+    assert re.fullmatch(r".*finn-accel\.bit: the overlay has no AXI-lite window "
+                        r"StreamingDataflowPartition_1/s_axilite_1 for the runtime weights of fc1 "
+                        r"\(it has StreamingDataflowPartition_1 \[s_axilite_0\], "
+                        r"StreamingDataflowPartition_3 \[s_axilite_0\], idma0 \[s_axi_control_0\], "
+                        r"odma0 \[s_axi_control_0\], zynq_ps\): the bitfile does not match the bundle manifest",
+                        str(e.value))
+    assert board.runs == []
 
 
 def test_fake_board_enforces_the_start_order(bundle, monkeypatch):
@@ -205,8 +278,8 @@ def test_overlay_without_the_manifests_dma(bundle, monkeypatch):
     board = FakeBoard(bundle)
     del board.dmas["odma0"]
     monkeypatch.setitem(sys.modules, "pynq", board.module())
-    with pytest.raises(BnnError, match=r"finn-accel\.bit: the overlay has no IP 'odma0' \(it has idma0\): the bitfile "
-                                       r"does not match the bundle manifest$"):
+    with pytest.raises(BnnError, match=r"finn-accel\.bit: the overlay has no IP 'odma0' \(it has idma0, zynq_ps\): the "
+                                       r"bitfile does not match the bundle manifest$"):
         make_backend("pynq", bundle)
 
 
