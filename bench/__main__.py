@@ -26,8 +26,8 @@ def parse_args(argv):
                          "machine busy with other work, 1 gives stable numbers: multi-threaded calls then stall "
                          "on descheduled threads")
     ap.add_argument("--with-paper-finn", action="store_true",
-                    help="also run the paper preset's estimate command for kv260 (100 and 150 MHz) and zcu104 "
-                         "(minutes and up to ~5 GB each)")
+                    help="also run the paper preset's estimate command for kv260 and zcu104 at their default "
+                         "clock and kv260 at 100 MHz (minutes and up to ~5 GB each)")
     ap.add_argument("--demo-bundle", metavar="DIR",
                     help="the demo's deploy bundle (runs/demo/deploy/pynq-z2): also train heads on its features of "
                          "synthetic-transfer and measure transfer to real images (transfer/digits)")

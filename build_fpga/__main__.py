@@ -49,7 +49,9 @@ def build_parser():
                     help="FINN folding config JSON to use instead of a target fps, e.g. a bundle's "
                          "report/folding_config.json with PE/SIMD edited")
     ap.add_argument("--clock-mhz", type=float, default=None, metavar="MHZ",
-                    help="clock FINN folds and estimates for (default: the board's, 100 MHz on the Zynq-7000 boards)")
+                    help="clock FINN folds, estimates and synthesizes for, 10 to 250 (default: the board's: 100 MHz "
+                         "on Pynq-Z1/Z2, 150 MHz on Ultra96, ZCU104, KV260, below the 5.0-5.4 ns finn-examples builds "
+                         "there; only Vivado's timing report proves a clock)")
     ap.add_argument("--mvau-wwidth-max", type=int, default=36, metavar="BITS",
                     help="FINN's cap on SIMD x weight bits per PE in SetFolding, i.e. with --target-fps "
                          "(default 36, FINN's)")
@@ -67,6 +69,13 @@ def build_parser():
                          "FIFOs, no simulation: works on a plain Vivado install; our network is one chain of "
                          "layers, so it cannot deadlock) or distributed_sim (sizes each FIFO by simulating the "
                          "layers: needs FINN's XSI simulator, cmake, g++, OpenMP, Boost; takes long)")
+    ap.add_argument("--board-repo", action="append", default=[], metavar="DIR",
+                    help="a folder of board files (<board>/<version>/board.xml) to search besides FINN's deps, "
+                         "Vivado's board store and your XHUB store; passed on to Vivado's board.repoPaths "
+                         "(repeatable)")
+    ap.add_argument("--accept-timing-violation", action="store_true",
+                    help="bundle the bitstream even when Vivado's routed design misses the clock (default: refuse, "
+                         "naming the clock it reaches and the --clock-mhz to retry with)")
     ap.add_argument("--clean", action="store_true",
                     help="start the hardware build over instead of resuming it from its last finished FINN step")
     ap.add_argument("--verify-images", type=int, default=4, metavar="N",
@@ -90,11 +99,16 @@ def main(argv=None):
     from .config import BuildConfig
 
     args = build_parser().parse_args(argv)
+    from .finn_env import launch_like_finn, vivado_requested
+
+    if argv is None and not args.estimate_only and vivado_requested():
+        launch_like_finn("build_fpga")  # restarts this process once, before anything is read or written
     cfg = BuildConfig(export=args.export, board=args.board, out=args.out, target_fps=args.target_fps,
                       folding=args.folding, clock_mhz=args.clock_mhz, mvau_wwidth_max=args.mvau_wwidth_max,
                       estimate_only=args.estimate_only, hw_codegen=args.hw_codegen,
                       build_dir=args.build_dir, verify_images=args.verify_images, fifo=args.fifo,
-                      clean=args.clean, cppsim=args.cppsim, hls_include=args.hls_include)
+                      clean=args.clean, cppsim=args.cppsim, hls_include=args.hls_include,
+                      board_repos=tuple(args.board_repo), accept_timing_violation=args.accept_timing_violation)
     result = build(cfg)
     print(result.message, flush=True)
     return 0

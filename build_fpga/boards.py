@@ -9,8 +9,16 @@ Sources (finn-plus 1.6.1):
   64 URAM, 1,248 DSP slices.
 - usable margins: ``finn.util.platforms.DEFAULT_RES_LIMITS`` = ``[0.7, 0.5, 0.80, 0.80, 0.80]`` for
   LUT, FF, BRAM_18K, URAM, DSP ("recommended resource limits from Xilinx for timing closure").
-- clock: 100 MHz, FINN's default (``DataflowBuildConfig.synth_clk_period_ns = 10.0``; its Zynq
-  shell also sets the PS reference clock to 100 MHz in ``templates.custom_zynq_shell_template``).
+- clock (the default of ``--clock-mhz``; FINN clocks the whole design from the PS's first PL clock at
+  the ``synth_clk_period_ns`` it is given): 100 MHz on the Zynq-7000 boards (FINN's default
+  ``synth_clk_period_ns = 10.0``, BNN-PYNQ's and finn-examples' Pynq-Z1/Z2 clock for larger designs);
+  150 MHz on the Zynq UltraScale+ boards, below what finn-examples builds there: bnn-pynq for Ultra96
+  and ZCU104 at ``synth_clk_period_ns=5.0`` (200 MHz; finn-examples commit 44c569e, April 2024),
+  mobilenet-v1 on ZCU104 at 5.4 ns, espcn on KV260 at 5.0 ns (dev branch). A precedent is not a
+  proof: only Vivado's timing report after routing proves a clock (``build_fpga/timing.py``).
+- highest ``--clock-mhz``: 250 MHz, the Zynq-7000 PS's FCLK maximum (AMD DS187); the same cap on
+  Zynq UltraScale+ (above every finn-examples build there), where the PL clock FINN uses comes from
+  the PS too.
 - shell flow: ``ShellFlowType.VIVADO_ZYNQ`` (``"vivado_zynq"``) for all five; the driver platform
   FINN derives from it is ``"zynq-iodma"``.
 
@@ -42,7 +50,9 @@ from typing import Dict, Optional
 from host.errors import BnnError
 
 RESOURCES = ("lut", "ff", "bram18", "uram", "dsp")
-DEFAULT_CLOCK_MHZ = 100.0
+# Default clock per FPGA family (module docstring): Zynq-7000 100 MHz, Zynq UltraScale+ 150 MHz.
+_CLOCK_MHZ = {"pynq-z1": 100.0, "pynq-z2": 100.0, "ultra96": 150.0, "zcu104": 150.0, "kv260": 150.0}
+MIN_CLOCK_MHZ, MAX_CLOCK_MHZ = 10.0, 250.0
 
 # our name -> (FINN board name for part_map / ZynqBuild, FINN platforms key or None)
 _FINN_NAMES = {
@@ -127,7 +137,7 @@ def get_board(name: str) -> Board:
         name=name,
         finn_board=finn_board,
         part=pynq_part_map[finn_board],
-        clock_mhz=DEFAULT_CLOCK_MHZ,
+        clock_mhz=_CLOCK_MHZ[name],
         shell_flow=ShellFlowType.VIVADO_ZYNQ.value,
         lut=res[0],
         ff=res[1],

@@ -45,6 +45,7 @@ from host.manifest import (
 )
 
 from . import hardware
+from .boards import get_board
 from .config import BuildConfig
 from .finn_env import vivado_available, vivado_requested
 
@@ -91,8 +92,11 @@ def build(cfg: BuildConfig, log: Callable[[str], None] = _stderr) -> BuildResult
         toolchain = None
         if with_vivado:  # before anything long runs (or anything is written)
             toolchain = hardware.preflight_hardware(cfg, cfg.build_dir or out + ".finn-build")
-            log("build_fpga: pre-flight: Vivado %s, Vitis HLS %s, board part %s, FIFO sizing %s" % (
-                toolchain["vivado"], toolchain["vitis_hls"], toolchain["board_part"], cfg.fifo))
+            log("build_fpga: pre-flight: Vivado %s, Vitis HLS %s, board part %s (%s), FIFO sizing %s" % (
+                toolchain["vivado"], toolchain["vitis_hls"], toolchain["board_part"], toolchain["board_files"],
+                cfg.fifo))
+            for warning in toolchain["warnings"]:
+                log("build_fpga: warning: pre-flight: %s" % warning)
         build_dir, keep = _build_dir(cfg, out, with_vivado)
         from .finn_flow import reused_heap
 
@@ -108,7 +112,6 @@ def build(cfg: BuildConfig, log: Callable[[str], None] = _stderr) -> BuildResult
 def _build(cfg, out, export, export_sha, params, folding_bytes, toolchain, build_dir, keep, headers,
            log) -> BuildResult:
     from . import bundle, report
-    from .boards import get_board
     from .estimates import check_fit, fit_refusal, pct
     from .finn_flow import extract_layers, run_flow
     from .folding import SEARCH_FOLDING, search_max_fps
@@ -186,10 +189,13 @@ def _build(cfg, out, export, export_sha, params, folding_bytes, toolchain, build
     if toolchain is not None:
         log("build_fpga: Vivado found: FINN hardware steps (HLS IP, FIFOs, stitching, synthesis, bitstream); "
             "this takes long and resumes if stopped")
-        hw_dir = hardware.hardware_dir(build_dir, hardware.hardware_key(export_sha, finn_dir, run_cfg))
+        hw_dir = hardware.hardware_dir(build_dir, hardware.hardware_key(export_sha, finn_dir, run_cfg, toolchain))
         with _quiet_finn():
-            hw = hardware.run_hardware(finn_dir, hw_dir, run_cfg, log=log, clean=cfg.clean)
+            hw = hardware.run_hardware(finn_dir, hw_dir, run_cfg, log=log, clean=cfg.clean,
+                                       board_repos=toolchain["vivado_board_repos"])
         hw["toolchain"] = toolchain
+        hw["timing"] = _checked_timing(hw_dir, cfg, board, out, log)
+        hardware.prune_hardware_dirs(hw_dir, log)
         hardware.copy_reports(hw, os.path.join(finn_dir, "report"))
         hw["runtime_weights"] = _weights_loaded_at_run_time(hw, weight_streams, names)
 
@@ -210,6 +216,20 @@ def _build(cfg, out, export, export_sha, params, folding_bytes, toolchain, build
         why = "--estimate-only was given" if cfg.estimate_only and vivado_available() else "Vivado is not on PATH"
         msg = ("synthesis and bitstream skipped: %s (estimates and emulator bundle written to %s)" % (why, out))
     return BuildResult(out, False, hw is not None, est, build_dir if keep else None, msg)
+
+
+def _checked_timing(hw_dir, cfg: BuildConfig, board, out: str, log) -> Dict:
+    """Vivado's post-route timing of the hardware build; a missed clock refuses the bundle (exit 2) unless
+    --accept-timing-violation. The hardware build stays, so either retry reuses or replaces it."""
+    from .timing import read_timing, timing_refusal
+
+    timing = read_timing(Path(hw_dir) / "report", cfg.clock(board))
+    refusal = timing_refusal(timing, out, cfg.accept_timing_violation)
+    if refusal:
+        raise BnnError(refusal)
+    log("build_fpga: timing %s: worst negative slack %.3f ns at %g MHz (about %.0f MHz reachable)" % (
+        "met" if timing.met else "VIOLATED (accepted)", timing.wns_ns, timing.target_mhz, timing.fmax_mhz))
+    return timing.to_dict()
 
 
 def ddr_refusal(est: Dict, cfg: BuildConfig, out: str) -> None:
@@ -276,7 +296,7 @@ def build_params(cfg: BuildConfig, folding_bytes: Optional[bytes], with_vivado: 
         "board": cfg.board,
         "target_fps": cfg.target_fps,
         "folding_sha256": sha256_bytes(folding_bytes) if folding_bytes is not None else None,
-        "clock_mhz": cfg.clock_mhz,
+        "clock_mhz": cfg.clock(get_board(cfg.board)),  # resolved: a new board default rebuilds
         "mvau_wwidth_max": int(cfg.mvau_wwidth_max),
         "estimate_only": bool(cfg.estimate_only),
         "hw_codegen": bool(cfg.hw_codegen),
@@ -284,6 +304,7 @@ def build_params(cfg: BuildConfig, folding_bytes: Optional[bytes], with_vivado: 
         "cppsim": int(cfg.cppsim),
         "hardware": bool(with_vivado),
         "fifo": cfg.fifo if with_vivado else None,
+        "accept_timing_violation": bool(cfg.accept_timing_violation) if with_vivado else None,
     }
 
 

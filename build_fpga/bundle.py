@@ -198,7 +198,8 @@ def write_bundle(root: str, *, export_dir: str, export: Dict, export_sha: str, p
         weights_memory=_weights_memory(streamed, io["runtime_writeable_weights"]),
         runtime=runtime,
         finn_build_dir=build_dir,
-        hardware_build=None if hw is None else {"fifo": params.get("fifo"), "toolchain": hw.get("toolchain")},
+        hardware_build=None if hw is None else {"fifo": params.get("fifo"), "toolchain": hw.get("toolchain"),
+                                                "timing": hw.get("timing")},
         versions=package_versions("finn-plus", "qonnx", "onnx", "numpy", "torch", "brevitas"),
     )
     with open(os.path.join(root, "README.md"), "w", encoding="utf-8") as f:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 from host.errors import BnnError
 
@@ -28,6 +28,12 @@ class BuildConfig:
     clean: bool = False  # start the hardware build over instead of resuming it
     cppsim: int = 0  # images through FINN's C++ simulation of the HLS layers (0: no cppsim rung)
     hls_include: Optional[str] = None  # open ap_types headers for cppsim where Vitis HLS is not installed
+    board_repos: Tuple[str, ...] = ()  # more board-file folders for the pre-flight and Vivado's board.repoPaths
+    accept_timing_violation: bool = False  # bundle a bitstream whose routed design misses its clock
+
+    def clock(self, board) -> float:
+        """The clock FINN folds, estimates and synthesizes for: --clock-mhz, else the board's."""
+        return float(self.clock_mhz or board.clock_mhz)
 
     def check(self) -> None:
         """One-line BnnError for a configuration no build can run with."""
@@ -41,8 +47,17 @@ class BuildConfig:
             raise BnnError("--verify-images %r: must be 0 or more" % self.verify_images)
         if self.cppsim < 0:
             raise BnnError("--cppsim %r: must be 0 or more images" % self.cppsim)
-        if self.clock_mhz is not None and not self.clock_mhz > 0:
-            raise BnnError("--clock-mhz %r: must be a positive frequency" % self.clock_mhz)
+        from .boards import MAX_CLOCK_MHZ, MIN_CLOCK_MHZ
+
+        if self.clock_mhz is not None and not MIN_CLOCK_MHZ <= self.clock_mhz <= MAX_CLOCK_MHZ:
+            raise BnnError("--clock-mhz %r: must be a frequency from %g to %g MHz (the PS's PL clock FINN's shell "
+                           "uses)" % (self.clock_mhz, MIN_CLOCK_MHZ, MAX_CLOCK_MHZ))
+        for repo in self.board_repos:
+            if not os.path.isdir(repo):
+                raise BnnError("--board-repo %s: not a folder (it should hold <board>/<version>/board.xml)" % repo)
+            if any(c in repo for c in '{}"\\\n%$['):
+                raise BnnError("--board-repo %r: a folder whose name has none of {}\"\\$[%% or newlines, please "
+                               "(Vivado receives it in a Tcl script)" % repo)
         if self.mvau_wwidth_max < 1:
             raise BnnError("--mvau-wwidth-max %r: must be a positive number of bits" % self.mvau_wwidth_max)
         from .preflight import FIFO_STRATEGIES
@@ -57,6 +72,7 @@ class BuildConfig:
     def finn_dict(self) -> Dict:
         """The fields that shape FINN's run (recorded with every estimate)."""
         d = asdict(self)
-        for k in ("export", "out", "estimate_only", "build_dir", "verify_images", "clean", "cppsim", "hls_include"):
+        for k in ("export", "out", "estimate_only", "build_dir", "verify_images", "clean", "cppsim", "hls_include",
+                  "board_repos", "accept_timing_violation"):
             d.pop(k)
         return d

@@ -29,8 +29,9 @@ handled here and nowhere else in this repo (finn-plus 1.6.1):
    on ``LD_LIBRARY_PATH``, sets ``XILINX_LOCAL_USER_DATA=no``, appends the tools' ``bin`` folders to
    ``PATH`` and defaults ``PYTHONPATH``. :func:`launcher_environment` computes exactly that from the
    same settings with FINN's own helpers; ``tests/build_fpga/test_finn_env.py`` runs the launcher's
-   ``prepare_finn`` and compares the variables both set. Not copied: the multiprocessing start
-   method (process-wide; FINN's pools work under Python's default here) and the dependency update
+   ``prepare_finn`` and compares the variables both set. The launcher's process-wide steps (restart
+   with LD_LIBRARY_PATH in effect, ``spawn`` for FINN's worker pools) are :func:`launch_like_finn`,
+   which ``python -m build_fpga`` runs first on the Vivado path. Not copied: the dependency update
    (``finn deps update`` is the user's step; :mod:`build_fpga.preflight` checks its result).
 
 ``build_dataflow_cfg`` also hijacks process-wide logging (``logging.basicConfig(force=True)``,
@@ -178,6 +179,26 @@ def launcher_environment(settings, environ: Optional[Dict[str, str]] = None) -> 
         os.environ.clear()
         os.environ.update(saved)
     return {k: v for k, v in after.items() if base.get(k) != v}
+
+
+def launch_like_finn(module: str) -> None:
+    """What finn-plus's ``finn`` launcher does first (``run_finn.main``), for ``python -m <module>`` on
+    the Vivado path: restart the process with Xilinx's libraries on LD_LIBRARY_PATH (FINN's
+    ``ensure_ld_library_path``: ld.so reads the variable only at start, and FINN's XSI simulator loads
+    Vivado's libraries into this process), then FINN's multiprocessing start method (spawn: forking a
+    process that has loaded torch, onnxruntime and Vivado's libraries is unsafe). FINN's own restart
+    runs ``argv[0]`` as a script, which would break a package's relative imports; this one re-runs the
+    module. Call it before anything else runs: the process image is replaced."""
+    from finn.interface.run_finn import _LD_REEXEC_MARKER, prepend_ld_library_paths, xilinx_ld_library_paths
+    from finn.util.multiprocessing import configure_start_method
+
+    paths = xilinx_ld_library_paths()
+    if paths and prepend_ld_library_paths(paths) and os.environ.get(_LD_REEXEC_MARKER) != "1":
+        os.environ[_LD_REEXEC_MARKER] = "1"  # a search path reset from outside cannot loop the restart
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execve(sys.executable, [sys.executable, "-m", module] + sys.argv[1:], os.environ)
+    configure_start_method()
 
 
 def _patch_exit_buildflow() -> None:

@@ -39,7 +39,7 @@ def dataflow_config(out_dir, cfg: BuildConfig, board: Board, steps=None, start_s
     """FINN's DataflowBuildConfig for ``cfg`` (no target fps and no folding: FINN's minimal folding)."""
     import finn.builder.build_dataflow_config as bc
 
-    clock = cfg.clock_mhz or board.clock_mhz
+    clock = cfg.clock(board)
     fps = cfg.target_fps if (cfg.target_fps or cfg.folding) else 1
     return bc.DataflowBuildConfig(
         output_dir=str(out_dir),
@@ -133,7 +133,7 @@ def _libc():
 
 def _estimates(out_dir: Path, cfg: BuildConfig, board: Board, wall: float,
                layer_names: Optional[Sequence[str]]) -> Dict:
-    clock = cfg.clock_mhz or board.clock_mhz
+    clock = cfg.clock(board)
     est = parse_estimates(out_dir / "report", board, clock, out_dir / "intermediate_models", layer_names)
     est["ddr"] = ddr_estimate(out_dir / "report", board, clock)
     est["target_fps"] = cfg.target_fps

@@ -21,7 +21,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Sequence
 
 from qonnx.transformation.base import Transformation
 
@@ -82,18 +82,38 @@ def _start_model_step() -> str:
     return flow_steps(hw_codegen=False)[-1].__name__
 
 
-def hardware_key(export_sha: str, est_dir, cfg: BuildConfig) -> str:
-    """Digest of what decides the hardware: export, board, FINN's applied folding, clock, FIFO strategy."""
+# Our code that runs inside FINN's flow and shapes the hardware (the steps, their graph transformations,
+# the weight placement): a change to it must not reuse HLS IP built before.
+STEP_SOURCES = ("steps.py", "transforms.py", "external_weights.py")
+
+
+def hardware_key(export_sha: str, est_dir, cfg: BuildConfig, toolchain: Dict) -> str:
+    """Digest of what decides the hardware: export, board, FINN's applied folding, clock, FIFO strategy,
+    the tool versions (Vivado, Vitis HLS, finn-plus) and the source of our FINN steps."""
+    from importlib.metadata import version
+
     folding = Path(est_dir) / "report" / FOLDING_CONFIG  # the folding as estimated, weight memory included
     h = hashlib.sha256()
-    for part in (export_sha, cfg.board, str(cfg.clock_mhz), str(cfg.mvau_wwidth_max), cfg.fifo):
+    for part in (export_sha, cfg.board, "%g" % cfg.clock(get_board(cfg.board)), str(cfg.mvau_wwidth_max), cfg.fifo,
+                 str(toolchain.get("vivado")), str(toolchain.get("vitis_hls")), version("finn-plus")):
         h.update(part.encode() + b"\0")
     h.update(folding.read_bytes() if folding.exists() else b"")
+    for name in STEP_SOURCES:
+        h.update((Path(__file__).parent / name).read_bytes())
     return h.hexdigest()[:16]
 
 
 def hardware_dir(root, key: str) -> Path:
     return Path(root) / ("hw-" + key)
+
+
+def prune_hardware_dirs(keep: Path, log: Callable[[str], None]) -> None:
+    """Remove the other ``hw-*`` folders beside ``keep`` (builds of an earlier export, folding, clock or
+    toolchain: each holds gigabytes of Vivado projects), saying so."""
+    for old in sorted(keep.parent.glob("hw-*")):
+        if old.is_dir() and old.name != keep.name:
+            shutil.rmtree(old, ignore_errors=True)
+            log("build_fpga: removed the earlier hardware build %s" % old)
 
 
 def _read_progress(hw_dir: Path, steps: List[str]) -> List[str]:
@@ -131,8 +151,32 @@ def _tracked(name: str, index: int, steps: List[str], hw_dir: Path, log: Callabl
     return run
 
 
+# FINN's Zynq shell adds its deps' board_files to the project's and Vivado's board repositories here.
+_SHELL_BOARD_REPO = 'lappend paths_param "$BOARDFILES$"\n'
+
+
+@contextlib.contextmanager
+def shell_board_repos(folders: Sequence[str]):
+    """FINN's Zynq shell template with ``folders`` also added to ``BOARD_PART_REPO_PATHS`` and
+    ``board.repoPaths``, as it adds its own deps' board_files (FINN has no option for more)."""
+    from finn.transformation.fpgadataflow import templates
+
+    original = templates.custom_zynq_shell_template
+    if folders:
+        if original.count(_SHELL_BOARD_REPO) != 1:
+            raise FlowError("FINN's Zynq shell template no longer adds board repositories the way this build "
+                            "extends it (%r); --board-repo cannot be passed on" % _SHELL_BOARD_REPO.strip())
+        # the template is %-formatted by FINN: a literal % would break it (config.check refuses one)
+        extra = "".join("lappend paths_prop {%s}\nlappend paths_param {%s}\n" % (f, f) for f in folders)
+        templates.custom_zynq_shell_template = original.replace(_SHELL_BOARD_REPO, _SHELL_BOARD_REPO + extra)
+    try:
+        yield
+    finally:
+        templates.custom_zynq_shell_template = original
+
+
 def run_hardware(est_dir, hw_dir, cfg: BuildConfig, log: Callable[[str], None] = lambda s: None,
-                 clean: bool = False) -> Dict:
+                 clean: bool = False, board_repos: Sequence[str] = ()) -> Dict:
     """Continue a finished estimate build (``est_dir``) through synthesis in ``hw_dir`` (needs Vivado).
 
     Starts from the model our estimate steps left (``intermediate_models/step_bnn_io_shapes.onnx``:
@@ -157,10 +201,10 @@ def run_hardware(est_dir, hw_dir, cfg: BuildConfig, log: Callable[[str], None] =
         models.mkdir(parents=True)
         shutil.copyfile(start_model, models / (start_name + ".onnx"))
     finn_log = hw_dir / "build_dataflow.log"
-    if finn_log.exists():  # FINN truncates its log: keep each earlier attempt's
+    todo = hw[len(done):]
+    if todo and finn_log.exists():  # FINN truncates its log: keep each earlier attempt's
         (hw_dir / "logs").mkdir(exist_ok=True)
         finn_log.rename(hw_dir / "logs" / ("build_dataflow.%d.log" % len(list((hw_dir / "logs").iterdir()))))
-    todo = hw[len(done):]
     if done:
         log("build_fpga: resuming the hardware build in %s after %s (%d of %d steps done; --clean starts over)"
             % (hw_dir, done[-1], len(done), len(hw)))
@@ -171,7 +215,7 @@ def run_hardware(est_dir, hw_dir, cfg: BuildConfig, log: Callable[[str], None] =
         tracked = [_tracked(s, i, hw, hw_dir, log, t0) for i, s in enumerate(hw)]
         steps = flow_steps(hw_codegen=False) + tracked
         dcfg = dataflow_config(hw_dir, cfg, board, steps=steps, start_step=todo[0], outputs=HARDWARE_OUTPUTS)
-        with finn_session(hw_dir / "finn_build"):
+        with finn_session(hw_dir / "finn_build"), shell_board_repos([os.path.abspath(d) for d in board_repos]):
             wall = run_dataflow("", hw_dir, dcfg)
         write_json_atomic(str(hw_dir / PROGRESS), {"finished": hw})
         log("build_fpga: hardware steps done (%s: %.0f s)" % (hw[-1], time.time() - t0[0]))
@@ -213,4 +257,5 @@ def preflight_hardware(cfg: BuildConfig, build_dir) -> Dict:
     """:func:`build_fpga.preflight.preflight` for ``cfg``'s board and FIFO strategy (BnnError if not ready)."""
     from .preflight import preflight
 
-    return preflight(get_board(cfg.board).finn_board, cfg.fifo, finn_deps_dir(build_dir), os.environ)
+    return preflight(get_board(cfg.board).finn_board, cfg.fifo, finn_deps_dir(build_dir), os.environ,
+                     board_repos=cfg.board_repos)

@@ -9,8 +9,10 @@ as one line saying how to get it (the CLI prints each as ``error: ...`` and exit
   XILINX_VIVADO / XILINX_HLS set; their versions read from the tools themselves (``-version``) must
   agree with each other, with the version FINN parses from the XILINX_VIVADO path, and be one
   finn-plus names (2022.2, 2024.2);
-- finn-hlslib and the board's board files in FINN's deps folder (``finn deps update``); the board
-  part is the one FINN's Zynq shell template sets for the board;
+- finn-hlslib in FINN's deps folder (``finn deps update``);
+- the board files of the board part FINN's Zynq shell template sets, wherever Vivado finds them
+  (:func:`board_repositories`), vendor and name matched case-insensitively as Vivado does (Avnet's
+  board.xml says ``Ultra96v2``, FINN's part ``avnet.com:ultra96v2:part0:1.2``);
 - for the ``distributed_sim`` FIFO strategy: what FINN's C++ FIFO simulator is built with (cmake,
   g++, OpenMP, Boost.Program_options, nlohmann_json from FINN's deps) and LD_LIBRARY_PATH holding
   Vivado's simulator libraries when this process started (ld.so reads it only then).
@@ -23,7 +25,8 @@ import re
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from xml.etree import ElementTree
 
 from host.errors import BnnError
 
@@ -71,17 +74,81 @@ def _path_version(path: str) -> Optional[str]:
     return "%s.%s" % m.groups() if m else None
 
 
-def board_files_found(part: str, repos: List[Path]) -> bool:
-    """A ``board.xml`` for ``vendor:name:part0:version`` under one of ``repos`` (as Vivado searches)."""
+def board_repositories(environ: Mapping[str, str], finn_deps: Path, extra: Sequence[str] = ()) -> List[Path]:
+    """Where Vivado looks for board files: the folders the user names (``--board-repo``, passed on to
+    Vivado's ``board.repoPaths``), FINN's deps ``board_files`` (FINN's Zynq shell adds it), Vivado's own
+    ``data/boards/board_files`` and its installed XilinxBoardStore (``data/xhub/boards/XilinxBoardStore/
+    boards``: ZCU104, KV260 and the other AMD boards), and the user's XHUB store, where Vivado's
+    "Vivado Store > Boards" installs (``~/.Xilinx/Vivado/<version>/xhub/board_store``)."""
+    repos = [Path(d) for d in extra] + [Path(finn_deps) / "board_files"]
+    home = environ.get("XILINX_VIVADO")
+    if home:
+        repos += [Path(home) / "data" / "boards" / "board_files",
+                  Path(home) / "data" / "xhub" / "boards" / "XilinxBoardStore" / "boards"]
+        store = _user_board_store(environ)
+        repos += [store] if store else []
+    return repos
+
+
+def user_board_store(home: str, version: str) -> Path:
+    return Path(home) / ".Xilinx" / "Vivado" / version / "xhub" / "board_store"
+
+
+def _user_board_store(environ: Mapping[str, str]) -> Optional[Path]:
+    version = _path_version(environ.get("XILINX_VIVADO", ""))
+    return user_board_store(environ["HOME"], version) if version and environ.get("HOME") else None
+
+
+def _board_id(xml: Path) -> Optional[Tuple[str, str, str]]:
+    """(vendor, name, file_version) of a board.xml, vendor and name lower-cased; None if unreadable."""
+    try:
+        root = ElementTree.parse(xml).getroot()
+    except (OSError, ElementTree.ParseError):
+        return None
+    if root.tag != "board":
+        return None
+    return (root.get("vendor", "").lower(), root.get("name", "").lower(),
+            (root.findtext("file_version") or "").strip())
+
+
+def find_board_files(part: str, repos: Sequence[Path]) -> Optional[Path]:
+    """The ``board.xml`` for ``vendor:name:part0:version`` under one of ``repos``, or None."""
     vendor, name, _, version = part.split(":")
+    want = (vendor.lower(), name.lower(), version)
     for repo in repos:
-        for xml in Path(repo).rglob("board.xml") if Path(repo).is_dir() else ():
-            text = xml.read_text(errors="replace")
-            if (re.search(r'<board[^>]*vendor="%s"' % re.escape(vendor), text)
-                    and re.search(r'<board[^>]*name="%s"' % re.escape(name), text)
-                    and "<file_version>%s</file_version>" % version in text):
+        for xml in sorted(Path(repo).rglob("board.xml")) if Path(repo).is_dir() else ():
+            if _board_id(xml) == want:
+                return xml
+    return None
+
+
+def board_files_hint(part: str) -> str:
+    """Where the board files of ``part`` come from: ``finn deps update`` for the boards FINN's
+    dependency list fetches (Pynq-Z1/Z2, Avnet's boards, KV260), Vivado's board store otherwise."""
+    vendor, name = part.split(":")[:2]
+    if _finn_fetches_board(vendor, name):
+        return DEPS_HINT
+    return ("install them from Vivado's board store (Tools > Vivado Store > Boards, or a full Vivado install's "
+            "data/xhub/boards/XilinxBoardStore) or pass their folder with --board-repo DIR")
+
+
+def _finn_deps_list() -> Dict:
+    import finn.interface
+    import yaml
+
+    return yaml.safe_load((Path(finn.interface.__file__).parent / "external_dependencies.yaml").read_text())
+
+
+def _finn_fetches_board(vendor: str, name: str) -> bool:
+    deps = _finn_deps_list()
+    names = {k.lower() for k in deps.get("direct_download_deps", {})}
+    for dep in deps.get("boardfile_deps", {}).values():
+        sub = Path(dep.get("subdirectory", "."))
+        if sub.name in ("", "."):  # a vendor's whole repository, e.g. github.com/Avnet/bdf
+            if vendor.split(".")[0].lower() in dep.get("url", "").lower():
                 return True
-    return False
+        names.add(sub.name.lower())
+    return name.lower() in names
 
 
 def _vivado_checks(environ: Mapping[str, str], found: Dict, problems: List[str]) -> None:
@@ -121,6 +188,26 @@ def _vivado_checks(environ: Mapping[str, str], found: Dict, problems: List[str])
                         % (hls, hls_version, version))
 
 
+def finn_pinned_commit(dep: str) -> Optional[str]:
+    """The commit finn-plus pins for git dependency ``dep`` (its ``external_dependencies.yaml``)."""
+    return _finn_deps_list().get("git_deps", {}).get(dep, {}).get("commit")
+
+
+def _hlslib_pin_warnings(hlslib: Path) -> List[str]:
+    """finn-hlslib's checked-out commit against finn-plus's pin: FINN generates code for its pinned
+    finn-hlslib, and another one may not compile or may compute differently."""
+    pinned = finn_pinned_commit("finn-hlslib")
+    try:
+        head = subprocess.run(["git", "-C", str(hlslib), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=30).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        head = ""
+    if not pinned or head == pinned:
+        return []
+    return ["finn-hlslib in %s is at %s, finn-plus pins %s: %s" % (
+        hlslib, head[:12] or "an unknown commit (not a git checkout)", pinned[:12], DEPS_HINT)]
+
+
 def _fifo_checks(fifo: str, finn_deps: Path, environ: Mapping[str, str], startup_ld: str,
                  problems: List[str]) -> None:
     if fifo == "force_minimal_fifos":
@@ -131,8 +218,9 @@ def _fifo_checks(fifo: str, finn_deps: Path, environ: Mapping[str, str], startup
     why = "(FIFO sizing by simulation builds FINN's C++ simulator; or use --fifo force_minimal_fifos)"
     import importlib.util
 
-    if importlib.util.find_spec("cmake") is None:
-        problems.append("cmake is not installed in this Python: pip install cmake " + why)
+    for module in ("cmake", "pybind11"):  # FINN's XSI bindings are a pybind11 module built with cmake
+        if importlib.util.find_spec(module) is None:
+            problems.append("%s is not installed in this Python: pip install %s %s" % (module, module, why))
     if shutil.which("g++", path=environ.get("PATH", "")) is None:
         problems.append("g++ not found on PATH: apt-get install g++ " + why)
     else:
@@ -146,6 +234,9 @@ def _fifo_checks(fifo: str, finn_deps: Path, environ: Mapping[str, str], startup
     if not (finn_deps / "nlohmann_json" / "json" / "CMakeLists.txt").exists():
         problems.append("nlohmann_json not found in %s: %s %s" % (finn_deps, DEPS_HINT, why))
     home = environ.get("XILINX_VIVADO")
+    if home and not os.path.isfile(os.path.join(home, "data", "xsim", "include", "xsi.h")):
+        problems.append("%s/data/xsim/include/xsi.h not found (FINN's simulator is compiled against Vivado's "
+                        "simulator interface): a Vivado install with its simulator is needed %s" % (home, why))
     if home and os.path.join(home, "lib", "lnx64.o") not in startup_ld.split(os.pathsep):
         problems.append("LD_LIBRARY_PATH lacks %s/lib/lnx64.o at start (FINN's simulator loads Vivado's "
                         "libraries into this process): export LD_LIBRARY_PATH=$XILINX_VIVADO/lib/lnx64.o:"
@@ -153,36 +244,44 @@ def _fifo_checks(fifo: str, finn_deps: Path, environ: Mapping[str, str], startup
 
 
 def check(finn_board: str, fifo: str, finn_deps, environ: Optional[Mapping[str, str]] = None,
-          startup_ld: Optional[str] = None) -> Tuple[Dict, List[str]]:
+          startup_ld: Optional[str] = None, board_repos: Sequence[str] = ()) -> Tuple[Dict, List[str]]:
     """(what was found, one line per missing piece). Runs ``vivado -version`` / ``vitis_hls -version``."""
     environ = os.environ if environ is None else environ
     finn_deps = Path(finn_deps)
-    found: Dict = {"finn_deps": str(finn_deps), "fifo": fifo}
+    found: Dict = {"finn_deps": str(finn_deps), "fifo": fifo, "warnings": []}
     problems: List[str] = []
     _vivado_checks(environ, found, problems)
     if not (finn_deps / "finn-hlslib" / "bnn-library.h").exists():
         problems.append("finn-hlslib not found in %s (FINN's HLS layers include it): %s" % (finn_deps, DEPS_HINT))
+    else:
+        found["warnings"] += _hlslib_pin_warnings(finn_deps / "finn-hlslib")
     part = board_part(finn_board)
     found["board_part"] = part
     if part is None:
         problems.append("FINN's Zynq shell sets no board part for %s: choose another --board" % finn_board)
     else:
-        repos = [finn_deps / "board_files"]
-        if environ.get("XILINX_VIVADO"):
-            repos.append(Path(environ["XILINX_VIVADO"]) / "data" / "boards" / "board_files")
-        if not board_files_found(part, repos):
+        repos = board_repositories(environ, finn_deps, board_repos)
+        xml = find_board_files(part, repos)
+        found["board_files"] = str(xml) if xml else None
+        # What Vivado is told beyond what it searches itself: FINN's launcher sets XILINX_LOCAL_USER_DATA=no,
+        # which keeps Vivado out of the user's ~/.Xilinx, so a board from the XHUB store is passed explicitly.
+        found["vivado_board_repos"] = [str(Path(d).resolve()) for d in board_repos]
+        store = _user_board_store(environ)
+        if xml is not None and store is not None and store in xml.parents:
+            found["vivado_board_repos"].append(str(store))
+        if xml is None:
             problems.append("board files for %s (%s) not found in %s: %s"
-                            % (finn_board, part, repos[0], DEPS_HINT))
+                            % (finn_board, part, ", ".join(map(str, repos)), board_files_hint(part)))
     _fifo_checks(fifo, finn_deps, environ,
                  environ.get("LD_LIBRARY_PATH", "") if startup_ld is None else startup_ld, problems)
     return found, problems
 
 
 def preflight(finn_board: str, fifo: str, finn_deps, environ: Optional[Mapping[str, str]] = None,
-              startup_ld: Optional[str] = None) -> Dict:
+              startup_ld: Optional[str] = None, board_repos: Sequence[str] = ()) -> Dict:
     """:func:`check`; any problem raises one BnnError whose lines (``pre-flight: ...``, joined by
     ``\\nerror: `` so the CLI prints each as an ``error:`` line) are the problems."""
-    found, problems = check(finn_board, fifo, finn_deps, environ, startup_ld)
+    found, problems = check(finn_board, fifo, finn_deps, environ, startup_ld, board_repos)
     if problems:
         raise BnnError("\nerror: ".join("pre-flight: " + p for p in problems))
     return found

@@ -63,7 +63,7 @@ def test_quick_run_prints_one_complete_json_object_per_measurement(quick):
             assert r["reason"]
     # --quick measures the tiny preset; the others are reported as skipped, with the reason
     assert by_name["emulator_vs_torch/paper"]["kind"] == "skipped"
-    assert by_name["build_fpga_estimate/paper/kv260@150MHz"]["kind"] == "skipped"
+    assert by_name["build_fpga_estimate/paper/kv260@100MHz"]["kind"] == "skipped"
     assert by_name["build_fpga_estimate/paper/zcu104"]["kind"] == "skipped"
     assert by_name["transfer/digits"]["kind"] == "skipped" and "--demo-bundle" in by_name["transfer/digits"]["reason"]
 

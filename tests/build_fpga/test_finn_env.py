@@ -168,6 +168,48 @@ def _fake_xilinx(root):
     return env
 
 
+def _launcher_variables(changed):
+    """The changed variables FINN's launcher code names (``finn/interface``, its settings and start-method
+    modules): libraries imported on the way set others (scikit-learn: KMP_DUPLICATE_LIB_OK, ...)."""
+    import finn
+
+    root = Path(finn.__file__).parent
+    source = "".join(p.read_text() for p in [*sorted((root / "interface").glob("*.py")), root / "util" / "settings.py",
+                                              root / "util" / "multiprocessing.py"])
+    return {k: v for k, v in changed.items() if '"%s"' % k in source or "'%s'" % k in source}
+
+
+def test_parity_ignores_what_an_imported_library_sets():
+    assert _launcher_variables({"KMP_DUPLICATE_LIB_OK": "True", "KMP_INIT_AT_FORK": "FALSE", "FINN_RTLLIB": "x",
+                                "LD_LIBRARY_PATH": "y"}) == {"FINN_RTLLIB": "x", "LD_LIBRARY_PATH": "y"}
+
+
+def test_launch_like_finn_restarts_with_the_libraries_and_selects_spawn(tmp_path):
+    """`python -m build_fpga` on the Vivado path: the process image that runs has Vivado's libraries in the
+    environment it started with (what ld.so read), and FINN's pools start by spawn."""
+    pkg = tmp_path / "probe"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "__main__.py").write_text(textwrap.dedent("""
+        import json, multiprocessing, os, sys
+        from build_fpga.finn_env import launch_like_finn
+        launch_like_finn("probe")
+        with open("/proc/self/environ", "rb") as f:
+            start = dict(e.split(b"=", 1) for e in f.read().split(b"\\0") if b"=" in e)
+        print(json.dumps({"ld_at_start": start.get(b"LD_LIBRARY_PATH", b"").decode(), "argv": sys.argv[1:],
+                          "start_method": multiprocessing.get_start_method()}))
+    """))
+    extra = _fake_xilinx(tmp_path)
+    env = _env(tmp_path, extra)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), str(tmp_path)])
+    r = subprocess.run([sys.executable, "-m", "probe", "--out", "x"], cwd=str(tmp_path), env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-3000:]
+    seen = json.loads(r.stdout.strip().splitlines()[-1])
+    assert extra["XILINX_VIVADO"] + "/lib/lnx64.o" in seen["ld_at_start"].split(os.pathsep)
+    assert seen["argv"] == ["--out", "x"] and seen["start_method"] == "spawn"
+
+
 @pytest.mark.parametrize("vivado", [True, False], ids=["with-vivado", "without-vivado"])
 def test_prepare_finn_sets_what_finns_launcher_sets(tmp_path, vivado):
     """Environment parity: the variables `finn build` exports before building == those prepare_finn exports."""
@@ -188,7 +230,7 @@ def test_prepare_finn_sets_what_finns_launcher_sets(tmp_path, vivado):
     ours = subprocess.run([sys.executable, "-c", textwrap.dedent(_OURS), str(build)], cwd=str(tmp_path),
                           env=_env(tmp_path, extra), capture_output=True, text=True, timeout=120)
     assert ours.returncode == 0, ours.stderr[-3000:]
-    theirs, mine = (json.loads(p.stdout.strip().splitlines()[-1]) for p in (launcher, ours))
+    theirs, mine = (_launcher_variables(json.loads(p.stdout.strip().splitlines()[-1])) for p in (launcher, ours))
     assert mine == theirs
     assert {"FINN_CUSTOM_HLS", "FINN_RTLLIB", "FINN_BUILD_DIR", "FINN_DEPS", "XILINX_LOCAL_USER_DATA"} <= set(mine)
     if vivado:

@@ -192,8 +192,21 @@ def test_boards_come_from_finn():
     assert [z2.margins[r] for r in ("lut", "ff", "bram18", "uram", "dsp")] == list(DEFAULT_RES_LIMITS)
     for n in board_names():
         b = get_board(n)
-        assert b.part == pynq_part_map[b.finn_board] and b.clock_mhz == 100.0 and b.shell_flow == "vivado_zynq"
+        assert b.part == pynq_part_map[b.finn_board] and b.shell_flow == "vivado_zynq"
+        # finn-examples' precedent: 5.0-5.4 ns builds on the UltraScale+ boards; 10 ns on the Zynq-7000 ones
+        assert b.clock_mhz == (150.0 if b.part.startswith(("xczu", "xck26")) else 100.0)
     assert get_board("kv260").bram18 == 288 and "DS987" in get_board("kv260").source
+
+
+@pytest.mark.parametrize("mhz", [float("inf"), float("nan"), 0.0, -5.0, 5.0, 251.0, 1e6])
+def test_clock_outside_what_the_pl_clock_can_be_is_one_line(tmp_path, mhz):
+    from build_fpga.config import BuildConfig
+    from host.errors import BnnError
+
+    cfg = BuildConfig(export=str(tmp_path), out=str(tmp_path / "out"), clock_mhz=mhz)
+    with pytest.raises(BnnError, match=r"^--clock-mhz .*: must be a frequency from 10 to 250 MHz"):
+        cfg.check()
+    BuildConfig(export=str(tmp_path), out=str(tmp_path / "out"), clock_mhz=250.0).check()
 
 
 def test_unknown_board_is_a_one_line_error():

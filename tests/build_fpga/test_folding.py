@@ -120,3 +120,32 @@ def test_only_the_8bit_layer_goes_onto_dsps(tiny_flow):
                for n in mvaus[1:])
     dsp = {ly["op_type"]: ly["dsp"] for ly in est["layers"] if ly["dsp"]}
     assert list(dsp) == ["MVAU_rtl"] and est["dsp"]["used"] == dsp["MVAU_rtl"]
+
+
+def test_ddr_search_goes_on_past_targets_over_the_margins_until_one_fits(tmp_path, monkeypatch):
+    """A narrower folding can need more memory than a wider one (deep, narrow weight memories pack badly
+    into URAM): the search does not stop at a first target that is over the margins."""
+    import build_fpga.folding as folding
+    from build_fpga.config import BuildConfig
+    from build_fpga.steps import FOLDING_CONFIG
+
+    (tmp_path / "report").mkdir()
+    (tmp_path / "report" / FOLDING_CONFIG).write_text("{}")
+    bram = {250: 1214, 500: 400, 1000: 700}  # of 488 usable
+    fps = {250: 250.0, 500: 340.0, 1000: 700.0}
+
+    def refold(finn_dir, cfg, names):
+        t = cfg.target_fps
+        res = {r: {"used": 0, "usable": 100000, "available": 200000, "margin": 0.7}
+               for r in ("lut", "ff", "uram", "dsp")}
+        res["bram18"] = {"used": bram[t], "usable": 488, "available": 610, "margin": 0.8}
+        return dict(res, fps=fps[t], bottleneck="fc2", ddr={"fps": 328.0, "streamed_layers": ["fc1"],
+                                                             "weight_bytes_per_image": 1, "port": "p"})
+
+    monkeypatch.setattr(folding, "refold", refold)
+    fps[329] = 329.0
+    bram[329] = 390
+    est, rows = folding.search_ddr_bound(str(tmp_path), BuildConfig(board="zcu104"))
+    assert [r["target_fps"] for r in rows] == [250, 500, 329]
+    assert [r["fits_margins"] for r in rows] == [False, True, True]
+    assert est["fps"] == 329.0 and est["folding_search"]["binding"] == "ddr"

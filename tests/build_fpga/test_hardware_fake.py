@@ -26,7 +26,7 @@ sys.path.insert(0, str(HERE / "fake_toolchain"))
 import install  # noqa: E402
 
 BOARDS = {"pynq-z2": ("Pynq-Z2", "xc7z020clg400-1"), "kv260": ("KV260_SOM", "xck26-sfvc784-2LV-c"),
-          "ultra96": ("Ultra96-V2", "xczu3eg-sbva484-1-i")}
+          "ultra96": ("Ultra96-V2", "xczu3eg-sbva484-1-i"), "zcu104": ("ZCU104", "xczu7ev-ffvc1156-2-e")}
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +42,7 @@ def fake(tmp_path_factory):
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("XILINX", "FINN_", "PYTEST", "FAKE_TOOLCHAIN")) and k != "LD_LIBRARY_PATH"}
     env.update(install.install(tmp / "Xilinx"))
-    deps = install.deps(tmp / "finn_deps", [board_part(fb) for fb, _ in BOARDS.values()])
+    deps = install.deps(tmp / "finn_deps", [board_part(fb) for b, (fb, _) in BOARDS.items() if b != "zcu104"])
     env.update(FINN_DEPS=str(deps), HOME=str(tmp / "home"), TMPDIR=str(tmp), MPLCONFIGDIR=str(tmp / "mpl"))
     return {"tmp": tmp, "export": export, "env": env, "deps": deps}
 
@@ -74,6 +74,9 @@ def check_bundle(out, board):
     assert m["params"]["hardware"] is True and m["params"]["fifo"] == "force_minimal_fifos"
     assert m["hardware_build"]["toolchain"]["vivado"] == m["hardware_build"]["toolchain"]["vitis_hls"] == "2024.2"
     assert "driver/settings.json" in m["files"]
+    timing = m["hardware_build"]["timing"]
+    assert timing["met"] is True and timing["wns_ns"] == 0.25 and timing["target_mhz"] == m["clock_mhz"]
+    assert timing["fmax_mhz"] == round(1000 / (1000 / m["clock_mhz"] - 0.25), 1)
     for name in ("post_synth_resources.json", "post_route_timing.rpt", "fifo_sizing.json",
                  "hardware_time_per_step.json", "hardware_build_dataflow.log"):
         assert "report/finn/" + name in m["files"]
@@ -94,6 +97,20 @@ def test_bitstream_path_runs_end_to_end(fake, board):
     assert len(mvau_hls) == 6  # tiny's six XNOR layers, each through HLS once (conv1: RTL MVAU on DSPs)
     assert sum("vivado_zynq_proj_" in c for c in log) == 1
     assert "hardware step 11/11 step_deployment_package" in r.stderr
+
+
+@pytest.mark.slow
+def test_board_files_in_a_board_repo_reach_vivado(fake, tmp_path):
+    """ZCU104's board files, which `finn deps update` does not fetch, in a folder of the user's: the
+    pre-flight finds them there and Vivado (FINN's Zynq shell script) gets the folder too."""
+    repo = tmp_path / "boards"
+    install.board_xml(repo / "zcu104" / "1.1", "xilinx.com", "zcu104", "1.1")
+    out = fake["tmp"] / "zcu104"
+    r = cli(fake, out, "--board", "zcu104")
+    assert r.returncode == 2 and "error: pre-flight: board files for ZCU104" in r.stderr and calls(out) == []
+    r = cli(fake, out, "--board", "zcu104", "--board-repo", str(repo))
+    assert r.returncode == 0, r.stderr[-3000:]
+    check_bundle(out, "zcu104")
 
 
 @pytest.mark.slow
@@ -162,6 +179,48 @@ def test_weights_loaded_at_run_time_reach_a_bundle_the_host_runs(fake, monkeypat
     with make_backend("pynq", b) as backend:
         assert np.array_equal(backend.extract(x), load_emulator(b.emulator_path).extract(x))
     assert board.errors == [] and board.runs == [1, 3]
+
+
+@pytest.mark.slow
+def test_a_missed_clock_refuses_the_bundle_unless_accepted(fake):
+    """Vivado's routed design misses the KV260's 150 MHz default by 0.412 ns: exit 2 naming the clock it
+    reaches and one to retry with; --accept-timing-violation then bundles the same hardware build (no
+    tool runs again), records the violation, and removes the other hw-* folders of that build folder."""
+    out = fake["tmp"] / "kv260-slow"
+    r = cli(fake, out, "--board", "kv260", FAKE_TOOLCHAIN_WNS="-0.412")
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and not out.exists(), r.stderr[-3000:]
+    fmax = 1000 / (1000 / 150 + 0.412)  # FINN's estimate of the reachable clock: 141.3 MHz
+    assert lines[-1].startswith("error: %s: the routed design misses its 150 MHz clock (worst negative slack "
+                                "-0.412 ns, about %.0f MHz reached; " % (out, fmax))
+    assert lines[-1].endswith("rebuild with --clock-mhz 140, or bundle it anyway with --accept-timing-violation "
+                              "(it may compute wrong features on the board)")
+    build = Path(str(out) + ".finn-build")
+    stale = build / "hw-0123456789abcdef"
+    stale.mkdir()
+    tools = len(calls(out))
+    r = cli(fake, out, "--board", "kv260", "--accept-timing-violation", FAKE_TOOLCHAIN_WNS="-0.412")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert len(calls(out)) == tools  # the hardware build was reused, not redone
+    assert "timing VIOLATED (accepted): worst negative slack -0.412 ns at 150 MHz" in r.stderr
+    assert "removed the earlier hardware build %s" % stale in r.stderr and not stale.exists()
+    assert len(list(build.glob("hw-*"))) == 1
+    from host.bundle import load_bundle
+
+    timing = load_bundle(str(out)).manifest["hardware_build"]["timing"]
+    assert timing["met"] is False and timing["wns_ns"] == -0.412 and timing["fmax_mhz"] == round(fmax, 1)
+
+
+def test_the_resume_key_changes_with_the_toolchain_and_the_default_clock(tmp_path):
+    from build_fpga.config import BuildConfig
+    from build_fpga.hardware import hardware_key
+
+    cfg = BuildConfig(board="kv260")
+    tools = {"vivado": "2024.2", "vitis_hls": "2024.2"}
+    key = hardware_key("ab" * 32, tmp_path, cfg, tools)
+    assert key == hardware_key("ab" * 32, tmp_path, BuildConfig(board="kv260", clock_mhz=150.0), tools)
+    assert key != hardware_key("ab" * 32, tmp_path, cfg, {"vivado": "2022.2", "vitis_hls": "2022.2"})
+    assert key != hardware_key("ab" * 32, tmp_path, BuildConfig(board="kv260", clock_mhz=100.0), tools)
 
 
 # The CLI with one piece removed (test_preflight.py covers every piece without the CLI).

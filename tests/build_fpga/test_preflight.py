@@ -104,3 +104,76 @@ def test_preflight_raises_one_error_line_per_problem(tmp_path):
         preflight(BOARD, "force_minimal_fifos", deps, env)
     lines = ("error: %s" % e.value).splitlines()
     assert len(lines) == 2 and all(line.startswith("error: pre-flight: ") for line in lines)
+
+
+def test_board_files_where_vivado_ships_them(tmp_path):
+    """ZCU104's board files exist only in Vivado's installed XilinxBoardStore, which `finn deps update`
+    does not provide; Avnet's board.xml spells the board `Ultra96v2` where FINN's part says `ultra96v2`."""
+    from build_fpga.boards import get_board
+    from build_fpga.preflight import board_part, check
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("XILINX", "FINN_TOOL"))}
+    env.update(install.install(tmp_path / "xil", "2024.2"))
+    deps = install.deps(tmp_path / "deps", [])
+    zcu104 = get_board("zcu104").finn_board
+    found, problems = check(zcu104, "force_minimal_fifos", deps, env)
+    assert len(problems) == 1 and "board files for ZCU104 (xilinx.com:zcu104:part0:1.1) not found" in problems[0]
+    assert "Vivado's board store" in problems[0] and "--board-repo" in problems[0]
+    xml = install.vivado_board_store(env["XILINX_VIVADO"], "Xilinx", "xilinx.com", "zcu104", "1.1")
+    found, problems = check(zcu104, "force_minimal_fifos", deps, env)
+    assert problems == [] and found["board_files"] == str(xml)
+
+    ultra96 = get_board("ultra96").finn_board
+    part = board_part(ultra96)
+    assert part == "avnet.com:ultra96v2:part0:1.2"
+    _, problems = check(ultra96, "force_minimal_fifos", deps, env)
+    assert len(problems) == 1 and problems[0].endswith("run `finn deps update --accept-defaults`")
+    install.board_xml(deps / "board_files" / "ultra96v2" / "1.2", "avnet.com", "Ultra96v2", "1.2")
+    assert check(ultra96, "force_minimal_fifos", deps, env)[1] == []
+    # Another version of the same board is not the one FINN's shell asks for.
+    shutil.rmtree(deps / "board_files" / "ultra96v2")
+    install.board_xml(deps / "board_files" / "ultra96v2" / "1.3", "avnet.com", "Ultra96v2", "1.3")
+    assert len(check(ultra96, "force_minimal_fifos", deps, env)[1]) == 1
+
+
+def test_board_repo_folders_and_the_user_board_store_are_searched(tmp_path):
+    from build_fpga.preflight import check, user_board_store
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("XILINX", "FINN_TOOL"))}
+    env.update(install.install(tmp_path / "xil", "2024.2"), HOME=str(tmp_path / "home"))
+    deps = install.deps(tmp_path / "deps", [])
+    install.board_xml(tmp_path / "mine" / "zcu104" / "1.1", "xilinx.com", "zcu104", "1.1")
+    found, problems = check("ZCU104", "force_minimal_fifos", deps, env, board_repos=[str(tmp_path / "mine")])
+    assert problems == [] and found["board_files"].startswith(str(tmp_path / "mine"))
+    store = user_board_store(env["HOME"], "2024.2") / "xilinx_board_store" / "XilinxBoardStore" / "boards"
+    install.board_xml(store / "Xilinx" / "zcu104" / "1.1", "xilinx.com", "zcu104", "1.1")
+    found, problems = check("ZCU104", "force_minimal_fifos", deps, env)
+    assert problems == [] and found["board_files"].startswith(str(user_board_store(env["HOME"], "2024.2")))
+    # FINN's launcher keeps Vivado out of ~/.Xilinx (XILINX_LOCAL_USER_DATA=no): the store is passed on
+    assert found["vivado_board_repos"] == [str(user_board_store(env["HOME"], "2024.2"))]
+
+
+def test_simulation_needs_vivados_xsi_header_and_hlslib_off_its_pin_is_a_warning(tmp_path):
+    import subprocess
+
+    from build_fpga.preflight import check, finn_pinned_commit
+
+    env, deps = _setup(tmp_path)
+    (Path(env["XILINX_VIVADO"]) / "data" / "xsim" / "include" / "xsi.h").unlink()
+    problems = check(BOARD, "distributed_sim", deps, env, startup_ld=env["XILINX_VIVADO"] + "/lib/lnx64.o")[1]
+    assert [p for p in problems if "xsi.h" in p] == [
+        "%s/data/xsim/include/xsi.h not found (FINN's simulator is compiled against Vivado's simulator interface): "
+        "a Vivado install with its simulator is needed (FIFO sizing by simulation builds FINN's C++ simulator; or "
+        "use --fifo force_minimal_fifos)" % env["XILINX_VIVADO"]]
+    found, _ = check(BOARD, "force_minimal_fifos", deps, env)
+    assert found["warnings"] == ["finn-hlslib in %s is at an unknown commit (not a git checkout), finn-plus pins %s: "
+                                 "run `finn deps update --accept-defaults`" % (deps / "finn-hlslib",
+                                                                              finn_pinned_commit("finn-hlslib")[:12])]
+    if shutil.which("git") is None:
+        return
+    git = ["git", "-C", str(deps / "finn-hlslib"), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(git[:3] + ["init", "-q"], check=True)
+    subprocess.run(git + ["add", "."], check=True)
+    subprocess.run(git + ["commit", "-qm", "x"], check=True)
+    found, problems = check(BOARD, "force_minimal_fifos", deps, env)
+    assert problems == [] and len(found["warnings"]) == 1 and "finn-plus pins" in found["warnings"][0]

@@ -4,7 +4,8 @@
 ``<root>/Vitis_HLS/<version>/bin/{vitis_hls,vitis-run}`` (links to ``bin/`` beside this file) and the
 library folders FINN's launcher puts on LD_LIBRARY_PATH, and returns the variables a sourced
 settings64.sh would set. ``deps(root, board_parts)`` makes a FINN deps folder holding finn-hlslib's
-header names and a board.xml per board part, as ``finn deps update`` would (content: placeholders).
+header names and a board.xml per board part, as ``finn deps update`` would (content: placeholders);
+``vivado_board_store`` puts one where a Vivado install ships AMD's boards.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ def install(root, version: str = "2024.2") -> Dict[str, str]:
             if not link.exists():
                 link.symlink_to(HERE / "bin" / tool)
     (vivado / "lib" / "lnx64.o").mkdir(parents=True, exist_ok=True)
+    (vivado / "data" / "xsim" / "include").mkdir(parents=True, exist_ok=True)
+    (vivado / "data" / "xsim" / "include" / "xsi.h").write_text("/* placeholder of Vivado's xsi.h */\n")
     (hls / "lnx64" / "tools" / "fpo_v7_1").mkdir(parents=True, exist_ok=True)
     return {"XILINX_VIVADO": str(vivado), "XILINX_HLS": str(hls),
             "PATH": os.pathsep.join([str(vivado / "bin"), str(hls / "bin"), os.environ.get("PATH", "")])}
@@ -44,9 +47,25 @@ def deps(root, board_parts: Iterable[str]) -> Path:
         (lib / name).write_text("// placeholder of finn-hlslib's %s (fake toolchain)\n" % name)
     for bp in board_parts:
         vendor, name, _, version = bp.split(":")
-        d = root / "board_files" / name / version
-        d.mkdir(parents=True, exist_ok=True)
-        (d / "board.xml").write_text(
-            '<?xml version="1.0" encoding="UTF-8"?>\n<board schema_version="2.1" vendor="%s" name="%s">\n'
-            "  <file_version>%s</file_version>\n</board>\n" % (vendor, name, version))
+        board_xml(root / "board_files" / name / version, vendor, name, version)
     return root
+
+
+def board_xml(folder, vendor: str, name: str, version: str) -> Path:
+    """A board.xml as board vendors lay it out (``<board vendor= name=>`` and ``<file_version>``; the
+    components, pins and presets Vivado also reads are left out)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "board.xml").write_text(
+        '<?xml version="1.0" encoding="UTF-8" standalone="no"?>\n'
+        '<board schema_version="2.2" vendor="%s" name="%s" display_name="%s" preset_file="preset.xml">\n'
+        "  <file_version>%s</file_version>\n  <description>%s (fake toolchain)</description>\n</board>\n"
+        % (vendor, name, name, version, name))
+    return folder / "board.xml"
+
+
+def vivado_board_store(xilinx_vivado, vendor_dir: str, vendor: str, name: str, version: str) -> Path:
+    """A board in Vivado's installed XilinxBoardStore, where Vivado ships ZCU104's and KV260's board files
+    (``data/xhub/boards/XilinxBoardStore/boards/<Vendor>/<board>/<version>/board.xml``)."""
+    store = Path(xilinx_vivado) / "data" / "xhub" / "boards" / "XilinxBoardStore" / "boards"
+    return board_xml(store / vendor_dir / name / version, vendor, name, version)
