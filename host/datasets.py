@@ -19,6 +19,7 @@ import numpy as np
 
 from .errors import BnnError
 from .imagedataset import ImageDataset, printable
+from .inputs import regular_file
 from .synthetic import OPTION_NAMES, open_synthetic
 
 DATASETS = ("flowers102", "cub200", "indoor67", "folder", "synthetic", "synthetic-transfer", "digits")
@@ -73,7 +74,7 @@ def list_subdirs(directory):
 def read_lines(path, what):
     _need(path, what)
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(regular_file(path), encoding="utf-8") as f:
             return [(n, line.strip()) for n, line in enumerate(f, 1) if line.strip()]
     except (OSError, UnicodeDecodeError) as e:
         raise BnnError("%s: cannot read %s (%s)" % (path, what, e)) from None

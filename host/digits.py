@@ -21,6 +21,7 @@ import numpy as np
 
 from .errors import BnnError
 from .imagedataset import ImageDataset
+from .inputs import regular_file
 
 FILE_NAME = "digits.csv.gz"
 OPTIONS = {"seed": 0, "test_fraction": 1.0 / 3.0}
@@ -40,7 +41,7 @@ def read_digits(path):
     path = os.path.abspath(path)
     if path not in _CACHE:
         try:
-            with gzip.open(path, "rt") as f:
+            with gzip.open(regular_file(path), "rt") as f:
                 table = np.loadtxt(f, delimiter=",", dtype=np.float64, ndmin=2)
         except (OSError, ValueError, EOFError) as e:
             raise BnnError("%s: not a readable digits table (%s)" % (path, e)) from None

@@ -18,6 +18,7 @@ import tempfile
 import time
 
 from .errors import BnnError
+from .inputs import regular_file
 
 MANIFEST_FORMAT = "bnn-transfer/manifest/v1"
 MAX_JSON_BYTES = 64 << 20  # far above any manifest or folding file this flow writes
@@ -31,7 +32,7 @@ _held_locks = {}
 
 def sha256_file(path, chunk=1 << 20):
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open(regular_file(path), "rb") as f:
         for block in iter(lambda: f.read(chunk), b""):
             h.update(block)
     return h.hexdigest()
@@ -339,7 +340,7 @@ def atomic_dir(path):
 
 def _load_json(path):
     """json.load of a file this flow writes (small); a huge or absurdly nested one is a ValueError."""
-    with open(path, "rb") as f:
+    with open(regular_file(path), "rb") as f:
         data = f.read(MAX_JSON_BYTES + 1)
     if len(data) > MAX_JSON_BYTES:
         raise ValueError("larger than %d MB" % (MAX_JSON_BYTES >> 20))
@@ -434,7 +435,11 @@ def verify_files(root, manifest, where):
         raise BnnError("%s: 'files' must map file names to sha256 digests, got a %s" % (where, type(files).__name__))
     for rel, digest in sorted(files.items(), key=lambda kv: str(kv[0])):
         p = member_path(root, rel, where)
-        if not isinstance(digest, str) or sha256_file(p) != digest:
+        try:
+            actual = sha256_file(p)
+        except OSError as e:
+            raise BnnError("%s: cannot read a file %s lists (%s)" % (p, where, e.strerror or e)) from None
+        if not isinstance(digest, str) or actual != digest:
             raise BnnError("%s: sha256 does not match %s (file changed or corrupt)" % (p, where))
 
 

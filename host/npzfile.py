@@ -12,6 +12,8 @@ import zipfile
 
 import numpy as np
 
+from .inputs import regular_file
+
 # a Pynq-Z2 has 512 MB for everything; no head or weights file of ours comes near this
 DEFAULT_MAX_BYTES = 256 << 20
 
@@ -33,7 +35,7 @@ def check_npz(path, names=None, max_bytes=DEFAULT_MAX_BYTES):
     most the arrays may take in memory together (None: no limit beyond the file's own size).
     """
     total = 0
-    with zipfile.ZipFile(path) as zf:
+    with zipfile.ZipFile(regular_file(path)) as zf:
         seen = set()
         for info in zf.infolist():
             name = info.filename[:-4] if info.filename.endswith(".npy") else None

@@ -15,6 +15,7 @@ from typing import Any, Dict, Sequence, Tuple, Union
 import numpy as np
 
 from .errors import BnnError, ImageError
+from .inputs import regular_file
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -73,7 +74,7 @@ def decode_image(path: PathLike, max_pixels: int = MAX_PIXELS) -> np.ndarray:
         with warnings.catch_warnings():
             # PIL's own bomb warning (89 Mpx) is above MAX_PIXELS, which is checked below
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            im = Image.open(path)
+            im = Image.open(regular_file(path))
         with im:
             w, h = im.size  # from the header: Image.open does not decode
             if w * h > max_pixels:

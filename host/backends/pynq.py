@@ -42,6 +42,7 @@ import time
 import numpy as np
 
 from ..errors import BnnError
+from ..inputs import regular_file
 from ..packing import pack, unpack
 from . import Backend
 
@@ -76,7 +77,7 @@ def _seconds(name, value):
 def read_runtime_words(path):
     """FINN's ``decoupled_runtime`` weight file: one 32-bit word per line in hex, as uint32."""
     try:
-        with open(path, encoding="ascii") as f:
+        with open(regular_file(path), encoding="ascii") as f:
             text = f.read()
         words = np.array([int(w, 16) for w in text.split()], dtype=np.uint64)
     except (OSError, UnicodeDecodeError, ValueError) as e:

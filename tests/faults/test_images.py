@@ -92,3 +92,26 @@ def _host_main(argv):
     from host.__main__ import main
 
     return main(argv)
+
+
+def test_fifos_and_devices_among_the_images_are_skipped_not_waited_for(tmp_path, capsys):
+    """A FIFO named like an image would block the decoder for good (no writer ever comes)."""
+    root = tmp_path / "data"
+    for k, name in enumerate(["cat", "dog"]):
+        for j in range(3):
+            write_image(root / name / ("%d.png" % j), seed=k, size=(8, 8))
+    os.mkfifo(str(root / "cat" / "zz.png"))
+    os.symlink("/dev/zero", str(root / "dog" / "zero.png"))
+    with pytest.raises(ImageError, match=r"zz\.png: cannot decode image \(OSError: is a FIFO, not a regular file\)"):
+        decode_image(str(root / "cat" / "zz.png"))
+    bundle = make_bundle(tmp_path / "bundle")
+    head = str(tmp_path / "head.npz")
+    common = ["--dataset", "folder", "--data-dir", str(root), "--option", "test_fraction=0.34",
+              "--backend", "emulator", "--quiet", "--no-cache"]
+    assert run_cli(_host_main, ["fit", "--bundle", bundle, "--out", head, *common]) == 0
+    import json
+
+    assert json.loads(capsys.readouterr().out)["skipped"] == 2
+    # predict's exit code 1: some images could not be read (the others are still predicted)
+    assert run_cli(_host_main, ["predict", "--bundle", bundle, "--head", head, str(root / "cat" / "zz.png")]) == 1
+    assert "zz.png: cannot decode image (OSError: is a FIFO, not a regular file)" in capsys.readouterr().err

@@ -31,13 +31,12 @@ import itertools
 import os
 import types
 
-import finn_hwh
 import numpy as np
-import pynq_twin
 
 from host.emulator import load_emulator, save_emulator
 from host.manifest import finalize_manifest, new_manifest, write_bytes_atomic
 from host.packing import pack, packed_shape, unpack
+from tests.host import finn_hwh, pynq_twin
 
 DONE, IDLE = 0x2, 0x4
 # Whose ip_dict a FakeBoard's overlay gets: PYNQ 3.x/4.0's where .ci/install put the real pynq, else
