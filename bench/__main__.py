@@ -1,13 +1,19 @@
 """``python -m bench``: run the measurements, print JSON lines, write results.md and results.png."""
 
+import contextlib
+import glob
 import json
 import os
+import re
+import shutil
 import sys
 import tempfile
 import time
 import traceback
 
 from host.cli import ArgumentParser, run_cli
+from host.errors import BnnError
+from host.manifest import output_lock
 
 DEFAULT_OUT = os.path.dirname(os.path.abspath(__file__))
 # Thread pools of numpy's BLAS, torch (OpenMP) and MKL read these when they load, i.e. on first import.
@@ -15,6 +21,14 @@ THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 def parse_args(argv):
+    ap = build_parser()
+    args = ap.parse_args(argv)
+    if args.threads is not None and args.threads < 1:
+        ap.error("--threads must be >= 1")
+    return args
+
+
+def build_parser():
     ap = ArgumentParser(prog="python -m bench", description=__doc__)
     ap.add_argument("--quick", action="store_true",
                     help="small sizes, tiny preset only: a harness check in about a minute, not numbers to quote")
@@ -32,10 +46,7 @@ def parse_args(argv):
                     help="the demo's deploy bundle (runs/demo/deploy/pynq-z2): also train heads on its features of "
                          "synthetic-transfer and measure transfer to real images (transfer/digits)")
     ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args(argv)
-    if args.threads is not None and args.threads < 1:
-        ap.error("--threads must be >= 1")
-    return args
+    return ap
 
 
 def _json_stream():
@@ -50,6 +61,63 @@ def _json_stream():
     return out
 
 
+WORK_PREFIX = "bnn-bench-"
+
+
+@contextlib.contextmanager
+def _work_dir():
+    """A scratch folder named after this process, removed afterwards; first, those of bench runs that died
+    without their cleanup (kill -9) are removed."""
+    for old in glob.glob(os.path.join(tempfile.gettempdir(), WORK_PREFIX + "*")):
+        m = re.match(re.escape(WORK_PREFIX) + r"(\d+)-", os.path.basename(old))
+        if m and not _alive(int(m.group(1))) and os.stat(old).st_uid == os.getuid():
+            shutil.rmtree(old, ignore_errors=True)
+    work = tempfile.mkdtemp(prefix="%s%d-" % (WORK_PREFIX, os.getpid()))
+    try:
+        yield work
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def measurement_names(modules, quick):
+    """Every measurement a run could make: each module asks ``ctx.wanted`` before any work, so a context
+    that records the names asked and wants none lists them all without measuring anything."""
+    from .context import Context
+
+    names = set()
+    ctx = Context(quick=quick, workdir="", networks=None, with_paper_finn=True, demo_bundle="(listing)",
+                  listing=names)
+    for module in modules:
+        for _ in module.run(ctx):
+            pass
+    return names
+
+
+def check_scope(args, argv_before):
+    """Refuse (BnnError) to replace a report of a wider scope: a run with --only, or --quick, would
+    replace the rows of a full run with its fewer, or unquotable, ones."""
+    if argv_before is None:
+        return
+    before = parse_args(argv_before)
+    scope = (bool(args.quick), sorted(args.only))
+    if (bool(before.quick), sorted(before.only)) != scope:
+        raise BnnError("%s: holds the report of `python -m bench%s`; this run (%s) would replace its rows: choose "
+                       "another --out" % (os.path.join(args.out, "results.md"),
+                                          "".join(" " + a for a in argv_before),
+                                          " ".join(["--quick"] * args.quick + ["--only " + o for o in args.only])
+                                          or "everything"))
+
+
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
@@ -62,7 +130,13 @@ def main(argv=None):
     from .measure import machine
     from .networks import Networks
 
+    modules = (extraction, packing, head, transfer, finn_estimates)
+    names = measurement_names(modules, args.quick)
+    unknown = [p for p in args.only if not any(n.startswith(p) for n in names)]
+    if unknown:
+        raise BnnError("--only %s: matches no measurement (they are: %s)" % (unknown[0], ", ".join(sorted(names))))
     report.check_replaceable(args.out)  # fail now, not after the measurements
+    check_scope(args, report.previous_argv(args.out))
     if args.demo_bundle:
         from host.bundle import load_bundle
 
@@ -77,11 +151,12 @@ def main(argv=None):
                     "descheduled threads; --threads 1 measures the code, not the scheduler" % (
                         start["loadavg"][0], start["cores"]))
     records, failed = [], False
-    with tempfile.TemporaryDirectory(prefix="bnn-bench-") as work:
+    os.makedirs(args.out, exist_ok=True)
+    with output_lock(os.path.join(args.out, "results.md")), _work_dir() as work:
         ctx = Context(quick=args.quick, workdir=work, networks=Networks(work, args.seed), only=args.only,
                       with_paper_finn=args.with_paper_finn, demo_bundle=args.demo_bundle, seed=args.seed,
                       threads=threads)
-        for module in (extraction, packing, head, transfer, finn_estimates):
+        for module in modules:
             try:
                 for rec in module.run(ctx):
                     if rec.get("met") is False and "gap" not in rec:
@@ -96,8 +171,8 @@ def main(argv=None):
                        "error": "%s: %s" % (type(e).__name__, e)}
                 records.append(rec)
                 out.write(json.dumps(rec) + "\n")
-    end = machine(threads)
-    report.write(args.out, records, start, end, time.perf_counter() - t0, args.quick)
+        end = machine(threads)
+        report.write(args.out, records, start, end, time.perf_counter() - t0, args.quick)
     Context.log("wrote %s and %s (%.0f s; load average now %s)" % (
         os.path.join(args.out, "results.md"), os.path.join(args.out, "results.png"), time.perf_counter() - t0,
         "/".join("%.2f" % v for v in end["loadavg"])))

@@ -17,8 +17,12 @@ class Context:
     demo_bundle: Optional[str] = None
     seed: int = 0
     threads: int = 1  # for every tool: numpy's BLAS (via the environment), torch, onnxruntime
+    listing: Optional[set] = None  # when set: collect the names asked about, want none (no work runs)
 
     def wanted(self, name: str) -> bool:
+        if self.listing is not None:
+            self.listing.add(name)
+            return False
         return not self.only or any(name.startswith(p) for p in self.only)
 
     def any_wanted(self, names) -> bool:

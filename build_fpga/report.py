@@ -16,6 +16,7 @@ import shutil
 from typing import Dict, List, Optional
 
 from host.manifest import read_json, write_json_atomic
+from host.report import PNG_METADATA
 
 RESOURCES = ("lut", "ff", "bram18", "uram", "dsp")
 _LABEL = {"lut": "LUT", "ff": "FF", "bram18": "BRAM18", "uram": "URAM", "dsp": "DSP"}
@@ -321,6 +322,6 @@ def plot_layers(est: Dict, path: str) -> None:
         est["board"], _n(est["fps"]), _n(est["lut"]["used"]), _n(est["bram18"]["used"])), fontsize=11)
     fig.tight_layout()
     tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=110)
+    fig.savefig(tmp, dpi=110, metadata=PNG_METADATA)
     plt.close(fig)
     os.replace(tmp, path)

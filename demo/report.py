@@ -13,6 +13,7 @@ from dataclasses import asdict
 from host.benchmark import cpu_model
 from host.errors import BnnError
 from host.manifest import atomic_path, finalize_manifest, load_manifest, new_manifest, write_bytes_atomic
+from host.report import PNG_METADATA
 
 from .tasks import CLASSES, CURVE_TASK, TASKS
 
@@ -146,7 +147,7 @@ def plot_curve(summary, path):
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
+        fig.savefig(tmp, format="png", dpi=110, metadata=PNG_METADATA)
     plt.close(fig)
 
 

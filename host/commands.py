@@ -97,11 +97,13 @@ def _load_head(args, bundle):
 
 
 def _r(x, digits=4):
-    return None if x is None else round(float(x), digits)
+    """Rounded for JSON; None for a missing or undefined value (top-1 of no images is NaN)."""
+    return None if x is None or not math.isfinite(float(x)) else round(float(x), digits)
 
 
 def _print_json(obj):
-    print(json.dumps(obj, sort_keys=True), flush=True)
+    # NaN and Infinity are not JSON: a reader of these lines would fail on them, so they are a bug here
+    print(json.dumps(obj, sort_keys=True, allow_nan=False), flush=True)
 
 
 # ------------------------------------------------------------------------------------------- commands
@@ -201,7 +203,8 @@ def _check_classes(head, dataset, head_path):
 
 def cmd_eval(args):
     from .heads import evaluate
-    from .report import save_confusion_png
+    from .manifest import output_lock
+    from .report import check_replaceable_png, save_confusion_png
 
     t0 = time.perf_counter()
     bundle = _load_bundle(args)
@@ -209,11 +212,13 @@ def cmd_eval(args):
     png = _confusion_path(args)
     dataset = _open_dataset(args, "test")
     _check_classes(head, dataset, args.head)  # before the (long) extraction
-    backend, feats = _extract(args, bundle, dataset, args.head)
-    res = evaluate(head, feats.packed, feats.labels, confusion=True)
-    names = head.meta.get("class_names") or head.classes
-    save_confusion_png(png, res["confusion"], names, title="%s on %s/test" % (os.path.basename(args.head),
-                                                                             dataset.name))
+    with output_lock(png):
+        check_replaceable_png(png)  # before the extraction too: a user's file is refused, not replaced
+        backend, feats = _extract(args, bundle, dataset, args.head)
+        res = evaluate(head, feats.packed, feats.labels, confusion=True)
+        names = head.meta.get("class_names") or head.classes
+        save_confusion_png(png, res["confusion"], names, title="%s on %s/test" % (os.path.basename(args.head),
+                                                                                 dataset.name))
     _print_json({
         "command": "eval", "head": os.path.abspath(args.head), "variant": head.variant, "backend": backend,
         "dataset": dataset.name, "classes": head.num_classes, "top1": _r(res["top1"]), "top5": _r(res["top5"]),
@@ -362,8 +367,9 @@ def _prompt(text):
 
 
 def cmd_teach(args):
-    from .backends import make_backend
-    from .live import CameraSource, Teacher, check_class_name
+    from .heads import load_head
+    from .live import check_class_name
+    from .manifest import check_replaceable_file, output_lock
 
     _positive("--frames", args.frames)
     out = os.path.abspath(args.out)
@@ -373,6 +379,15 @@ def cmd_teach(args):
     examples = args.examples or (out[:-4] if out.endswith(".npz") else out) + "-examples"
     bundle = _load_bundle(args)
     name, opts = _backend_choice(args, bundle)
+    with output_lock(out):
+        check_replaceable_file(out, load_head, "head")  # before the camera: a user's file is refused, not replaced
+        return _teach(args, out, classes, examples, bundle, name, opts)
+
+
+def _teach(args, out, classes, examples, bundle, name, opts):
+    from .backends import make_backend
+    from .live import CameraSource, Teacher
+
     with _open_source(args) as source, make_backend(name, bundle, **opts) as backend:
         teacher = Teacher(bundle, backend, source, examples_dir=examples, variant=args.head)
         if teacher.resumed:

@@ -4,8 +4,13 @@ matplotlib draws it when it is installed (PYNQ images ship it), through its obje
 and the Agg canvas, so that neither pyplot's global state nor a notebook's backend is touched.
 Without matplotlib a plain heat map (one square per cell, no text) is written with zlib, and a
 warning says so: the command still produces its PNG on a minimal install.
+
+Every PNG this flow writes (here, and the plots of train, build_fpga, demo and bench) carries a
+``Software: bnn-transfer`` text chunk (:data:`PNG_METADATA`): that is how a command knows a PNG at its
+output path is its own to replace (:func:`check_replaceable_png`), and refuses anyone else's.
 """
 
+import os
 import struct
 import sys
 import zlib
@@ -13,9 +18,12 @@ import zlib
 import numpy as np
 
 from .errors import BnnError
-from .manifest import atomic_path, write_bytes_atomic
+from .inputs import regular_file
+from .manifest import atomic_path, check_replaceable_file, write_bytes_atomic
 
-__all__ = ["save_confusion_png", "png_bytes"]
+__all__ = ["save_confusion_png", "png_bytes", "PNG_METADATA", "check_replaceable_png"]
+
+PNG_METADATA = {"Software": "bnn-transfer"}  # matplotlib's savefig(metadata=...) writes it as a tEXt chunk
 
 MAX_LABELED_CLASSES = 40  # beyond this, tick labels are unreadable at any sensible figure size
 MAX_ANNOTATED_CLASSES = 15  # counts written into the cells up to this many classes
@@ -82,7 +90,7 @@ def _draw(path, cm, class_names, title):
     fig.tight_layout()
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
-            fig.savefig(f, format="png", dpi=100)
+            fig.savefig(f, format="png", dpi=100, metadata=PNG_METADATA)
 
 
 def _heat_map(rates, max_side=512):
@@ -107,5 +115,43 @@ def png_bytes(rgb):
     # every scanline starts with its filter type, 0 = none
     raw = np.concatenate([np.zeros((h, 1), np.uint8), rgb.reshape(h, w * 3)], axis=1).tobytes()
     header = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header) + _chunk(b"IDAT", zlib.compress(raw, 6))
+    text = b"".join(_chunk(b"tEXt", k.encode("latin-1") + b"\0" + v.encode("latin-1")) for k, v in PNG_METADATA.items())
+    return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header) + text + _chunk(b"IDAT", zlib.compress(raw, 6))
             + _chunk(b"IEND", b""))
+
+
+def _png_text(path, max_chunks=64):
+    """The tEXt chunks before the image data of the PNG at ``path`` (BnnError if it is not a PNG)."""
+    found = {}
+    try:
+        with open(regular_file(path), "rb") as f:
+            if f.read(8) != b"\x89PNG\r\n\x1a\n":
+                raise BnnError("%s: not a PNG" % path)
+            for _ in range(max_chunks):
+                head = f.read(8)
+                if len(head) < 8:
+                    break
+                size, tag = struct.unpack(">I4s", head)
+                if tag in (b"IDAT", b"IEND"):
+                    break
+                data = f.read(size + 4)[:size] if size <= 1 << 16 else b""
+                if tag == b"tEXt" and b"\0" in data:
+                    key, _, value = data.partition(b"\0")
+                    found[key.decode("latin-1")] = value.decode("latin-1")
+    except OSError as e:
+        raise BnnError("%s: cannot read it (%s)" % (path, e)) from None
+    return found
+
+
+def _own_png(path):
+    if any(_png_text(path).get(k) != v for k, v in PNG_METADATA.items()):
+        raise BnnError("%s: not a PNG this flow wrote" % path)
+
+
+def check_replaceable_png(path):
+    """Refuse (BnnError, before any work) to write the PNG ``path`` over a file this flow did not write,
+    or into a folder it cannot write to."""
+    check_replaceable_file(path, _own_png, "PNG")
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(folder) and not os.access(folder, os.W_OK):
+        raise BnnError("%s: cannot write there (the folder is not writable); choose another path" % path)

@@ -3,6 +3,7 @@
 import json
 
 from host.manifest import atomic_path
+from host.report import PNG_METADATA
 
 
 def read_metrics(path):
@@ -40,5 +41,5 @@ def plot_curves(rows, out_png, title):
     fig.suptitle(title)
     fig.tight_layout()
     with atomic_path(out_png) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
+        fig.savefig(tmp, format="png", dpi=110, metadata=PNG_METADATA)
     plt.close(fig)

@@ -9,6 +9,7 @@ import os
 import numpy as np
 
 from host.manifest import atomic_path, finalize_manifest, new_manifest, read_json, sha256_file, write_bytes_atomic
+from host.report import PNG_METADATA
 
 from .fit import RUN_MANIFEST
 from .table2 import read_row, source_of
@@ -211,5 +212,5 @@ def plot_table2(cfg, rows, out_png):
     fig.suptitle("Table 2: ours vs the paper's%s" % (" (synthetic stand-ins: not comparable)" if cfg.synthetic else ""))
     fig.tight_layout()
     with atomic_path(out_png) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
+        fig.savefig(tmp, format="png", dpi=110, metadata=PNG_METADATA)
     plt.close(fig)

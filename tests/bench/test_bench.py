@@ -126,7 +126,8 @@ def test_only_runs_the_named_measurements(tmp_path):
 
 
 def test_bad_demo_bundle_is_a_one_line_error(tmp_path):
-    res, lines = bench(tmp_path, "--quick", "--demo-bundle", str(tmp_path / "missing"), timeout=120)
+    res, lines = bench(tmp_path, "--quick", "--demo-bundle", str(tmp_path / "missing"), "--out", str(tmp_path / "o"),
+                       timeout=120)
     assert res.returncode == 2 and lines == []
     assert res.stderr.strip().splitlines()[-1].startswith("error: %s" % (tmp_path / "missing"))
 
@@ -247,3 +248,55 @@ def test_readme_quotes_the_transfer_table_of_bench_results(golden):
     start = text.index("Transfer to real images:")
     end = text.index("\n\n", text.index("\n|", start))
     golden.check("bench_transfer.md", text[start:end + 1])
+
+
+def test_an_only_matching_no_measurement_is_a_usage_error(tmp_path):
+    res, lines = bench(tmp_path, "--only", "pakc", "--out", str(tmp_path / "o"), timeout=120)
+    assert res.returncode == 2 and lines == [] and not (tmp_path / "o").exists()
+    assert res.stderr.strip().splitlines()[-1].startswith("error: --only pakc: matches no measurement (they are: ")
+    assert "pack_vs_finn/bipolar" in res.stderr
+
+
+def test_a_narrower_run_does_not_replace_a_wider_report(tmp_path):
+    """--only or --quick over a full report would replace its rows with fewer or unquotable ones."""
+    from bench.report import OWN_HEAD
+
+    out = tmp_path / "o"
+    out.mkdir()
+    full = OWN_HEAD + " --threads 1 --demo-bundle x` on 2026-12-07 in 300 s.\n\n| rows |\n"
+    (out / "results.md").write_text(full)
+    for args, what in ((["--quick"], "--quick"), (["--only", "pack_vs_finn"], "--only pack_vs_finn")):
+        res, lines = bench(tmp_path, *args, "--out", str(out), timeout=120)
+        assert res.returncode == 2 and lines == [], res.stderr[-2000:]
+        assert res.stderr.strip().splitlines()[-1] == (
+            "error: %s: holds the report of `python -m bench --threads 1 --demo-bundle x`; this run (%s) would "
+            "replace its rows: choose another --out" % (out / "results.md", what))
+    assert (out / "results.md").read_text() == full
+
+
+def test_a_second_bench_on_the_same_out_is_refused(tmp_path):
+    from host.manifest import output_lock
+
+    out = tmp_path / "o"
+    out.mkdir()
+    with output_lock(str(out / "results.md")):
+        res, lines = bench(tmp_path, "--quick", "--only", "pack_vs_finn/bipolar", "--out", str(out), timeout=120)
+    assert res.returncode == 2 and lines == [] and "results.md" in res.stderr.strip().splitlines()[-1]
+    assert not (out / "results.md").exists()
+
+
+def test_scratch_folders_of_killed_runs_are_removed(tmp_path, monkeypatch):
+    import tempfile
+
+    import bench.__main__ as bm
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / ("bnn-bench-%s-x1" % dead.stdout.strip())
+    live = tmp_path / ("bnn-bench-%d-x2" % os.getppid())
+    for d in (stale, live):
+        (d / "paper_export").mkdir(parents=True)
+    with bm._work_dir() as work:
+        assert os.path.basename(work).startswith("bnn-bench-%d-" % os.getpid()) and os.path.isdir(work)
+        assert not stale.exists() and live.exists()
+    assert not os.path.exists(work)

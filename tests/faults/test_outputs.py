@@ -134,3 +134,52 @@ def test_failed_block_keeps_the_earlier_artifact(tmp_path):
             raise RuntimeError("boom")
     assert (out / "a.bin").read_bytes() == b"good" and sorted(os.listdir(tmp_path)) == ["export"]
     assert json.loads((out / "export.json").read_text())["kind"] == "backbone"
+
+
+def test_pngs_are_replaced_only_when_this_flow_wrote_them(tmp_path):
+    """Every PNG writer marks its file (matplotlib's and the plain fallback); a user's file is refused."""
+    import numpy as np
+
+    from host.report import check_replaceable_png, png_bytes, save_confusion_png
+
+    ours = tmp_path / "cm.png"
+    save_confusion_png(str(ours), np.eye(3, dtype=np.int64))
+    check_replaceable_png(str(ours))
+    plain = tmp_path / "plain.png"
+    plain.write_bytes(png_bytes(np.zeros((2, 2, 3), np.uint8)))
+    check_replaceable_png(str(plain))
+    from PIL import Image
+
+    Image.new("RGB", (4, 4)).save(str(tmp_path / "photo.png"))  # a PNG, but not ours
+    (tmp_path / "precious.txt").write_text("mine")
+    for name in ("photo.png", "precious.txt"):
+        with pytest.raises(BnnError, match=r"%s: exists and is not a PNG written by this flow; refusing" % name):
+            check_replaceable_png(str(tmp_path / name))
+    check_replaceable_png(str(tmp_path / "new.png"))
+
+
+def test_eval_and_teach_refuse_a_users_file_before_any_work(tmp_path):
+    from tests.host.fake_pynq import make_bundle
+
+    bundle = make_bundle(tmp_path / "bundle")
+    precious = tmp_path / "precious.txt"
+    precious.write_text("mine")
+    head = tmp_path / "head.npz"
+    synth = ["--dataset", "synthetic-transfer", "--option", "num_classes=3", "--option", "n_train_per_class=4",
+             "--option", "n_test_per_class=2", "--backend", "emulator", "--quiet", "--no-cache"]
+
+    def host(*args):
+        return subprocess.run([sys.executable, "-m", "host", *map(str, args)], capture_output=True, text=True,
+                              timeout=120, cwd=str(tmp_path), env=dict(os.environ, PYTHONPATH=os.getcwd()))
+
+    assert host("fit", "--bundle", bundle, "--out", head, *synth).returncode == 0
+    before = snapshot(tmp_path)
+    r = host("eval", "--bundle", bundle, "--head", head, "--confusion", precious, *synth)
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        "error: %s: exists and is not a PNG written by this flow; refusing to replace it (choose another output)"
+        % precious]
+    r = host("teach", "--bundle", bundle, "--out", precious, "--class", "a", "--folder", tmp_path / "nothing")
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        "error: %s: exists and is not a head written by this flow; refusing to replace it (choose another output)"
+        % precious]
+    assert snapshot(tmp_path) == before and precious.read_text() == "mine"
