@@ -120,12 +120,11 @@ def reference_layers(export_dir: str, export: Dict):
     exactly what the torch side folded, without needing the checkpoint (which may not travel with
     the export directory).
     """
-    from qonnx.core.modelwrapper import ModelWrapper
-
+    from host.backends.onnx import load_qonnx
     from host.intlayers import IntLayer, backbone_digest
 
     path = os.path.join(export_dir, "backbone.onnx")
-    model = ModelWrapper(path)
+    model = load_qonnx(path)
     nodes = [n for n in model.graph.node if n.op_type in ("Conv", "Gemm")]
     meta = export["layers"]
     if len(nodes) != len(meta):

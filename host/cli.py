@@ -1,6 +1,7 @@
 """What every ``python -m <stage>`` entry point shares: the error boundary and option parsing."""
 
 import argparse
+import math
 import os
 import sys
 import traceback
@@ -10,10 +11,26 @@ from .errors import BnnError
 DEBUG_ENV = "BNN_DEBUG"
 
 
+def finite_float(text):
+    """The type of every ``type=float`` option: Python's float() also takes inf and nan, which pass any
+    ``> 0`` check and then hang a loop, zero a head or divide by zero far from the option's name."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("not a number: %r" % text) from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError("must be a finite number, got %r" % text)
+    return value
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse whose usage errors are the one line any other bad input gets: BnnError, exit 2 behind
     :func:`run_cli` (argparse itself prints the whole usage and then the error). Subcommand parsers
-    inherit the class."""
+    inherit the class, argument groups its type registry: ``type=float`` is :func:`finite_float`."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.register("type", float, finite_float)
 
     def error(self, message):
         raise BnnError("%s: %s (see %s --help)" % (self.prog, message, self.prog))
@@ -48,6 +65,10 @@ def run_cli(main, argv=None):
     BNN_DEBUG=1) prints the traceback first. A closed stdout (``| head``) ends quietly.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
+    for stream in (sys.stdout, sys.stderr):
+        # a class named chat_é printed to an ASCII terminal (LANG=C, a PYNQ image's ssh session)
+        if hasattr(stream, "reconfigure") and getattr(stream, "errors", "strict") == "strict":
+            stream.reconfigure(errors="backslashreplace")
     debug = "--debug" in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
     argv = [a for a in argv if a != "--debug"]
     try:

@@ -225,6 +225,8 @@ def _folder(root, split, seed=0, test_fraction=0.2):
         raise BnnError("folder: seed must be an integer and test_fraction a number") from None
     if not 0.0 <= test_fraction < 1.0:
         raise BnnError("folder: test_fraction=%r must be in [0, 1)" % test_fraction)
+    if seed < 0:  # numpy's seed sequences take non-negative integers only
+        raise BnnError("folder: seed=%d must be 0 or more" % seed)
     classes = list_subdirs(root)
     if not classes:
         raise BnnError("%s: no class folders (expected DIR/<class>/*.jpg, or DIR/train/<class>/ and DIR/test/<class>/)"

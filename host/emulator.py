@@ -31,6 +31,7 @@ from typing import Any, Dict, List, Sequence, cast
 import numpy as np
 
 from .errors import BnnError
+from .inputs import loads_json
 from .npzfile import open_npz
 
 FORMAT = "bnn-transfer/emulator/v1"
@@ -208,7 +209,7 @@ def save_emulator(path: str, spec: Dict[str, Any], weights: Sequence[np.ndarray]
 def load_emulator(path: str) -> Emulator:
     try:
         with open_npz(path) as z:
-            spec = json.loads(str(z["spec"]))
+            spec = loads_json(str(z["spec"]))
             if spec.get("format") != FORMAT:
                 raise BnnError("%s: not an emulator weights file (format %r)" % (path, spec.get("format")))
             weights = [z[layer["name"] + ".weight"] for layer in spec["layers"]]

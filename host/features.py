@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import BnnError
+from .inputs import loads_json
 from .manifest import save_npz_atomic
 from .npzfile import open_npz
 
@@ -158,7 +159,7 @@ class FeatureStore:
         if int(data["version"]) != FEATURES_VERSION:
             raise BnnError("%s: feature cache version %s, expected %d" % (path, data["version"], FEATURES_VERSION))
         try:
-            key = json.loads(str(data["key"]))
+            key = loads_json(str(data["key"]))
         except ValueError:
             raise BnnError("%s: feature cache key is not JSON" % path) from None
         if expect_key is not None and _canonical_key(key) != _canonical_key(expect_key):

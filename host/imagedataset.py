@@ -6,6 +6,7 @@ Its own module so that the file readers (``datasets.py``) and the generated data
 
 import hashlib
 import json
+import os
 from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
@@ -19,6 +20,14 @@ __all__ = ["ImageDataset", "printable"]
 def printable(name: str) -> str:
     """A file-system name as text a terminal, a JSON file or a plot can show (undecodable bytes as U+FFFD)."""
     return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def _file_stamp(path: str) -> bytes:
+    try:
+        st = os.stat(path)
+    except OSError:  # gone or unreadable: skipped at extraction, and counted
+        return b"-\0"
+    return b"%d:%d\0" % (st.st_size, st.st_mtime_ns)
 
 
 class ImageDataset:
@@ -62,13 +71,17 @@ class ImageDataset:
         return decode_image(self.source(i))
 
     def fingerprint(self) -> str:
-        """sha256 over name, split, classes, every source and label: the key of derived caches."""
+        """sha256 over name, split, classes, every source (for files: with its size and modification
+        time, so an image edited or relabelled in place is extracted again) and label: the key of
+        derived caches."""
         if self._fingerprint is None:
             h = hashlib.sha256()
             h.update(json.dumps([self.name, self.split, self.classes]).encode("utf-8", "surrogateescape"))
             for i in range(len(self)):
                 # surrogateescape: file names that are not valid UTF-8 still hash (and differ).
                 h.update(self.source(i).encode("utf-8", "surrogateescape") + b"\0")
+                if self._sources is not None:
+                    h.update(_file_stamp(self._sources[i]))
             h.update(self.labels.astype("<i8").tobytes())
             self._fingerprint = h.hexdigest()
         return self._fingerprint

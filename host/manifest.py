@@ -18,7 +18,7 @@ import tempfile
 import time
 
 from .errors import BnnError
-from .inputs import regular_file
+from .inputs import loads_json, regular_file
 
 MANIFEST_FORMAT = "bnn-transfer/manifest/v1"
 MAX_JSON_BYTES = 64 << 20  # far above any manifest or folding file this flow writes
@@ -344,10 +344,7 @@ def _load_json(path):
         data = f.read(MAX_JSON_BYTES + 1)
     if len(data) > MAX_JSON_BYTES:
         raise ValueError("larger than %d MB" % (MAX_JSON_BYTES >> 20))
-    try:
-        return json.loads(data.decode("utf-8"))
-    except RecursionError:
-        raise ValueError("nested too deeply") from None
+    return loads_json(data)
 
 
 def read_json(path, what="file"):

@@ -11,6 +11,19 @@ from ..errors import BnnError
 from . import Backend
 
 
+def load_qonnx(path):
+    """qonnx's ModelWrapper of ``path``; any unreadable graph (onnx's DecodeError, external data that
+    points outside its folder, ...) is one BnnError line."""
+    try:
+        from qonnx.core.modelwrapper import ModelWrapper
+    except ImportError:
+        raise BnnError("reading %s needs qonnx (pip install qonnx)" % path) from None
+    try:
+        return ModelWrapper(path)
+    except Exception as e:
+        raise BnnError("%s: cannot read the QONNX graph (%s)" % (path, e)) from None
+
+
 class OnnxBackend(Backend):
     """Runs the bundle's ``onnx`` file with ``qonnx.core.onnx_exec.execute_onnx``, image by image."""
 
@@ -25,14 +38,10 @@ class OnnxBackend(Backend):
             raise BnnError("%s: bundle has no QONNX graph (manifest field 'onnx' is null); use the emulator backend"
                            % bundle.root)
         try:
-            from qonnx.core.modelwrapper import ModelWrapper
             from qonnx.core.onnx_exec import execute_onnx
         except ImportError:
             raise BnnError("onnx backend needs qonnx (pip install qonnx)") from None
-        try:
-            model = ModelWrapper(path)
-        except Exception as e:  # onnx's DecodeError and friends: any unreadable graph
-            raise BnnError("%s: cannot read the QONNX graph (%s)" % (path, e)) from None
+        model = load_qonnx(path)
         if len(model.graph.input) != 1 or len(model.graph.output) != 1:
             raise BnnError("%s: expected a graph with one input and one output, got %d and %d"
                            % (path, len(model.graph.input), len(model.graph.output)))

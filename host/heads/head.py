@@ -57,7 +57,29 @@ def _check_params(variant, n_classes, width, params, where, strict):
         elif not np.all(np.isfinite(a)):
             raise BnnError("%s: parameter %s holds NaN or infinity" % (where, name))
         out[name] = np.ascontiguousarray(a, dtype=dtype)
+    bound = _logit_bound(variant, out)
+    if not bound <= LOGIT_LIMIT:
+        raise BnnError("%s: weights so large that a logit can reach %.3g, beyond float32's safe range (%.0e): "
+                       "its probabilities would be NaN" % (where, bound, LOGIT_LIMIT))
     return out
+
+
+# Features are in [-1, 1], so no partial sum of a logit exceeds this bound of its magnitude: kept far below
+# float32's 3.4e38, the matmuls and the softmax cannot overflow.
+LOGIT_LIMIT = 1e30
+
+
+def _logit_bound(variant, p):
+    """The largest |logit| a head's parameters can produce on features in [-1, 1] (float64)."""
+    a = {k: np.abs(v.astype(np.float64)) for k, v in p.items()}
+    if variant == "float":
+        z = a["W"].sum(axis=0) + a["b"]
+    elif variant == "binary":
+        z = a["W"].shape[0] * a["scale"] + a["bias"]
+    else:
+        h = a["W1"].sum(axis=0) + a["b1"]
+        z = h @ a["W2"] + a["b2"]
+    return float(z.max())
 
 
 def _check_classes(classes, where):

@@ -10,6 +10,7 @@ import zipfile
 import numpy as np
 
 from ..errors import BnnError
+from ..inputs import loads_json
 from ..manifest import save_npz_atomic
 from ..npzfile import open_npz
 from .head import _PARAMS, VARIANTS, Head, _check_classes, _check_params
@@ -71,7 +72,7 @@ def load_head(path):
     if classes.ndim != 1 or classes.dtype.kind != "U":
         raise BnnError("%s: classes must be a 1-D string array, got %s %r" % (path, classes.dtype, classes.shape))
     try:
-        meta = json.loads(_scalar(data, "meta", "U", path))
+        meta = loads_json(_scalar(data, "meta", "U", path))
     except ValueError:
         raise BnnError("%s: head meta is not valid JSON" % path) from None
     if not isinstance(meta, dict):

@@ -115,3 +115,24 @@ def test_fifos_and_devices_among_the_images_are_skipped_not_waited_for(tmp_path,
     # predict's exit code 1: some images could not be read (the others are still predicted)
     assert run_cli(_host_main, ["predict", "--bundle", bundle, "--head", head, str(root / "cat" / "zz.png")]) == 1
     assert "zz.png: cannot decode image (OSError: is a FIFO, not a regular file)" in capsys.readouterr().err
+
+
+def test_images_relabelled_in_place_are_extracted_again(tmp_path, capsys):
+    """Swapping two class folders' files (same names) keeps the list of paths; the cache must still miss."""
+    import json
+    import shutil
+
+    root = tmp_path / "data"
+    for k, name in enumerate(["cat", "dog"]):
+        for j in range(3):
+            write_image(root / name / ("%d.png" % j), seed=10 * k + j, size=(8, 8))
+    bundle = make_bundle(tmp_path / "bundle")
+    common = ["--dataset", "folder", "--data-dir", str(root), "--option", "test_fraction=0.34",
+              "--backend", "emulator", "--quiet", "--cache-dir", str(tmp_path / "cache")]
+    fit = ["fit", "--bundle", bundle, "--out", str(tmp_path / "head.npz"), *common]
+    assert run_cli(_host_main, fit) == 0 and not json.loads(capsys.readouterr().out)["cached"]
+    assert run_cli(_host_main, fit) == 0 and json.loads(capsys.readouterr().out)["cached"]
+    shutil.move(str(root / "cat"), str(tmp_path / "tmp"))
+    shutil.move(str(root / "dog"), str(root / "cat"))
+    shutil.move(str(tmp_path / "tmp"), str(root / "dog"))
+    assert run_cli(_host_main, fit) == 0 and not json.loads(capsys.readouterr().out)["cached"]

@@ -197,3 +197,65 @@ def test_crafted_export_manifest_fields_are_one_line_errors(export_dir, tmp_path
     json.dump(m, open(os.path.join(copy, "export.json"), "w"))
     with pytest.raises(BnnError, match=r"export\.json: .*" + _re(message)):
         load_export(copy)
+
+
+@pytest.mark.parametrize("variant,params", [
+    ("float", {"W": np.full((8, 2), 3e38, np.float32), "b": np.zeros(2, np.float32)}),
+    ("binary", {"W": np.ones((8, 2), np.int8), "scale": np.full(2, 1e30, np.float32), "bias": np.zeros(2, np.float32)}),
+    ("mlp", {"W1": np.full((8, 4), 1e20, np.float32), "b1": np.zeros(4, np.float32),
+             "W2": np.full((4, 2), 1e20, np.float32), "b2": np.zeros(2, np.float32)}),
+])
+def test_heads_whose_logits_can_overflow_are_refused(variant, params):
+    """Finite weights of 3e38 passed the NaN check, then every probability was NaN (not JSON)."""
+    from host.heads.head import Head
+
+    with pytest.raises(BnnError, match=r"^head: weights so large that a logit can reach .*: its probabilities "
+                                       r"would be NaN$"):
+        Head(variant, ["a", "b"], 8, params)
+    small = {k: (v if v.dtype == np.int8 else np.ones_like(v)) for k, v in params.items()}
+    Head(variant, ["a", "b"], 8, small)  # the bound is on magnitude, not on the variant
+
+
+def test_no_nan_reaches_a_json_line():
+    from host.commands import _print_json, _r
+
+    assert _r(float("nan")) is None and _r(float("inf")) is None and _r(0.123456) == 0.1235
+    with pytest.raises(ValueError):
+        _print_json({"prob": float("nan")})
+
+
+def test_json_that_would_parse_into_too_many_values_is_refused_unparsed(tmp_path):
+    """A 63 MB manifest under the byte cap cost 1.7 GB of RSS to parse: a Pynq-Z2 has 512 MB."""
+    import resource
+
+    from host.inputs import MAX_JSON_VALUES, loads_json
+
+    assert loads_json(b'{"a": [1, 2, {"b": 3}]}') == {"a": [1, 2, {"b": 3}]}
+    big = tmp_path / "manifest.json"
+    big.write_bytes(b'{"format": "bnn-transfer/manifest/v1", "pad": [' + b"0," * MAX_JSON_VALUES + b"0]}")
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(BnnError, match=r"manifest\.json: cannot read manifest \(holds up to \d+ values, more than "
+                                       r"the 1000000 this flow accepts\)"):
+        load_manifest(str(tmp_path), "manifest.json")
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss < 64 << 10  # KB: far below parsing it
+
+
+def test_a_graph_whose_external_data_points_outside_is_one_line(tmp_path):
+    """build_fpga read backbone.onnx with qonnx directly: onnx's refusal ended as exit 1 'internal error'."""
+    from onnx import TensorProto, helper
+
+    from host.backends.onnx import load_qonnx
+
+    (tmp_path / "secret.bin").write_bytes(b"\0" * 16)
+    w = helper.make_tensor("w", TensorProto.FLOAT, [4], [0.0] * 4)
+    w.ClearField("float_data")
+    w.data_location = TensorProto.EXTERNAL
+    w.external_data.add(key="location", value="../secret.bin")
+    graph = helper.make_graph([helper.make_node("Add", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])], [w])
+    (tmp_path / "export").mkdir()
+    path = tmp_path / "export" / "backbone.onnx"
+    path.write_bytes(helper.make_model(graph).SerializeToString())
+    with pytest.raises(BnnError, match=r"backbone\.onnx: cannot read the QONNX graph \("):
+        load_qonnx(str(path))

@@ -29,6 +29,7 @@ import copy
 import importlib.machinery
 import itertools
 import os
+import sys
 import types
 
 import numpy as np
@@ -36,7 +37,12 @@ import numpy as np
 from host.emulator import load_emulator, save_emulator
 from host.manifest import finalize_manifest, new_manifest, write_bytes_atomic
 from host.packing import pack, packed_shape, unpack
-from tests.host import finn_hwh, pynq_twin
+
+# Its sibling helpers, whichever way this file was imported (tests.host.fake_pynq, fake_pynq from a
+# notebook kernel's fake pynq module)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import finn_hwh  # noqa: E402
+import pynq_twin  # noqa: E402
 
 DONE, IDLE = 0x2, 0x4
 # Whose ip_dict a FakeBoard's overlay gets: PYNQ 3.x/4.0's where .ci/install put the real pynq, else
