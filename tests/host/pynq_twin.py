@@ -22,6 +22,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 # parser -> (the .ci/install folder holding its pynq, how it parses)
 PARSERS = {
     "pynq-2.7.0-hwh": ("pynq-2.7.0", "hwh"),
+    "pynq-3.1.1-hwh": ("pynq-3.1.1", "hwh"),
+    "pynq-3.1.1-pynqmetadata": ("pynq-3.1.1", "pynqmetadata"),
     "pynq-4.0.0-hwh": ("pynq-4.0.0", "hwh"),
     "pynq-4.0.0-pynqmetadata": ("pynq-4.0.0", "pynqmetadata"),
 }
