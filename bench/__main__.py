@@ -103,12 +103,15 @@ def measurement_names(modules, quick):
     return names
 
 
-def check_scope(args, argv_before):
-    """Refuse (BnnError) to replace a report of a wider scope: a run with --only, or --quick, would
-    replace the rows of a full run with its fewer, or unquotable, ones."""
+def check_scope(args, argv_before, mergeable):
+    """Refuse (BnnError) to replace a report of another scope: a --quick run would replace a full run's
+    rows with unquotable ones, an --only run a full run's with its fewer, unless the report keeps its
+    records (``mergeable``: results.json), into which an --only run merges its rows."""
     if argv_before is None:
         return
     before = parse_args(argv_before)
+    if args.only and not args.quick and not before.quick and mergeable:
+        return
     scope = (bool(args.quick), sorted(args.only))
     if (bool(before.quick), sorted(before.only)) != scope:
         raise BnnError("%s: holds the report of `python -m bench%s`; this run (%s) would replace its rows: choose "
@@ -136,7 +139,7 @@ def main(argv=None):
     if unknown:
         raise BnnError("--only %s: matches no measurement (they are: %s)" % (unknown[0], ", ".join(sorted(names))))
     report.check_replaceable(args.out)  # fail now, not after the measurements
-    check_scope(args, report.previous_argv(args.out))
+    check_scope(args, report.previous_argv(args.out), report.read_results(args.out) is not None)
     if args.demo_bundle:
         from host.bundle import load_bundle
 
@@ -172,9 +175,9 @@ def main(argv=None):
                 records.append(rec)
                 out.write(json.dumps(rec) + "\n")
         end = machine(threads)
-        report.write(args.out, records, start, end, time.perf_counter() - t0, args.quick)
-    Context.log("wrote %s and %s (%.0f s; load average now %s)" % (
-        os.path.join(args.out, "results.md"), os.path.join(args.out, "results.png"), time.perf_counter() - t0,
+        report.write(args.out, records, start, end, time.perf_counter() - t0, args.quick, args.only)
+    Context.log("wrote %s, results.png and results.json (%.0f s; load average now %s)" % (
+        os.path.join(args.out, "results.md"), time.perf_counter() - t0,
         "/".join("%.2f" % v for v in end["loadavg"])))
     out.close()
     return 1 if failed else 0

@@ -82,7 +82,7 @@ def build_parser():
                     help="seeded random images on which FINN's graphs and the emulator must equal the torch "
                          "integer backbone bit for bit (default 4; 0 skips; FINN's python execution of its "
                          "graphs takes seconds per image for the larger presets)")
-    ap.add_argument("--cppsim", type=int, nargs="?", const=8, default=0, metavar="N",
+    ap.add_argument("--cppsim", type=int, nargs="?", const=8, default=None, metavar="N",
                     help="also compile FINN's generated HLS C++ of every layer with g++ and run N seeded images "
                          "(default 8) through FINN's C++ simulation; each layer must equal the emulator and FINN's "
                          "python execution bit for bit (report/bitexact.json). Needs g++, finn-hlslib in FINN's deps "
@@ -99,6 +99,10 @@ def main(argv=None):
     from .config import BuildConfig
 
     args = build_parser().parse_args(argv)
+    if args.cppsim is not None and args.cppsim < 1:
+        from host.errors import BnnError
+
+        raise BnnError("--cppsim %d: give a positive number of images, or leave --cppsim out" % args.cppsim)
     from .finn_env import launch_like_finn, vivado_requested
 
     if argv is None and not args.estimate_only and vivado_requested():
@@ -107,7 +111,7 @@ def main(argv=None):
                       folding=args.folding, clock_mhz=args.clock_mhz, mvau_wwidth_max=args.mvau_wwidth_max,
                       estimate_only=args.estimate_only, hw_codegen=args.hw_codegen,
                       build_dir=args.build_dir, verify_images=args.verify_images, fifo=args.fifo,
-                      clean=args.clean, cppsim=args.cppsim, hls_include=args.hls_include,
+                      clean=args.clean, cppsim=args.cppsim or 0, hls_include=args.hls_include,
                       board_repos=tuple(args.board_repo), accept_timing_violation=args.accept_timing_violation)
     result = build(cfg)
     print(result.message, flush=True)

@@ -393,10 +393,17 @@ def _teach(args, out, classes, examples, bundle, name, opts):
         if teacher.resumed:
             print("teach: %d examples of %s from %s" % (teacher.resumed, ", ".join(teacher.store.classes), examples),
                   file=sys.stderr, flush=True)
-        for c in classes:
-            if isinstance(source, CameraSource):
-                _prompt("teach: show '%s' to %s and press Enter" % (c, source.name))
-            print("teach: " + teacher.capture(c, args.frames), file=sys.stderr, flush=True)
+        try:
+            for c in classes:
+                if isinstance(source, CameraSource):
+                    _prompt("teach: show '%s' to %s and press Enter" % (c, source.name))
+                print("teach: " + teacher.capture(c, args.frames), file=sys.stderr, flush=True)
+        except KeyboardInterrupt:
+            counts = teacher.store.counts()
+            print("teach: stopped; the examples captured so far are kept in %s (%s): run teach again to go on"
+                  % (teacher.store.folder, ", ".join("%s: %d" % kv for kv in sorted(counts.items())) or "none"),
+                  file=sys.stderr, flush=True)
+            raise
         head = teacher.train()
     teacher.save_head(out)
     info = head.meta["train"]

@@ -66,9 +66,19 @@ def list_images(directory):
 
 
 def list_subdirs(directory):
-    """Sorted names of the non-hidden sub-folders of ``directory``."""
+    """Sorted names of the non-hidden sub-folders of ``directory``; the hidden ones (``.x``, ``...``:
+    never classes) are named in a warning, once per folder."""
     with os.scandir(directory) as it:
-        return sorted(e.name for e in it if not e.name.startswith(".") and e.is_dir())
+        dirs = sorted(e.name for e in it if e.is_dir())
+    hidden = [d for d in dirs if d.startswith(".")]
+    if hidden and directory not in _WARNED_HIDDEN:
+        _WARNED_HIDDEN.add(directory)
+        print("warning: %s: hidden folders are not classes, skipped: %s"
+              % (directory, ", ".join(printable(d) for d in hidden)), file=sys.stderr, flush=True)
+    return [d for d in dirs if not d.startswith(".")]
+
+
+_WARNED_HIDDEN = set()
 
 
 def read_lines(path, what):

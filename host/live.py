@@ -77,20 +77,9 @@ def check_frame(frame, where="frame", bgr=False):
 
 def decode_frame(data, name="upload"):
     """Decode the bytes of an image file (an upload) into an RGB frame; ImageError when unreadable."""
-    import io
+    from .preprocess import decode_image_bytes
 
-    from PIL import Image
-
-    try:
-        with Image.open(io.BytesIO(bytes(data))) as im:
-            im.load()
-            arr = np.asarray(im.convert("RGB") if im.mode != "RGB" else im, dtype=np.uint8)
-    except Exception as e:  # PIL raises many types for malformed files
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        if reason.startswith("cannot identify image file"):  # its next words are the repr of our BytesIO
-            reason = "not an image format PIL reads"
-        raise ImageError("%s: cannot decode image (%s)" % (name, reason)) from None
-    return check_frame(arr, name)
+    return check_frame(decode_image_bytes(data, name), name)
 
 
 class FrameSource:

@@ -64,8 +64,24 @@ def decode_image(path: PathLike, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Decode an image file into HWC uint8 RGB; raise ImageError when it cannot be read.
 
     The size comes from the header first: an image of more than ``max_pixels`` is refused
-    without being decoded. 16-bit and 32-bit grey levels are scaled to 8 bits (not clipped).
+    without being decoded. 16-bit and 32-bit grey levels are scaled to 8 bits (not clipped). An EXIF
+    orientation is applied, so a phone's portrait photo is upright as any viewer shows it.
     """
+    from PIL import Image
+
+    return _decode(lambda: Image.open(regular_file(path)), path, max_pixels)
+
+
+def decode_image_bytes(data: bytes, name: str, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """:func:`decode_image` of the bytes of an image file (an upload), named ``name`` in errors."""
+    import io
+
+    from PIL import Image
+
+    return _decode(lambda: Image.open(io.BytesIO(bytes(data))), name, max_pixels)
+
+
+def _decode(open_image: Any, name: PathLike, max_pixels: int) -> np.ndarray:
     import warnings
 
     from PIL import Image
@@ -74,25 +90,51 @@ def decode_image(path: PathLike, max_pixels: int = MAX_PIXELS) -> np.ndarray:
         with warnings.catch_warnings():
             # PIL's own bomb warning (89 Mpx) is above MAX_PIXELS, which is checked below
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            im = Image.open(regular_file(path))
+            im = open_image()
         with im:
             w, h = im.size  # from the header: Image.open does not decode
             if w * h > max_pixels:
                 raise ImageError("%s: image of %d x %d pixels is over the limit of %d megapixels (it would take "
-                                 "%d MB decoded)" % (path, w, h, max_pixels // 1_000_000, w * h * 3 >> 20))
+                                 "%d MB decoded)" % (name, w, h, max_pixels // 1_000_000, w * h * 3 >> 20))
             # load() forces the full decode: a truncated file fails here, not later in a worker.
             im.load()
             if im.mode in _HIGH_DEPTH:
-                arr = _grey_to_rgb8(np.asarray(im), im.mode, path)
+                arr = _grey_to_rgb8(np.asarray(im), im.mode, name)
             else:
                 arr = np.asarray(im if im.mode == "RGB" else im.convert("RGB"), dtype=np.uint8)
+            arr = _upright(arr, _orientation(im))
     except ImageError:
         raise
     except Exception as e:  # PIL raises many types for malformed files (OSError, SyntaxError, struct.error, ...)
-        raise ImageError("%s: cannot decode image (%s)" % (path, _reason(e))) from None
+        raise ImageError("%s: cannot decode image (%s)" % (name, _reason(e))) from None
     if arr.ndim != 3 or arr.shape[2] != 3 or arr.shape[0] < 1 or arr.shape[1] < 1:
-        raise ImageError("%s: cannot decode image (unexpected shape %s)" % (path, arr.shape))
+        raise ImageError("%s: cannot decode image (unexpected shape %s)" % (name, arr.shape))
     return np.ascontiguousarray(arr)
+
+
+# EXIF orientation (tag 0x0112; phones write it instead of rotating the pixels) -> the array the viewer
+# shows, as PIL's ImageOps.exif_transpose, but on the array: exact, and the same for every pixel mode.
+_UPRIGHT = {
+    2: lambda a: a[:, ::-1],
+    3: lambda a: a[::-1, ::-1],
+    4: lambda a: a[::-1],
+    5: lambda a: a.transpose(1, 0, 2),
+    6: lambda a: np.rot90(a, -1),
+    7: lambda a: a[::-1, ::-1].transpose(1, 0, 2),
+    8: lambda a: np.rot90(a, 1),
+}
+
+
+def _orientation(im: Any) -> int:
+    try:
+        return int(im.getexif().get(0x0112, 1))
+    except Exception:  # a malformed EXIF block does not make the pixels unreadable
+        return 1
+
+
+def _upright(arr: np.ndarray, orientation: int) -> np.ndarray:
+    turn = _UPRIGHT.get(orientation)
+    return arr if turn is None else turn(arr)
 
 
 def _grey_to_rgb8(a: np.ndarray, mode: str, path: PathLike) -> np.ndarray:
@@ -112,6 +154,8 @@ def _grey_to_rgb8(a: np.ndarray, mode: str, path: PathLike) -> np.ndarray:
 
 
 def _reason(e: BaseException) -> str:
+    if str(e).startswith("cannot identify image file"):  # its next words name a path or a BytesIO's repr
+        return "not an image format PIL reads"
     msg = str(e).strip().splitlines()
     return "%s: %s" % (type(e).__name__, msg[0]) if msg else type(e).__name__
 

@@ -165,3 +165,9 @@ def test_full_disk_in_train_and_export_names_the_file_and_leaves_nothing(tiny_ru
 def test_usage_errors_are_one_line_like_any_bad_input(capsys, stage, args, what):
     line = one_line_error(cli(capsys, stage, *args))
     assert line.startswith("error: " + what) and line.endswith("(see %s --help)" % what.split(":")[0])
+
+
+def test_cppsim_zero_is_refused_rather_than_doing_nothing(capsys):
+    line = one_line_error(cli(capsys, "build_fpga", "--export", "x", "--board", "pynq-z2", "--out", "y",
+                              "--cppsim", "0"))
+    assert line == "error: --cppsim 0: give a positive number of images, or leave --cppsim out"

@@ -136,3 +136,30 @@ def test_images_relabelled_in_place_are_extracted_again(tmp_path, capsys):
     shutil.move(str(root / "dog"), str(root / "cat"))
     shutil.move(str(tmp_path / "tmp"), str(root / "dog"))
     assert run_cli(_host_main, fit) == 0 and not json.loads(capsys.readouterr().out)["cached"]
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_is_applied_as_pil_does(tmp_path, orientation):
+    """Phones store portrait photos as landscape pixels plus an orientation tag."""
+    from PIL import Image, ImageOps
+
+    rng = np.random.default_rng(orientation)
+    im = Image.fromarray(rng.integers(0, 256, size=(6, 10, 3), dtype=np.uint8))
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    path = str(tmp_path / "photo.jpg")
+    im.save(path, exif=exif, quality=95)
+    with Image.open(path) as saved:
+        want = np.asarray(ImageOps.exif_transpose(saved).convert("RGB"))
+    got = decode_image(path)
+    assert got.shape == want.shape and np.array_equal(got, want)
+    assert got.shape[:2] == ((10, 6) if orientation >= 5 else (6, 10))
+
+
+def test_hidden_class_folders_are_named_in_a_warning(tmp_path, capsys):
+    root = tmp_path / "data"
+    for name in ("cat", "dog", ".x", "..."):
+        write_image(root / name / "0.png", size=(8, 8))
+    ds = open_dataset("folder", "train", data_dir=str(root))
+    assert ds.classes == ["cat", "dog"]
+    assert "warning: %s: hidden folders are not classes, skipped: ..., .x" % root in capsys.readouterr().err

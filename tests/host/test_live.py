@@ -315,3 +315,25 @@ def test_a_camera_that_stops_delivering(bundle, scenes, tmp_path, capsys, monkey
     assert rc == 2 and [json.loads(line)["frame"] for line in out.splitlines()] == [1, 2]
     assert err.strip().splitlines()[-1] == ("error: camera 0: returned no frame (unplugged, or taken by another "
                                             "program?) (3 frames in a row)")
+
+
+def test_ctrl_c_in_teach_says_what_was_kept(bundle, scenes, tmp_path, capsys, monkeypatch):
+    import host.live
+
+    monkeypatch.delenv("BOARD", raising=False)
+    frames = [f[:, :, ::-1] for f in scenes["train"][0]]
+    monkeypatch.setitem(sys.modules, "cv2", FakeCv2(frames * 4))
+    real = host.live.Teacher.capture
+
+    def capture(self, name, n):
+        if name == "b":
+            raise KeyboardInterrupt
+        return real(self, name, n)
+
+    monkeypatch.setattr(host.live.Teacher, "capture", capture)
+    rc, out, err = cli(capsys, "teach", "--bundle", bundle.root, "--out", tmp_path / "h.npz", "--class", "a",
+                       "--class", "b", "--frames", 2)
+    assert rc == 130 and out == "" and not (tmp_path / "h.npz").exists()
+    assert ("teach: stopped; the examples captured so far are kept in %s (a: 2): run teach again to go on"
+            % (tmp_path / "h-examples")) in err
+    assert len(list((tmp_path / "h-examples" / "a").glob("*.png"))) == 2
