@@ -321,7 +321,7 @@ def compile_layers(model, work: Path, env: Dict[str, str], jobs: int,
     from finn.util.fpgadataflow import is_hls_node
     from qonnx.custom_op.registry import getCustomOp
 
-    from .ladder import despecialize_node
+    from .transforms import despecialize_node
 
     fingerprint = toolchain_fingerprint(env)
     todo, failed, done = [], {}, {}

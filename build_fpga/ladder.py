@@ -11,7 +11,6 @@ exactly what the torch side folded.
 
 from __future__ import annotations
 
-import copy
 import os
 import time
 from typing import Dict, List, Optional
@@ -22,29 +21,7 @@ from export.verify import compare_layers
 from host.errors import BnnError
 
 from .finn_flow import FlowError
-
-
-def despecialize(model):
-    """Copy of a FINN HW graph with ``X_hls``/``X_rtl`` nodes turned back into their ``X`` base ops.
-
-    Specialized nodes execute only in cppsim/rtlsim (Vitis HLS / Vivado), but their base classes
-    (MVAU, ConvolutionInputGenerator, Pool, FMPadding, ...) have a python ``execute_node`` and read
-    the same attributes and initializers, so the folded, bit-width-minimized graph can be checked
-    in python. Folding attributes do not change what a node computes.
-    """
-    m = copy.deepcopy(model)
-    for node in m.graph.node:
-        despecialize_node(node)
-    return m
-
-
-def despecialize_node(node) -> None:
-    """One node of :func:`despecialize`, in place (the cppsim rung runs single nodes in python)."""
-    if node.domain.startswith("finn.custom_op.fpgadataflow."):
-        node.domain = "finn.custom_op.fpgadataflow"
-        for suffix in ("_hls", "_rtl"):
-            if node.op_type.endswith(suffix):
-                node.op_type = node.op_type[: -len(suffix)]
+from .transforms import Despecialize
 
 
 def execute_batch(model, x: np.ndarray) -> np.ndarray:
@@ -211,7 +188,7 @@ def verify_build(layers, finn_dir: str, hw_model, finn_arrays, n_images: int, ex
     stages = [
         ("FINN streamlined graph", "finn_streamlined", lambda: finn_stage(
             ModelWrapper(os.path.join(finn_dir, "intermediate_models", "step_streamline.onnx")), images)),
-        ("FINN HW graph", "finn_hw", lambda: finn_stage(despecialize(hw_model), images)),
+        ("FINN HW graph", "finn_hw", lambda: finn_stage(hw_model.transform(Despecialize()), images)),
         ("emulator", "emulator", lambda: emulator_stage(Emulator(*finn_arrays), images)),
     ]
     for label, key, run in stages:
@@ -247,7 +224,7 @@ def cppsim_stage(hw_model, build_dir: str, finn_arrays, names: List[str], n_imag
     load = round(os.getloadavg()[0], 1)
     sim, got = simulate(hw_model, build_dir, images, headers, finn_layer_outputs)
     references = {"emulator": emulator_stage(Emulator(*finn_arrays), images),
-                  "FINN HW graph, python": finn_stage(despecialize(hw_model), images)}
+                  "FINN HW graph, python": finn_stage(hw_model.transform(Despecialize()), images)}
     layer_node = dict(zip(names, [n.name for n in hw_model.graph.node if n.op_type.startswith("MVAU")]))
     compared = {label: compare_layers(references[label], got, names) for label in CPPSIM_REFERENCES}
     diverged = [c["first_divergence"] for c in compared.values() if c["first_divergence"] is not None]

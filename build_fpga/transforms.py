@@ -152,3 +152,27 @@ class WidenXnorAccumulators(Transformation):
             if acc.min() > 0 or acc.max() < mw:
                 mvau.set_nodeattr("accDataType", "UINT%d" % math.ceil(math.log2(mw + 1)))
         return model, False
+
+
+class Despecialize(Transformation):
+    """FINN's ``X_hls``/``X_rtl`` nodes turned back into their ``X`` base ops.
+
+    Specialized nodes execute only in cppsim/rtlsim (Vitis HLS / Vivado), but their base classes
+    (MVAU, ConvolutionInputGenerator, Pool, FMPadding, ...) have a python ``execute_node`` and read
+    the same attributes and initializers, so the folded, bit-width-minimized graph can be checked
+    in python. Folding attributes do not change what a node computes.
+    """
+
+    def apply(self, model):
+        for node in model.graph.node:
+            despecialize_node(node)
+        return model, False
+
+
+def despecialize_node(node) -> None:
+    """One node of :class:`Despecialize`, in place (the cppsim rung runs single nodes in python)."""
+    if node.domain.startswith("finn.custom_op.fpgadataflow."):
+        node.domain = "finn.custom_op.fpgadataflow"
+        for suffix in ("_hls", "_rtl"):
+            if node.op_type.endswith(suffix):
+                node.op_type = node.op_type[: -len(suffix)]

@@ -23,7 +23,7 @@ row has not finished): ``table2.md`` (ours / paper per cell, shaped like the pap
 ``table2.json`` (the directory's manifest: accuracies as fractions, the paper's too, the sha256 of
 every row's run.json) and, at the end of the command, ``table2.png`` (top-1 ours vs paper).
 
-``--synthetic`` swaps the four datasets for generated stand-ins (``SYNTHETIC_STANDINS``; the tiny
+``--synthetic`` swaps the four datasets for generated stand-ins (``table2_rows.SYNTHETIC_STANDINS``; the tiny
 preset and a few epochs) so the whole command runs end to end on a CPU. The paper's numbers are
 still printed beside ours, but the two are not comparable: the stand-ins only exercise the flow.
 
@@ -60,6 +60,7 @@ from .datasets import open_dataset
 from .fit import RUN_MANIFEST, FitConfig, run
 from .models import ModelConfig
 from .table2_paper import PRETRAIN_HEADS, ROWS, TARGETS, Row, Target, row_group
+from .table2_rows import dataset_of, read_row, source_of
 
 RUNS = "runs"
 
@@ -71,20 +72,6 @@ SYNTHETIC_EPOCHS = {"pretrain": 4, "scratch": 4, "finetune": 3}
 # few classes with more images for Indoor scenes. The transfer sets draw their classes from the half
 # of the primitive combinations that pretraining never sees (host/synthetic.py); different class
 # counts and seeds make the three stand-ins different tasks.
-SYNTHETIC_STANDINS = {
-    "imagenet": ("synthetic", {"num_classes": 24, "n_train_per_class": 250, "n_test_per_class": 40,
-                               "image_size": 40, "seed": 0}),
-    "flowers": ("synthetic-transfer", {"num_classes": 12, "n_train_per_class": 48, "n_test_per_class": 10,
-                                       "image_size": 40, "seed": 1}),
-    "birds": ("synthetic-transfer", {"num_classes": 20, "n_train_per_class": 24, "n_test_per_class": 24,
-                                     "image_size": 40, "seed": 2}),
-    "indoor": ("synthetic-transfer", {"num_classes": 8, "n_train_per_class": 64, "n_test_per_class": 16,
-                                      "image_size": 40, "seed": 3}),
-}
-
-
-
-
 @dataclass
 class Table2Config:
     out: str
@@ -155,18 +142,6 @@ class Job:
 
 # --- inputs ----------------------------------------------------------------------------------------
 
-def source_of(cfg, key):
-    """(dataset name, data_dir, options) that stands for ``key`` (imagenet, flowers, birds, indoor)."""
-    if cfg.synthetic:
-        name, opts = SYNTHETIC_STANDINS[key]
-        opts = dict(opts)
-        for k in ("n_train_per_class", "n_test_per_class"):
-            opts[k] = max(1, int(round(opts[k] * cfg.synthetic_scale)))
-        return name, None, opts
-    name = "imagenet" if key == "imagenet" else _dataset_of(key)
-    return name, os.path.abspath(getattr(cfg, key)), {}
-
-
 def check_data_dirs(cfg, pretrained_elsewhere):
     """Every dataset directory the table needs exists; checked before hours of pretraining start."""
     keys = [t.key for t in TARGETS]
@@ -179,17 +154,13 @@ def check_data_dirs(cfg, pretrained_elsewhere):
         return
     for key in keys:
         path = getattr(cfg, key)
-        what = "the ILSVRC2012 directory" if key == "imagenet" else "the %s directory" % _dataset_of(key)
+        what = "the ILSVRC2012 directory" if key == "imagenet" else "the %s directory" % dataset_of(key)
         if not path:
             hint = " (or two --imagenet-run)" if key == "imagenet" else ""
             raise BnnError("--%s DIR is required%s: %s; or pass --synthetic" % (key, hint, what))
         if not os.path.isdir(path):
             state = "not a directory" if os.path.exists(path) else "not found"
             raise BnnError("%s: %s (--%s, %s)" % (path, state, key, what))
-
-
-def _dataset_of(key):
-    return next(t.dataset for t in TARGETS if t.key == key)
 
 
 def check_layouts(jobs):
@@ -270,21 +241,6 @@ def plan_jobs(cfg, pretrained_elsewhere):
 
 
 # --- row state --------------------------------------------------------------------------------------
-
-def read_row(job):
-    """(params, mode, finished, epochs done, manifest) of what the row's directory holds, or None."""
-    out = job.fit.out
-    manifest = os.path.join(out, RUN_MANIFEST)
-    if os.path.exists(manifest):
-        m = read_json(manifest, "run manifest")
-        return m.get("params"), m.get("mode"), bool(m.get("finished")), int(m.get("epochs_done", 0)), m
-    ckpt = os.path.join(out, CHECKPOINT)
-    if os.path.exists(ckpt):
-        # Killed between its first checkpoint and its first manifest: the checkpoint has the config.
-        state = load_checkpoint(ckpt)
-        return FitConfig(**state["fit_config"]).identity(), state.get("mode"), False, int(state["epoch"]), None
-    return None
-
 
 def _diff(have, want):
     keys = sorted(set(have or {}) | set(want))

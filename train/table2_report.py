@@ -12,8 +12,8 @@ from host.manifest import atomic_path, finalize_manifest, new_manifest, read_jso
 from host.report import PNG_METADATA
 
 from .fit import RUN_MANIFEST
-from .table2 import read_row, source_of
 from .table2_paper import PAPER_CITATION, PAPER_IMAGENET, PAPER_TABLE2, PRETRAIN_HEADS, ROWS, TARGETS, row_group
+from .table2_rows import read_row, source_of
 
 REPORT_MD = "table2.md"
 REPORT_JSON = "table2.json"

@@ -2,7 +2,7 @@
 
 from ..emulator import load_emulator
 from ..errors import BnnError
-from . import Backend
+from .base import Backend
 
 
 class EmulatorBackend(Backend):

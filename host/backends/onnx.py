@@ -8,7 +8,7 @@ exported graph, the emulator and the accelerator agree bit for bit.
 import numpy as np
 
 from ..errors import BnnError
-from . import Backend
+from .base import Backend
 
 
 def load_qonnx(path):

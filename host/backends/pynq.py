@@ -44,7 +44,7 @@ import numpy as np
 from ..errors import BnnError
 from ..inputs import regular_file
 from ..packing import pack, unpack
-from . import Backend
+from .base import Backend
 
 # The control registers of FINN's IODMA (an HLS block with ap_ctrl_hs): the buffer address is a
 # 64-bit argument split over 0x10/0x14, which is why the image count sits at 0x1C.

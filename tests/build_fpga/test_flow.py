@@ -224,7 +224,8 @@ def test_tiny_estimates_and_bitexact_ladder(tmp_path):
     from build_fpga.config import BuildConfig
     from build_fpga.estimates import check_fit
     from build_fpga.finn_flow import run_flow
-    from build_fpga.ladder import despecialize, execute_batch
+    from build_fpga.ladder import execute_batch
+    from build_fpga.transforms import Despecialize
 
     path, images, feats, n_ties = make_standin("tiny", tmp_path, n_images=6)
     assert n_ties > 100  # the tie-prone thresholds really produce acc == T
@@ -253,7 +254,7 @@ def test_tiny_estimates_and_bitexact_ladder(tmp_path):
 
     models = out / "intermediate_models"
     assert np.array_equal(execute_batch(ModelWrapper(str(models / "step_streamline.onnx")), images), feats)
-    hw = despecialize(ModelWrapper(str(models / "step_generate_estimate_reports.onnx")))
+    hw = ModelWrapper(str(models / "step_generate_estimate_reports.onnx")).transform(Despecialize())
     assert np.array_equal(execute_batch(hw, images), feats)
     io = json.loads((out / "report" / "io_shapes.json").read_text())
     assert io["ishape_normal"] == [[1, 32, 32, 3]] and io["idt"] == ["DataType['UINT8']"]
@@ -275,14 +276,16 @@ def test_tiny_random_thresholds_bitexact(tmp_path):
 
     from build_fpga.config import BuildConfig
     from build_fpga.finn_flow import run_flow
-    from build_fpga.ladder import despecialize, execute_batch
+    from build_fpga.ladder import execute_batch
+    from build_fpga.transforms import Despecialize
 
     path, images, feats, _ = make_standin("tiny", tmp_path, n_images=4, seed=3, ties=False)
     assert np.array_equal(execute_batch(ModelWrapper(str(path)), images), feats)
     out = tmp_path / "build"
     est = run_flow(path, out, BuildConfig(board="pynq-z1", target_fps=200, hw_codegen=True),
                    build_dir=tmp_path / "finn_build")
-    hw = despecialize(ModelWrapper(str(out / "intermediate_models" / "step_generate_estimate_reports.onnx")))
+    hw = ModelWrapper(str(out / "intermediate_models" / "step_generate_estimate_reports.onnx"))
+    hw = hw.transform(Despecialize())
     assert np.array_equal(execute_batch(hw, images), feats)
     assert est["board"] == "pynq-z1" and est["fps"] >= 200
     # step_hw_codegen ran offline: HLS C++ for HLS layers, filled RTL templates for RTL layers
@@ -317,7 +320,8 @@ def test_z2_fits_pynq_z2_bitexact(tmp_path):
     from build_fpga.config import BuildConfig
     from build_fpga.estimates import check_fit
     from build_fpga.finn_flow import run_flow
-    from build_fpga.ladder import despecialize, execute_batch
+    from build_fpga.ladder import execute_batch
+    from build_fpga.transforms import Despecialize
 
     path, images, feats, n_ties = make_standin("z2", tmp_path, n_images=2)
     assert n_ties > 0
@@ -325,7 +329,7 @@ def test_z2_fits_pynq_z2_bitexact(tmp_path):
     est = run_flow(path, tmp_path / "build", BuildConfig(board="pynq-z2", target_fps=1000))
     assert est["fps"] >= 1000 and check_fit(est) == []
     hw = ModelWrapper(str(tmp_path / "build" / "intermediate_models" / "step_generate_estimate_reports.onnx"))
-    assert np.array_equal(execute_batch(despecialize(hw), images), feats)
+    assert np.array_equal(execute_batch(hw.transform(Despecialize()), images), feats)
 
 
 @pytest.mark.slow
@@ -335,7 +339,8 @@ def test_binary_padding_with_minus_one_is_bitexact(tmp_path):
 
     from build_fpga.config import BuildConfig
     from build_fpga.finn_flow import run_flow
-    from build_fpga.ladder import despecialize, execute_batch
+    from build_fpga.ladder import execute_batch
+    from build_fpga.transforms import Despecialize
 
     path, images, feats, _ = make_standin("padded", tmp_path, n_images=6)
     assert np.array_equal(execute_batch(ModelWrapper(str(path)), images), feats)
@@ -344,7 +349,7 @@ def test_binary_padding_with_minus_one_is_bitexact(tmp_path):
     hw = ModelWrapper(str(out / "intermediate_models" / "step_generate_estimate_reports.onnx"))
     streamlined = ModelWrapper(str(out / "intermediate_models" / "step_streamline.onnx"))
     assert np.array_equal(execute_batch(streamlined, images), feats)
-    assert np.array_equal(execute_batch(despecialize(hw), images), feats)
+    assert np.array_equal(execute_batch(hw.transform(Despecialize()), images), feats)
     pads = [n for n in hw.graph.node if n.op_type.startswith("FMPadding")]
     assert len(pads) == 3 and [str(hw.get_tensor_datatype(n.input[0])) for n in pads] == ["UINT8", "BINARY", "BINARY"]
 

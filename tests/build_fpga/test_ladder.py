@@ -69,7 +69,8 @@ def ladder(model, export, out, finn_dir, images):
     """Every stage's per-layer outputs, compared with the torch integer backbone of the *model*."""
     from qonnx.core.modelwrapper import ModelWrapper
 
-    from build_fpga.ladder import despecialize, emulator_stage, finn_stage, qonnx_stage, torch_stage
+    from build_fpga.ladder import emulator_stage, finn_stage, qonnx_stage, torch_stage
+    from build_fpga.transforms import Despecialize
     from export.verify import compare_layers
     from host.emulator import load_emulator
     from train.freeze import fold_backbone
@@ -81,8 +82,8 @@ def ladder(model, export, out, finn_dir, images):
     stages = {
         "qonnx": lambda: qonnx_stage(ModelWrapper(os.path.join(export, "backbone.onnx")), images),
         "finn_streamlined": lambda: finn_stage(ModelWrapper(str(models / "step_streamline.onnx")), images),
-        "finn_hw": lambda: finn_stage(despecialize(ModelWrapper(str(models / "step_generate_estimate_reports.onnx"))),
-                                      images),
+        "finn_hw": lambda: finn_stage(
+            ModelWrapper(str(models / "step_generate_estimate_reports.onnx")).transform(Despecialize()), images),
         "emulator": lambda: emulator_stage(load_emulator(str(out / "emulator.npz")), images),
     }
     return layers, names, ref, {k: compare_layers(ref, run(), names) for k, run in stages.items()}
