@@ -8,7 +8,7 @@ import pytest
 
 def pytest_addoption(parser):
     parser.addoption("--update-golden", action="store_true",
-                     help="rewrite tests/golden/* and README.md's golden blocks from this run (tests/golden_files.py)")
+                     help="rewrite tests/golden/* and the docs' golden blocks from this run (tests/golden_files.py)")
 
 
 @pytest.fixture
