@@ -11,9 +11,9 @@ import tempfile
 import time
 import traceback
 
+from host.atomic import output_lock
 from host.cli import ArgumentParser, run_cli
 from host.errors import BnnError
-from host.manifest import output_lock
 
 DEFAULT_OUT = os.path.dirname(os.path.abspath(__file__))
 # Thread pools of numpy's BLAS, torch (OpenMP) and MKL read these when they load, i.e. on first import.

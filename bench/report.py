@@ -7,8 +7,9 @@ import shlex
 import time
 from typing import Dict, List, Optional, Sequence
 
+from host.atomic import write_bytes_atomic, write_json_atomic
 from host.errors import BnnError
-from host.manifest import read_json, write_bytes_atomic, write_json_atomic
+from host.manifest import read_json
 from host.report import PNG_METADATA
 
 from .measure import fmt_seconds

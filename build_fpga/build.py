@@ -32,17 +32,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Dict, Optional, Tuple
 
+from host.atomic import make_temp_dir, output_lock
 from host.bundle import BUNDLE_KIND
 from host.errors import BnnError
-from host.manifest import (
-    MAX_JSON_BYTES,
-    atomic_dir,
-    check_replaceable,
-    make_temp_dir,
-    manifest_digest,
-    output_lock,
-    sha256_bytes,
-)
+from host.manifest import MAX_JSON_BYTES, atomic_dir, check_replaceable, manifest_digest, sha256_bytes
 
 from . import hardware
 from .boards import get_board

@@ -25,7 +25,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 from qonnx.transformation.base import Transformation
 
-from host.manifest import write_json_atomic
+from host.atomic import write_json_atomic
 
 from .boards import get_board
 from .config import BuildConfig

@@ -15,7 +15,8 @@ import os
 import shutil
 from typing import Dict, List, Optional
 
-from host.manifest import read_json, write_json_atomic
+from host.atomic import write_json_atomic
+from host.manifest import read_json
 from host.report import PNG_METADATA
 
 RESOURCES = ("lut", "ff", "bram18", "uram", "dsp")

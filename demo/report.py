@@ -10,9 +10,10 @@ import platform
 import time
 from dataclasses import asdict
 
+from host.atomic import atomic_path, write_bytes_atomic
 from host.benchmark import cpu_model
 from host.errors import BnnError
-from host.manifest import atomic_path, finalize_manifest, load_manifest, new_manifest, write_bytes_atomic
+from host.manifest import finalize_manifest, load_manifest, new_manifest
 from host.report import PNG_METADATA
 
 from .tasks import CLASSES, CURVE_TASK, TASKS

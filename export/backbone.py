@@ -10,6 +10,7 @@ from typing import Optional
 
 import numpy as np
 
+from host.atomic import output_lock
 from host.errors import BnnError
 from host.intlayers import backbone_digest
 from host.manifest import (
@@ -18,7 +19,6 @@ from host.manifest import (
     finalize_manifest,
     load_manifest,
     new_manifest,
-    output_lock,
     package_versions,
     sha256_file,
 )

@@ -109,8 +109,9 @@ def _print_json(obj):
 # ------------------------------------------------------------------------------------------- commands
 
 def cmd_fit(args):
+    from .atomic import output_lock
     from .heads import load_head
-    from .manifest import check_replaceable_file, output_lock
+    from .manifest import check_replaceable_file
 
     out = os.path.abspath(args.out)
     if os.path.isdir(out):
@@ -202,8 +203,8 @@ def _check_classes(head, dataset, head_path):
 
 
 def cmd_eval(args):
+    from .atomic import output_lock
     from .heads import evaluate
-    from .manifest import output_lock
     from .report import check_replaceable_png, save_confusion_png
 
     t0 = time.perf_counter()
@@ -367,9 +368,10 @@ def _prompt(text):
 
 
 def cmd_teach(args):
+    from .atomic import output_lock
     from .heads import load_head
     from .live import check_class_name
-    from .manifest import check_replaceable_file, output_lock
+    from .manifest import check_replaceable_file
 
     _positive("--frames", args.frames)
     out = os.path.abspath(args.out)

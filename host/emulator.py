@@ -196,7 +196,7 @@ class Emulator:
 
 def save_emulator(path: str, spec: Dict[str, Any], weights: Sequence[np.ndarray],
                   thresholds: Sequence[np.ndarray]) -> None:
-    from .manifest import save_npz_atomic
+    from .atomic import save_npz_atomic
 
     spec = dict(spec, format=FORMAT)
     arrays = {"spec": np.array(json.dumps(spec, sort_keys=True))}

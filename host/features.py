@@ -26,9 +26,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .atomic import save_npz_atomic
 from .errors import BnnError
 from .inputs import loads_json
-from .manifest import save_npz_atomic
 from .npzfile import open_npz
 
 FEATURES_FORMAT = "bnn-transfer/features"

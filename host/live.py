@@ -368,7 +368,7 @@ class ExampleStore:
     def _write(self, name, frame):
         from PIL import Image
 
-        from .manifest import atomic_path
+        from .atomic import atomic_path
         from .preprocess import resize_longest_side
 
         folder = os.path.join(self.folder, name)

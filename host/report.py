@@ -17,9 +17,10 @@ import zlib
 
 import numpy as np
 
+from .atomic import atomic_path, write_bytes_atomic
 from .errors import BnnError
 from .inputs import regular_file
-from .manifest import atomic_path, check_replaceable_file, write_bytes_atomic
+from .manifest import check_replaceable_file
 
 __all__ = ["save_confusion_png", "png_bytes", "PNG_METADATA", "check_replaceable_png"]
 

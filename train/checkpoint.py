@@ -8,8 +8,8 @@ import os
 
 import torch
 
+from host.atomic import atomic_path
 from host.errors import BnnError
-from host.manifest import atomic_path
 from host.preprocess import Preprocess
 
 from .models import ModelConfig

@@ -18,18 +18,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from host.atomic import output_lock, write_bytes_atomic
 from host.datasets import check_training_classes
 from host.errors import BnnError
 from host.heads.fit import stratified_split
-from host.manifest import (
-    finalize_manifest,
-    new_manifest,
-    output_lock,
-    package_versions,
-    read_json,
-    sha256_file,
-    write_bytes_atomic,
-)
+from host.manifest import finalize_manifest, new_manifest, package_versions, read_json, sha256_file
 from host.preprocess import Preprocess
 from host.progress import log, progress_bar
 

@@ -20,8 +20,8 @@ import time
 
 import numpy as np
 
+from host.atomic import atomic_path, write_json_atomic
 from host.errors import BnnError, ImageError
-from host.manifest import atomic_path, write_json_atomic
 from host.preprocess import resize_longest_side
 from host.progress import progress_bar
 

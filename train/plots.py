@@ -2,7 +2,7 @@
 
 import json
 
-from host.manifest import atomic_path
+from host.atomic import atomic_path
 from host.report import PNG_METADATA
 
 

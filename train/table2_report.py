@@ -8,7 +8,8 @@ import os
 
 import numpy as np
 
-from host.manifest import atomic_path, finalize_manifest, new_manifest, read_json, sha256_file, write_bytes_atomic
+from host.atomic import atomic_path, write_bytes_atomic
+from host.manifest import finalize_manifest, new_manifest, read_json, sha256_file
 from host.report import PNG_METADATA
 
 from .fit import RUN_MANIFEST

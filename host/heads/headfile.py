@@ -9,9 +9,9 @@ import zipfile
 
 import numpy as np
 
+from ..atomic import save_npz_atomic
 from ..errors import BnnError
 from ..inputs import loads_json
-from ..manifest import save_npz_atomic
 from ..npzfile import open_npz
 from .head import _PARAMS, VARIANTS, Head, _check_classes, _check_params
 

@@ -275,7 +275,7 @@ def test_a_narrower_run_does_not_replace_a_wider_report(tmp_path):
 
 
 def test_a_second_bench_on_the_same_out_is_refused(tmp_path):
-    from host.manifest import output_lock
+    from host.atomic import output_lock
 
     out = tmp_path / "o"
     out.mkdir()

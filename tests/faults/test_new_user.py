@@ -4,9 +4,10 @@ import os
 
 import pytest
 
+from host.atomic import write_bytes_atomic
 from host.cli import run_cli
 from host.errors import BnnError
-from host.manifest import load_manifest, write_bytes_atomic
+from host.manifest import load_manifest
 from tests.host.fake_pynq import make_bundle
 
 

@@ -7,8 +7,9 @@ import sys
 
 import pytest
 
+from host.atomic import output_lock
 from host.errors import BnnError
-from host.manifest import atomic_dir, check_replaceable, finalize_manifest, new_manifest, output_lock
+from host.manifest import atomic_dir, check_replaceable, finalize_manifest, new_manifest
 from tests.faults.fsutil import snapshot
 
 

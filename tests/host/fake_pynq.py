@@ -34,8 +34,9 @@ import types
 
 import numpy as np
 
+from host.atomic import write_bytes_atomic
 from host.emulator import load_emulator, save_emulator
-from host.manifest import finalize_manifest, new_manifest, write_bytes_atomic
+from host.manifest import finalize_manifest, new_manifest
 from host.packing import pack, packed_shape, unpack
 
 # Its sibling helpers, whichever way this file was imported (tests.host.fake_pynq, fake_pynq from a
