@@ -215,7 +215,8 @@ def bench_live(bundle, name, cfg, rng, classes=10):
     """
     from .backends import make_backend
     from .heads import Head
-    from .live import HOST_STAGES, FramesSource, LivePipeline
+    from .live import HOST_STAGES, LivePipeline
+    from .sources import FramesSource
 
     width = bundle.feature_width
     head = Head(variant="float", classes=["class_%d" % k for k in range(classes)], feature_width=width,

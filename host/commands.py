@@ -292,7 +292,7 @@ def cmd_predict(args):
 
 
 def _open_source(args):
-    from .live import open_source
+    from .sources import open_source
 
     if args.folder is not None:
         source, _ = open_source(camera=None, folder=args.folder)
@@ -370,8 +370,8 @@ def _prompt(text):
 def cmd_teach(args):
     from .atomic import output_lock
     from .heads import load_head
-    from .live import check_class_name
     from .manifest import check_replaceable_file
+    from .sources import check_class_name
 
     _positive("--frames", args.frames)
     out = os.path.abspath(args.out)
@@ -388,7 +388,8 @@ def cmd_teach(args):
 
 def _teach(args, out, classes, examples, bundle, name, opts):
     from .backends import make_backend
-    from .live import CameraSource, Teacher
+    from .sources import CameraSource
+    from .teach import Teacher
 
     with _open_source(args) as source, make_backend(name, bundle, **opts) as backend:
         teacher = Teacher(bundle, backend, source, examples_dir=examples, variant=args.head)

@@ -1,4 +1,5 @@
-"""host.live and `python -m host live/teach`: frames, the timed loop, examples kept packed, bad input as one line."""
+"""host.live, host.sources, host.teach and `python -m host live/teach`: frames, the timed loop, examples kept packed,
+bad input as one line."""
 
 import json
 import sys
@@ -14,20 +15,19 @@ from host.bundle import load_bundle
 from host.cli import run_cli
 from host.errors import BnnError
 from host.heads import load_head
-from host.live import (
-    STAGES,
+from host.live import STAGES
+from host.sources import (
     CameraSource,
-    ExampleStore,
     FolderSource,
     FrameError,
     FramesSource,
     SourceUnavailable,
-    Teacher,
     check_frame,
     decode_frame,
     open_source,
 )
 from host.synthetic import open_synthetic
+from host.teach import ExampleStore, Teacher
 
 CLASSES = 3
 PER_CLASS = 8
@@ -318,19 +318,19 @@ def test_a_camera_that_stops_delivering(bundle, scenes, tmp_path, capsys, monkey
 
 
 def test_ctrl_c_in_teach_says_what_was_kept(bundle, scenes, tmp_path, capsys, monkeypatch):
-    import host.live
+    import host.teach
 
     monkeypatch.delenv("BOARD", raising=False)
     frames = [f[:, :, ::-1] for f in scenes["train"][0]]
     monkeypatch.setitem(sys.modules, "cv2", FakeCv2(frames * 4))
-    real = host.live.Teacher.capture
+    real = host.teach.Teacher.capture
 
     def capture(self, name, n):
         if name == "b":
             raise KeyboardInterrupt
         return real(self, name, n)
 
-    monkeypatch.setattr(host.live.Teacher, "capture", capture)
+    monkeypatch.setattr(host.teach.Teacher, "capture", capture)
     rc, out, err = cli(capsys, "teach", "--bundle", bundle.root, "--out", tmp_path / "h.npz", "--class", "a",
                        "--class", "b", "--frames", 2)
     assert rc == 130 and out == "" and not (tmp_path / "h.npz").exists()
