@@ -27,7 +27,7 @@ from .boards import Board, get_board
 from .config import BuildConfig
 from .estimates import ddr_estimate, parse_estimates
 from .finn_env import contained_build_logging, finn_session
-from .steps import STEP_ERRORS, flow_steps
+from .steps import flow_steps
 
 
 class FlowError(BnnError):
@@ -62,23 +62,29 @@ def dataflow_config(out_dir, cfg: BuildConfig, board: Board, steps=None, start_s
 def run_dataflow(model_path, out_dir: Path, dcfg) -> float:
     """build_dataflow_cfg with every failure turned into one FlowError line; returns the wall time."""
     from finn.builder.build_dataflow import build_dataflow_cfg
+    from finn.util.exception import FINNUserError
 
     t0 = time.time()
-    del STEP_ERRORS[:]
     with contained_build_logging(), reused_heap():
         try:
             rc = build_dataflow_cfg(str(model_path), dcfg)
-        except Exception as e:  # re-raised by FINN under pytest; a log line otherwise
-            if STEP_ERRORS:
-                raise FlowError(STEP_ERRORS[-1]) from None
+        except FINNUserError as e:  # re-raised by FINN under pytest; one log line otherwise (below)
+            raise FlowError(str(e)) from None
+        except Exception as e:
             raise FlowError("%s: FINN build failed: %s: %s" % (out_dir, type(e).__name__, e)) from e
-    if rc != 0 and STEP_ERRORS:
-        raise FlowError(STEP_ERRORS[-1])
     if rc != 0:
         log = out_dir / "build_dataflow.log"
-        tail = [ln for ln in log.read_text().splitlines() if "ERROR" in ln][-3:] if log.exists() else []
+        lines = log.read_text().splitlines() if log.exists() else []
+        user = [ln.split(FINN_USER_ERROR, 1)[1] for ln in lines if FINN_USER_ERROR in ln]
+        if user:  # a FINNUserError, ours (steps.fail) or FINN's: its message is the whole story
+            raise FlowError(user[-1].strip())
+        tail = [ln for ln in lines if "ERROR" in ln][-3:]
         raise FlowError("%s: FINN build failed (see build_dataflow.log): %s" % (out_dir, " | ".join(tail)))
     return time.time() - t0
+
+
+# How build_dataflow_cfg logs a FINNUserError (finn.builder.build_dataflow, finn-plus 1.6.1).
+FINN_USER_ERROR = "FINN ERROR: "
 
 
 @contextlib.contextmanager

@@ -15,17 +15,12 @@ from host.errors import BnnError
 
 from .transforms import AbsorbBinaryPad, MapWideLayersToDsp, SetWeightMemory, WidenXnorAccumulators
 
-# The message of the step that failed last: build_dataflow_cfg catches every exception and returns -1
-# (it re-raises only under pytest), so the one line travels beside it.
-STEP_ERRORS: List[str] = []
-
 
 def fail(msg: str):
-    """Abort the build from one of our steps with a one-line message (a FINNUserError is logged by
-    FINN as one line without a traceback)."""
+    """Abort the build from one of our steps with a one-line message: FINN logs a FINNUserError as one
+    line, ``FINN ERROR: <msg>``, without a traceback, which ``finn_flow.run_dataflow`` reports."""
     from finn.util.exception import FINNUserError
 
-    STEP_ERRORS.append(msg)
     raise FINNUserError(msg)
 
 

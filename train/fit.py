@@ -11,7 +11,7 @@ import gc
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Optional
 
 import numpy as np
@@ -237,8 +237,8 @@ def _run(cfg: FitConfig, mode, on_epoch_end, progress):
             raise BnnError(
                 "%s: pretrained run is of preset %r, not %r" % (cfg.init_from, pcfg.preset, cfg.preset)
             )
-        # The backbone's precision is the pretrained network's.
-        cfg.precision = pcfg.precision
+        # The backbone's precision is the pretrained network's (a copy: the caller's config stays as given)
+        cfg = replace(cfg, precision=pcfg.precision)
     if cfg.precision == "fp" and cfg.head == "binary":
         raise BnnError("--head binary needs a binary network: floating-point networks have a float last layer")
     if is_up_to_date(out, cfg, mode):  # also under --resume: a finished run has nothing to continue
