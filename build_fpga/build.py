@@ -38,7 +38,6 @@ from host.errors import BnnError
 from host.manifest import MAX_JSON_BYTES, atomic_dir, check_replaceable, manifest_digest, sha256_bytes
 
 from . import hardware
-from .boards import get_board
 from .config import BuildConfig
 from .finn_env import vivado_available, vivado_requested
 
@@ -110,7 +109,7 @@ def _build(cfg, out, export, export_sha, params, folding_bytes, toolchain, build
     from .folding import SEARCH_FOLDING, search_max_fps
     from .ladder import cppsim_message, cppsim_stage, reference_layers, verify_build
 
-    board = get_board(cfg.board)
+    board = cfg.target
     onnx = os.path.join(cfg.export, "backbone.onnx")
     layers = reference_layers(cfg.export, export)
     names = [il.name for il in layers]
@@ -216,7 +215,7 @@ def _checked_timing(hw_dir, cfg: BuildConfig, board, out: str, log) -> Dict:
     --accept-timing-violation. The hardware build stays, so either retry reuses or replaces it."""
     from .timing import read_timing, timing_refusal
 
-    timing = read_timing(Path(hw_dir) / "report", cfg.clock(board))
+    timing = read_timing(Path(hw_dir) / "report", cfg.clock())
     refusal = timing_refusal(timing, out, cfg.accept_timing_violation)
     if refusal:
         raise BnnError(refusal)
@@ -289,7 +288,7 @@ def build_params(cfg: BuildConfig, folding_bytes: Optional[bytes], with_vivado: 
         "board": cfg.board,
         "target_fps": cfg.target_fps,
         "folding_sha256": sha256_bytes(folding_bytes) if folding_bytes is not None else None,
-        "clock_mhz": cfg.clock(get_board(cfg.board)),  # resolved: a new board default rebuilds
+        "clock_mhz": cfg.clock(),  # resolved: a new board default rebuilds
         "mvau_wwidth_max": int(cfg.mvau_wwidth_max),
         "estimate_only": bool(cfg.estimate_only),
         "hw_codegen": bool(cfg.hw_codegen),

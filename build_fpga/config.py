@@ -8,7 +8,7 @@ from typing import Dict, Optional, Tuple
 
 from host.errors import BnnError
 
-from .boards import board_names
+from .boards import Board, board_names, get_board
 
 
 @dataclass
@@ -31,9 +31,14 @@ class BuildConfig:
     board_repos: Tuple[str, ...] = ()  # more board-file folders for the pre-flight and Vivado's board.repoPaths
     accept_timing_violation: bool = False  # bundle a bitstream whose routed design misses its clock
 
-    def clock(self, board) -> float:
+    @property
+    def target(self) -> Board:
+        """The board this build is for: its name resolved here, the one place that does."""
+        return get_board(self.board)
+
+    def clock(self) -> float:
         """The clock FINN folds, estimates and synthesizes for: --clock-mhz, else the board's."""
-        return float(self.clock_mhz or board.clock_mhz)
+        return float(self.clock_mhz or self.target.clock_mhz)
 
     def check(self) -> None:
         """One-line BnnError for a configuration no build can run with."""

@@ -23,7 +23,7 @@ import numpy as np
 from host.benchmark import peak_rss_mb
 from host.errors import BnnError
 
-from .boards import Board, get_board
+from .boards import Board
 from .config import BuildConfig
 from .estimates import ddr_estimate, parse_estimates
 from .finn_env import contained_build_logging, finn_session
@@ -39,7 +39,7 @@ def dataflow_config(out_dir, cfg: BuildConfig, board: Board, steps=None, start_s
     """FINN's DataflowBuildConfig for ``cfg`` (no target fps and no folding: FINN's minimal folding)."""
     import finn.builder.build_dataflow_config as bc
 
-    clock = cfg.clock(board)
+    clock = cfg.clock()
     fps = cfg.target_fps if (cfg.target_fps or cfg.folding) else 1
     return bc.DataflowBuildConfig(
         output_dir=str(out_dir),
@@ -139,7 +139,7 @@ def _libc():
 
 def _estimates(out_dir: Path, cfg: BuildConfig, board: Board, wall: float,
                layer_names: Optional[Sequence[str]]) -> Dict:
-    clock = cfg.clock(board)
+    clock = cfg.clock()
     est = parse_estimates(out_dir / "report", board, clock, out_dir / "intermediate_models", layer_names)
     est["ddr"] = ddr_estimate(out_dir / "report", board, clock)
     est["target_fps"] = cfg.target_fps
@@ -157,7 +157,7 @@ def run_flow(model_path, out_dir, cfg: BuildConfig, layer_names: Optional[Sequen
     """
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
-    board = get_board(cfg.board)
+    board = cfg.target
     with finn_session(build_dir or out_dir / "finn_build"):
         wall = run_dataflow(model_path, out_dir, dataflow_config(out_dir, cfg, board, layer_names=layer_names))
     return _estimates(out_dir, cfg, board, wall, layer_names)
@@ -170,7 +170,7 @@ def refold(out_dir, cfg: BuildConfig, layer_names: Optional[Sequence[str]] = Non
     ``intermediate_models/step_bnn_external_weights.onnx``); ``cfg.hw_codegen`` adds step_hw_codegen.
     """
     out_dir = Path(out_dir).resolve()
-    board = get_board(cfg.board)
+    board = cfg.target
     dcfg = dataflow_config(out_dir, cfg, board, start_step="step_target_fps_parallelization",
                            layer_names=layer_names)
     with finn_session(build_dir or out_dir / "finn_build"):

@@ -31,7 +31,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .boards import Board, get_board
+from .boards import Board
 from .config import BuildConfig
 from .estimates import RESOURCE_KEYS, check_fit, interconnect, node_resources, pct
 from .finn_flow import refold, run_flow
@@ -255,12 +255,12 @@ def search_max_fps(onnx: str, finn_dir: str, cfg: BuildConfig, layer_names: Opti
     are FINN's own). Returns (the estimates, with ``folding_search`` added; the search's steps)."""
     from qonnx.core.modelwrapper import ModelWrapper
 
-    board = get_board(cfg.board)
+    board = cfg.target
     first = run_flow(onnx, finn_dir, replace(cfg, target_fps=None, folding=None, hw_codegen=False), layer_names)
     if first["ddr"]["fps"] is not None:
         return search_ddr_bound(finn_dir, cfg, layer_names, log)
     model = ModelWrapper(os.path.join(finn_dir, "intermediate_models", "step_generate_estimate_reports.onnx"))
-    found = search(model, board, cfg.clock(board), log)
+    found = search(model, board, cfg.clock(), log)
     path = os.path.join(finn_dir, SEARCH_FOLDING)
     with open(path, "w", encoding="utf-8") as f:
         json.dump(found.config, f, indent=2)

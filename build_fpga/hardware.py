@@ -27,7 +27,6 @@ from qonnx.transformation.base import Transformation
 
 from host.atomic import write_json_atomic
 
-from .boards import get_board
 from .config import BuildConfig
 from .finn_env import finn_session
 from .finn_flow import FlowError, dataflow_config, run_dataflow
@@ -94,7 +93,7 @@ def hardware_key(export_sha: str, est_dir, cfg: BuildConfig, toolchain: Dict) ->
 
     folding = Path(est_dir) / "report" / FOLDING_CONFIG  # the folding as estimated, weight memory included
     h = hashlib.sha256()
-    for part in (export_sha, cfg.board, "%g" % cfg.clock(get_board(cfg.board)), str(cfg.mvau_wwidth_max), cfg.fifo,
+    for part in (export_sha, cfg.board, "%g" % cfg.clock(), str(cfg.mvau_wwidth_max), cfg.fifo,
                  str(toolchain.get("vivado")), str(toolchain.get("vitis_hls")), version("finn-plus")):
         h.update(part.encode() + b"\0")
     h.update(folding.read_bytes() if folding.exists() else b"")
@@ -186,7 +185,7 @@ def run_hardware(est_dir, hw_dir, cfg: BuildConfig, log: Callable[[str], None] =
     the steps run and resumed, and FINN's log.
     """
     est_dir, hw_dir = Path(est_dir).resolve(), Path(hw_dir).resolve()
-    board = get_board(cfg.board)
+    board = cfg.target
     start_name = _start_model_step()
     start_model = est_dir / "intermediate_models" / (start_name + ".onnx")
     if not start_model.exists():
@@ -257,5 +256,5 @@ def preflight_hardware(cfg: BuildConfig, build_dir) -> Dict:
     """:func:`build_fpga.preflight.preflight` for ``cfg``'s board and FIFO strategy (BnnError if not ready)."""
     from .preflight import preflight
 
-    return preflight(get_board(cfg.board).finn_board, cfg.fifo, finn_deps_dir(build_dir), os.environ,
+    return preflight(cfg.target.finn_board, cfg.fifo, finn_deps_dir(build_dir), os.environ,
                      board_repos=cfg.board_repos)
