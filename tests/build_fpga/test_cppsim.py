@@ -88,14 +88,16 @@ def zero_one_threshold(build):
     from qonnx.custom_op.registry import getCustomOp
 
     from build_fpga import cppsim
-    from build_fpga.ladder import despecialize, finn_stage, verification_images
+    from build_fpga.ladder import finn_stage, verification_images
+    from build_fpga.transforms import Despecialize
 
     hw = ModelWrapper(str(build / "finn" / "intermediate_models" / "step_generate_estimate_reports.onnx"))
     node = mvau_nodes(build)[3]
     assert node.startswith("MVAU_hls")
     inst = getCustomOp(hw.get_node_from_name(node))
     pe, mh = inst.get_nodeattr("PE"), inst.get_nodeattr("MH")
-    conv4 = finn_stage(despecialize(hw), verification_images(1, 32))[3].reshape(-1, mh)  # NHWC: channel fastest
+    # NHWC: channel fastest
+    conv4 = finn_stage(hw.transform(Despecialize()), verification_images(1, 32))[3].reshape(-1, mh)
     channel = int(np.flatnonzero((conv4 < 0).any(0))[0])
     entry = (channel % pe) * (mh // pe) + channel // pe  # thresh.h holds [PE][MH/PE][1]
     generate = cppsim.generate

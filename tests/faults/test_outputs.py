@@ -92,7 +92,7 @@ def test_directories_follow_the_umask(tmp_path):
 def test_second_writer_is_refused_and_lock_dies_with_its_holder(tmp_path):
     out = tmp_path / "out"
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; sys.path.insert(0, %r); from host.manifest import output_lock\n"
+        [sys.executable, "-c", "import sys, time; sys.path.insert(0, %r); from host.atomic import output_lock\n"
          "with output_lock(%r):\n    print('held', flush=True); time.sleep(60)" % (os.getcwd(), str(out))],
         stdout=subprocess.PIPE, text=True)
     try:
