@@ -186,7 +186,7 @@ def _build(cfg, out, export, export_sha, params, folding_bytes, toolchain, build
             hw = hardware.run_hardware(finn_dir, hw_dir, run_cfg, log=log, clean=cfg.clean,
                                        board_repos=toolchain["vivado_board_repos"])
         hw["toolchain"] = toolchain
-        hw["timing"] = _checked_timing(hw_dir, cfg, board, out, log)
+        hw["timing"] = _checked_timing(hw_dir, cfg, out, log)
         hardware.prune_hardware_dirs(hw_dir, log)
         hardware.copy_reports(hw, os.path.join(finn_dir, "report"))
         hw["runtime_weights"] = _weights_loaded_at_run_time(hw, weight_streams, names)
@@ -210,7 +210,7 @@ def _build(cfg, out, export, export_sha, params, folding_bytes, toolchain, build
     return BuildResult(out, False, hw is not None, est, build_dir if keep else None, msg)
 
 
-def _checked_timing(hw_dir, cfg: BuildConfig, board, out: str, log) -> Dict:
+def _checked_timing(hw_dir, cfg: BuildConfig, out: str, log) -> Dict:
     """Vivado's post-route timing of the hardware build; a missed clock refuses the bundle (exit 2) unless
     --accept-timing-violation. The hardware build stays, so either retry reuses or replaces it."""
     from .timing import read_timing, timing_refusal

@@ -300,9 +300,9 @@ def search_ddr_bound(finn_dir: str, cfg: BuildConfig, layer_names: Optional[Sequ
     for fps in DDR_TARGETS:
         est = estimate(fps)
         over = check_fit(est)
-        if over and any(r["fits_margins"] for r in rows):
-            break
         if over:
+            if any(r["fits_margins"] for r in rows):
+                break
             # Below the first fit, a higher target may still fit: a narrower folding makes deeper, narrower
             # weight memories, which pack worse into URAM (72 bits wide) and leave more in BRAM (the paper
             # preset on the ZCU104 at 150 MHz: 1,214 BRAM18 at target 250).

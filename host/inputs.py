@@ -37,6 +37,6 @@ def loads_json(text):
     if values > MAX_JSON_VALUES:
         raise ValueError("holds up to %d values, more than the %d this flow accepts" % (values, MAX_JSON_VALUES))
     try:
-        return json.loads(data.decode("utf-8") if not isinstance(text, str) else text)
+        return json.loads(text if isinstance(text, str) else data.decode("utf-8"))
     except RecursionError:
         raise ValueError("nested too deeply") from None

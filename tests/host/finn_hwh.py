@@ -34,37 +34,34 @@ AXI_SIGNALS = (("AWADDR", True, 32), ("AWVALID", True, 1), ("AWREADY", False, 1)
                ("RREADY", True, 1))
 
 
-def _ultrascale_clocks():
-    # PL0 at 100 MHz from the RPLL as FINN's template sets it (values from a ZCU104 design), the
-    # rest off; Vivado records every clock's parameters, enabled or not.
+def _pl_clocks(enable, settings):
+    """The PS's four PL clocks as Vivado records them, enabled or not: ``enable`` and ``settings`` are
+    parameter names with ``%d`` for the clock; only the first is enabled, as in FINN's template."""
     out = {}
     for i in range(4):
-        out.update({"PSU__FPGA_PL%d_ENABLE" % i: "1" if i == 0 else "0",
-                    "PSU__CRL_APB__PL%d_REF_CTRL__DIVISOR0" % i: "15", "PSU__CRL_APB__PL%d_REF_CTRL__DIVISOR1" % i: "1",
-                    "PSU__CRL_APB__PL%d_REF_CTRL__SRCSEL" % i: "RPLL",
-                    "PSU__CRL_APB__PL%d_REF_CTRL__ACT_FREQMHZ" % i: "99.999001"})
+        out[enable % i] = "1" if i == 0 else "0"
+        out.update({name % i: value for name, value in settings.items()})
     return out
 
 
-def _zynq_clocks():
-    out = {}  # FCLK0 at 100 MHz from the IO PLL (values from a Pynq-Z2 design)
-    for i in range(4):
-        out.update({"PCW_FPGA_FCLK%d_ENABLE" % i: "1" if i == 0 else "0",
-                    "PCW_FCLK%d_PERIPHERAL_DIVISOR0" % i: "5", "PCW_FCLK%d_PERIPHERAL_DIVISOR1" % i: "2",
-                    "PCW_FCLK%d_PERIPHERAL_CLKSRC" % i: "IO PLL",
-                    "PCW_ACT_FPGA%d_PERIPHERAL_FREQMHZ" % i: "100.000000"})
-    return out
+# PL0 at 100 MHz from the RPLL (values from a ZCU104 design)
+_ULTRASCALE_CLOCK = {"PSU__CRL_APB__PL%d_REF_CTRL__DIVISOR0": "15", "PSU__CRL_APB__PL%d_REF_CTRL__DIVISOR1": "1",
+                     "PSU__CRL_APB__PL%d_REF_CTRL__SRCSEL": "RPLL",
+                     "PSU__CRL_APB__PL%d_REF_CTRL__ACT_FREQMHZ": "99.999001"}
+# FCLK0 at 100 MHz from the IO PLL (values from a Pynq-Z2 design)
+_ZYNQ_CLOCK = {"PCW_FCLK%d_PERIPHERAL_DIVISOR0": "5", "PCW_FCLK%d_PERIPHERAL_DIVISOR1": "2",
+               "PCW_FCLK%d_PERIPHERAL_CLKSRC": "IO PLL", "PCW_ACT_FPGA%d_PERIPHERAL_FREQMHZ": "100.000000"}
 
 
 ZYNQ = {
     "zynq_us+": dict(modtype="zynq_ultra_ps_e", vlnv="xilinx.com:ip:zynq_ultra_ps_e:3.5", arch="zynquplus",
                      device="xck26", package="sfvc784", speed="-2LV", master="M_AXI_HPM0_FPD", slave="S_AXI_HP0_FPD",
                      clock="pl_clk0", base=0xA0000000, ddr=("HP0_DDR_LOW", 0x0, 0x7FFFFFFF),
-                     clocks=_ultrascale_clocks()),
+                     clocks=_pl_clocks("PSU__FPGA_PL%d_ENABLE", _ULTRASCALE_CLOCK)),
     "zynq_7000": dict(modtype="processing_system7", vlnv="xilinx.com:ip:processing_system7:5.5", arch="zynq",
                       device="7z020", package="clg400", speed="-1", master="M_AXI_GP0", slave="S_AXI_HP0",
                       clock="FCLK_CLK0", base=0x40000000, ddr=("HP0_DDR_LOWOCM", 0x0, 0x1FFFFFFF),
-                      clocks=_zynq_clocks()),
+                      clocks=_pl_clocks("PCW_FPGA_FCLK%d_ENABLE", _ZYNQ_CLOCK)),
 }
 
 
