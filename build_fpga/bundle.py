@@ -20,13 +20,15 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from host.bundle import BUNDLE_KIND, BUNDLE_MANIFEST
+from host.bundle import BUNDLE_KIND, BUNDLE_MANIFEST, PC_DIR
 from host.emulator import save_emulator
 from host.errors import BnnError
 from host.manifest import finalize_manifest, list_files, new_manifest, package_versions
 
+from .bundle_readme import readme
+
 EMULATOR = "emulator.npz"
-ONNX = "backbone.onnx"
+ONNX = PC_DIR + "/backbone.onnx"  # only the onnx backend on a PC reads it: the board copy leaves pc/ out
 RUNTIME_WEIGHTS = "runtime_weights"  # FINN's driver folder name for external weight files
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -148,7 +150,8 @@ def write_bundle(root: str, *, export_dir: str, export: Dict, export_sha: str, p
     dict lists them with their repeat count per image (``host.bundle``), and the manifest hashes them.
     """
     save_emulator(os.path.join(root, EMULATOR), *emulator)
-    shutil.copyfile(os.path.join(export_dir, ONNX), os.path.join(root, ONNX))
+    os.makedirs(os.path.join(root, PC_DIR))
+    shutil.copyfile(os.path.join(export_dir, os.path.basename(ONNX)), os.path.join(root, ONNX))
     bitfile = hwh = None
     if hw is not None:
         os.makedirs(os.path.join(root, "bitfile"))
@@ -203,7 +206,7 @@ def write_bundle(root: str, *, export_dir: str, export: Dict, export_sha: str, p
         versions=package_versions("finn-plus", "qonnx", "onnx", "numpy", "torch", "brevitas"),
     )
     with open(os.path.join(root, "README.md"), "w", encoding="utf-8") as f:
-        f.write(readme(manifest, estimates, hw is not None, build_dir))
+        f.write(readme(manifest, estimates, hw is not None, build_dir, root))
     # Notebooks are meant to be edited in the board's Jupyter (which rewrites them on save): hashing
     # them would turn the first save into a "tampered bundle".
     files = [f for f in list_files(root, exclude=(BUNDLE_MANIFEST,)) if not f.startswith("notebooks/")]
@@ -217,96 +220,3 @@ def _weights_memory(streamed: str, runtime: Sequence[Dict]) -> str:
         where += "; %s in URAM, written over AXI-lite when the host loads the overlay" % ", ".join(
             w["layer"] for w in runtime)
     return where
-
-
-# ---------------------------------------------------------------------------------------- README
-
-VIVADO_NOTES = """\
-## Building the bitstream (needs Vivado)
-
-finn-plus 1.6.1 does not pin one Vivado release in code: its package description asks for
-"Vivado, Vitis, and Vitis HLS (2022.2 or 2024.2)"; `finn.util.basic.get_vivado_version` reads the
-version from the `XILINX_VIVADO` path, and its code switches behaviour at 2024.2 (e.g. `vitis-run`
-replaces `vitis_hls` after 2024.2 in `finn/util/hls.py`). Use 2022.2 or 2024.2. Then:
-
-1. `source <Xilinx>/Vivado/<version>/settings64.sh` (and Vitis HLS's): `vivado` and `vitis_hls` on
-   PATH, `XILINX_VIVADO` and `XILINX_HLS` set.
-2. `finn deps update --accept-defaults` once: fetches finn-hlslib (HLS layers) and the board files
-   (Pynq-Z1/Z2, Ultra96, KV260, ...) into FINN's dependency folder.
-3. Re-run the same `python -m build_fpga ...` command without `--estimate-only`. A pre-flight names
-   every missing piece first (one `error:` line each, nothing run); the environment FINN's own
-   launcher would set (`FINN_BUILD_DIR`, `FINN_CUSTOM_HLS`, `LD_LIBRARY_PATH`, ...) is set by
-   `build_fpga` itself; pick the disk with `--build-dir` (a synthesis run needs several GB).
-4. It repeats the estimate steps (seconds), then runs FINN's hardware steps (HLS IP generation and
-   FIFOs (`--fifo`), stitched IP, Zynq shell synthesis and bitstream, PYNQ driver), one terminal line
-   per step, FINN's log in `<build dir>/hw-<key>/build_dataflow.log`, and puts `bitfile/finn-accel.bit`,
-   `bitfile/finn-accel.hwh` and `driver/` into this bundle.
-"""
-
-
-def readme(manifest: Dict, est: Dict, hardware: bool, build_dir: Optional[str]) -> str:
-    name = "bnn-transfer"
-    lines = [
-        "# Deploy bundle: %s preset on %s" % (manifest["preset"], manifest["board"]),
-        "",
-        "Frozen binary backbone (%d features from %dx%d RGB images) for the %s (%s, %s MHz), built by "
-        "`python -m build_fpga`. `manifest.json` lists every file with its sha256; the host runtime "
-        "refuses a bundle whose files changed." % (
-            manifest["feature_width"], manifest["preprocess"]["input_size"], manifest["preprocess"]["input_size"],
-            manifest["board"], manifest["part"], format(manifest["clock_mhz"], "g")),
-        "",
-        "| file | what |",
-        "|---|---|",
-        "| `manifest.json` | board, preset, preprocessing, feature width, FINN's io shapes, sha256 of every file |",
-        "| `emulator.npz` | binary weights + integer thresholds read from FINN's final graph (bit-exact numpy model) |",
-        "| `backbone.onnx` | the QONNX graph (the `onnx` backend, a slow reference on a PC) |",
-        "| `bitfile/` | %s |" % ("`finn-accel.bit` + `.hwh` for PYNQ" if hardware
-                                 else "absent: no Vivado at build time (see below)"),
-        "| `report/` | FINN's estimates (`estimates.json`, `README.md`, `layers.png`), `folding_config.json`, "
-        "`bitexact.json`, FINN's raw reports in `finn/` |",
-        "| `host/`, `notebooks/` | the board runtime (numpy + PIL; pynq on the board) and demo notebooks |",
-        "",
-        "Estimated throughput: **%s img/s** at %s MHz (see `report/README.md`)." % (
-            format(round(est["fps"]), ","), format(est["clock_mhz"], "g")),
-        "",
-        "## On the board",
-        "",
-        "Copy the whole folder to the board (PYNQ image, user `xilinx`):",
-        "",
-        "```bash",
-        "scp -r DEPLOY_DIR xilinx@<board-ip>:/home/xilinx/jupyter_notebooks/%s" % name,
-        "ssh xilinx@<board-ip>",
-        "cd /home/xilinx/jupyter_notebooks/%s" % name,
-        "python3 -m host fit --bundle . --dataset folder --data-dir ~/my-images --head float --out head.npz",
-        "python3 -m host eval --bundle . --dataset folder --data-dir ~/my-images --head head.npz",
-        "python3 -m host predict --bundle . --head head.npz photo.jpg",
-        "```",
-        "",
-        "`--data-dir` holds one sub-folder per class (or `train/` and `test/` with class folders). "
-        "The notebooks (`notebooks/transfer_learning.ipynb`, `live_classify.ipynb`, `throughput.ipynb`) open "
-        "in the board's Jupyter at `http://<board-ip>:9090`. "
-        + ("The `pynq` backend runs the FPGA; `--backend emulator` computes the same bits in numpy."
-           if hardware else
-           "This bundle has no bitfile yet: use `--backend emulator` (the same bits in numpy, slower) until a "
-           "bitstream is built."),
-        "",
-        "On a PC, the same commands run from this folder with `python -m host ...` (numpy and pillow needed).",
-        "",
-    ]
-    if not hardware:
-        lines.append(VIVADO_NOTES)
-    if build_dir:
-        lines += [
-            "## FINN's working folder",
-            "",
-            "FINN's intermediate models, HLS C++/RTL sources (with `--hw-codegen`) and logs were kept in "
-            "`%s` (not part of the bundle: they are large and hold absolute paths of the build machine). "
-            "A Vivado user re-runs the build command with `--build-dir` pointing there: a hardware build "
-            "(`hw-<key>/`) stopped midway resumes from its last finished FINN step (`--clean` starts "
-            "over)." % build_dir,
-            "",
-        ]
-    else:
-        lines += ["FINN's intermediate models were built in a temporary folder and removed (pass "
-                  "`--build-dir DIR` or `--hw-codegen` to keep them).", ""]
-    return "\n".join(lines)

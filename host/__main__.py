@@ -1,13 +1,14 @@
 """python -m host {fit,eval,predict,live,teach,bench}: the software last layer on the board (see --help of each).
 
 Every command reads a deploy bundle (``build_fpga``'s DEPLOY_DIR), checks its hashes and, on a
-PYNQ board, that it was built for this board ($BOARD). Results go to stdout as JSON; progress bars,
-warnings and errors go to stderr. Bad input ends with one line "error: ..." and exit code 2.
+PYNQ board, that it was built for this board (``host.boards``), where it runs the FPGA unless
+``--backend`` names another backend. Results go to stdout as JSON, each naming the backend that
+ran; progress bars, warnings and errors go to stderr. Bad input ends with one line "error: ..." and
+exit code 2.
 
 This module defines the command line; ``commands.py`` does what each command does.
 """
 
-import os
 import sys
 
 from .cli import ArgumentParser, run_cli
@@ -19,16 +20,18 @@ def _bundle_args(parser):
     p = parser.add_argument_group("bundle")
     p.add_argument("--bundle", required=True, metavar="DEPLOY_DIR",
                    help="deploy bundle written by 'python -m build_fpga' (the folder holding manifest.json)")
-    p.add_argument("--board", default=os.environ.get("BOARD"),
-                   help="refuse a bundle built for another board (default: $BOARD, which PYNQ images set; "
-                        "'' skips the check)")
+    p.add_argument("--board", default=None,
+                   help="refuse a bundle built for another board, named as PYNQ does (Pynq-Z2, ...) or as "
+                        "build_fpga does (pynq-z2, ...) (default: the PYNQ board this runs on, from $BOARD or the "
+                        "device tree; '' skips the check)")
 
 
 def _backend_args(parser):
     p = parser.add_argument_group("feature extraction")
     p.add_argument("--backend", choices=BACKEND_NAMES,
                    help="where features are computed: pynq (the FPGA), emulator (bit-exact numpy) or onnx "
-                        "(QONNX reference, slow); default: the fastest available here")
+                        "(QONNX reference, slow); default: pynq on a PYNQ board (an error where it cannot run "
+                        "there), elsewhere the fastest available")
     p.add_argument("--batch-size", type=int, default=None, metavar="N",
                    help="images per backend call (default: the backend's own, 32 for pynq, 64 for the emulator)")
     p.add_argument("--timeout", type=float, default=None, metavar="SECONDS",

@@ -1,7 +1,8 @@
 """What ``python -m host bench`` measures on the machine it runs on (the board, usually).
 
-- every available backend's throughput at several batch sizes, on random uint8 images of the
-  bundle's input shape (the accelerator's speed does not depend on the pixels);
+- every available backend's throughput (on a PYNQ board ``pynq`` always, or its error) at several
+  batch sizes, on random uint8 images of the bundle's input shape (the accelerator's speed does not
+  depend on the pixels);
 - packing: the accelerator's input and output streams in FINN's layout (``host.packing``) and
   the feature cache's bits (``host.features``), per image;
 - the software head: ``fit_head`` on generated features of the bundle's width, Flowers-size
@@ -246,13 +247,14 @@ def bench_live(bundle, name, cfg, rng, classes=10):
 
 def run_bench(bundle, cfg=None, progress=None):
     """Every measurement above as one JSON-serialisable dict; ``progress(msg)`` hears what runs."""
-    from .backends import available_backends
+    from .backends import available_backends, default_backends
 
     cfg = cfg if cfg is not None else BenchConfig()
     say = progress or (lambda msg: None)
     rng = np.random.default_rng(cfg.seed)
     available = available_backends(bundle)
-    names = list(cfg.backends) if cfg.backends is not None else available
+    # on a board, a pynq that cannot run is an error entry, not left out (default_backends)
+    names = list(cfg.backends) if cfg.backends is not None else default_backends(bundle)
     result = {
         "bundle": {"root": bundle.root, "board": bundle.board, "preset": bundle.preset,
                    "input_shape": list(bundle.input_shape), "feature_width": bundle.feature_width,

@@ -9,14 +9,18 @@ Layout (only ``manifest.json`` and ``emulator.npz`` are required)::
     DEPLOY_DIR/manifest.json          this schema; "files" holds the sha256 of every file below
     DEPLOY_DIR/emulator.npz           host.emulator weights (binary weights, integer thresholds)
     DEPLOY_DIR/bitfile/finn-accel.bit bitstream, with its .hwh next to it under the same name
-    DEPLOY_DIR/backbone.onnx          the QONNX graph of the frozen backbone
+    DEPLOY_DIR/pc/backbone.onnx       the QONNX graph of the frozen backbone (the onnx backend, PCs only)
     DEPLOY_DIR/...                    report/, driver/, host/, notebooks/, external weights
+
+``pc/`` holds what only a PC reads: the copy on a board leaves it out (it is large: 233 MB of
+QONNX graph for the ``paper`` preset). The manifest lists its files all the same; they are
+hash-checked where they are present and count as absent where they are not.
 
 ``manifest.json`` is a ``host.manifest`` manifest (header fields format, kind="bundle", stage,
 created, command, params, inputs, files) with these fields at the top level:
 
-    board            str    board name ("pynq-z2", ...); compared case-insensitively, so PYNQ's
-                            $BOARD ("Pynq-Z2") matches
+    board            str    our board name ("pynq-z2", ...); ``load_bundle``'s board may be
+                            PYNQ's spelling of it ("Pynq-Z2", host.boards)
     part             str    FPGA part number
     clock_mhz        number accelerator clock the build targeted, > 0
     preset           str    model preset ("paper", "z2", "small", "tiny")
@@ -27,7 +31,7 @@ created, command, params, inputs, files) with these fields at the top level:
     bitfile          str    relative path of the .bit, or null (no synthesis: emulator/onnx only)
     hwh              str    relative path of the .hwh, or null; set exactly when bitfile is, in
                             the same folder with the same stem (pynq looks for it there)
-    onnx             str    relative path of the QONNX graph, or null
+    onnx             str    relative path of the QONNX graph ("pc/backbone.onnx"), or null
                             (an absent bitfile, hwh or onnx field counts as null)
     io               dict   FINN's io_shape_dict, one list entry per accelerator input/output
                             (a feature extractor has exactly one of each):
@@ -67,16 +71,18 @@ from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 
+from .boards import our_board
 from .errors import BnnError
 from .manifest import load_manifest, manifest_digest
 from .packing import DataType, packed_shape
 from .preprocess import Preprocess
 
-__all__ = ["BUNDLE_MANIFEST", "BUNDLE_KIND", "Bundle", "ExternalWeight", "RuntimeWeight", "load_bundle",
+__all__ = ["BUNDLE_MANIFEST", "BUNDLE_KIND", "PC_DIR", "Bundle", "ExternalWeight", "RuntimeWeight", "load_bundle",
            "check_head_compatible"]
 
 BUNDLE_MANIFEST = "manifest.json"
 BUNDLE_KIND = "bundle"
+PC_DIR = "pc"  # the part of a bundle that stays on the PC (module docstring)
 
 # FINN-plus's settings.json names the DMA lists differently from the classic FINN driver.
 _DMA_KEY_ALIASES = {"input_dma_name": "idma_names", "output_dma_name": "odma_names"}
@@ -124,7 +130,7 @@ class Bundle:
     emulator_path: str
     bitfile_path: Optional[str]
     hwh_path: Optional[str]
-    onnx_path: Optional[str]
+    onnx_path: Optional[str]  # None also where the bundle's pc/ was left out (manifest["onnx"] says)
     external_weights: Tuple[ExternalWeight, ...]
     runtime_weights: Tuple[RuntimeWeight, ...]
     digest: str
@@ -301,17 +307,18 @@ def _parse_io(r, root, preprocess, feature_width):
 def load_bundle(path, board=None):
     """Load and verify the deploy bundle at ``path``; refuse it if built for another ``board``.
 
-    Raises BnnError (one line, naming the file and field) for a missing or tampered file, a
-    manifest that breaks the schema in the module docstring, or a board mismatch.
+    ``board`` is ours or PYNQ's name of the board this runs on (``host.boards.pynq_board()``);
+    None skips the check. Raises BnnError (one line, naming the file and field) for a missing or
+    tampered file, a manifest that breaks the schema in the module docstring, or a board mismatch.
     """
     root = os.path.abspath(os.fspath(path))
     if not os.path.isdir(root):
         raise BnnError("%s: bundle directory not found" % root)
-    manifest = load_manifest(root, BUNDLE_MANIFEST, kind=BUNDLE_KIND)
+    manifest = load_manifest(root, BUNDLE_MANIFEST, kind=BUNDLE_KIND, optional=PC_DIR)
     r = _Reader(manifest, os.path.join(root, BUNDLE_MANIFEST))
     bundle_board = r.string("board")
-    if board is not None and str(board).strip().lower() != bundle_board.strip().lower():
-        raise BnnError("%s: bundle was built for board %r, not %r" % (root, bundle_board, board))
+    if board is not None and our_board(board) != bundle_board.strip().lower():
+        raise BnnError("%s: bundle was built for board %r, not %r" % (root, bundle_board, str(board).strip()))
 
     clock = r.get("clock_mhz")
     if isinstance(clock, bool) or not isinstance(clock, (int, float)) or not clock > 0:
@@ -347,11 +354,16 @@ def load_bundle(path, board=None):
         emulator_path=r.file("emulator", r.get("emulator"), root),
         bitfile_path=bitfile,
         hwh_path=hwh,
-        onnx_path=r.optional_file("onnx", root),
+        onnx_path=_present(r.optional_file("onnx", root)),
         external_weights=external,
         runtime_weights=runtime,
         digest=manifest_digest(root, BUNDLE_MANIFEST),
     )
+
+
+def _present(path):
+    # load_manifest refused every missing file outside pc/: one missing here is a board's copy
+    return path if path is not None and os.path.exists(path) else None
 
 
 def _short(digest):

@@ -40,17 +40,18 @@ def _batch_fits(name, sizes, bundle):
 
 
 def _load_bundle(args):
+    from .boards import pynq_board
     from .bundle import load_bundle
 
-    board = (args.board or "").strip() or None
+    board = pynq_board() if args.board is None else (args.board.strip() or None)
     return load_bundle(args.bundle, board=board)
 
 
 def _backend_choice(args, bundle):
-    """(name, options) of the backend to use."""
-    from .backends import available_backends
+    """(name, options) of the backend to use: on a PYNQ board pynq unless another is named (default_backends)."""
+    from .backends import default_backends
 
-    name = args.backend or available_backends(bundle)[0]
+    name = args.backend or default_backends(bundle)[0]
     opts = {}
     if name == "pynq" and args.timeout is not None:
         if not args.timeout > 0:
@@ -242,10 +243,10 @@ def _prepared(paths, pp):
             yield path, None
 
 
-def _print_table(path, names, probs):
+def _print_table(path, names, probs, backend):
     from .imagedataset import printable  # a file name that is not UTF-8 must not stop the table
 
-    print(printable(path))
+    print("%s  (%s backend)" % (printable(path), backend))
     for rank, (name, p) in enumerate(zip(names, probs), 1):
         print("  %d  %-40s %6.2f%%" % (rank, printable(name), 100.0 * p))
 
@@ -281,13 +282,13 @@ def cmd_predict(args):
             idx, prob = predict_topk(head, feats, k=args.top)
             for (path, _), i_row, p_row in zip(good, idx, prob):
                 if args.table:
-                    _print_table(path, [names[i] for i in i_row], p_row)
+                    _print_table(path, [names[i] for i in i_row], p_row, name)
                 else:
                     top = [{"class": head.classes[i], "prob": round(float(p), 6)} for i, p in zip(i_row, p_row)]
                     if "class_names" in head.meta:
                         for t, i in zip(top, i_row):
                             t["name"] = names[i]
-                    _print_json({"image": path, "top": top})
+                    _print_json({"image": path, "top": top, "backend": name})
     return 1 if failed else 0
 
 
@@ -350,7 +351,7 @@ def cmd_live(args):
                                            "%.1f frames/s" % fps if fps else ""), flush=True)
                 else:
                     _print_json({"frame": frames, "top": _top_entries(head, names, res.top, res.prob),
-                                 "fps": _r(fps, 2)})
+                                 "fps": _r(fps, 2), "backend": name})
         except KeyboardInterrupt:
             pass  # Ctrl-C ends a live run; the summary still comes
     host_fps = total.host_fps()

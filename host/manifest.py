@@ -240,8 +240,12 @@ def finalize_manifest(root, manifest, name, files=None):
     return manifest
 
 
-def load_manifest(root, name, kind=None):
-    """Read ``root/name`` and check the sha256 of every file it lists; raise BnnError on mismatch."""
+def load_manifest(root, name, kind=None, optional=None):
+    """Read ``root/name`` and check the sha256 of every file it lists; raise BnnError on mismatch.
+
+    ``optional`` names a folder (e.g. a deploy bundle's ``pc``) whose listed files may be absent
+    from this copy of the artifact; those present are checked like the others.
+    """
     path = os.path.join(root, name)
     m = read_json(path, "manifest")
     if not isinstance(m, dict) or m.get("format") != MANIFEST_FORMAT:
@@ -249,15 +253,17 @@ def load_manifest(root, name, kind=None):
         raise BnnError("%s: not a bnn-transfer manifest (format %r)" % (path, found))
     if kind is not None and m.get("kind") != kind:
         raise BnnError("%s: is a %r manifest, expected %r" % (path, m.get("kind"), kind))
-    verify_files(root, m, path)
+    verify_files(root, m, path, optional)
     return m
 
 
-def verify_files(root, manifest, where):
+def verify_files(root, manifest, where, optional=None):
     files = manifest.get("files", {})
     if not isinstance(files, dict):
         raise BnnError("%s: 'files' must map file names to sha256 digests, got a %s" % (where, type(files).__name__))
     for rel, digest in sorted(files.items(), key=lambda kv: str(kv[0])):
+        if optional and is_absent_member(root, rel, optional):
+            continue
         p = member_path(root, rel, where)
         try:
             actual = sha256_file(p)
@@ -286,6 +292,13 @@ def member_path(root, rel, where):
     if not stat.S_ISREG(os.stat(real).st_mode):
         raise BnnError("%s: file listed in %s is not a regular file" % (p, where))
     return p
+
+
+def is_absent_member(root, rel, folder):
+    """True when ``rel`` lies in ``folder`` (a plain relative path, no '..') and nothing is at its place."""
+    parts = rel.split("/") if isinstance(rel, str) else []
+    inside = len(parts) > 1 and parts[0] == folder and not any(p in ("", ".", "..") for p in parts)
+    return inside and not os.path.lexists(os.path.join(root, *parts))
 
 
 def manifest_digest(root, name):

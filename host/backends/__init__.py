@@ -9,7 +9,11 @@ bits whichever backend computes them:
 - ``onnx``: the bundle's QONNX graph through qonnx, a reference on a PC.
 
 Each backend's module is imported only when it is made, so importing this package needs
-neither pynq nor qonnx. ``available_backends(bundle)`` says which ones can run here.
+neither pynq nor qonnx. ``available_backends(bundle)`` says which ones can run here;
+``default_backends(bundle)`` which ones a command or notebook uses when none is named: on a PYNQ
+board (``host.boards.pynq_board()``) ``pynq`` comes first even where it cannot run, so that a
+missing ``pynq`` package, bitfile or overlay is an error there instead of a silent switch to the
+emulator, which would leave the user believing the FPGA ran.
 
 Options (``make_backend`` keyword arguments): ``pynq`` takes ``timeout_s``,
 ``timeout_per_image_s`` and ``download`` (see ``PynqBackend``); the others take none.
@@ -20,7 +24,7 @@ import importlib.util
 from ..errors import BnnError
 from .base import Backend, check_images
 
-__all__ = ["BACKENDS", "Backend", "available_backends", "check_images", "make_backend"]
+__all__ = ["BACKENDS", "Backend", "available_backends", "check_images", "default_backends", "make_backend"]
 
 BACKENDS = ("pynq", "emulator", "onnx")
 
@@ -44,6 +48,16 @@ def available_backends(bundle):
     names.append("emulator")
     if bundle.onnx_path is not None and _importable("qonnx"):
         names.append("onnx")
+    return names
+
+
+def default_backends(bundle):
+    """``available_backends(bundle)``, with ``pynq`` first in any case on a PYNQ board (module docstring)."""
+    from ..boards import pynq_board
+
+    names = available_backends(bundle)
+    if pynq_board() is not None and "pynq" not in names:
+        names.insert(0, "pynq")
     return names
 
 

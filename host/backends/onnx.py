@@ -34,6 +34,10 @@ class OnnxBackend(Backend):
     def __init__(self, bundle):
         super().__init__(bundle)
         path = bundle.onnx_path
+        if path is None and bundle.manifest.get("onnx"):
+            raise BnnError("%s: this copy of the bundle has no %s (the copy on a board leaves pc/ out); run the onnx "
+                           "backend on the PC's copy, or use the emulator backend"
+                           % (bundle.root, bundle.manifest["onnx"]))
         if path is None:
             raise BnnError("%s: bundle has no QONNX graph (manifest field 'onnx' is null); use the emulator backend"
                            % bundle.root)

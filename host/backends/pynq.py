@@ -37,6 +37,7 @@ the bundle manifest's io dict (see ``host.bundle``):
 any machine, and the tests drive it with a fake ``pynq``.
 """
 
+import sys
 import time
 
 import numpy as np
@@ -61,8 +62,11 @@ def _import_pynq():
     try:
         import pynq
     except ImportError:
-        raise BnnError("pynq backend needs the pynq package, which runs on PYNQ boards only; "
-                       "use --backend emulator on other machines") from None
+        # on a board, mostly a shell outside PYNQ's environment (plain sudo resets PATH to the system Python)
+        raise BnnError("pynq backend: %s cannot import the pynq package; on a PYNQ board run as root in PYNQ's "
+                       "Python, as its Jupyter does ('sudo -i', or 'source /etc/profile.d/pynq_venv.sh' as root); "
+                       "--backend emulator computes the same features in numpy, without the FPGA"
+                       % sys.executable) from None
     except Exception as e:  # pynq probes the hardware on import and fails in many ways elsewhere
         raise BnnError("pynq backend: cannot import pynq (%s: %s)" % (type(e).__name__, e)) from None
     return pynq

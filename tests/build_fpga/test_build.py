@@ -7,6 +7,7 @@ judged by host/ (load_bundle, the emulator backend) against the torch integer ba
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -103,17 +104,31 @@ def test_tiny_bundle_through_the_cli(tiny):
         assert text in report
     assert (out / "report" / "layers.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads((out / "report" / "bitexact.json").read_text())["stages"]["emulator"]["mismatched_bits"] == 0
-    assert "scp -r" in (out / "README.md").read_text()
+    readme = (out / "README.md").read_text()
+    scp = next(line for line in readme.splitlines() if line.startswith("scp -r "))
+    board_part = sorted(set(os.listdir(out)) - {"pc"})
+    assert scp.split()[2:-1] == board_part and "pc" in os.listdir(out)  # what the board needs, and only that
+    notebooks = sorted(os.listdir(out / "notebooks"))
+    for name in (n for n in notebooks if n.endswith(".ipynb")):  # listed from the files, teach.ipynb included
+        assert "- `%s`: " % name in readme
+    assert "sudo -i" in readme and "/usr/local/share/pynq-venv" in readme and "| 4.0 | 24.04 | 3.12 |" in readme
 
     b = load_bundle(str(out), board="Pynq-Z2")
     m = b.manifest
     assert (m["kind"], m["preset"], b.feature_width, b.input_shape) == ("bundle", "tiny", 256, (32, 32, 3))
-    assert m["bitfile"] is None and m["hwh"] is None and b.onnx_path.endswith("backbone.onnx")
+    assert m["bitfile"] is None and m["hwh"] is None and m["onnx"] == "pc/backbone.onnx"
+    assert b.onnx_path == os.path.join(b.root, "pc", "backbone.onnx")
     assert b.io["input_dma_name"] == ["idma0"] and b.io["idt"] == ["UINT8"] and b.io["odt"] == ["BIPOLAR"]
     assert m["inputs"]["export"]["sha256"] and m["backbone_digest"] == json.load(
         open(os.path.join(tiny["export"], "export.json")))["backbone_digest"]
     assert "host/emulator.py" in m["files"] and "report/finn/estimate_layer_resources.json" in m["files"]
-    assert not any(f.endswith(".onnx") and f != "backbone.onnx" for f in m["files"])  # no FINN intermediates
+    assert not any(f.endswith(".onnx") and f != "pc/backbone.onnx" for f in m["files"])  # no FINN intermediates
+    # the board's copy: everything but pc/, as the README's scp line copies it
+    board_copy = out.parent / "on-board"
+    shutil.copytree(out, board_copy, ignore=lambda d, names: ["pc"] if d == str(out) else [])
+    on_board = load_bundle(str(board_copy), board="Pynq-Z2")
+    assert on_board.onnx_path is None and on_board.digest == b.digest
+    shutil.rmtree(board_copy)
     assert not any("__pycache__" in f for f in m["files"])
     assert m["command"].startswith("python -m build_fpga")
     # Notebooks are carried but not hashed: saving one in the board's Jupyter must not break the bundle.

@@ -136,10 +136,11 @@ def make_bundle(root, board="pynq-z2", with_bitfile=True, onnx_file=None, networ
                      clock_mhz=100.0, preset="tiny", preprocess={"input_size": INPUT_SIZE, "resize_longest": 9},
                      feature_width=FEATURE_WIDTH, backbone_digest=BACKBONE_DIGEST, emulator="emulator.npz",
                      bitfile=None, hwh=None, onnx=None, io=io)
-    if onnx_file is not None:
+    if onnx_file is not None:  # where build_fpga puts it: pc/, which the copy on a board leaves out
+        os.makedirs(os.path.join(root, "pc"), exist_ok=True)
         with open(onnx_file, "rb") as f:
-            write_bytes_atomic(os.path.join(root, "backbone.onnx"), f.read())
-        m["onnx"] = "backbone.onnx"
+            write_bytes_atomic(os.path.join(root, "pc", "backbone.onnx"), f.read())
+        m["onnx"] = "pc/backbone.onnx"
     entries = []
     for dma, data, repeats in external_weights:
         rel = "runtime_weights/%s.npy" % dma

@@ -109,6 +109,32 @@ def test_bundle_for_another_board_is_refused(tmp_path):
     assert load_bundle(root, board="Pynq-Z1").board == "pynq-z1"  # PYNQ's $BOARD spelling
 
 
+def test_the_board_copy_may_leave_pc_out(tmp_path):
+    """pc/ (the QONNX graph, PCs only) stays off the board: absent it is no tampering, present it is checked."""
+    from host.backends import make_backend
+
+    graph = tmp_path / "g.onnx"
+    graph.write_bytes(b"a QONNX graph")
+    root = make_bundle(tmp_path / "b", onnx_file=str(graph))
+    on_pc = load_bundle(root)
+    assert on_pc.onnx_path == os.path.join(on_pc.root, "pc", "backbone.onnx")
+    with open(os.path.join(root, "pc", "backbone.onnx"), "ab") as f:
+        f.write(b"!")
+    with pytest.raises(BnnError, match=r"pc/backbone\.onnx: sha256 does not match"):
+        load_bundle(root)
+    os.unlink(os.path.join(root, "pc", "backbone.onnx"))
+    os.rmdir(os.path.join(root, "pc"))
+    on_board = load_bundle(root)
+    assert on_board.onnx_path is None and on_board.manifest["onnx"] == "pc/backbone.onnx"
+    assert on_board.digest == on_pc.digest  # the same features cache on both copies
+    with pytest.raises(BnnError, match=r"has no pc/backbone\.onnx \(the copy on a board leaves pc/ out\)"):
+        make_backend("onnx", on_board)
+    # only pc/ may be missing
+    os.unlink(os.path.join(root, "emulator.npz"))
+    with pytest.raises(BnnError, match=r"emulator\.npz: file listed in .*manifest\.json is missing"):
+        load_bundle(root)
+
+
 def _io(**changes):
     io = tiny_io()
     io.update(changes)

@@ -32,8 +32,9 @@ EVAL_KEYS = {"command", "head", "variant", "backend", "dataset", "classes", "top
 
 @pytest.fixture(autouse=True)
 def no_board_env(monkeypatch):
-    """In-process commands read $BOARD; a PYNQ machine running the tests must not change them."""
+    """In-process commands read $BOARD and PYNQ's board files; a PYNQ machine running the tests must not change them."""
     monkeypatch.delenv("BOARD", raising=False)
+    monkeypatch.setattr("host.boards.BOARD_FILES", ())
 
 
 
@@ -163,7 +164,7 @@ def test_predict_prints_top5_per_image_and_flags_unreadable_ones(trained, image_
     err = r.stderr.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("warning: %s: cannot decode image" % bad)
     rows = [json.loads(line) for line in r.stdout.strip().splitlines()]
-    assert [row["image"] for row in rows] == paths
+    assert [row["image"] for row in rows] == paths and {row["backend"] for row in rows} == {"emulator"}
 
     # the same numbers as the library on the same pixels (PNG is lossless)
     head = load_head(trained["head"])
@@ -182,7 +183,7 @@ def test_predict_prints_top5_per_image_and_flags_unreadable_ones(trained, image_
     r = host("predict", "--bundle", trained["bundle"], "--head", trained["head"], "--table", "--top", "3", paths[0])
     assert r.returncode == 0 and r.stderr == ""
     lines = r.stdout.splitlines()
-    assert lines[0] == paths[0] and len(lines) == 4
+    assert lines[0] == paths[0] + "  (emulator backend)" and len(lines) == 4
     assert lines[1].split()[:2] == ["1", head.classes[idx[0][0]]] and lines[1].endswith("%")
 
 
@@ -253,6 +254,33 @@ def test_pynq_is_the_default_backend_where_it_is_available(tiny, monkeypatch, ca
     assert rc == 0, err
     res = json.loads(out)
     assert res["backend"] == "pynq" and res["images"] == 12 and board.runs and board.errors == []
+
+
+def test_on_a_board_a_missing_pynq_or_bitfile_is_an_error_not_the_emulator(tiny, monkeypatch, capsys):
+    """Off a board the emulator is the default; on one (here: $BOARD as PYNQ sets it) the FPGA is, or an error."""
+    monkeypatch.setitem(sys.modules, "pynq", None)  # a shell outside PYNQ's Python
+    argv = ["eval", "--bundle", tiny["path"], "--head", tiny["head"], *TINY_DATA, "--no-cache"]
+    rc, out, err = _cli(capsys, *argv)
+    assert rc == 0 and json.loads(out)["backend"] == "emulator", err
+    monkeypatch.setenv("BOARD", "Pynq-Z2")
+    rc, out, err = _cli(capsys, *argv)
+    one_error_line(rc, err, "cannot import the pynq package", "sudo -i", "--backend emulator")
+    assert out == ""
+    rc, out, err = _cli(capsys, *argv, "--backend", "emulator")  # asked for: it runs, and says so
+    assert rc == 0 and json.loads(out)["backend"] == "emulator", err
+    # with pynq there but no bitstream in the bundle
+    monkeypatch.setitem(sys.modules, "pynq", FakeBoard(tiny["bundle"]).module())
+    no_bit = make_bundle(tiny["dir"] / "no-bit", with_bitfile=False)
+    paths = _write_test_images(tiny["dir"] / "images", 1)
+    rc, out, err = _cli(capsys, "predict", "--bundle", no_bit, "--head", tiny["head"], *paths)
+    one_error_line(rc, err, "bundle has no bitfile", "--backend emulator")
+    # the board is read from the device tree where a plain sudo dropped $BOARD
+    monkeypatch.delenv("BOARD")
+    chosen = tiny["dir"] / "pynq_board"
+    chosen.write_bytes(b"ZCU104\0")
+    monkeypatch.setattr("host.boards.BOARD_FILES", (str(chosen),))
+    rc, out, err = _cli(capsys, *argv)
+    one_error_line(rc, err, "bundle was built for board 'pynq-z2', not 'ZCU104'")
 
 
 @pytest.mark.parametrize("argv, fragments", [
@@ -327,7 +355,7 @@ def test_bench_in_a_subprocess_reports_a_broken_backend_without_failing(tiny):
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout)
     assert res["backends"]["emulator"]["2"]["images_per_s"] > 0
-    assert "needs the pynq package" in res["backends"]["pynq"]["error"]
+    assert "cannot import the pynq package" in res["backends"]["pynq"]["error"]
 
 
 def test_confusion_png_without_matplotlib_is_a_plain_heat_map(tmp_path, monkeypatch, capsys):
