@@ -34,7 +34,8 @@ def build_parser():
                     help="small sizes, tiny preset only: a harness check in about a minute, not numbers to quote")
     ap.add_argument("--only", action="append", default=[], metavar="NAME-PREFIX",
                     help="run only measurements whose name starts with this (repeatable), e.g. pack_vs_finn")
-    ap.add_argument("--out", default=DEFAULT_OUT, help="where results.md and results.png go (default: %(default)s)")
+    ap.add_argument("--out", default=DEFAULT_OUT, metavar="DIR",
+                    help="folder to write results.md, results.json and results.png into")
     ap.add_argument("--threads", type=int, default=None, metavar="N",
                     help="threads for every tool (numpy's BLAS, torch, onnxruntime; default: all cores). On a "
                          "machine busy with other work, 1 gives stable numbers: multi-threaded calls then stall "
@@ -44,8 +45,9 @@ def build_parser():
                          "clock and kv260 at 100 MHz (minutes and up to ~5 GB each)")
     ap.add_argument("--demo-bundle", metavar="DIR",
                     help="the demo's deploy bundle (runs/demo/deploy/pynq-z2): also train heads on its features of "
-                         "synthetic-transfer and measure transfer to real images (transfer/digits)")
-    ap.add_argument("--seed", type=int, default=0)
+                         "synthetic-transfer and measure transfer to real images (transfer/digits; default: none, "
+                         "not measured)")
+    ap.add_argument("--seed", type=int, default=0, metavar="N", help="seed of the generated networks and data")
     return ap
 
 

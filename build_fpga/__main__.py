@@ -4,10 +4,9 @@ Progress goes to stderr; stdout gets one line (the result), so scripts can read 
 with one line "error: ..." and exit code 2.
 """
 
-import argparse
 import sys
 
-from host.cli import ArgumentParser, run_cli
+from host.cli import ArgumentParser, RawEpilogHelpFormatter, run_cli
 
 from .boards import board_names
 
@@ -34,7 +33,7 @@ def build_parser():
         description="Build the frozen binary backbone of an export directory into a FINN dataflow accelerator "
                     "for a PYNQ board: FINN's resource and throughput estimates, a fit check against the board, "
                     "a bit-exact emulator, and (with Vivado) the bitstream, all in one deploy bundle.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog=EPILOG, formatter_class=RawEpilogHelpFormatter)
     ap.add_argument("--export", required=True, metavar="EXPORT_DIR",
                     help="directory written by 'python -m export backbone' (backbone.onnx + export.json)")
     ap.add_argument("--board", required=True, metavar="BOARD",
@@ -47,7 +46,8 @@ def build_parser():
                          "70%% LUT, 80%% BRAM18, 80%% DSP)")
     ap.add_argument("--folding", metavar="FILE",
                     help="FINN folding config JSON to use instead of a target fps, e.g. a bundle's "
-                         "report/folding_config.json with PE/SIMD edited")
+                         "report/folding_config.json with PE/SIMD edited (default: none: --target-fps or the "
+                         "folding search folds)")
     ap.add_argument("--clock-mhz", type=float, default=None, metavar="MHZ",
                     help="clock FINN folds, estimates and synthesizes for, 10 to 250 (default: the board's: 100 MHz "
                          "on Pynq-Z1/Z2, 150 MHz on Ultra96, ZCU104, KV260, below the 5.0-5.4 ns finn-examples builds "
@@ -80,8 +80,9 @@ def build_parser():
                     help="start the hardware build over instead of resuming it from its last finished FINN step")
     ap.add_argument("--verify-images", type=int, default=4, metavar="N",
                     help="seeded random images on which FINN's graphs and the emulator must equal the torch "
-                         "integer backbone bit for bit (default 4; 0 skips; FINN's python execution of its "
-                         "graphs takes seconds per image for the larger presets)")
+                         "integer backbone bit for bit (default 4; 0 skips). Fewer than export's 64: FINN's python "
+                         "execution of its graphs takes seconds per image for the larger presets, and export has "
+                         "already checked the same integer backbone on test images")
     ap.add_argument("--cppsim", type=int, nargs="?", const=8, default=None, metavar="N",
                     help="also compile FINN's generated HLS C++ of every layer with g++ and run N seeded images "
                          "(default 8) through FINN's C++ simulation; each layer must equal the emulator and FINN's "
@@ -90,7 +91,8 @@ def build_parser():
                          "Compiled layers are cached in the kept FINN working folder")
     ap.add_argument("--hls-include", metavar="DIR",
                     help="for --cppsim without Vitis HLS: a folder with the open ap_types headers (ap_int.h, "
-                         "hls_stream.h; include/ of github.com/Xilinx/HLS_arbitrary_Precision_Types)")
+                         "hls_stream.h; include/ of github.com/Xilinx/HLS_arbitrary_Precision_Types; default: "
+                         "none, Vitis HLS's)")
     return ap
 
 

@@ -17,7 +17,7 @@ def build_parser():
                     "against the same network trained from scratch on each task. Prints a table shaped like the "
                     "paper's Table 2 on stdout (progress on stderr) and writes table.md, summary.json and "
                     "learning_curve.png into --out. Finished stages are skipped on a second run.")
-    ap.add_argument("--out", default="runs/demo", help="where everything goes (default runs/demo)")
+    ap.add_argument("--out", default="runs/demo", metavar="DIR", help="folder to write everything into")
     ap.add_argument("--board", default="pynq-z2", help="board of the deploy bundle (default pynq-z2)")
     ap.add_argument("--pretrain-epochs", type=int, default=DemoConfig.pretrain_epochs,
                     help="epochs of the backbone's pretraining (default %d)" % DemoConfig.pretrain_epochs)
@@ -29,7 +29,8 @@ def build_parser():
                          "training); by default it stops at 80")
     ap.add_argument("--seed", type=int, default=0, help="seed of every stage (default 0)")
     ap.add_argument("--workers", type=int, default=DemoConfig.workers,
-                    help="DataLoader worker processes of the training stages (default %d)" % DemoConfig.workers)
+                    help="image decoding workers (DataLoader worker processes) of the training stages (default %d)"
+                         % DemoConfig.workers)
     ap.add_argument("--threads", type=int, default=DemoConfig.threads,
                     help="torch threads of a training stage that runs alone (default %d). Results are bit-identical "
                          "only for the same --threads and --jobs" % DemoConfig.threads)

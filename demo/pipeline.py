@@ -104,9 +104,9 @@ def _scratch_chains(cfg: DemoConfig, paths, points, selected: Dict[str, dict]):
         batch = SCRATCH_BATCH if n * CLASSES < 500 else 2 * SCRATCH_BATCH
 
         def args(epochs, out, task=task, n=n, batch=batch):
-            return (["train", "fit", "--preset", cfg.preset, "--dataset", DATASET, "--head", "binary",
+            return (["train", "fit", "--preset", cfg.preset, "--dataset", DATASET, "--head-type", "binary",
                      "--epochs", str(epochs), "--lr", str(cfg.lr), "--batch-size", str(batch),
-                     "--threads", str(threads), "--cache-dir", paths["images"], "--seed", str(cfg.seed),
+                     "--threads", str(threads), "--image-cache", paths["images"], "--seed", str(cfg.seed),
                      "--workers", str(cfg.workers), "--resume", "--out", os.path.join(paths["scratch"], out)]
                     + _options(task.options(n)))
 
@@ -127,9 +127,9 @@ def _head_stages(cfg: DemoConfig, paths, points, variant, command):
     for key, dataset, options in datasets:
         head = os.path.join(paths["heads"], "%s-%s.npz" % (key, variant))
         args = ["host", command, "--bundle", paths["deploy"], "--dataset", dataset, "--backend", "emulator",
-                "--cache-dir", paths["features"], "--quiet"] + _options(options)
+                "--feature-cache", paths["features"], "--quiet"] + _options(options)
         if command == "fit":
-            args += ["--head", variant, "--out", head, "--seed", str(cfg.seed)]
+            args += ["--head-type", variant, "--out", head, "--seed", str(cfg.seed)]
         else:
             args += ["--head", head]
         stages.append(("%s-%s-%s" % (command, key, variant), args))
@@ -157,7 +157,7 @@ def run_demo(cfg: DemoConfig, log=log):
     # --resume: a demo killed during a training stage continues that run instead of refusing its folder.
     pre = run_stage(["train", "fit", "--preset", cfg.preset, "--dataset", cfg.pretrain_dataset, "--epochs",
                      str(cfg.resolved_pretrain_epochs()), "--lr", str(cfg.lr), "--no-flip",
-                     "--cache-dir", paths["images"],
+                     "--image-cache", paths["images"],
                      "--threads", str(cfg.threads), "--seed", str(cfg.seed), "--workers", str(cfg.workers),
                      "--resume", "--out", paths["pretrain"]] + _options(cfg.pretrain_options()), log)
 

@@ -14,6 +14,14 @@ import sys
 from .cli import ArgumentParser, run_cli
 from .commands import BACKEND_NAMES, COMMANDS, HEAD_VARIANTS
 
+# Old spellings of renamed options, per command (issue 27): each is refused with a line naming the new one
+RENAMED = {
+    "fit": {"--head": "--head-type", "--cache-dir": "--feature-cache", "--batch-size": "--extract-batch-size"},
+    "eval": {"--cache-dir": "--feature-cache", "--batch-size": "--extract-batch-size"},
+    "predict": {"--batch-size": "--extract-batch-size"},
+    "teach": {"--head": "--head-type", "--frames": "--frames-per-class"},
+}
+
 # ------------------------------------------------------------------------------------------- arguments
 
 def _bundle_args(parser):
@@ -26,14 +34,17 @@ def _bundle_args(parser):
                         "device tree; '' skips the check)")
 
 
-def _backend_args(parser):
+def _backend_args(parser, batched=True):
+    """``batched``: the command extracts features of many images (live and teach: one frame at a time)."""
     p = parser.add_argument_group("feature extraction")
     p.add_argument("--backend", choices=BACKEND_NAMES,
                    help="where features are computed: pynq (the FPGA), emulator (bit-exact numpy) or onnx "
                         "(QONNX reference, slow); default: pynq on a PYNQ board (an error where it cannot run "
                         "there), elsewhere the fastest available")
-    p.add_argument("--batch-size", type=int, default=None, metavar="N",
-                   help="images per backend call (default: the backend's own, 32 for pynq, 64 for the emulator)")
+    if batched:
+        p.add_argument("--extract-batch-size", type=int, default=None, metavar="N",
+                       help="images per backend call of the feature extraction (default: the backend's own, 32 for "
+                            "pynq, 64 for the emulator)")
     p.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
                    help="pynq only: seconds one batch may take before the accelerator counts as hung "
                         "(default: 10 + 0.1 per image)")
@@ -46,10 +57,11 @@ def _dataset_args(parser, what):
     p.add_argument("--dataset", required=True, choices=DATASETS, metavar="NAME",
                    help="dataset to %s, its %s split: %s"
                         % (what, "train" if what == "train on" else "test", ", ".join(DATASETS)))
-    p.add_argument("--data-dir", metavar="DIR", help="dataset root in its official layout (not for synthetic*)")
+    p.add_argument("--data-dir", metavar="DIR",
+                   help="dataset root in its official layout (default: none, for the generated synthetic* datasets)")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="dataset option, repeatable: n_train_per_class=30, flowers_split=official, ...")
-    p.add_argument("--cache-dir", metavar="DIR",
+    p.add_argument("--feature-cache", metavar="DIR",
                    help="feature cache folder (default: features-cache/ next to the head file)")
     p.add_argument("--no-cache", action="store_true", help="neither read nor write the feature cache")
     p.add_argument("--workers", type=int, default=None, metavar="N",
@@ -59,10 +71,10 @@ def _dataset_args(parser, what):
 
 def _source_args(parser):
     p = parser.add_argument_group("frames").add_mutually_exclusive_group()
-    p.add_argument("--camera", type=int, default=0, metavar="N", help="OpenCV index of the USB camera (default 0)")
+    p.add_argument("--camera", type=int, default=0, metavar="N", help="OpenCV index of the USB camera")
     p.add_argument("--folder", metavar="DIR",
                    help="the image files under DIR instead of a camera (live: all of them, round and round; "
-                        "teach: DIR/<class>/)")
+                        "teach: DIR/<class>/; default: none, the camera)")
 
 
 def build_parser():
@@ -75,7 +87,7 @@ def build_parser():
     sub.required = True  # Python 3.6 compatible spelling of add_subparsers(required=True)
 
     fit = sub.add_parser(
-        "fit", help="extract features of a dataset's train split and train a head on them",
+        "fit", renamed=RENAMED["fit"], help="extract features of a dataset's train split and train a head on them",
         description="Extract the binary features of the train split (cached on disk as packed bits), train the "
                     "software last layer on them (float: L-BFGS with the L2 chosen on a held-out part, then refitted "
                     "on all rows; binary, mlp: minibatch Adam with early stopping on it), and write the head file. "
@@ -84,9 +96,9 @@ def build_parser():
     _dataset_args(fit, "train on")
     _backend_args(fit)
     tr = fit.add_argument_group("head training")
-    tr.add_argument("--head", default="float", choices=HEAD_VARIANTS,
-                     help="float: softmax regression (paper variant b, default); binary: +-1 weights (variant a); "
-                          "mlp: two software layers")
+    tr.add_argument("--head-type", default="float", choices=HEAD_VARIANTS,
+                    help="type of the last layer: float: softmax regression (paper variant b); binary: +-1 weights "
+                         "(variant a); mlp: two software layers")
     tr.add_argument("--out", required=True, metavar="HEAD.npz", help="head file to write")
     tr.add_argument("--solver", choices=("lbfgs", "adam"),
                     help="lbfgs: full batch (float head only, its default); adam: minibatches (binary and mlp)")
@@ -100,7 +112,7 @@ def build_parser():
                     help="L-BFGS iterations of a fit at one given --weight-decay (default 30)")
     tr.add_argument("--epochs", type=int, default=60, metavar="N",
                     help="adam: maximum epochs (default 60; early stopping ends sooner)")
-    tr.add_argument("--lr", type=float, default=1e-2, metavar="X", help="adam: step size (default 0.01)")
+    tr.add_argument("--lr", type=float, default=1e-2, metavar="X", help="adam: learning rate (step size)")
     tr.add_argument("--train-batch-size", type=int, default=None, metavar="N",
                      help="minibatch size of the head's training (default: n/8 clipped to 32..512)")
     tr.add_argument("--val-fraction", type=float, default=0.1, metavar="X",
@@ -118,7 +130,8 @@ def build_parser():
     tr.add_argument("--seed", type=int, default=0, metavar="N", help="seed of the split, initialisation and shuffling")
 
     ev = sub.add_parser(
-        "eval", help="top-1/top-5 of a head on a dataset's test split, and a confusion-matrix PNG",
+        "eval", renamed=RENAMED["eval"],
+        help="top-1/top-5 of a head on a dataset's test split, and a confusion-matrix PNG",
         description="Extract the test split's features (cached), check that the head fits the bundle, and print "
                     "one JSON line with top1, top5, the number of images and the extraction speed (images_per_s; "
                     "null when the features came from the cache: use --no-cache to measure it). Writes the "
@@ -131,7 +144,7 @@ def build_parser():
                     help="confusion-matrix picture to write (default: HEAD.confusion.png next to the head)")
 
     pr = sub.add_parser(
-        "predict", help="top-5 classes of image files",
+        "predict", renamed=RENAMED["predict"], help="top-5 classes of image files",
         description="Classify image files: one JSON line per image with its top classes and probabilities, or a "
                     "table with --table. An unreadable image gives a warning and exit code 1; the others are "
                     "still classified.")
@@ -147,33 +160,36 @@ def build_parser():
         description="Read frames from a USB camera (OpenCV) or, with --folder or when there is no camera, from the "
                     "image files of a folder; print the top classes of each frame with the loop's frames/s, one JSON "
                     "line per frame (a table with --table), and a last JSON line with the mean milliseconds of each "
-                    "stage (capture, preprocess, features, pack, head). Stops after --frames frames or on Ctrl-C.")
+                    "stage (capture, preprocess, features, pack, head). Stops after --frames frames in all or on "
+                    "Ctrl-C.")
     _bundle_args(lv)
     lv.add_argument("--head", required=True, metavar="HEAD.npz", help="head file written by 'fit', 'teach' or "
                                                                       "teach.ipynb")
     _source_args(lv)
-    lv.add_argument("--frames", type=int, default=None, metavar="N", help="stop after N frames (default: run "
-                                                                           "until Ctrl-C)")
+    lv.add_argument("--frames", type=int, default=None, metavar="N",
+                    help="stop after N frames in all (default: run until Ctrl-C)")
     lv.add_argument("--top", type=int, default=3, metavar="K", help="classes per frame (default 3)")
     lv.add_argument("--table", action="store_true", help="one readable line per frame instead of JSON")
-    _backend_args(lv)
+    _backend_args(lv, batched=False)
 
     te = sub.add_parser(
-        "teach", help="capture examples of new classes from a camera (or folders), train a head, save it",
-        description="For each --class, capture --frames frames from the camera (after Enter on the terminal) or take "
-                    "them from DIR/<class>/ with --folder; the features are extracted as frames arrive, the head is "
-                    "trained on them and written to --out. Each captured frame is kept in --examples "
+        "teach", renamed=RENAMED["teach"],
+        help="capture examples of new classes from a camera (or folders), train a head, save it",
+        description="For each --class, capture --frames-per-class frames from the camera (after Enter on the terminal) "
+                    "or take them from DIR/<class>/ with --folder; the features are extracted as frames arrive, the "
+                    "head is trained on them and written to --out. Each captured frame is kept in --examples "
                     "(<class>/<n>.png), and examples already there are used again. Prints one JSON line.")
     _bundle_args(te)
     te.add_argument("--out", required=True, metavar="HEAD.npz", help="head file to write")
     te.add_argument("--class", dest="classes", action="append", default=[], metavar="NAME",
                     help="a class to teach, repeatable (at least two in all, counting those in --examples)")
-    te.add_argument("--frames", type=int, default=10, metavar="K", help="frames to capture per class (default 10)")
+    te.add_argument("--frames-per-class", type=int, default=10, metavar="K", help="frames to capture per class")
     te.add_argument("--examples", metavar="DIR", help="folder keeping the captured frames (default: HEAD-examples/ "
                                                       "next to --out)")
-    te.add_argument("--head", default="float", choices=HEAD_VARIANTS, help="head variant (default float)")
+    te.add_argument("--head-type", default="float", choices=HEAD_VARIANTS,
+                    help="type of the last layer: float (paper variant b), binary (variant a) or mlp")
     _source_args(te)
-    _backend_args(te)
+    _backend_args(te, batched=False)
 
     be = sub.add_parser(
         "bench", help="speed of the backends, of packing and of head training on this machine",
@@ -189,7 +205,8 @@ def build_parser():
     be.add_argument("--seconds", type=float, default=None, metavar="X",
                     help="minimum duration of each timing (default 2, 0.2 with --quick)")
     be.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
-                    help="pynq only: seconds one batch may take before the accelerator counts as hung")
+                    help="pynq only: seconds one batch may take before the accelerator counts as hung "
+                         "(default: 10 + 0.1 per image)")
     return ap
 
 

@@ -23,14 +23,49 @@ def finite_float(text):
     return value
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` shows every option's default: appended as "(default: X)" unless the help already
+    says it in words (a None default has to: "default: the backend's own"); flags say nothing."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        d = action.default
+        if ("default" in text.lower() or not action.option_strings or action.nargs == 0 or d is None
+                or d is argparse.SUPPRESS or isinstance(d, bool)):
+            return text
+        return text + (" (default: none)" if d == [] else " (default: %(default)s)")
+
+
+class RawEpilogHelpFormatter(HelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """For a description or epilog laid out by hand (examples, one per line)."""
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse whose usage errors are the one line any other bad input gets: BnnError, exit 2 behind
     :func:`run_cli` (argparse itself prints the whole usage and then the error). Subcommand parsers
-    inherit the class, argument groups its type registry: ``type=float`` is :func:`finite_float`."""
+    inherit the class, argument groups its type registry: ``type=float`` is :func:`finite_float`.
 
-    def __init__(self, *args, **kwargs):
+    Every parser lists ``--debug`` (which :func:`run_cli` reads) and shows the defaults
+    (:class:`HelpFormatter`). ``renamed`` maps an option's old spelling to its new one: the old one
+    is refused with a line naming the new one, before argparse could take it as an abbreviation of
+    the new (``--head`` of ``--head-type``)."""
+
+    def __init__(self, *args, renamed=None, **kwargs):
+        kwargs.setdefault("formatter_class", HelpFormatter)
         super().__init__(*args, **kwargs)
+        self.renamed = dict(renamed or {})
         self.register("type", float, finite_float)
+        self.add_argument("--debug", action="store_true",
+                          help="on an error, print the traceback too (or set %s=1)" % DEBUG_ENV)
+
+    def parse_known_args(self, args=None, namespace=None):
+        for arg in sys.argv[1:] if args is None else args:
+            if arg == "--":
+                break
+            old = arg.partition("=")[0]
+            if old in self.renamed:
+                self.error("%s was renamed %s" % (old, self.renamed[old]))
+        return super().parse_known_args(args, namespace)
 
     def error(self, message):
         raise BnnError("%s: %s (see %s --help)" % (self.prog, message, self.prog))
@@ -51,7 +86,7 @@ def error_line(e):
             return "error: %s: %s" % (" -> ".join(files), what)
         return "error: %s" % what
     if isinstance(e, MemoryError):
-        return "error: out of memory (a smaller --batch-size or fewer --workers may help)"
+        return "error: out of memory (a smaller batch size or fewer --workers may help)"
     return ("error: internal error, please report it: %s: %s (rerun with --debug or %s=1 for the traceback)"
             % (type(e).__name__, _one_line(e)[:300], DEBUG_ENV))
 

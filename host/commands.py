@@ -64,8 +64,8 @@ def _backend_choice(args, bundle):
 def _cache_dir(args, head_path):
     if args.no_cache:
         return None
-    if args.cache_dir:
-        return os.path.abspath(os.path.expanduser(args.cache_dir))
+    if args.feature_cache:
+        return os.path.abspath(os.path.expanduser(args.feature_cache))
     return os.path.join(os.path.dirname(os.path.abspath(head_path)), "features-cache")
 
 
@@ -79,12 +79,13 @@ def _extract(args, bundle, dataset, head_path):
     """(backend name, DatasetFeatures) of ``dataset`` with the command's backend and cache options."""
     from .extract import extract_dataset
 
-    _positive("--batch-size", args.batch_size)
-    _batch_fits("--batch-size", [args.batch_size], bundle)
+    _positive("--extract-batch-size", args.extract_batch_size)
+    _batch_fits("--extract-batch-size", [args.extract_batch_size], bundle)
     _positive("--workers", args.workers)
     name, opts = _backend_choice(args, bundle)
-    feats = extract_dataset(bundle, name, dataset, batch_size=args.batch_size, cache_dir=_cache_dir(args, head_path),
-                            progress=not args.quiet, workers=args.workers, backend_options=opts)
+    feats = extract_dataset(bundle, name, dataset, batch_size=args.extract_batch_size,
+                            cache_dir=_cache_dir(args, head_path), progress=not args.quiet, workers=args.workers,
+                            backend_options=opts)
     return name, feats
 
 
@@ -140,9 +141,9 @@ def _fit(args, out):
                        % (args.lr, args.weight_decay, args.val_fraction))
     if args.seed < 0:
         raise BnnError("--seed: must be 0 or more, got %d" % args.seed)
-    if args.solver == "lbfgs" and args.head != "float":
-        raise BnnError("--solver lbfgs: fits the float head only; the %s head trains with adam" % args.head)
-    cfg = HeadConfig(variant=args.head, solver=args.solver, weight_decay=args.weight_decay, max_iter=args.max_iter,
+    if args.solver == "lbfgs" and args.head_type != "float":
+        raise BnnError("--solver lbfgs: fits the float head only; the %s head trains with adam" % args.head_type)
+    cfg = HeadConfig(variant=args.head_type, solver=args.solver, weight_decay=args.weight_decay, max_iter=args.max_iter,
                      path_iter=args.path_iter,
                      epochs=args.epochs, batch_size=args.train_batch_size, lr=args.lr,
                      val_fraction=args.val_fraction, patience=args.patience, seed=args.seed, hidden=args.hidden,
@@ -264,11 +265,11 @@ def cmd_predict(args):
     names = head.meta.get("class_names") or head.classes
     pp = Preprocess.from_dict(bundle.preprocess)
     name, opts = _backend_choice(args, bundle)
-    _positive("--batch-size", args.batch_size)
-    _batch_fits("--batch-size", [args.batch_size], bundle)
+    _positive("--extract-batch-size", args.extract_batch_size)
+    _batch_fits("--extract-batch-size", [args.extract_batch_size], bundle)
     failed = 0
     with make_backend(name, bundle, **opts) as backend:
-        bs = args.batch_size or backend.default_batch_size
+        bs = args.extract_batch_size or backend.default_batch_size
         stream = _prepared(args.images, pp)
         while True:
             chunk = [item for _, item in zip(range(bs), stream)]
@@ -374,7 +375,7 @@ def cmd_teach(args):
     from .manifest import check_replaceable_file
     from .sources import check_class_name
 
-    _positive("--frames", args.frames)
+    _positive("--frames-per-class", args.frames_per_class)
     out = os.path.abspath(args.out)
     if os.path.isdir(out):
         raise BnnError("%s: is a directory; --out takes the head file to write" % out)
@@ -393,7 +394,7 @@ def _teach(args, out, classes, examples, bundle, name, opts):
     from .teach import Teacher
 
     with _open_source(args) as source, make_backend(name, bundle, **opts) as backend:
-        teacher = Teacher(bundle, backend, source, examples_dir=examples, variant=args.head)
+        teacher = Teacher(bundle, backend, source, examples_dir=examples, variant=args.head_type)
         if teacher.resumed:
             print("teach: %d examples of %s from %s" % (teacher.resumed, ", ".join(teacher.store.classes), examples),
                   file=sys.stderr, flush=True)
@@ -401,7 +402,7 @@ def _teach(args, out, classes, examples, bundle, name, opts):
             for c in classes:
                 if isinstance(source, CameraSource):
                     _prompt("teach: show '%s' to %s and press Enter" % (c, source.name))
-                print("teach: " + teacher.capture(c, args.frames), file=sys.stderr, flush=True)
+                print("teach: " + teacher.capture(c, args.frames_per_class), file=sys.stderr, flush=True)
         except KeyboardInterrupt:
             counts = teacher.store.counts()
             print("teach: stopped; the examples captured so far are kept in %s (%s): run teach again to go on"

@@ -230,7 +230,7 @@ def _run(cfg: FitConfig, mode, on_epoch_end, progress):
     pretrained = None
     if mode == "finetune":
         if not cfg.init_from:
-            raise BnnError("finetune needs --from RUN_DIR (a pretrained run)")
+            raise BnnError("finetune needs --run RUN_DIR (a pretrained run)")
         pretrained = load_checkpoint(cfg.init_from)
         pcfg = ModelConfig.from_dict(pretrained["model_config"])
         if pcfg.preset != cfg.preset:
@@ -240,7 +240,7 @@ def _run(cfg: FitConfig, mode, on_epoch_end, progress):
         # The backbone's precision is the pretrained network's (a copy: the caller's config stays as given)
         cfg = replace(cfg, precision=pcfg.precision)
     if cfg.precision == "fp" and cfg.head == "binary":
-        raise BnnError("--head binary needs a binary network: floating-point networks have a float last layer")
+        raise BnnError("--head-type binary needs a binary network: floating-point networks have a float last layer")
     if is_up_to_date(out, cfg, mode):  # also under --resume: a finished run has nothing to continue
         m = read_json(os.path.join(out, RUN_MANIFEST))
         log("train: %s is up to date (%s finished), skipping" % (out, mode))

@@ -41,7 +41,7 @@ with 14 workers, i.e. ~11 minutes per epoch. Two pretrainings x 60 epochs x (1.2
 images) at that rate are ~22 hours. The 15 target rows see 25.7k images per epoch over the three
 datasets (17.5k train + 8.2k test, Table 1): 2 x 100 epochs from scratch and 3 x 30 epochs of
 fine-tuning are 7.5M images, ~1 hour. With ``--imagenet-run`` for both networks only that hour
-remains. ``--cache-dir`` decodes each image once: a clear win for the target datasets; for ImageNet
+remains. ``--image-cache`` decodes each image once: a clear win for the target datasets; for ImageNet
 it needs ~250 GB of disk (every image stored in a 256 x 256 x 3 slot) and its speed-up depends on
 that disk.
 """
@@ -97,10 +97,10 @@ class Table2Config:
     def from_args(args):
         return Table2Config(
             out=args.out, imagenet=args.imagenet, flowers=args.flowers, birds=args.birds, indoor=args.indoor,
-            imagenet_runs=list(args.imagenet_run), preset=args.preset, epochs_pretrain=args.epochs_pretrain,
-            epochs_scratch=args.epochs_scratch, epochs_finetune=args.epochs_finetune, synthetic=args.synthetic,
+            imagenet_runs=list(args.imagenet_run), preset=args.preset, epochs_pretrain=args.pretrain_epochs,
+            epochs_scratch=args.scratch_epochs, epochs_finetune=args.finetune_epochs, synthetic=args.synthetic,
             synthetic_scale=args.synthetic_scale, batch_size=args.batch_size, workers=args.workers,
-            device=args.device, cache_dir=args.cache_dir, seed=args.seed, amp=not args.no_amp,
+            device=args.device, cache_dir=args.image_cache, seed=args.seed, amp=not args.no_amp,
         )
 
     def resolved(self):

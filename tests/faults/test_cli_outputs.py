@@ -156,7 +156,7 @@ def test_full_disk_in_train_and_export_names_the_file_and_leaves_nothing(tiny_ru
     ("train", ["fit", "--epochs", "x"], "python -m train fit: argument --epochs: invalid int value: 'x'"),
     ("train", ["fit", "--dataset", "synthetic+bogus"],
      "python -m train fit: argument --dataset: dataset 'bogus': unknown"),
-    ("export", ["nope"], "python -m export: argument cmd: invalid choice: 'nope'"),
+    ("export", ["nope"], "python -m export: argument COMMAND: invalid choice: 'nope'"),
     ("build_fpga", ["--board"], "python -m build_fpga: argument --board: expected one argument"),
     ("host", ["eval", "--bundle"], "python -m host eval: argument --bundle: expected one argument"),
     ("demo", ["--bogus"], "python -m demo: unrecognized arguments: --bogus"),

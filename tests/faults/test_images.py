@@ -128,7 +128,7 @@ def test_images_relabelled_in_place_are_extracted_again(tmp_path, capsys):
             write_image(root / name / ("%d.png" % j), seed=10 * k + j, size=(8, 8))
     bundle = make_bundle(tmp_path / "bundle")
     common = ["--dataset", "folder", "--data-dir", str(root), "--option", "test_fraction=0.34",
-              "--backend", "emulator", "--quiet", "--cache-dir", str(tmp_path / "cache")]
+              "--backend", "emulator", "--quiet", "--feature-cache", str(tmp_path / "cache")]
     fit = ["fit", "--bundle", bundle, "--out", str(tmp_path / "head.npz"), *common]
     assert run_cli(_host_main, fit) == 0 and not json.loads(capsys.readouterr().out)["cached"]
     assert run_cli(_host_main, fit) == 0 and json.loads(capsys.readouterr().out)["cached"]

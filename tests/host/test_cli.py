@@ -69,7 +69,7 @@ def trained(tmp_path_factory):
     network, io, width = colour_network()
     bundle = make_bundle(d / "bundle", with_bitfile=False, network=network, io=io, feature_width=width)
     head = d / "heads" / "float.npz"
-    r = host("fit", "--bundle", bundle, *SYNTH, "--head", "float", "--out", head, "--quiet")
+    r = host("fit", "--bundle", bundle, *SYNTH, "--head-type", "float", "--out", head, "--quiet")
     return {"dir": d, "bundle": str(bundle), "head": str(head), "fit": one_json_line(r), "fit_stderr": r.stderr,
             "width": width}
 
@@ -288,7 +288,7 @@ def test_on_a_board_a_missing_pynq_or_bitfile_is_an_error_not_the_emulator(tiny,
     (["eval", "--option", "n_test_per_class"], ["--option 'n_test_per_class': expected KEY=VALUE"]),
     (["eval", "--head", "{dir}/missing.npz"], ["missing.npz: head file not found"]),
     (["eval", "--option", "num_classes=4"], ["head knows 3 classes but the synthetic-transfer test split has 4"]),
-    (["eval", "--batch-size", "0"], ["--batch-size: must be a positive integer"]),
+    (["eval", "--extract-batch-size", "0"], ["--extract-batch-size: must be a positive integer"]),
     (["fit", "--out", "{dir}"], ["is a directory; --out takes the head file to write"]),
     (["fit", "--epochs", "0"], ["--epochs: must be a positive integer"]),
     (["fit", "--val-fraction", "1"], ["--val-fraction in [0, 1)"]),

@@ -245,7 +245,7 @@ def test_teach_then_live_from_folders(bundle, scenes, tmp_path, capsys, monkeypa
     for name, frames in zip(scenes["classes"], scenes["train"]):
         save_pngs(data / name, frames)
     head = tmp_path / "heads" / "teach.npz"
-    args = ["--bundle", bundle.root, "--folder", data, "--out", head, "--frames", 5]
+    args = ["--bundle", bundle.root, "--folder", data, "--out", head, "--frames-per-class", 5]
     rc, out, err = cli(capsys, "teach", *args, *[a for c in scenes["classes"] for a in ("--class", c)])
     assert rc == 0, err
     res = json.loads(out)
@@ -297,7 +297,7 @@ def test_a_camera_that_stops_delivering(bundle, scenes, tmp_path, capsys, monkey
     # opened, 5 warm-up frames, then 2 frames, then nothing: unplugged, or taken by another program
     monkeypatch.setitem(sys.modules, "cv2", FakeCv2(frames[:7]))
     rc, out, err = cli(capsys, "teach", "--bundle", bundle.root, "--out", tmp_path / "h.npz", "--class", "a",
-                       "--class", "b", "--frames", 3)
+                       "--class", "b", "--frames-per-class", 3)
     assert rc == 2 and out == "" and not (tmp_path / "h.npz").exists()
     assert "teach: a: 2 of 3 frames added, 2 examples in all; skipped 1 (camera 0: returned no frame" in err
     assert err.strip().splitlines()[-1] == "error: class 'b' has no examples yet: capture some, or remove the class"
@@ -332,7 +332,7 @@ def test_ctrl_c_in_teach_says_what_was_kept(bundle, scenes, tmp_path, capsys, mo
 
     monkeypatch.setattr(host.teach.Teacher, "capture", capture)
     rc, out, err = cli(capsys, "teach", "--bundle", bundle.root, "--out", tmp_path / "h.npz", "--class", "a",
-                       "--class", "b", "--frames", 2)
+                       "--class", "b", "--frames-per-class", 2)
     assert rc == 130 and out == "" and not (tmp_path / "h.npz").exists()
     assert ("teach: stopped; the examples captured so far are kept in %s (a: 2): run teach again to go on"
             % (tmp_path / "h-examples")) in err

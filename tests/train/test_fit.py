@@ -73,7 +73,7 @@ def test_resume_refuses_other_parameters_and_fp_refuses_binary_head(tmp_path):
         run(_cfg(tmp_path / "r"), on_epoch_end=stop, progress=False)
     with pytest.raises(BnnError, match=r"cannot resume with other parameters \(lr None -> 0.1\)"):
         run(_cfg(tmp_path / "r", resume=True, lr=0.1), progress=False)
-    with pytest.raises(BnnError, match="--head binary needs a binary network"):
+    with pytest.raises(BnnError, match="--head-type binary needs a binary network"):
         run(_cfg(tmp_path / "fp", precision="fp", head="binary"), progress=False)
 
 

@@ -19,8 +19,8 @@ from train.table2_report import write_report
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # A few images per class and one epoch per row (two for the fine-tuned rows, so one can be interrupted).
-SMALL = ["--synthetic", "--synthetic-scale", "0.05", "--epochs-pretrain", "1", "--epochs-scratch", "1",
-         "--epochs-finetune", "2", "--workers", "0", "--batch-size", "16"]
+SMALL = ["--synthetic", "--synthetic-scale", "0.05", "--pretrain-epochs", "1", "--scratch-epochs", "1",
+         "--finetune-epochs", "2", "--workers", "0", "--batch-size", "16"]
 ROW_IDS = ["imagenet-fp", "imagenet-binary"] + ["%s-%s" % (t.key, r.key) for t in TARGETS for r in ROWS]
 PAPER_NUMBERS = ["%.1f" % v for cols in PAPER_TABLE2.values() for pair in cols.values() for v in pair]
 
@@ -102,7 +102,7 @@ def test_synthetic_table_runs_end_to_end_resumes_and_skips(tmp_path, capsys):
 
     # Other parameters for an existing row are refused, naming the row's directory, before anything runs.
     with pytest.raises(BnnError, match=r"runs/imagenet-fp: holds a fit run with other parameters \(epochs 1 -> 2\)"):
-        run_table2(_config(out, "--epochs-pretrain", "2"), progress=False)
+        run_table2(_config(out, "--pretrain-epochs", "2"), progress=False)
     assert _checkpoint_mtimes(out) == before
 
     # The pretrained runs can seed another table; a run of another preset cannot.
