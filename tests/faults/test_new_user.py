@@ -84,7 +84,7 @@ def test_predict_table_of_a_file_name_that_is_not_utf8(tmp_path, capsys):
                         image], capture_output=True, env=env, timeout=120,
                        cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
     assert r.returncode == 0, r.stderr
-    assert r.stdout.decode("utf-8").splitlines()[0].endswith("caf\ufffd.png")
+    assert r.stdout.decode("utf-8").splitlines()[0].endswith("caf\ufffd.png  (emulator backend)")
 
 
 def test_resume_with_a_crafted_metrics_file_or_run_manifest_is_one_line(tmp_path, capsys):
