@@ -86,7 +86,7 @@ class StrokesDataset(GeneratedDataset):
     """``strokes``: class ``k`` is glyph ``k``; image ``i`` has label ``i % num_classes``."""
 
     defaults = DEFAULTS
-    version = 1
+    version = 2  # 1 drew a random glyph per image (its labels were noise)
 
     def class_keys(self, name, num_classes):
         return list(range(num_classes * self.class_set, num_classes * (self.class_set + 1)))
@@ -95,6 +95,6 @@ class StrokesDataset(GeneratedDataset):
         return "glyph-%03d" % key
 
     def render_image(self, key, i):
-        key = [_SALT, 2, self.seed, _SPLIT_ID[self.split], int(i)]
-        rng = np.random.default_rng(key + [self.class_set] if self.class_set else key)
+        stream = [_SALT, 2, self.seed, _SPLIT_ID[self.split], int(i)]
+        rng = np.random.default_rng(stream + [self.class_set] if self.class_set else stream)
         return render(glyph(key), rng, self.native_size)

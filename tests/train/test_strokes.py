@@ -28,6 +28,21 @@ def test_strokes_classes_are_distinct_glyphs_and_images_show_ink_on_paper():
     assert grey.max() - grey.min() > 60
 
 
+@pytest.mark.parametrize("class_set", [0, 1])
+def test_every_image_draws_its_own_class_glyph(monkeypatch, class_set):
+    # Found in issue 22: a renamed variable seeded each image's glyph with the image index, so every
+    # image showed a glyph of its own and the labels were noise (the backbone learnt nothing from them)
+    import train.strokes as strokes
+
+    drawn = []
+    monkeypatch.setattr(strokes, "render", lambda g, rng, size: drawn.append(g) or np.zeros((size, size, 3), np.uint8))
+    ds = open_dataset("strokes", "train", num_classes=3, n_train_per_class=2, class_set=class_set)
+    for i in range(len(ds)):
+        ds.load(i)
+        expected = glyph(3 * class_set + int(ds.labels[i]))
+        assert len(drawn[-1]) == len(expected) and all(np.array_equal(a, b) for a, b in zip(drawn[-1], expected))
+
+
 @pytest.mark.parametrize("options, message", [
     ({"num_classes": 1}, "num_classes=1 must be an integer >= 2"),
     ({"n_train_per_class": 0}, "n_train_per_class=0"),
