@@ -18,6 +18,9 @@ import tempfile
 from xml.etree import ElementTree
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# The interpreter of the venv the pynq folders were installed beside: their dependencies (pydantic,
+# pycparser, ...) are there, not in the oldest-numpy venv that also runs the host tests (.ci/install).
+PYTHON = os.path.join(ROOT, ".venv", "bin", "python")
 
 # parser -> (the .ci/install folder holding its pynq, how it parses)
 PARSERS = {
@@ -37,6 +40,8 @@ def missing(parser):
     """Why ``parser`` cannot run here, or None when it can."""
     if not os.path.isdir(folder(parser)):
         return "%s is not installed (.ci/install puts the real pynq into %s)" % (parser, folder(parser))
+    if not os.path.isfile(PYTHON):
+        return "%s runs with %s, which is not installed (.ci/install)" % (parser, PYTHON)
     return None
 
 
@@ -48,7 +53,7 @@ def hwh_parser(parser):
 def _run(parser, *args):
     env = dict(os.environ, PYTHONPATH=folder(parser))
     with tempfile.TemporaryDirectory() as tmp:
-        r = subprocess.run([sys.executable, "-W", "ignore", os.path.abspath(__file__)] + list(args), env=env,
+        r = subprocess.run([PYTHON, "-W", "ignore", os.path.abspath(__file__)] + list(args), env=env,
                            capture_output=True, text=True, cwd=tmp)
     if r.returncode != 0:
         raise RuntimeError("%s %s failed: %s" % (parser, " ".join(args), r.stderr[-3000:]))
