@@ -15,7 +15,7 @@ from host.atomic import output_lock
 from host.cli import ArgumentParser, run_cli
 from host.errors import BnnError
 
-DEFAULT_OUT = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_OUT = os.curdir  # not this package's folder: in an installed copy that is site-packages
 # Thread pools of numpy's BLAS, torch (OpenMP) and MKL read these when they load, i.e. on first import.
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
@@ -185,5 +185,10 @@ def main(argv=None):
     return 1 if failed else 0
 
 
+def cli():
+    """The console script (pyproject.toml): one-line errors, exit code 2."""
+    return run_cli(main)
+
+
 if __name__ == "__main__":
-    sys.exit(run_cli(main))
+    sys.exit(cli())

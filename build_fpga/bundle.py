@@ -20,6 +20,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+import host
 from host.bundle import BUNDLE_KIND, BUNDLE_MANIFEST, PC_DIR
 from host.emulator import save_emulator
 from host.errors import BnnError
@@ -30,7 +31,10 @@ from .bundle_readme import readme
 EMULATOR = "emulator.npz"
 ONNX = PC_DIR + "/backbone.onnx"  # only the onnx backend on a PC reads it: the board copy leaves pc/ out
 RUNTIME_WEIGHTS = "runtime_weights"  # FINN's driver folder name for external weight files
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# notebooks/: a checkout's, or an installed copy's (pyproject.toml ships it as build_fpga/notebooks, a
+# wheel having no place for a top-level folder that is not a package)
+NOTEBOOK_DIRS = (os.path.join(os.path.dirname(os.path.abspath(__file__)), "notebooks"),
+                 os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "notebooks"))
 
 EmulatorArrays = Tuple[Dict, List[np.ndarray], List[np.ndarray]]
 
@@ -128,16 +132,22 @@ def check_emulator(finn: EmulatorArrays, torch_side: EmulatorArrays, layers, whe
 # ---------------------------------------------------------------------------------------- bundle
 
 
+def notebooks_dir() -> str:
+    """The notebooks every bundle ships, from :data:`NOTEBOOK_DIRS`."""
+    for d in NOTEBOOK_DIRS:
+        if os.path.isdir(d):
+            return d
+    raise BnnError("notebooks/: in neither %s nor %s; this copy of bnn-transfer is incomplete (reinstall it)"
+                   % NOTEBOOK_DIRS)
+
+
 def copy_runtime(root: str) -> List[str]:
     """host/ (the board runtime) and notebooks/ into the bundle, so it runs on the board as is."""
-    copied = []
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".ipynb_checkpoints", ".*")
-    for name in ("host", "notebooks"):
-        src = os.path.join(ROOT, name)
-        if os.path.isdir(src):
-            shutil.copytree(src, os.path.join(root, name), ignore=ignore)
-            copied.append(name)
-    return copied
+    sources = {"host": os.path.dirname(os.path.abspath(host.__file__)), "notebooks": notebooks_dir()}
+    for name, src in sources.items():
+        shutil.copytree(src, os.path.join(root, name), ignore=ignore)
+    return list(sources)
 
 
 def write_bundle(root: str, *, export_dir: str, export: Dict, export_sha: str, params: Dict, board,

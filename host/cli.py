@@ -10,6 +10,18 @@ from .errors import BnnError
 
 DEBUG_ENV = "BNN_DEBUG"
 
+# The packages a stage imports only when it runs, by the module name Python reports missing: how pip
+# names them, and the modules the stage's extra in pyproject.toml installs (all the stage needs but
+# finn-plus, whose brevitas pin cannot coexist with torch's). host/ has no extra: numpy and pillow
+# are the base install, the rest is optional on a board.
+PIP_NAMES = {"torch": "torch", "brevitas": "brevitas", "scipy": "scipy", "matplotlib": "matplotlib", "tqdm": "tqdm",
+             "qonnx": "qonnx", "onnx": "onnx", "onnxruntime": "onnxruntime", "sklearn": "scikit-learn",
+             "threadpoolctl": "threadpoolctl", "PIL": "pillow", "finn": "--no-deps finn-plus==1.6.1"}
+_TRAIN = ("torch", "brevitas", "scipy", "matplotlib", "tqdm")
+_EXPORT = _TRAIN + ("qonnx", "onnx", "onnxruntime")
+_BENCH = _EXPORT + ("sklearn", "threadpoolctl")
+STAGE_EXTRAS = {"train": _TRAIN, "export": _EXPORT, "build_fpga": _EXPORT, "bench": _BENCH, "demo": _BENCH}
+
 
 def finite_float(text):
     """The type of every ``type=float`` option: Python's float() also takes inf and nan, which pass any
@@ -91,12 +103,27 @@ def error_line(e):
             % (type(e).__name__, _one_line(e)[:300], DEBUG_ENV))
 
 
+def missing_package(e, stage):
+    """The BnnError for ``e`` when it is a package ``stage`` needs and this install lacks, else None: the
+    extra (or package) to install, rather than an "internal error" that is none."""
+    if not isinstance(e, ModuleNotFoundError) or e.name not in PIP_NAMES:
+        return None
+    script = os.path.basename(sys.argv[0]) if sys.argv else ""
+    command = script if script.startswith("bnn-") else "python -m " + stage  # a console script, or -m
+    if e.name in STAGE_EXTRAS.get(stage, ()):
+        install = "'bnn-transfer[%s]'" % stage
+    else:
+        install = PIP_NAMES[e.name]
+    return BnnError("%s needs %s: pip install %s" % (command, e.name, install))
+
+
 def run_cli(main, argv=None):
     """Run ``main(argv)`` behind the error boundary every ``python -m <stage>`` shares.
 
     Bad input (BnnError), a file problem (OSError: unwritable output, full disk, ...) and running
-    out of memory end as one line "error: <file>: <what>" on stderr and exit code 2; any other
-    exception is a bug: one line and exit code 1. ``--debug`` anywhere on the command line (or
+    out of memory end as one line "error: <file>: <what>" on stderr and exit code 2, and so does a
+    package the stage needs that is not installed (:func:`missing_package`); any other exception is
+    a bug: one line and exit code 1. ``--debug`` anywhere on the command line (or
     BNN_DEBUG=1) prints the traceback first. A closed stdout (``| head``) ends quietly.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -121,6 +148,7 @@ def run_cli(main, argv=None):
     except Exception as e:
         if debug:
             traceback.print_exc()
+        e = missing_package(e, main.__module__.partition(".")[0]) or e
         print(error_line(e), file=sys.stderr, flush=True)
         return 2 if isinstance(e, (BnnError, OSError, MemoryError)) else 1
 

@@ -3,6 +3,7 @@
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -23,10 +24,10 @@ MEASURED = ("emulator_vs_torch/tiny/b1", "emulator_vs_torch/tiny/b64", "emulator
             "head_vs_sklearn/flowers-size", "head_peak_rss/flowers-size", "finn_estimate/tiny/pynq-z2")
 
 
-def bench(tmp_path, *args, timeout=900):
+def bench(tmp_path, *args, timeout=900, cwd=ROOT):
     """Run ``python -m bench`` with its scratch files (exports, FINN builds) under ``tmp_path``."""
-    env = dict(os.environ, TMPDIR=str(tmp_path))
-    res = subprocess.run([sys.executable, "-m", "bench", *args], cwd=ROOT, capture_output=True, text=True,
+    env = dict(os.environ, TMPDIR=str(tmp_path), PYTHONPATH=ROOT)
+    res = subprocess.run([sys.executable, "-m", "bench", *args], cwd=cwd, capture_output=True, text=True,
                          timeout=timeout, env=env)
     lines = [json.loads(ln) for ln in res.stdout.splitlines()]  # every stdout line must be one JSON object
     return res, lines
@@ -149,7 +150,7 @@ def test_an_out_holding_results_the_bench_did_not_write_is_refused(tmp_path):
     (out / "results.png").write_bytes(b"a plot of mine")
     with pytest.raises(BnnError, match="results.png: exists without the results.md"):
         check_replaceable(str(out))
-    check_replaceable(os.path.join(ROOT, "bench"))  # the default --out, which python -m bench wrote: replaced
+    check_replaceable(os.path.join(ROOT, "bench"))  # the committed report, which python -m bench wrote: replaced
 
 
 def test_side_by_side_times_every_function_per_call():
@@ -272,6 +273,24 @@ def test_a_narrower_run_does_not_replace_a_wider_report(tmp_path):
             "error: %s: holds the report of `python -m bench --threads 1 --demo-bundle x`; this run (%s) would "
             "replace its rows: choose another --out" % (out / "results.md", what))
     assert (out / "results.md").read_text() == full
+
+
+def test_quick_writes_to_the_current_folder_and_never_over_the_committed_report(tmp_path):
+    """The default --out is where the command runs (not bench/'s folder, site-packages once installed); a
+    --quick run there is refused where it holds a full report, as bench/ does."""
+    committed = tmp_path / "committed"
+    committed.mkdir()
+    for name in ("results.md", "results.png"):
+        shutil.copyfile(os.path.join(ROOT, "bench", name), committed / name)
+    res, lines = bench(tmp_path, "--quick", timeout=120, cwd=committed)
+    assert res.returncode == 2 and lines == [], res.stderr[-2000:]
+    line = res.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: %s: holds the report of `python -m bench " % os.path.join(os.curdir, "results.md"))
+    assert line.endswith("this run (--quick) would replace its rows: choose another --out")
+    for name in ("results.md", "results.png"):
+        with open(os.path.join(ROOT, "bench", name), "rb") as f:
+            assert (committed / name).read_bytes() == f.read()
+    assert sorted(os.listdir(committed)) == ["results.md", "results.png"]
 
 
 def test_a_second_bench_on_the_same_out_is_refused(tmp_path):

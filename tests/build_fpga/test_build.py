@@ -133,10 +133,9 @@ def test_tiny_bundle_through_the_cli(tiny):
     assert m["command"].startswith("python -m build_fpga")
     # Notebooks are carried but not hashed: saving one in the board's Jupyter must not break the bundle.
     nb = out / "notebooks" / "transfer_learning.ipynb"
-    if nb.exists():
-        assert not any(f.startswith("notebooks/") for f in m["files"])
-        nb.write_text(nb.read_text() + "\n")
-        load_bundle(str(out))
+    assert not any(f.startswith("notebooks/") for f in m["files"])
+    nb.write_text(nb.read_text() + "\n")
+    load_bundle(str(out))
     assert sorted(os.listdir(out.parent)) == ["pynq-z2"]  # the temporary FINN build dir is gone
 
     images = np.random.default_rng(7).integers(0, 256, size=(12, 32, 32, 3), dtype=np.uint8)
