@@ -1,5 +1,8 @@
 """The boards we build for: FINN's board name, part, clock and resource totals, read from FINN itself.
 
+Each board is one record of ``host.boards.BOARDS`` (how to add one: its top); this module resolves it
+with FINN's tables into the ``Board`` that ``BuildConfig.target`` hands every module of the build.
+
 Sources (finn-plus 1.6.1):
 - part: ``finn.util.basic.pynq_part_map[finn_board]`` (also what ``DataflowBuildConfig`` resolves
   ``board`` to via ``part_map``).
@@ -47,31 +50,11 @@ import functools
 from dataclasses import asdict, dataclass
 from typing import Dict, Optional
 
+from host.boards import BOARDS
 from host.errors import BnnError
 
 RESOURCES = ("lut", "ff", "bram18", "uram", "dsp")
-# Default clock per FPGA family (module docstring): Zynq-7000 100 MHz, Zynq UltraScale+ 150 MHz.
-_CLOCK_MHZ = {"pynq-z1": 100.0, "pynq-z2": 100.0, "ultra96": 150.0, "zcu104": 150.0, "kv260": 150.0}
 MIN_CLOCK_MHZ, MAX_CLOCK_MHZ = 10.0, 250.0
-
-# our name -> (FINN board name for part_map / ZynqBuild, FINN platforms key or None)
-_FINN_NAMES = {
-    "pynq-z1": ("Pynq-Z1", "Pynq-Z1"),
-    "pynq-z2": ("Pynq-Z2", "Pynq-Z2"),
-    "ultra96": ("Ultra96-V2", "Ultra96"),
-    "zcu104": ("ZCU104", "ZCU104"),
-    "kv260": ("KV260_SOM", None),
-}
-# AMD DS987, Kria K26 SOM (FINN 1.6.1 has KV260_SOM in pynq_part_map but not in platforms).
-_K26_RESOURCES = (117120, 234240, 288, 64, 1248)
-# Peak PS DDR bandwidth in bytes/s and its source (module docstring).
-_DDR = {
-    "pynq-z1": (2.1e9, "16-bit DDR3 at 1050 Mb/s (Digilent PYNQ-Z1 reference manual)"),
-    "pynq-z2": (2.1e9, "16-bit DDR3 at 1050 Mb/s (TUL PYNQ-Z2 user manual)"),
-    "ultra96": (None, "32-bit LPDDR4 (Avnet Ultra96-V2 HW user guide); transfer rate not stated"),
-    "zcu104": (19.2e9, "64-bit PS DDR4 (AMD UG1267) at 2400 Mb/s (the PS's DDR4 maximum, AMD DS925)"),
-    "kv260": (19.2e9, "64-bit DDR4 at 2400 Mb/s (AMD DS987, K26 SOM data sheet)"),
-}
 
 
 @dataclass(frozen=True)
@@ -119,25 +102,26 @@ def finn_margins() -> Dict[str, float]:
 
 @functools.lru_cache(maxsize=None)
 def get_board(name: str) -> Board:
+    """The board ``name`` of host's registry (``host.boards.BOARDS``) with FINN's part, port and resources."""
     try:
-        finn_board, platform_key = _FINN_NAMES[name]
+        record = BOARDS[name]
     except KeyError:
-        raise BnnError("unknown board %r (choose from %s)" % (name, ", ".join(_FINN_NAMES))) from None
+        raise BnnError("unknown board %r (choose from %s)" % (name, ", ".join(BOARDS))) from None
     from finn.builder.build_dataflow_config import ShellFlowType
     from finn.util.basic import pynq_native_port_width, pynq_part_map
     from finn.util.platforms import platforms
 
-    if platform_key is not None:
-        res = tuple(int(v) for v in platforms[platform_key]().compute_resources[0])
-        source = "finn.util.platforms.platforms[%r]" % platform_key
+    if record.finn_platform is not None:
+        res = tuple(int(v) for v in platforms[record.finn_platform]().compute_resources[0])
+        source = "finn.util.platforms.platforms[%r]" % record.finn_platform
     else:
-        res = _K26_RESOURCES
-        source = "AMD DS987 (Kria K26 SOM data sheet); FINN has no platform entry for %s" % finn_board
+        res = record.resources
+        source = "%s; FINN has no platform entry for %s" % (record.resources_source, record.finn_board)
     return Board(
         name=name,
-        finn_board=finn_board,
-        part=pynq_part_map[finn_board],
-        clock_mhz=_CLOCK_MHZ[name],
+        finn_board=record.finn_board,
+        part=pynq_part_map[record.finn_board],
+        clock_mhz=record.clock_mhz,
         shell_flow=ShellFlowType.VIVADO_ZYNQ.value,
         lut=res[0],
         ff=res[1],
@@ -146,11 +130,11 @@ def get_board(name: str) -> Board:
         dsp=res[4],
         margins=finn_margins(),
         source=source,
-        axi_port_bits=int(pynq_native_port_width[finn_board]),
-        ddr_bytes_per_s=_DDR[name][0],
-        ddr_source=_DDR[name][1],
+        axi_port_bits=int(pynq_native_port_width[record.finn_board]),
+        ddr_bytes_per_s=record.ddr_bytes_per_s,
+        ddr_source=record.ddr_source,
     )
 
 
 def board_names():
-    return tuple(_FINN_NAMES)
+    return tuple(BOARDS)

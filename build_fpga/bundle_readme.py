@@ -29,7 +29,7 @@ import json
 import os
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from host.boards import PYNQ_BOARDS
+from host.boards import pynq_names
 
 # (image, Ubuntu, Python, our boards with an image of it and whose), from the sources above
 PYNQ_IMAGES = (
@@ -167,7 +167,7 @@ def _notebook_lines(notebooks: Sequence[Tuple[str, str]]) -> List[str]:
 
 
 def _missing_lines(board: str, hardware: bool) -> List[str]:
-    pynq_name = next(k for k, v in PYNQ_BOARDS.items() if v == board)
+    pynq_name = next(k for k, v in pynq_names().items() if v == board)
     return [
         "### When something is missing",
         "",
@@ -176,7 +176,7 @@ def _missing_lines(board: str, hardware: bool) -> List[str]:
         "board (PYNQ's names %s stand for ours %s; this bundle is for the `%s`), and there the FPGA is the "
         "default: a `pynq` that cannot be imported, a bundle without a bitstream or an overlay that does not "
         "load is one `error:` line and exit code 2, never a quiet switch to the emulator:"
-        % (", ".join(PYNQ_BOARDS), ", ".join(PYNQ_BOARDS.values()), pynq_name),
+        % (", ".join(pynq_names()), ", ".join(pynq_names().values()), pynq_name),
         "",
         "- `cannot import the pynq package`: this is not PYNQ's Python: `sudo -i` as above (in a notebook: "
         "use PYNQ's Jupyter at port 9090, not another one). `python3 -c 'import pynq; print(pynq.__file__)'` "

@@ -11,8 +11,9 @@ This module defines the command line; ``commands.py`` does what each command doe
 
 import sys
 
+from .backends import BACKENDS, add_backend_options
 from .cli import ArgumentParser, run_cli
-from .commands import BACKEND_NAMES, COMMANDS, HEAD_VARIANTS
+from .commands import COMMANDS, HEAD_VARIANTS
 
 # Old spellings of renamed options, per command (issue 27): each is refused with a line naming the new one
 RENAMED = {
@@ -37,17 +38,16 @@ def _bundle_args(parser):
 def _backend_args(parser, batched=True):
     """``batched``: the command extracts features of many images (live and teach: one frame at a time)."""
     p = parser.add_argument_group("feature extraction")
-    p.add_argument("--backend", choices=BACKEND_NAMES,
-                   help="where features are computed: pynq (the FPGA), emulator (bit-exact numpy) or onnx "
-                        "(QONNX reference, slow); default: pynq on a PYNQ board (an error where it cannot run "
-                        "there), elsewhere the fastest available")
+    p.add_argument("--backend", choices=tuple(BACKENDS),
+                   help="where features are computed: %s; default: %s on a PYNQ board (an error where it cannot "
+                        "run there), elsewhere the fastest available"
+                        % (", ".join("%s (%s)" % (n, s.summary) for n, s in BACKENDS.items()),
+                           " or ".join(n for n, s in BACKENDS.items() if s.on_board)))
     if batched:
         p.add_argument("--extract-batch-size", type=int, default=None, metavar="N",
                        help="images per backend call of the feature extraction (default: the backend's own, 32 for "
                             "pynq, 64 for the emulator)")
-    p.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
-                   help="pynq only: seconds one batch may take before the accelerator counts as hung "
-                        "(default: 10 + 0.1 per image)")
+    add_backend_options(p)
 
 
 def _dataset_args(parser, what):
@@ -200,13 +200,11 @@ def build_parser():
     _bundle_args(be)
     be.add_argument("--batch-sizes", default="1,8,64", metavar="LIST", help="comma-separated (default 1,8,64)")
     be.add_argument("--backends", metavar="LIST",
-                    help="comma-separated subset of %s (default: every available one)" % ",".join(BACKEND_NAMES))
+                    help="comma-separated subset of %s (default: every available one)" % ",".join(BACKENDS))
     be.add_argument("--quick", action="store_true", help="a few seconds in all: small workloads, float head only")
     be.add_argument("--seconds", type=float, default=None, metavar="X",
                     help="minimum duration of each timing (default 2, 0.2 with --quick)")
-    be.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
-                    help="pynq only: seconds one batch may take before the accelerator counts as hung "
-                         "(default: 10 + 0.1 per image)")
+    add_backend_options(be)
     return ap
 
 

@@ -50,7 +50,7 @@ class BenchConfig:
         if self.head_images < 2 * self.head_classes or self.head_classes < 2 or self.head_epochs < 1:
             raise BnnError("bench: need >= 2 classes, >= 2 images per class and >= 1 epoch for the head")
         self.seed = int(seed)
-        self.backend_options = dict(backend_options or {})
+        self.backend_options = dict(backend_options or {})  # backend name -> its make_backend options
 
 
 
@@ -108,7 +108,7 @@ def bench_backend(bundle, name, cfg, rng):
     from .backends import make_backend
 
     out = {}
-    backend = make_backend(name, bundle, **(cfg.backend_options if name == "pynq" else {}))
+    backend = make_backend(name, bundle, **cfg.backend_options.get(name, {}))
     try:
         for bs in cfg.batch_sizes:
             x = _random_images(rng, bs, bundle.input_shape)
@@ -224,7 +224,7 @@ def bench_live(bundle, name, cfg, rng, classes=10):
                 params={"W": rng.standard_normal((width, classes)).astype(np.float32),
                         "b": np.zeros(classes, np.float32)})
     frames = FramesSource([_random_images(rng, 1, LIVE_FRAME + (3,))[0] for _ in range(4)], "random frames")
-    backend = make_backend(name, bundle, **(cfg.backend_options if name == "pynq" else {}))
+    backend = make_backend(name, bundle, **cfg.backend_options.get(name, {}))
     try:
         pipe = LivePipeline(bundle, backend, window=10 ** 6)
         pipe.step(frames, head)  # warm-up: buffers, BLAS

@@ -18,19 +18,79 @@ The names (checked in the PYNQ 2.7, 3.0.1 and 3.1 sources):
 """
 
 import os
+from dataclasses import dataclass
+from typing import Dict, Optional, Tuple
 
 from .errors import BnnError
 
-__all__ = ["PYNQ_BOARDS", "BOARD_FILES", "pynq_board", "our_board"]
+__all__ = ["BOARDS", "BOARD_FILES", "SMALLEST_BOARD_BYTES", "BoardRecord", "our_board", "pynq_board", "pynq_names",
+           "register_board"]
 
-# PYNQ's board name -> ours (build_fpga/boards.py; tests/host/test_boards.py keeps the two in step)
-PYNQ_BOARDS = {
-    "Pynq-Z1": "pynq-z1",
-    "Pynq-Z2": "pynq-z2",
-    "Ultra96": "ultra96",
-    "ZCU104": "zcu104",
-    "KV260": "kv260",
-}
+
+@dataclass(frozen=True)
+class BoardRecord:
+    """What is known of a board without FINN: build_fpga resolves it, with FINN's tables, into its ``Board``.
+
+    - ``name``: ours (``--board``); ``pynq_name``: the name its PYNQ image gives it (module docstring).
+    - ``finn_board``: FINN's board name (``pynq_part_map``, ``ZynqBuild``); ``finn_platform``: the key of
+      ``finn.util.platforms.platforms`` whose resources it has, or None where FINN has none, and then
+      ``resources`` ``(LUT, FF, BRAM18, URAM, DSP)`` from ``resources_source``.
+    - ``clock_mhz``: the default ``--clock-mhz`` (build_fpga/boards.py says why).
+    - ``ddr_bytes_per_s``: peak PS DDR bandwidth (None: not stated, the shell's port bounds it), from
+      ``ddr_source``.
+    """
+
+    name: str
+    pynq_name: str
+    finn_board: str
+    finn_platform: Optional[str]
+    clock_mhz: float
+    ddr_bytes_per_s: Optional[float]
+    ddr_source: str
+    resources: Optional[Tuple[int, int, int, int, int]] = None
+    resources_source: str = ""
+
+
+# The least memory any of the boards has (Pynq-Z1/Z2: 512 MB for Linux, Python and the DMA buffers): what one
+# input batch, one decoded image or one npz file may take is a fraction of it, on a PC too (a bundle runs on both)
+SMALLEST_BOARD_BYTES = 512 << 20
+
+# How to add a board: register_board(BoardRecord(...)) in a module of its own, imported before the board is
+# named (a FINN board name from finn.util.basic.pynq_part_map, a PYNQ name from its image). Nothing else names
+# boards: build_fpga's --board choices, its resolved Board, and host's $BOARD check all read this table.
+BOARDS: Dict[str, BoardRecord] = {}
+
+
+def register_board(record: BoardRecord) -> BoardRecord:
+    if record.name in BOARDS or record.pynq_name.lower() in (b.pynq_name.lower() for b in BOARDS.values()):
+        raise BnnError("board %r (PYNQ: %r) is registered already" % (record.name, record.pynq_name))
+    if record.finn_platform is None and record.resources is None:
+        raise BnnError("board %r: FINN has no platform for it, so its resources must be given" % record.name)
+    BOARDS[record.name] = record
+    return record
+
+
+_ZYNQ7_DDR = "16-bit DDR3 at 1050 Mb/s"
+for _record in (
+    BoardRecord("pynq-z1", "Pynq-Z1", "Pynq-Z1", "Pynq-Z1", 100.0, 2.1e9,
+                _ZYNQ7_DDR + " (Digilent PYNQ-Z1 reference manual)"),
+    BoardRecord("pynq-z2", "Pynq-Z2", "Pynq-Z2", "Pynq-Z2", 100.0, 2.1e9, _ZYNQ7_DDR + " (TUL PYNQ-Z2 user manual)"),
+    BoardRecord("ultra96", "Ultra96", "Ultra96-V2", "Ultra96", 150.0, None,
+                "32-bit LPDDR4 (Avnet Ultra96-V2 HW user guide); transfer rate not stated"),
+    BoardRecord("zcu104", "ZCU104", "ZCU104", "ZCU104", 150.0, 19.2e9,
+                "64-bit PS DDR4 (AMD UG1267) at 2400 Mb/s (the PS's DDR4 maximum, AMD DS925)"),
+    BoardRecord("kv260", "KV260", "KV260_SOM", None, 150.0, 19.2e9,
+                "64-bit DDR4 at 2400 Mb/s (AMD DS987, K26 SOM data sheet)",
+                (117120, 234240, 288, 64, 1248), "AMD DS987 (Kria K26 SOM data sheet)"),
+):
+    register_board(_record)
+
+
+def pynq_names() -> Dict[str, str]:
+    """PYNQ's board name -> ours, for every registered board."""
+    return {b.pynq_name: b.name for b in BOARDS.values()}
+
+
 # Where a PYNQ image keeps its board name when $BOARD is not set, in the order read
 BOARD_FILES = ("/proc/device-tree/chosen/pynq_board", "/etc/xocl.txt")
 
@@ -64,9 +124,10 @@ def pynq_board():
 def our_board(name):
     """Our name of a board given PYNQ's spelling or ours, case-insensitively; BnnError for another board."""
     key = str(name).strip().lower()
-    for pynq_name, ours in PYNQ_BOARDS.items():
+    names = pynq_names()
+    for pynq_name, ours in names.items():
         if key in (pynq_name.lower(), ours):
             return ours
     raise BnnError("board %r is not one this flow builds for (PYNQ names them %s; ours: %s); name the board with "
                    "--board, or skip the check with --board ''"
-                   % (str(name), ", ".join(PYNQ_BOARDS), ", ".join(PYNQ_BOARDS.values())))
+                   % (str(name), ", ".join(names), ", ".join(names.values())))

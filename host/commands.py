@@ -10,10 +10,10 @@ import os
 import sys
 import time
 
+from .boards import SMALLEST_BOARD_BYTES
 from .cli import dataset_options
 from .errors import BnnError, ImageError
 
-BACKEND_NAMES = ("pynq", "emulator", "onnx")
 HEAD_VARIANTS = ("float", "binary", "mlp")
 
 
@@ -25,8 +25,7 @@ def _positive(name, value):
     return value
 
 
-# One batch of input images may take this much memory: a Pynq-Z2 has 512 MB for everything.
-MAX_BATCH_BYTES = 256 << 20
+MAX_BATCH_BYTES = SMALLEST_BOARD_BYTES // 2  # one batch of input images
 
 
 def _batch_fits(name, sizes, bundle):
@@ -49,16 +48,10 @@ def _load_bundle(args):
 
 def _backend_choice(args, bundle):
     """(name, options) of the backend to use: on a PYNQ board pynq unless another is named (default_backends)."""
-    from .backends import default_backends
+    from .backends import backend_options, default_backends
 
     name = args.backend or default_backends(bundle)[0]
-    opts = {}
-    if name == "pynq" and args.timeout is not None:
-        if not args.timeout > 0:
-            raise BnnError("--timeout: must be a positive number of seconds, got %r" % args.timeout)
-        # one deadline per batch, whatever its size: what a user asking for N seconds expects
-        opts = {"timeout_s": args.timeout, "timeout_per_image_s": 0.0}
-    return name, opts
+    return name, backend_options(name, args)
 
 
 def _cache_dir(args, head_path):
@@ -431,18 +424,15 @@ def _name_list(text, what, choices=None):
 
 
 def cmd_bench(args):
+    from .backends import BACKENDS, backend_options
     from .benchmark import BenchConfig, run_bench
 
     try:
         sizes = [int(s) for s in _name_list(args.batch_sizes, "--batch-sizes")]
     except ValueError:
         raise BnnError("--batch-sizes: expected positive integers like 1,8,64, got %r" % args.batch_sizes) from None
-    backends = _name_list(args.backends, "--backends", BACKEND_NAMES) if args.backends else None
-    opts = {}
-    if args.timeout is not None:
-        if not args.timeout > 0:
-            raise BnnError("--timeout: must be a positive number of seconds, got %r" % args.timeout)
-        opts = {"timeout_s": args.timeout, "timeout_per_image_s": 0.0}
+    backends = _name_list(args.backends, "--backends", tuple(BACKENDS)) if args.backends else None
+    opts = {name: backend_options(name, args) for name in BACKENDS}
     if args.seconds is not None and not args.seconds > 0:
         raise BnnError("--seconds: must be positive, got %r" % args.seconds)
     cfg = BenchConfig(batch_sizes=sizes, backends=backends, quick=args.quick, min_seconds=args.seconds,

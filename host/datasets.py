@@ -14,6 +14,8 @@ so that the Table 2 numbers are comparable; ``flowers_split="official"`` gives t
 import os
 import sys
 import zlib
+from dataclasses import dataclass
+from typing import Callable, Dict, Tuple
 
 import numpy as np
 
@@ -22,7 +24,6 @@ from .imagedataset import ImageDataset, printable
 from .inputs import regular_file
 from .synthetic import OPTION_NAMES, open_synthetic
 
-DATASETS = ("flowers102", "cub200", "indoor67", "folder", "synthetic", "synthetic-transfer", "digits")
 SPLITS = ("train", "test")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 _EXT_LIST = "/".join(e[1:] for e in IMAGE_EXTENSIONS)
@@ -262,42 +263,83 @@ def _folder(root, split, seed=0, test_fraction=0.2):
                         {"layout": "class folders", "seed": seed, "test_fraction": test_fraction})
 
 
-_READERS = {
-    "flowers102": (_flowers, {"flowers_split": "paper", "names_file": None}),
-    "cub200": (_cub200, {}),
-    "indoor67": (_indoor67, {}),
-    "folder": (_folder, {"seed": 0, "test_fraction": 0.2}),
-}
+@dataclass(frozen=True)
+class DatasetSpec:
+    """``opener(split, data_dir, **options)`` makes the split once the request is checked: ``options`` are
+    the only option names it takes; ``on_disk`` datasets need ``data_dir``, a folder (see ``in_folder``)."""
+
+    name: str
+    opener: Callable[..., ImageDataset]
+    options: Tuple[str, ...] = ()
+    on_disk: bool = True
 
 
-def dataset_option_names(name):
+# How to add a dataset: a reader in a module of its own (``ImageDataset`` is the interface; an on-disk
+# layout's reader takes ``(root, split, **options)`` and is wrapped by ``in_folder``), then one
+# ``register_dataset`` line here. train/ keeps its own table of pretraining-only datasets on top of this
+# one (train/datasets.py). ``--dataset`` choices, option checks and help all come from the table.
+DATASETS: Dict[str, DatasetSpec] = {}
+
+
+def register_dataset(spec: DatasetSpec, table: Dict[str, DatasetSpec] = DATASETS) -> DatasetSpec:
+    if spec.name in table or "+" in spec.name or "." in spec.name:
+        raise BnnError("dataset %r: registered already, or a name with '+' or '.' (they form unions)" % spec.name)
+    table[spec.name] = spec
+    return spec
+
+
+def in_folder(name, reader):
+    """An opener for a dataset read from its on-disk layout under ``data_dir`` by ``reader(root, split, **options)``."""
+
+    def opener(split, data_dir, **options):
+        if not data_dir:
+            raise BnnError("dataset %s: needs --data-dir (the folder in its official layout)" % name)
+        root = os.path.abspath(os.path.expanduser(os.fspath(data_dir)))
+        need_dir(root, "dataset directory of %s" % name)
+        return reader(root, split, **options)
+
+    return opener
+
+
+def _digits(split, data_dir, **options):
+    from .digits import DigitsDataset
+
+    return DigitsDataset(split, data_dir, **options)
+
+
+def _generated(name):
+    return lambda split, data_dir, **options: open_synthetic(name, split, **options)
+
+
+for _spec in (
+    DatasetSpec("flowers102", in_folder("flowers102", _flowers), ("flowers_split", "names_file")),
+    DatasetSpec("cub200", in_folder("cub200", _cub200)),
+    DatasetSpec("indoor67", in_folder("indoor67", _indoor67)),
+    DatasetSpec("folder", in_folder("folder", _folder), ("seed", "test_fraction")),
+    DatasetSpec("synthetic", _generated("synthetic"), OPTION_NAMES, on_disk=False),
+    DatasetSpec("synthetic-transfer", _generated("synthetic-transfer"), OPTION_NAMES, on_disk=False),
+    # data_dir optional: a folder holding a copy of scikit-learn's table, else scikit-learn's own
+    DatasetSpec("digits", _digits, ("seed", "test_fraction"), on_disk=False),
+):
+    register_dataset(_spec)
+
+
+def dataset_option_names(name, table=DATASETS):
     """The options ``open_dataset`` accepts for ``name`` (for CLI help and validation)."""
-    if name in ("synthetic", "synthetic-transfer"):
-        return tuple(OPTION_NAMES)
-    if name == "digits":
-        from .digits import OPTIONS
-
-        return tuple(sorted(OPTIONS))
-    return tuple(sorted(_READERS[name][1])) if name in _READERS else ()
+    return tuple(sorted(table[name].options)) if name in table else ()
 
 
-def open_dataset(name, split, data_dir=None, **options):
-    """The ``split`` ("train" or "test") of dataset ``name`` read from ``data_dir``.
+def open_dataset(name, split, data_dir=None, table=DATASETS, **options):
+    """The ``split`` ("train" or "test") of dataset ``name`` of ``table``, read from ``data_dir``.
 
-    ``data_dir`` is ignored by the synthetic datasets. Options are per dataset (see
+    ``data_dir`` is ignored by the generated datasets. Options are per dataset (see
     ``dataset_option_names``); an unknown one raises BnnError rather than being ignored.
     """
-    if name not in DATASETS:
-        raise BnnError("dataset %r: unknown, choose one of %s" % (name, ", ".join(DATASETS)))
-    if name in ("synthetic", "synthetic-transfer"):
-        check_request(name, split, dataset_option_names(name), options)
-        return open_synthetic(name, split, **options)
-    if name == "digits":
-        from .digits import DigitsDataset
-
-        check_request(name, split, dataset_option_names(name), options)
-        return DigitsDataset(split, data_dir, **options)
-    return read_layout(name, _READERS[name][0], dataset_option_names(name), split, data_dir, options)
+    if name not in table:
+        raise BnnError("dataset %r: unknown, choose one of %s" % (name, ", ".join(table)))
+    spec = table[name]
+    check_request(name, split, spec.options, options)
+    return spec.opener(split, data_dir, **options)
 
 
 def check_request(name, split, option_names, options):
@@ -307,16 +349,6 @@ def check_request(name, split, option_names, options):
     if unknown:
         raise BnnError("dataset %s: unknown option(s) %s (valid: %s)"
                        % (name, ", ".join(unknown), ", ".join(sorted(option_names)) or "none"))
-
-
-def read_layout(name, reader, option_names, split, data_dir, options):
-    """``reader(root, split, **options)`` after checking the request: what every on-disk dataset shares."""
-    check_request(name, split, option_names, options)
-    if not data_dir:
-        raise BnnError("dataset %s: needs --data-dir (the folder in its official layout)" % name)
-    root = os.path.abspath(os.path.expanduser(os.fspath(data_dir)))
-    need_dir(root, "dataset directory of %s" % name)
-    return reader(root, split, **options)
 
 
 def check_training_classes(ds):

@@ -12,10 +12,10 @@ import zipfile
 
 import numpy as np
 
+from .boards import SMALLEST_BOARD_BYTES
 from .inputs import regular_file
 
-# a Pynq-Z2 has 512 MB for everything; no head or weights file of ours comes near this
-DEFAULT_MAX_BYTES = 256 << 20
+DEFAULT_MAX_BYTES = SMALLEST_BOARD_BYTES // 2  # no head or weights file of ours comes near this
 
 
 def _member_header(zf, info):

@@ -54,8 +54,9 @@ class Preprocess:
         return cls(**{k: d[k] for k in names})
 
 
-# Refused before decoding: a few KB of PNG can declare 13000 x 13000 pixels (507 MB as RGB); a
-# Pynq-Z2 has 512 MB for everything. 40 megapixels (120 MB as RGB) admits every camera photo.
+# Refused before decoding: a few KB of PNG can declare 13000 x 13000 pixels (507 MB as RGB), all of a
+# Pynq-Z2's memory (host.boards.SMALLEST_BOARD_BYTES). 40 megapixels (120 MB as RGB, under a quarter of
+# it) admits every camera photo.
 MAX_PIXELS = 40_000_000
 _HIGH_DEPTH = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 

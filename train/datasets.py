@@ -8,19 +8,24 @@ those of ``b``; an option ``a.key=value`` is for part ``a`` only, a plain one fo
 
 import bisect
 import os
+from collections import ChainMap
+from typing import Dict, Mapping
 
 import numpy as np
 
 from host.datasets import DATASETS as HOST_DATASETS
-from host.datasets import check_request, from_class_dirs, list_subdirs, need_dir, read_layout, read_lines
-from host.datasets import open_dataset as open_host_dataset
+from host.datasets import DatasetSpec, from_class_dirs, in_folder, list_subdirs, need_dir, read_lines, register_dataset
+from host.datasets import open_dataset as open_from_table
 from host.errors import BnnError
 from host.imagedataset import ImageDataset
 from host.synthetic import OPTION_NAMES
 
 from .strokes import StrokesDataset
 
-DATASETS = ("imagenet", "strokes") + HOST_DATASETS
+# Pretraining-only datasets (how to add one: host/datasets.py), over host's table: a dataset registered
+# there is one here too
+PRETRAINING_ONLY: Dict[str, DatasetSpec] = {}
+DATASETS: Mapping[str, DatasetSpec] = ChainMap(PRETRAINING_ONLY, HOST_DATASETS)
 
 
 def dataset_name(name):
@@ -44,12 +49,7 @@ def open_dataset(name, split, data_dir=None, **options):
         parts = name.split("+")
         return UnionDataset([open_dataset(part, split, data_dir, **opts)
                              for part, opts in zip(parts, _part_options(name, parts, options))])
-    if name == "imagenet":
-        return read_layout(name, _imagenet, (), split, data_dir, options)
-    if name == "strokes":
-        check_request(name, split, OPTION_NAMES, options)
-        return StrokesDataset(name, split, **options)
-    return open_host_dataset(name, split, data_dir, **options)
+    return open_from_table(name, split, data_dir, table=DATASETS, **options)
 
 
 def _part_options(name, parts, options):
@@ -118,3 +118,8 @@ def _imagenet(root, split):
             human[wnid] = desc.strip() or wnid
         names = [human.get(c, c) for c in classes]
     return from_class_dirs("imagenet", split, root, split_dir, classes, {}, names)
+
+
+register_dataset(DatasetSpec("imagenet", in_folder("imagenet", _imagenet)), PRETRAINING_ONLY)
+register_dataset(DatasetSpec("strokes", lambda split, data_dir, **options: StrokesDataset("strokes", split, **options),
+                             OPTION_NAMES, on_disk=False), PRETRAINING_ONLY)

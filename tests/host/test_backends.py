@@ -61,7 +61,7 @@ def test_bad_batch_size(bundle, bs):
 
 
 def test_unknown_backend(bundle):
-    assert BACKENDS == ("pynq", "emulator", "onnx")
+    assert tuple(BACKENDS) == ("pynq", "emulator", "onnx")
     with pytest.raises(BnnError, match=r"^backend: unknown backend 'fpga' \(choose from pynq, emulator, onnx\)$"):
         make_backend("fpga", bundle)
 

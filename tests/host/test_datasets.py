@@ -8,7 +8,8 @@ from host.errors import BnnError
 
 
 def test_dataset_names():
-    assert DATASETS == ("flowers102", "cub200", "indoor67", "folder", "synthetic", "synthetic-transfer", "digits")
+    assert tuple(DATASETS) == ("flowers102", "cub200", "indoor67", "folder", "synthetic", "synthetic-transfer",
+                               "digits")
 
 
 def check_common(ds, name, split, n, num_classes):
