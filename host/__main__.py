@@ -14,10 +14,16 @@ import sys
 from .backends import BACKENDS, add_backend_options
 from .cli import ArgumentParser, run_cli
 from .commands import COMMANDS, HEAD_VARIANTS
+from .heads.fit import SOLVER_OPTIONS
 
 # Old spellings of renamed options, per command (issue 27): each is refused with a line naming the new one
 RENAMED = {
-    "fit": {"--head": "--head-type", "--cache-dir": "--feature-cache", "--batch-size": "--extract-batch-size"},
+    "fit": {"--head": "--head-type", "--cache-dir": "--feature-cache", "--batch-size": "--extract-batch-size",
+            "--train-batch-size": "--solver-option batch_size=N", "--no-calibrate": "--solver-option calibrate=no",
+            "--refit": "--solver-option refit=yes", "--no-refit": "--solver-option refit=no",
+            **{"--" + k.replace("_", "-"): "--solver-option %s=..." % k
+               for k in ("solver", "weight_decay", "path_iter", "max_iter", "epochs", "lr", "val_fraction", "patience",
+                         "hidden")}},
     "eval": {"--cache-dir": "--feature-cache", "--batch-size": "--extract-batch-size"},
     "predict": {"--batch-size": "--extract-batch-size"},
     "teach": {"--head": "--head-type", "--frames": "--frames-per-class"},
@@ -100,33 +106,9 @@ def build_parser():
                     help="type of the last layer: float: softmax regression (paper variant b); binary: +-1 weights "
                          "(variant a); mlp: two software layers")
     tr.add_argument("--out", required=True, metavar="HEAD.npz", help="head file to write")
-    tr.add_argument("--solver", choices=("lbfgs", "adam"),
-                    help="lbfgs: full batch (float head only, its default); adam: minibatches (binary and mlp)")
-    tr.add_argument("--weight-decay", type=float, default=None, metavar="X",
-                    help="L2 penalty, for features scaled by 1/sqrt(width) (default: lbfgs chooses it on the "
-                         "held-out rows from 1e-2 .. 1e-7; adam uses 1e-4)")
-    tr.add_argument("--path-iter", type=int, default=3, metavar="N",
-                    help="most L-BFGS iterations per L2 value of the path and for the refit, fewer once the "
-                         "gradient norm has halved (default 3)")
-    tr.add_argument("--max-iter", type=int, default=30, metavar="N",
-                    help="L-BFGS iterations of a fit at one given --weight-decay (default 30)")
-    tr.add_argument("--epochs", type=int, default=60, metavar="N",
-                    help="adam: maximum epochs (default 60; early stopping ends sooner)")
-    tr.add_argument("--lr", type=float, default=1e-2, metavar="X", help="adam: learning rate (step size)")
-    tr.add_argument("--train-batch-size", type=int, default=None, metavar="N",
-                     help="minibatch size of the head's training (default: n/8 clipped to 32..512)")
-    tr.add_argument("--val-fraction", type=float, default=0.1, metavar="X",
-                     help="fraction of each class held out to choose the L2 (lbfgs) or the epoch (adam) (default 0.1)")
-    tr.add_argument("--patience", type=int, default=2, metavar="N",
-                    help="adam: epochs, lbfgs: L2 values without improvement before stopping (default 2)")
-    tr.add_argument("--hidden", type=int, default=256, metavar="N", help="hidden units of the mlp head (default 256)")
-    tr.add_argument("--refit", action="store_true", default=None,
-                    help="retrain the chosen head on all rows, held-out ones included (default for lbfgs, "
-                         "warm-started; for adam it retrains from scratch for the best number of epochs)")
-    tr.add_argument("--no-refit", action="store_false", dest="refit", help="keep the head fitted without the "
-                    "held-out rows (default for adam)")
-    tr.add_argument("--no-calibrate", action="store_true",
-                     help="skip temperature scaling of the probabilities on the held-out rows")
+    tr.add_argument("--solver-option", action="append", default=[], metavar="KEY=VALUE",
+                    help="a knob of the head's training, repeatable; the defaults suit nearly every task: %s "
+                         "(HeadConfig in host/heads/fit.py documents each)" % ", ".join(SOLVER_OPTIONS))
     tr.add_argument("--seed", type=int, default=0, metavar="N", help="seed of the split, initialisation and shuffling")
 
     ev = sub.add_parser(

@@ -162,13 +162,14 @@ def _parse_value(v):
     return v
 
 
-def dataset_options(pairs):
-    """['n_train_per_class=100', 'flowers_split=official'] -> {'n_train_per_class': 100, ...}."""
+def dataset_options(pairs, flag="--option"):
+    """['n_train_per_class=100', 'flowers_split=official'] -> {'n_train_per_class': 100, ...}: the values of
+    the repeatable ``flag`` (numbers parsed, the rest kept as text)."""
     out = {}
     for p in pairs or ():
         key, sep, value = p.partition("=")
         if not sep or not key:
-            raise BnnError("--option %r: expected KEY=VALUE" % p)
+            raise BnnError("%s %r: expected KEY=VALUE" % (flag, p))
         part, dot, option = key.strip().rpartition(".")  # a union's part keeps its name (synthetic-attributes.x)
         out[part + dot + option.replace("-", "_")] = _parse_value(value.strip())
     return out

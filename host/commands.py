@@ -120,27 +120,13 @@ def cmd_fit(args):
 def _fit(args, out):
     from .benchmark import peak_rss_mb
     from .datasets import check_training_classes
-    from .heads import HeadConfig, fit_head, save_head
+    from .heads import fit_head, head_config, save_head
 
     t0 = time.perf_counter()
-    _positive("--train-batch-size", args.train_batch_size)
-    for flag, value in (("--epochs", args.epochs), ("--patience", args.patience), ("--hidden", args.hidden),
-                        ("--max-iter", args.max_iter), ("--path-iter", args.path_iter)):
-        _positive(flag, value)
-    # checked here, not only in fit_head: a typo should not cost a whole feature extraction first
-    wd_ok = args.weight_decay is None or args.weight_decay >= 0
-    if not args.lr > 0 or not wd_ok or not 0 <= args.val_fraction < 1:
-        raise BnnError("--lr must be > 0, --weight-decay >= 0 and --val-fraction in [0, 1), got %r, %r, %r"
-                       % (args.lr, args.weight_decay, args.val_fraction))
     if args.seed < 0:
         raise BnnError("--seed: must be 0 or more, got %d" % args.seed)
-    if args.solver == "lbfgs" and args.head_type != "float":
-        raise BnnError("--solver lbfgs: fits the float head only; the %s head trains with adam" % args.head_type)
-    cfg = HeadConfig(variant=args.head_type, solver=args.solver, weight_decay=args.weight_decay, max_iter=args.max_iter,
-                     path_iter=args.path_iter,
-                     epochs=args.epochs, batch_size=args.train_batch_size, lr=args.lr,
-                     val_fraction=args.val_fraction, patience=args.patience, seed=args.seed, hidden=args.hidden,
-                     refit=args.refit, calibrate=not args.no_calibrate)
+    # checked here, not only in fit_head: a typo should not cost a whole feature extraction first
+    cfg = head_config(args.head_type, args.seed, dataset_options(args.solver_option, "--solver-option"))
     bundle = _load_bundle(args)
     dataset = _open_dataset(args, "train")
     check_training_classes(dataset)

@@ -30,9 +30,9 @@ same through ``save_head``)::
     mlp:     W1 float32 (D, H), b1 float32 (H,), W2 float32 (H, C), b2 float32 (C,)
 """
 
-from .fit import HeadConfig, fit_head
+from .fit import HeadConfig, fit_head, head_config
 from .head import VARIANTS, Head, evaluate, predict_topk
 from .headfile import HEAD_FORMAT, HEAD_VERSION, load_head, save_head
 
-__all__ = ["Head", "HeadConfig", "fit_head", "evaluate", "predict_topk", "save_head", "load_head",
+__all__ = ["Head", "HeadConfig", "fit_head", "head_config", "evaluate", "predict_topk", "save_head", "load_head",
            "HEAD_FORMAT", "HEAD_VERSION", "VARIANTS"]

@@ -7,8 +7,8 @@ stopping (``adam.py``) at a fixed L2. Whatever was chosen, and why, is written i
 """
 
 import math
-from dataclasses import asdict, dataclass
-from typing import Optional, Tuple
+from dataclasses import asdict, dataclass, fields
+from typing import Optional, Tuple, Union, get_type_hints
 
 import numpy as np
 
@@ -75,6 +75,39 @@ class HeadConfig:
 
     def resolved_solver(self):
         return self.solver or ("lbfgs" if self.variant == "float" else "adam")
+
+
+# The knobs ``--solver-option KEY=VALUE`` may set: every HeadConfig field but those with options of their own
+SOLVER_OPTIONS = tuple(f.name for f in fields(HeadConfig) if f.name not in ("variant", "seed", "l2_grid"))
+_TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
+
+
+def _option_value(name, value, kind):
+    """``value`` (a number or text from the command line) as a ``kind`` field, or BnnError."""
+    optional = getattr(kind, "__origin__", None) is Union
+    base = next(a for a in kind.__args__ if a is not type(None)) if optional else kind
+    text = str(value).strip().lower()
+    if optional and text == "none":
+        return None
+    if base is bool and text in _TRUE + _FALSE:
+        return text in _TRUE
+    if base is int and isinstance(value, int) or base is float and isinstance(value, (int, float)) \
+            or base is str and isinstance(value, str):
+        return base(value)
+    raise BnnError("--solver-option %s=%s: expected %s%s" % (name, value, base.__name__,
+                                                               " or none" if optional else ""))
+
+
+def head_config(variant, seed, options):
+    """The ``HeadConfig`` of ``variant`` and ``seed`` with ``options`` ({name: value} of ``--solver-option``,
+    one of SOLVER_OPTIONS each, documented in HeadConfig), checked: BnnError before any work."""
+    unknown = sorted(set(options) - set(SOLVER_OPTIONS))
+    if unknown:
+        raise BnnError("--solver-option %s: unknown (valid: %s)" % (", ".join(unknown), ", ".join(SOLVER_OPTIONS)))
+    hints = get_type_hints(HeadConfig)
+    cfg = HeadConfig(variant=variant, seed=seed, **{k: _option_value(k, v, hints[k]) for k, v in options.items()})
+    _check_config(cfg)
+    return cfg
 
 
 def _check_config(cfg):

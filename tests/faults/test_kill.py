@@ -144,8 +144,8 @@ def test_host_fit_killed_before_writing_keeps_the_earlier_head(tmp_path, capsys)
     rerun(capsys, "host", "fit", "--bundle", bundle, "--out", head, *data)
     first = load_head(str(head))
     intact = neighbours(tmp_path / "heads")
-    args = ["fit", "--bundle", bundle, "--out", head, *data, "--head-type", "mlp", "--epochs", "400",
-            "--patience", "400", "--no-cache"]
+    args = ["fit", "--bundle", bundle, "--out", head, *data, "--head-type", "mlp", "--solver-option", "epochs=400",
+            "--solver-option", "patience=400", "--no-cache"]
     proc = start("host", *args)
     kill_when(proc, lambda: os.path.exists(str(tmp_path / "heads" / ".head.npz.lock")))
     assert load_head(str(head)).variant == first.variant == "float"

@@ -290,8 +290,13 @@ def test_on_a_board_a_missing_pynq_or_bitfile_is_an_error_not_the_emulator(tiny,
     (["eval", "--option", "num_classes=4"], ["head knows 3 classes but the synthetic-transfer test split has 4"]),
     (["eval", "--extract-batch-size", "0"], ["--extract-batch-size: must be a positive integer"]),
     (["fit", "--out", "{dir}"], ["is a directory; --out takes the head file to write"]),
-    (["fit", "--epochs", "0"], ["--epochs: must be a positive integer"]),
-    (["fit", "--val-fraction", "1"], ["--val-fraction in [0, 1)"]),
+    (["fit", "--solver-option", "epochs=0"], ["epochs", "must be positive"]),
+    (["fit", "--solver-option", "val_fraction=1"], ["val_fraction must be in [0, 1), got 1"]),
+    (["fit", "--solver-option", "momentum=0.9"], ["--solver-option momentum: unknown (valid: solver, weight_decay"]),
+    (["fit", "--solver-option", "epochs=ten"], ["--solver-option epochs=ten: expected int"]),
+    (["fit", "--solver-option", "refit=maybe"], ["--solver-option refit=maybe: expected bool or none"]),
+    (["fit", "--solver-option", "solver=lbfgs", "--head-type", "binary"], ["the binary head trains with adam"]),
+    (["fit", "--lr", "0.1"], ["--lr was renamed --solver-option lr=..."]),
     (["eval", "--bundle", "{dir}/nowhere"], ["nowhere: bundle directory not found"]),
     (["bench", "--batch-sizes", "1,x"], ["--batch-sizes: expected positive integers"]),
     (["bench", "--backends", "fpga"], ["--backends: unknown fpga"]),
@@ -318,7 +323,8 @@ def test_fit_skips_unreadable_images_with_one_warning(tiny, capsys, image_tools)
             image_tools.write_image(root / c / ("%d.png" % j), seed=k)
     bad = str(image_tools.write_corrupt(root / "dog" / "2b.jpg"))
     rc, out, err = _cli(capsys, "fit", "--bundle", tiny["path"], "--dataset", "folder", "--data-dir", root,
-                        "--option", "test_fraction=0", "--out", tiny["dir"] / "h.npz", "--quiet", "--epochs", "3")
+                        "--option", "test_fraction=0", "--out", tiny["dir"] / "h.npz", "--quiet",
+                        "--solver-option", "epochs=3")
     assert rc == 0, err
     skipped, fallback = err.strip().splitlines()
     assert skipped.startswith("warning: skipped 1 unreadable images of 9 (first: %s: cannot decode image" % bad)
