@@ -36,24 +36,22 @@ PAPER_REASON = ("the paper preset's estimate command takes minutes and GBs per b
 
 
 def _row(name, preset, board, est, wall_s):
-    from build_fpga.estimates import check_fit
-
-    fits = not check_fit(est)
+    fits = not est.check_fit()
     rec = {"name": name, "kind": "estimate", "ours_s": None, "theirs_s": None, "speedup": None, "identical": None,
            "target": None, "met": None, "preset": preset, "board": board, "search_wall_s": round(wall_s, 1),
-           "clock_mhz": est["clock_mhz"], "binding": est["folding_search"]["binding"],
-           "binding_detail": est["folding_search"]["detail"]}
+           "clock_mhz": est.clock_mhz, "binding": est.folding_search.binding,
+           "binding_detail": est.folding_search.detail}
     if not fits:
-        rec.update(fps=None, note="even the smallest folding leaves FINN's margins: %s" % "; ".join(check_fit(est)))
+        rec.update(fps=None, note="even the smallest folding leaves FINN's margins: %s" % "; ".join(est.check_fit()))
     else:
-        rec.update(fps=round(est["fps"]), bottleneck=est["bottleneck"])
+        rec.update(fps=round(est.fps), bottleneck=est.bottleneck)
         for r in ("lut", "bram18", "dsp"):
-            rec.update({r: est[r]["used"], r + "_usable": est[r]["usable"],
-                        r + "_pct": round(100.0 * est[r]["used"] / est[r]["available"], 1),
-                        r + "_interconnect": est[r]["interconnect"]})
+            res = getattr(est, r)
+            rec.update({r: res.used, r + "_usable": res.usable, r + "_pct": round(res.percent, 1),
+                        r + "_interconnect": res.interconnect})
     if preset == "z2" and board == "pynq-z2":
         rec.update(target=">= %d img/s within 70%% LUT, 80%% BRAM18, 80%% DSP" % Z2_TARGET,
-                   met=bool(fits and est["fps"] >= Z2_TARGET))
+                   met=bool(fits and est.fps >= Z2_TARGET))
     rec.update(ANCHOR)
     return rec
 
@@ -97,17 +95,17 @@ def paper_command(ctx, board, clock_mhz=None):
         if proc.returncode != 0:
             err.seek(0)
             raise RuntimeError("%s failed: %s" % (" ".join(cmd), err.read().strip().splitlines()[-1:]))
-    with open(os.path.join(out, "report", "estimates.json"), encoding="utf-8") as f:
-        est = json.load(f)
-    from build_fpga.estimates import check_fit
+    from build_fpga.estimate import Estimate
 
-    ddr = est["ddr"]
+    with open(os.path.join(out, "report", "estimates.json"), encoding="utf-8") as f:
+        est = Estimate.from_dict(json.load(f))
+    ddr = est.ddr
     gaps = [what for what, bad in (
         ("%.0f s > %d s" % (wall, PAPER_TARGETS["wall_s"]), wall > PAPER_TARGETS["wall_s"]),
         ("%.0f MB > %d MB" % (rss, PAPER_TARGETS["peak_rss_mb"]), rss > PAPER_TARGETS["peak_rss_mb"]),
-        ("compute bound %.0f img/s" % est["fps"], est["fps"] < PAPER_TARGETS["fps"]),
-        ("DDR bound %.0f img/s" % (ddr["fps"] or 0), (ddr["fps"] or est["fps"]) < PAPER_TARGETS["fps"])) if bad]
-    gaps += ["over FINN's margin: %s" % line for line in check_fit(est)]
+        ("compute bound %.0f img/s" % est.fps, est.fps < PAPER_TARGETS["fps"]),
+        ("DDR bound %.0f img/s" % (est.ddr_fps or 0), (est.ddr_fps or est.fps) < PAPER_TARGETS["fps"])) if bad]
+    gaps += ["over FINN's margin: %s" % line for line in est.check_fit()]
     return {"name": paper_name(board, clock_mhz), "kind": "command", "ours_s": round(wall, 1),
             "gap": "; ".join(gaps) or None,
             "theirs_s": None, "speedup": None, "identical": None, "met": not gaps,
@@ -115,12 +113,12 @@ def paper_command(ctx, board, clock_mhz=None):
                 PAPER_TARGETS["wall_s"], PAPER_TARGETS["peak_rss_mb"], PAPER_TARGETS["fps"]),
             "command": "python -m build_fpga --export <paper export> --board %s --out D --estimate-only%s" % (
                 board, "".join(" " + c for c in clock)), "cpu_s": round(usage.ru_utime + usage.ru_stime, 1),
-            "peak_rss_mb": round(rss), "fps": round(est["fps"]), "ddr_fps": round(ddr["fps"]) if ddr["fps"] else None,
+            "peak_rss_mb": round(rss), "fps": round(est.fps), "ddr_fps": round(est.ddr_fps) if est.ddr_fps else None,
             "streamed_layers": ddr["streamed_layers"], "weight_bytes_per_image": ddr["weight_bytes_per_image"],
-            "ddr_bytes_per_s": ddr["bytes_per_s"], "clock_mhz": est["clock_mhz"],
-            "target_fps": est.get("target_fps"), "lut": est["lut"]["used"], "lut_usable": est["lut"]["usable"],
-            "bram18": est["bram18"]["used"], "bram18_usable": est["bram18"]["usable"], "uram": est["uram"]["used"],
-            "uram_usable": est["uram"]["usable"]}
+            "ddr_bytes_per_s": ddr["bytes_per_s"], "clock_mhz": est.clock_mhz,
+            "target_fps": est.target_fps, "lut": est.lut.used, "lut_usable": est.lut.usable,
+            "bram18": est.bram18.used, "bram18_usable": est.bram18.usable, "uram": est.uram.used,
+            "uram_usable": est.uram.usable}
 
 
 def run(ctx):

@@ -28,7 +28,7 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Dict, Optional, Tuple
 
@@ -39,6 +39,7 @@ from host.manifest import MAX_JSON_BYTES, atomic_dir, check_replaceable, manifes
 
 from . import hardware
 from .config import BuildConfig
+from .estimate import Estimate
 from .finn_env import vivado_available, vivado_requested
 
 BUNDLE_MANIFEST = "manifest.json"
@@ -49,7 +50,7 @@ class BuildResult:
     out: str
     skipped: bool
     hardware: bool  # a bitfile was built
-    estimates: Dict = field(default_factory=dict)
+    estimates: Optional[Estimate] = None  # None when the bundle was up to date
     build_dir: Optional[str] = None  # kept FINN working dir, or None when it was removed
     message: str = ""  # the one line the CLI prints
 
@@ -104,7 +105,6 @@ def build(cfg: BuildConfig, log: Callable[[str], None] = _stderr) -> BuildResult
 def _build(cfg, out, export, export_sha, params, folding_bytes, toolchain, build_dir, keep, headers,
            log) -> BuildResult:
     from . import bundle, report
-    from .estimates import check_fit, fit_refusal, pct
     from .finn_flow import extract_layers, run_flow
     from .folding import SEARCH_FOLDING, search_max_fps
     from .ladder import cppsim_message, cppsim_stage, reference_layers, verify_build
@@ -126,27 +126,27 @@ def _build(cfg, out, export, export_sha, params, folding_bytes, toolchain, build
         if cfg.target_fps is None and folding_bytes is None:
             log("build_fpga: searching the folding with the most img/s within FINN's margins on %s" % board.name)
             est, _ = search_max_fps(onnx, finn_dir, run_cfg, names, log)
-            mode = "folding search (default): %s binds" % est["folding_search"]["binding"]
+            mode = "folding search (default): %s binds" % est.folding_search.binding
             # from here on FINN's folding is the search's file, as with --folding (hardware key, resume)
             run_cfg = replace(run_cfg, folding=os.path.join(finn_dir, SEARCH_FOLDING))
         else:
             mode = "--folding %s" % cfg.folding if folding_bytes is not None else "--target-fps %d" % cfg.target_fps
             log("build_fpga: FINN estimate flow for %s with %s" % (board.name, mode))
             est = run_flow(onnx, finn_dir, run_cfg, names)
-    est["folding_mode"] = mode
-    refusal = fit_refusal(est, out, "file" if folding_bytes is not None else "fps" if cfg.target_fps else "default")
+    est = replace(est, folding_mode=mode)
+    refusal = est.fit_refusal(out, "file" if folding_bytes is not None else "fps" if cfg.target_fps else "default")
     if refusal:
         raise BnnError(refusal)
     ddr_refusal(est, cfg, out)
     log("build_fpga: estimate %.0f img/s, LUT %s, BRAM18 %s, URAM %s, DSP %s with FIFOs, DWCs and IODMAs (%.0f s)"
-        % (est["fps"], pct(est["lut"]), pct(est["bram18"]), pct(est["uram"]), pct(est["dsp"]), time.time() - t0))
-    if "folding_search" in est:
-        log("build_fpga: folding search stopped: %s" % est["folding_search"]["detail"])
-    if est["ddr"]["fps"] is not None:
+        % (est.fps, est.lut.pct(), est.bram18.pct(), est.uram.pct(), est.dsp.pct(), time.time() - t0))
+    if est.folding_search is not None:
+        log("build_fpga: folding search stopped: %s" % est.folding_search.detail)
+    if est.ddr_fps is not None:
         log("build_fpga: %s stream from DDR: %.1f MB per image over %.2f GB/s -> at most %.0f img/s (DDR bound)" % (
-            ", ".join(est["ddr"]["streamed_layers"]), est["ddr"]["weight_bytes_per_image"] / 1e6,
-            est["ddr"]["bytes_per_s"] / 1e9, est["ddr"]["fps"]))
-    for line in check_fit(est):
+            ", ".join(est.ddr["streamed_layers"]), est.ddr["weight_bytes_per_image"] / 1e6,
+            est.ddr["bytes_per_s"] / 1e9, est.ddr_fps))
+    for line in est.check_fit():
         log("build_fpga: warning: %s: over FINN's recommended margin, timing closure may fail" % line)
 
     from qonnx.core.modelwrapper import ModelWrapper
@@ -224,15 +224,15 @@ def _checked_timing(hw_dir, cfg: BuildConfig, out: str, log) -> Dict:
     return timing.to_dict()
 
 
-def ddr_refusal(est: Dict, cfg: BuildConfig, out: str) -> None:
+def ddr_refusal(est: Estimate, cfg: BuildConfig, out: str) -> None:
     """BnnError when the weights streamed from DDR cannot keep up with the --target-fps asked for."""
-    ddr = est["ddr"]
-    if ddr["fps"] is None or cfg.target_fps is None or ddr["fps"] >= cfg.target_fps:
+    ddr = est.ddr
+    if est.ddr_fps is None or cfg.target_fps is None or est.ddr_fps >= cfg.target_fps:
         return
     raise BnnError("%s: the %s cannot keep up with --target-fps %d: streaming %s from DDR moves %.1f MB per image "
                    "over %s (%.2f GB/s), at most %.0f img/s; lower the target, raise --clock-mhz, or use a board "
                    "with more on-chip memory" % (
-                       out, est["board"], cfg.target_fps, ", ".join(ddr["streamed_layers"]),
+                       out, est.board, cfg.target_fps, ", ".join(ddr["streamed_layers"]),
                        (ddr["weight_bytes_per_image"] + ddr["io_bytes_per_image"]) / 1e6, ddr["port"],
                        ddr["bytes_per_s"] / 1e9, ddr["fps"]))
 

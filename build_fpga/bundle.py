@@ -27,6 +27,7 @@ from host.errors import BnnError
 from host.manifest import finalize_manifest, list_files, new_manifest, package_versions
 
 from .bundle_readme import readme
+from .estimate import Estimate
 
 EMULATOR = "emulator.npz"
 ONNX = PC_DIR + "/backbone.onnx"  # only the onnx backend on a PC reads it: the board copy leaves pc/ out
@@ -151,7 +152,7 @@ def copy_runtime(root: str) -> List[str]:
 
 
 def write_bundle(root: str, *, export_dir: str, export: Dict, export_sha: str, params: Dict, board,
-                 emulator: EmulatorArrays, io: Dict, estimates: Dict, hw: Optional[Dict],
+                 emulator: EmulatorArrays, io: Dict, estimates: Estimate, hw: Optional[Dict],
                  build_dir: Optional[str], weight_streams: Sequence[Dict] = ()) -> Dict:
     """Everything but report/ (written before) into ``root``, then manifest.json over all files.
 
@@ -184,8 +185,8 @@ def write_bundle(root: str, *, export_dir: str, export: Dict, export_sha: str, p
                                         "layer": w["layer"]} for w in (hw or {}).get("runtime_weights", [])]
     streamed = ", ".join("%s (%s, %s bytes per image)" % (w["layer"], w["dma"], format(w["data"].size, ","))
                          for w in weight_streams)
-    fit = {r: {"used": estimates[r]["used"], "available": estimates[r]["available"],
-               "margin": estimates[r]["margin"]} for r in ("lut", "ff", "bram18", "uram", "dsp")}
+    fit = {name: {"used": r.used, "available": r.available, "margin": r.margin}
+           for name, r in estimates.resources.items()}
     manifest = new_manifest(
         "build_fpga", BUNDLE_KIND, params=params,
         inputs={"export": {"path": os.path.abspath(export_dir), "sha256": export_sha,
@@ -193,7 +194,7 @@ def write_bundle(root: str, *, export_dir: str, export: Dict, export_sha: str, p
         board=board.name,
         finn_board=board.finn_board,
         part=board.part,
-        clock_mhz=float(estimates["clock_mhz"]),
+        clock_mhz=float(estimates.clock_mhz),
         preset=export["preset"],
         preprocess=dict(export["preprocess"]),
         feature_width=int(export["feature_width"]),
@@ -206,8 +207,8 @@ def write_bundle(root: str, *, export_dir: str, export: Dict, export_sha: str, p
         io=io,
         batch_layout="input NHWC uint8 [N, H, W, 3] (raw RGB bytes, preprocessing applied on the host); "
                      "output [N, feature_width] +-1 features; the first axis of every io shape is the batch",
-        estimates={"fps": estimates["fps"], "latency_cycles": estimates["latency_cycles"],
-                   "target_fps": estimates.get("target_fps"), "folding": estimates.get("folding_mode"), **fit},
+        estimates={"fps": estimates.fps, "latency_cycles": estimates.latency_cycles,
+                   "target_fps": estimates.target_fps, "folding": estimates.folding_mode, **fit},
         weights_memory=_weights_memory(streamed, io["runtime_writeable_weights"]),
         runtime=runtime,
         finn_build_dir=build_dir,
@@ -216,7 +217,7 @@ def write_bundle(root: str, *, export_dir: str, export: Dict, export_sha: str, p
         versions=package_versions("finn-plus", "qonnx", "onnx", "numpy", "torch", "brevitas"),
     )
     with open(os.path.join(root, "README.md"), "w", encoding="utf-8") as f:
-        f.write(readme(manifest, estimates, hw is not None, build_dir, root))
+        f.write(readme(manifest, hw is not None, build_dir, root))
     # Notebooks are meant to be edited in the board's Jupyter (which rewrites them on save): hashing
     # them would turn the first save into a "tampered bundle".
     files = [f for f in list_files(root, exclude=(BUNDLE_MANIFEST,)) if not f.startswith("notebooks/")]

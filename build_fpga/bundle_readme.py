@@ -192,8 +192,8 @@ def _missing_lines(board: str, hardware: bool) -> List[str]:
     ]
 
 
-def readme(manifest: Dict, est: Dict, hardware: bool, build_dir: Optional[str], root: str) -> str:
-    """README.md of the bundle being written in ``root``: ``manifest`` before its hashes, ``est`` the estimates."""
+def readme(manifest: Dict, hardware: bool, build_dir: Optional[str], root: str) -> str:
+    """README.md of the bundle being written in ``root``: ``manifest`` before its hashes."""
     board = manifest["board"]
     folder = "bnn-%s-%s" % (manifest["preset"], board)
     entries = sorted(set(os.listdir(root)) | {"README.md", "manifest.json"})
@@ -229,7 +229,7 @@ def readme(manifest: Dict, est: Dict, hardware: bool, build_dir: Optional[str], 
     lines += [
         "",
         "Estimated throughput: **%s img/s** at %s MHz (see `report/README.md`)." % (
-            format(round(est["fps"]), ","), format(est["clock_mhz"], "g")),
+            format(round(manifest["estimates"]["fps"]), ","), format(manifest["clock_mhz"], "g")),
         "",
     ]
     lines += _board_lines(board, folder, board_part)

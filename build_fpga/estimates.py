@@ -1,6 +1,7 @@
-"""FINN's estimate reports -> our resource dict, and the fit check against a board and its margins.
+"""FINN's estimate reports -> our :class:`~build_fpga.estimate.Estimate` (its ``check_fit`` is the fit check
+against a board and its margins).
 
-The dict counts the layers (FINN's per-node models) and what the hardware build adds around them
+The estimate counts the layers (FINN's per-node models) and what the hardware build adds around them
 (FIFOs, data-width converters, DMAs: :func:`interconnect`); ``used`` is their sum, and the fit check
 uses it. Only the Zynq shell (the processing system's AXI interconnect, clock wizard) is left out.
 """
@@ -16,6 +17,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .boards import RESOURCES, Board
+from .estimate import Estimate, LayerEstimate, Resource
 
 _FINN_RES = {"lut": "LUT", "bram18": "BRAM_18K", "uram": "URAM", "dsp": "DSP"}
 RESOURCE_KEYS = ("lut", "bram18", "uram", "dsp")  # what FINN's analytical models estimate (no FF)
@@ -23,8 +25,9 @@ EXCLUDES = "the Zynq shell (the processing system's AXI interconnect, clock wiza
 
 
 def parse_estimates(report_dir, board: Board, clock_mhz: float, models_dir=None,
-                    layer_names: Optional[Sequence[str]] = None) -> Dict:
-    """FINN's estimate reports -> our estimates dict (the keys issue #5 asks for, and per-layer rows).
+                    layer_names: Optional[Sequence[str]] = None) -> Estimate:
+    """FINN's estimate reports -> our :class:`~build_fpga.estimate.Estimate` (the figures issue #5 asks
+    for, and per-layer rows).
 
     FINN's analytical models have no FF estimate: ``ff.used`` is None (only Vivado HLS's reports,
     step_hw_ipgen, give FFs).
@@ -42,51 +45,55 @@ def parse_estimates(report_dir, board: Board, clock_mhz: float, models_dir=None,
     for name, r in res.items():
         a = attrs.get(name, {})
         p = params.get(name, {})
-        layers.append({
-            "node": name,
-            "op_type": a.get("op_type", name.rsplit("_", 1)[0]),
-            "layer": blocks.get(name),
-            "cycles": int(cycles.get(name, 0)),
-            "lut": int(round(r.get("LUT", 0))),
-            "bram18": int(round(r.get("BRAM_18K", 0))),
-            "uram": int(round(r.get("URAM", 0))),
-            "dsp": int(round(r.get("DSP", 0))),
-            "bram_efficiency": r.get("BRAM_efficiency"),
-            "pe": a.get("PE"),
-            "simd": a.get("SIMD"),
-            "mw": a.get("MW"),
-            "mh": a.get("MH"),
-            "weight_bits": _weight_bits(p),
-            "macs": int(sum(v for k, v in p.items() if k.startswith("op_mac_"))),
-        })
-        if model is not None and layers[-1]["op_type"] == "MVAU_rtl":
+        row = dict(
+            node=name,
+            op_type=a.get("op_type", name.rsplit("_", 1)[0]),
+            layer=blocks.get(name),
+            cycles=int(cycles.get(name, 0)),
+            lut=int(round(r.get("LUT", 0))),
+            bram18=int(round(r.get("BRAM_18K", 0))),
+            uram=int(round(r.get("URAM", 0))),
+            dsp=int(round(r.get("DSP", 0))),
+            bram_efficiency=r.get("BRAM_efficiency"),
+            pe=a.get("PE"),
+            simd=a.get("SIMD"),
+            mw=a.get("MW"),
+            mh=a.get("MH"),
+            weight_bits=_weight_bits(p),
+            macs=int(sum(v for k, v in p.items() if k.startswith("op_mac_"))),
+        )
+        if model is not None and row["op_type"] == "MVAU_rtl":
             from qonnx.custom_op.registry import getCustomOp
 
             fixed = node_resources(getCustomOp(model.get_node_from_name(name)), board.part)
-            layers[-1].update(lut=fixed["lut"], dsp=fixed["dsp"], note=RTL_MVAU_NOTE)
+            row.update(lut=fixed["lut"], dsp=fixed["dsp"], note=RTL_MVAU_NOTE)
+        layers.append(LayerEstimate(**row))
     extra = interconnect(model, board) if model is not None else []
-    out = {
-        "board": board.name,
-        "finn_board": board.finn_board,
-        "part": board.part,
-        "clock_mhz": float(clock_mhz),
-        "fps": float(perf["estimated_throughput_fps"]),
-        "latency_cycles": int(perf["critical_path_cycles"]),
-        "max_cycles": int(perf["max_cycles"]),
-        "bottleneck": perf["max_cycles_node_name"],
-        "latency_ms": float(perf["estimated_latency_ns"]) / 1e6,
-    }
+    resources = {}
     for r in RESOURCES:
-        out[r] = {"used": None, "available": getattr(board, r), "usable": board.usable[r], "margin": board.margins[r]}
-        if r != "ff":
-            in_layers, around = sum(ly[r] for ly in layers), sum(x[r] for x in extra)
-            out[r].update(used=in_layers + around, layers=in_layers, interconnect=around)
-    out["ff"]["note"] = "not estimated: FINN's analytical resource models have no FF term"
-    out["layers"] = layers
-    out["interconnect"] = extra
-    out["weight_bits"] = int(sum(ly["weight_bits"] for ly in layers))
-    out["excludes"] = EXCLUDES
-    return out
+        limits = dict(available=getattr(board, r), usable=board.usable[r], margin=board.margins[r])
+        if r == "ff":
+            resources[r] = Resource(used=None, note="not estimated: FINN's analytical resource models have no FF term",
+                                    **limits)
+        else:
+            in_layers, around = sum(getattr(ly, r) for ly in layers), sum(x[r] for x in extra)
+            resources[r] = Resource(used=in_layers + around, layers=in_layers, interconnect=around, **limits)
+    return Estimate(
+        board=board.name,
+        finn_board=board.finn_board,
+        part=board.part,
+        clock_mhz=float(clock_mhz),
+        fps=float(perf["estimated_throughput_fps"]),
+        latency_cycles=int(perf["critical_path_cycles"]),
+        max_cycles=int(perf["max_cycles"]),
+        bottleneck=perf["max_cycles_node_name"],
+        latency_ms=float(perf["estimated_latency_ns"]) / 1e6,
+        layers=layers,
+        interconnect=extra,
+        weight_bits=int(sum(ly.weight_bits for ly in layers)),
+        excludes=EXCLUDES,
+        **resources,
+    )
 
 
 def _final_model(models_dir):
@@ -307,45 +314,3 @@ def _set_fifo_depths(m) -> None:
             wider = max(fifos, key=lambda f: f.get_instream_width_padded())
             wider.set_nodeattr("depth", SHALLOW_DEPTH)
 
-
-def check_fit(est: Dict, margins: bool = True) -> List[str]:
-    """Violations, one line each ("LUT 41,000 > 37,240 usable (70% of 53,200)"); empty when it fits.
-
-    ``margins=False`` checks against 100% of the board (the hard limit for refusing a build).
-    """
-    bad = []
-    for r in RESOURCES:
-        used = est[r]["used"]
-        if used is None:
-            continue
-        limit = est[r]["usable"] if margins else est[r]["available"]
-        if used > limit:
-            what = "available"
-            if margins:
-                what = "usable (%d%% of %s)" % (round(est[r]["margin"] * 100), format(est[r]["available"], ","))
-            bad.append("%s %s > %s %s" % (r.upper(), format(used, ","), format(limit, ","), what))
-    return bad
-
-
-def fit_refusal(est: Dict, out: str, mode: str) -> Optional[str]:
-    """One line when the estimate exceeds 100% of a resource (the build is refused), else None.
-
-    ``mode``: how the folding was chosen ("default" search, "fps" target, folding "file"), for the hint.
-    """
-    if not check_fit(est, margins=False):
-        return None
-    r = next(k for k in ("lut", "bram18", "uram", "dsp") if est[k]["used"] is not None
-             and est[k]["used"] > est[k]["available"])
-    pct = 100.0 * est[r]["used"] / est[r]["available"] if est[r]["available"] else float("inf")
-    hint = {"default": "even FINN's smallest folding is too big: use a smaller preset or a larger board",
-            "fps": "use a lower --target-fps or a smaller preset",
-            "file": "lower PE/SIMD in the folding file, or use a smaller preset"}[mode]
-    return ("%s: the design does not fit the %s at %.0f img/s: %s needs %s of %s (%.0f%%); %s"
-            % (out, est["board"], est["fps"], r.upper(), format(est[r]["used"], ","),
-               format(est[r]["available"], ","), pct, hint))
-
-
-def pct(r: Dict) -> str:
-    if r["used"] is None:
-        return "n/a"
-    return "%s (%.1f%%)" % (format(r["used"], ","), 100.0 * r["used"] / r["available"] if r["available"] else 0)

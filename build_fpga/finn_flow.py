@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
@@ -25,6 +26,7 @@ from host.errors import BnnError
 
 from .boards import Board
 from .config import BuildConfig
+from .estimate import Estimate
 from .estimates import ddr_estimate, parse_estimates
 from .finn_env import contained_build_logging, finn_session
 from .steps import flow_steps
@@ -138,17 +140,15 @@ def _libc():
 
 
 def _estimates(out_dir: Path, cfg: BuildConfig, board: Board, wall: float,
-               layer_names: Optional[Sequence[str]]) -> Dict:
+               layer_names: Optional[Sequence[str]]) -> Estimate:
     clock = cfg.clock()
     est = parse_estimates(out_dir / "report", board, clock, out_dir / "intermediate_models", layer_names)
-    est["ddr"] = ddr_estimate(out_dir / "report", board, clock)
-    est["target_fps"] = cfg.target_fps
-    est["run"] = {"wall_s": round(wall, 2), "peak_rss_mb": peak_rss_mb(), "config": cfg.finn_dict()}
-    return est
+    return replace(est, ddr=ddr_estimate(out_dir / "report", board, clock), target_fps=cfg.target_fps,
+                   run={"wall_s": round(wall, 2), "peak_rss_mb": peak_rss_mb(), "config": cfg.finn_dict()})
 
 
 def run_flow(model_path, out_dir, cfg: BuildConfig, layer_names: Optional[Sequence[str]] = None,
-             build_dir=None) -> Dict:
+             build_dir=None) -> Estimate:
     """Run FINN to its estimate reports (and HW code generation with ``cfg.hw_codegen``); return
     :func:`build_fpga.estimates.parse_estimates`.
 
@@ -163,7 +163,7 @@ def run_flow(model_path, out_dir, cfg: BuildConfig, layer_names: Optional[Sequen
     return _estimates(out_dir, cfg, board, wall, layer_names)
 
 
-def refold(out_dir, cfg: BuildConfig, layer_names: Optional[Sequence[str]] = None, build_dir=None) -> Dict:
+def refold(out_dir, cfg: BuildConfig, layer_names: Optional[Sequence[str]] = None, build_dir=None) -> Estimate:
     """Re-run only folding -> estimates on a finished :func:`run_flow` output dir (seconds, not minutes).
 
     Uses FINN's ``start_step`` resume from the model before folding (after the weight memory plan,

@@ -33,7 +33,8 @@ import numpy as np
 
 from .boards import Board
 from .config import BuildConfig
-from .estimates import RESOURCE_KEYS, check_fit, interconnect, node_resources, pct
+from .estimate import Estimate, FoldingSearch
+from .estimates import RESOURCE_KEYS, interconnect, node_resources
 from .finn_flow import refold, run_flow
 
 SEARCH_FOLDING = "search_folding_config.json"  # in the FINN output dir
@@ -249,7 +250,7 @@ def folding_config(model, names: Optional[Sequence[str]] = None) -> Dict:
 
 
 def search_max_fps(onnx: str, finn_dir: str, cfg: BuildConfig, layer_names: Optional[Sequence[str]] = None,
-                   log: Callable[[str], None] = lambda s: None) -> Tuple[Dict, List[Dict]]:
+                   log: Callable[[str], None] = lambda s: None) -> Tuple[Estimate, List[Dict]]:
     """The default folding of ``python -m build_fpga``: FINN's estimate flow at its smallest folding,
     :func:`search` on the resulting graph, and FINN refolded with the folding found (so the reports
     are FINN's own). Returns (the estimates, with ``folding_search`` added; the search's steps)."""
@@ -257,7 +258,7 @@ def search_max_fps(onnx: str, finn_dir: str, cfg: BuildConfig, layer_names: Opti
 
     board = cfg.target
     first = run_flow(onnx, finn_dir, replace(cfg, target_fps=None, folding=None, hw_codegen=False), layer_names)
-    if first["ddr"]["fps"] is not None:
+    if first.ddr_fps is not None:
         return search_ddr_bound(finn_dir, cfg, layer_names, log)
     model = ModelWrapper(os.path.join(finn_dir, "intermediate_models", "step_generate_estimate_reports.onnx"))
     found = search(model, board, cfg.clock(), log)
@@ -265,16 +266,16 @@ def search_max_fps(onnx: str, finn_dir: str, cfg: BuildConfig, layer_names: Opti
     with open(path, "w", encoding="utf-8") as f:
         json.dump(found.config, f, indent=2)
     est = refold(finn_dir, replace(cfg, target_fps=None, folding=path), layer_names)
-    est["folding_search"] = {"binding": found.binding, "detail": found.binding_detail, "steps": len(found.steps),
-                             "fps": round(found.fps, 1)}
-    return est, found.steps
+    search_end = FoldingSearch(binding=found.binding, detail=found.binding_detail, steps=len(found.steps),
+                               fps=round(found.fps, 1))
+    return replace(est, folding_search=search_end), found.steps
 
 
 DDR_TARGETS = (250, 500, 1000, 2000, 4000, 8000)  # FINN target fps walked by search_ddr_bound
 
 
 def search_ddr_bound(finn_dir: str, cfg: BuildConfig, layer_names: Optional[Sequence[str]] = None,
-                     log: Callable[[str], None] = lambda s: None) -> Tuple[Dict, List[Dict]]:
+                     log: Callable[[str], None] = lambda s: None) -> Tuple[Estimate, List[Dict]]:
     """The folding of a design whose weights partly stream from DDR, on a finished :func:`run_flow` dir.
 
     Refolds with FINN's SetFolding at rising targets (:data:`DDR_TARGETS`) until an estimate leaves the
@@ -285,21 +286,21 @@ def search_ddr_bound(finn_dir: str, cfg: BuildConfig, layer_names: Optional[Sequ
     from .steps import FOLDING_CONFIG
 
     rows: List[Dict] = []
-    ests: List[Dict] = []
+    ests: List[Estimate] = []
 
     def estimate(fps):
         est = refold(finn_dir, replace(cfg, target_fps=fps, folding=None, hw_codegen=False), layer_names)
         rows.append(sweep_row(fps, est))
         ests.append(est)
         log("build_fpga:   target %6d img/s -> %8.0f img/s (DDR bound %.0f), LUT %s, BRAM18 %s, URAM %s%s" % (
-            fps, est["fps"], est["ddr"]["fps"], pct(est["lut"]), pct(est["bram18"]), pct(est["uram"]),
+            fps, est.fps, est.ddr_fps, est.lut.pct(), est.bram18.pct(), est.uram.pct(),
             "" if rows[-1]["fits_margins"] else "  (over)"))
         return est
 
     over = []
     for fps in DDR_TARGETS:
         est = estimate(fps)
-        over = check_fit(est)
+        over = est.check_fit()
         if over:
             if any(r["fits_margins"] for r in rows):
                 break
@@ -307,9 +308,9 @@ def search_ddr_bound(finn_dir: str, cfg: BuildConfig, layer_names: Optional[Sequ
             # weight memories, which pack worse into URAM (72 bits wide) and leave more in BRAM (the paper
             # preset on the ZCU104 at 150 MHz: 1,214 BRAM18 at target 250).
             continue
-        if est["fps"] >= est["ddr"]["fps"]:
-            if int(est["ddr"]["fps"]) + 1 < fps:
-                estimate(int(est["ddr"]["fps"]) + 1)
+        if est.fps >= est.ddr_fps:
+            if int(est.ddr_fps) + 1 < fps:
+                estimate(int(est.ddr_fps) + 1)
             break
     best = pick_best(rows)
     best["chosen"] = True
@@ -321,17 +322,16 @@ def search_ddr_bound(finn_dir: str, cfg: BuildConfig, layer_names: Optional[Sequ
         folding = f.read()
     with open(os.path.join(finn_dir, SEARCH_FOLDING), "w", encoding="utf-8") as f:
         f.write(folding)
-    ddr = est["ddr"]
+    ddr = est.ddr
     if best["fps"] >= best["ddr_fps"]:
         binding, detail = "ddr", "the DDR bound: %s stream %.1f MB per image over %s (%.0f img/s)" % (
             ", ".join(ddr["streamed_layers"]), ddr["weight_bytes_per_image"] / 1e6, ddr["port"], ddr["fps"])
     elif over:
         binding, detail = over[0].split()[0].lower(), "the next target needs %s" % over[0]
     else:
-        binding, detail = "parallelism", "FINN's SetFolding reached %.0f img/s at its highest target" % est["fps"]
-    est["folding_search"] = {"binding": binding, "detail": detail, "steps": len(rows),
-                             "fps": best["fps_effective"]}
-    return est, rows
+        binding, detail = "parallelism", "FINN's SetFolding reached %.0f img/s at its highest target" % est.fps
+    search_end = FoldingSearch(binding=binding, detail=detail, steps=len(rows), fps=best["fps_effective"])
+    return replace(est, folding_search=search_end), rows
 
 
 def pick_best(rows: List[Dict]) -> Dict:
@@ -349,13 +349,12 @@ def pick_best(rows: List[Dict]) -> Dict:
     return max(fitting, key=lambda r: (floor if r in at_ddr else r["fps_effective"], -r["target_fps"]))
 
 
-def sweep_row(target_fps: int, est: Dict) -> Dict:
+def sweep_row(target_fps: int, est: Estimate) -> Dict:
     """One target of :func:`search_ddr_bound`: FINN's estimate, the DDR bound, the lower of the two, fit."""
-    ddr_fps = est["ddr"]["fps"]
-    effective = float(est["fps"]) if ddr_fps is None else min(float(est["fps"]), ddr_fps)
-    row = {"target_fps": int(target_fps), "fps": round(float(est["fps"]), 1), "bottleneck": est["bottleneck"],
-           "ddr_fps": None if ddr_fps is None else round(ddr_fps, 1), "fps_effective": round(effective, 1),
-           "fits_margins": not check_fit(est), "fits_board": not check_fit(est, margins=False), "chosen": False}
-    for r in ("lut", "bram18", "uram", "dsp"):
-        row[r] = est[r]["used"]
+    ddr_fps = est.ddr_fps
+    row = {"target_fps": int(target_fps), "fps": round(float(est.fps), 1), "bottleneck": est.bottleneck,
+           "ddr_fps": None if ddr_fps is None else round(ddr_fps, 1), "fps_effective": round(est.effective_fps, 1),
+           "fits_margins": not est.check_fit(), "fits_board": not est.check_fit(margins=False), "chosen": False}
+    for r in RESOURCE_KEYS:
+        row[r] = getattr(est, r).used
     return row

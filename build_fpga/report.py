@@ -19,49 +19,38 @@ from host.atomic import write_json_atomic
 from host.manifest import read_json
 from host.report import PNG_METADATA
 
-RESOURCES = ("lut", "ff", "bram18", "uram", "dsp")
+from .estimate import Estimate
+from .estimates import RESOURCE_KEYS
+
 _LABEL = {"lut": "LUT", "ff": "FF", "bram18": "BRAM18", "uram": "URAM", "dsp": "DSP"}
 # FINN's reports worth keeping (the intermediate models are not: 100+ MB for z2).
 FINN_REPORTS = (".json", ".rpt", ".log", ".txt")
 
 
-def fit_rows(est: Dict) -> List[Dict]:
-    """One row per resource: used, available, % of the board, FINN's margin and whether it is kept."""
-    rows = []
-    for r in RESOURCES:
-        e = est[r]
-        used, avail = e["used"], e["available"]
-        pct = None if used is None or not avail else 100.0 * used / avail
-        rows.append({"resource": r, "used": used, "available": avail, "percent": pct, "margin": e["margin"],
-                     "usable": e["usable"], "within_margin": None if used is None else used <= e["usable"],
-                     "within_board": None if used is None else used <= avail})
-    return rows
-
-
-def estimates_json(est: Dict, bitexact: Dict) -> Dict:
-    out = {k: v for k, v in est.items() if k != "run"}
-    out["fit"] = {row["resource"]: {k: row[k] for k in ("percent", "within_margin", "within_board")}
-                  for row in fit_rows(est)}
+def estimates_json(est: Estimate, bitexact: Dict) -> Dict:
+    out = est.to_dict()
+    out["fit"] = {name: {"percent": r.percent, "within_margin": r.within_margin, "within_board": r.within_board}
+                  for name, r in est.resources.items()}
     notes = [
         "ff.used is null: FINN's analytical resource models have no flip-flop estimate (only Vivado's HLS "
         "and synthesis reports do); no number is invented here",
         "used counts the layers and the FIFOs, data-width converters and DMAs the hardware build adds "
         "(interconnect rows; FIFO depths and DMA cost by our rule, build_fpga/estimates.py); it excludes "
-        + est["excludes"],
+        + est.excludes,
         "fps is the clock divided by the cycles of the slowest node (%s: %s cycles)" % (
-            est["bottleneck"], format(est["max_cycles"], ",")),
+            est.bottleneck, format(est.max_cycles, ",")),
     ]
-    over = [row for row in fit_rows(est) if row["within_margin"] is False]
-    for row in over:
-        notes.append("%s %.1f%% exceeds FINN's recommended %d%% (timing closure may fail)" % (
-            _LABEL[row["resource"]], row["percent"], round(row["margin"] * 100)))
+    for name, r in est.resources.items():
+        if r.within_margin is False:
+            notes.append("%s %.1f%% exceeds FINN's recommended %d%% (timing closure may fail)" % (
+                _LABEL[name], r.percent, round(r.margin * 100)))
     out["notes"] = notes
     out["bitexact"] = {k: v.get("mismatched_bits") for k, v in bitexact.get("stages", {}).items()}
-    out["run"] = {"wall_s": est.get("run", {}).get("wall_s")}
+    out["run"] = {"wall_s": (est.run or {}).get("wall_s")}  # the rest of the run (peak RSS, config) varies
     return out
 
 
-def write_report(report_dir: str, est: Dict, finn_dir: str, *, board, export: Dict, bitexact: Dict,
+def write_report(report_dir: str, est: Estimate, finn_dir: str, *, board, export: Dict, bitexact: Dict,
                  folding_file: str, hardware: bool) -> Dict:
     """Write report/ into a fresh directory; returns the estimates.json content."""
     os.makedirs(report_dir)
@@ -96,56 +85,54 @@ def _p(v) -> str:
     return "n/a" if v is None else "%.1f%%" % v
 
 
-def fit_table(est: Dict) -> List[str]:
+def fit_table(est: Estimate) -> List[str]:
     lines = ["| resource | used | available | of the board | FINN margin | usable | fits |",
              "|---|---:|---:|---:|---:|---:|---|"]
-    for row in fit_rows(est):
-        if row["used"] is None:
+    for name, r in est.resources.items():
+        if r.used is None:
             fits = "not estimated by FINN"
-        elif not row["within_board"]:
+        elif not r.within_board:
             fits = "**no: over 100%**"
-        elif not row["within_margin"]:
+        elif not r.within_margin:
             fits = "over the margin"
         else:
             fits = "yes"
         lines.append("| %s | %s | %s | %s | %d%% | %s | %s |" % (
-            _LABEL[row["resource"]], _n(row["used"]), _n(row["available"]), _p(row["percent"]),
-            round(row["margin"] * 100), _n(row["usable"]), fits))
+            _LABEL[name], _n(r.used), _n(r.available), _p(r.percent), round(r.margin * 100), _n(r.usable), fits))
     return lines
 
 
-def layer_table(est: Dict) -> List[str]:
+def layer_table(est: Estimate) -> List[str]:
     lines = ["| layer | FINN node | PE | SIMD | cycles | LUT | BRAM18 | URAM | DSP | weight bits |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for ly in est["layers"]:
+    for ly in est.layers:
         lines.append("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
-            ly.get("layer") or "", ly["node"], ly.get("pe") or "", ly.get("simd") or "", _n(ly["cycles"]),
-            _n(ly["lut"]), _n(ly["bram18"]), _n(ly["uram"]), _n(ly["dsp"]),
-            _n(ly["weight_bits"]) if ly.get("weight_bits") else ""))
+            ly.layer or "", ly.node, ly.pe or "", ly.simd or "", _n(ly.cycles), _n(ly.lut), _n(ly.bram18),
+            _n(ly.uram), _n(ly.dsp), _n(ly.weight_bits) if ly.weight_bits else ""))
     return lines
 
 
-def parts_table(est: Dict) -> List[str]:
+def parts_table(est: Estimate) -> List[str]:
     """Layers, then what the hardware build adds (FIFOs, width converters, DMAs), then the total."""
     kinds = (("fifo", "FIFOs"), ("dwc", "data-width converters"), ("iodma", "IODMAs (our allowance)"))
     lines = ["| part | count | LUT | BRAM18 | URAM | DSP |", "|---|---:|---:|---:|---:|---:|"]
-    rows = [("layers (FINN's estimates)", len(est["layers"]), {r: est[r]["layers"] for r in ("lut", "bram18",
-                                                                                          "uram", "dsp")})]
+    res = est.resources
+    rows = [("layers (FINN's estimates)", len(est.layers), {r: res[r].layers for r in RESOURCE_KEYS})]
     for kind, label in kinds:
-        items = [x for x in est["interconnect"] if x["kind"] == kind]
-        rows.append((label, len(items), {r: sum(x[r] for x in items) for r in ("lut", "bram18", "uram", "dsp")}))
-    rows.append(("**total (fit check)**", "", {r: est[r]["used"] for r in ("lut", "bram18", "uram", "dsp")}))
+        items = [x for x in est.interconnect if x["kind"] == kind]
+        rows.append((label, len(items), {r: sum(x[r] for x in items) for r in RESOURCE_KEYS}))
+    rows.append(("**total (fit check)**", "", {r: res[r].used for r in RESOURCE_KEYS}))
     for label, count, res in rows:
         lines.append("| %s | %s | %s | %s | %s | %s |" % (label, count, _n(res["lut"]), _n(res["bram18"]),
                                                       _n(res["uram"]), _n(res["dsp"])))
     return lines
 
 
-def tradeoff(est: Dict, export: Dict, board) -> List[str]:
+def tradeoff(est: Estimate, export: Dict, board) -> List[str]:
     """Accuracy vs fps vs resources for this preset on this board, from what the build knows."""
     spec = export.get("preset_spec", {})
     size = export["preprocess"]["input_size"]
-    mbit = est.get("weight_bits", 0) / 1e6
+    mbit = est.weight_bits / 1e6
     lines = ["## Trade-off: accuracy, throughput, resources", ""]
     lines.append("Preset `%s`: %dx%d input, convs %s, FC %s, %.2f Mbit of stored weights; %s features." % (
         export["preset"], size, size, "-".join(str(c["out_channels"]) for c in spec.get("convs", [])) or "?",
@@ -154,13 +141,13 @@ def tradeoff(est: Dict, export: Dict, board) -> List[str]:
     lines.append("")
     lines.append(acc if acc else "Accuracy: not recorded with this export (see the training run's run.json; "
                  "`python -m train table2` makes the paper's Table 2 comparison).")
-    search = est.get("folding_search")
-    if search:
+    search = est.folding_search
+    if search is not None:
         lines += ["", "Throughput vs resources on the %s: the folding search (most img/s within FINN's margins on "
                   "every resource, FIFOs, width converters and DMAs counted) reached %s img/s; it stopped because "
-                  "%s. %s binds." % (board.name, _n(est["fps"]), search["detail"],
-                                     "Parallelism" if search["binding"] == "parallelism" else
-                                     _LABEL.get(search["binding"], search["binding"]))]
+                  "%s. %s binds." % (board.name, _n(est.fps), search.detail,
+                                     "Parallelism" if search.binding == "parallelism" else
+                                     _LABEL.get(search.binding, search.binding))]
     lines.append("Accuracy does not change with the folding (the host head runs in software either way): only "
                  "the preset (input size, widths) moves accuracy, at the cost of LUTs and of BRAM for fc1's "
                  "weights.")
@@ -194,10 +181,10 @@ def _pretrain_accuracy(export: Dict) -> Optional[str]:
         return None
 
 
-def weight_memory(est: Dict) -> List[str]:
+def weight_memory(est: Estimate) -> List[str]:
     """Where the weights live, and the DDR bound on img/s when some stream from DDR."""
-    ddr = est["ddr"]
-    if ddr["fps"] is None:
+    ddr = est.ddr
+    if est.ddr_fps is None:
         return ["Weights: all on chip (no layer streams its weights from DDR)."]
     peak = ("; the DDR's own peak is %.1f GB/s (%s)" % (ddr["ddr_bytes_per_s"] / 1e9, ddr["ddr_source"])
             if ddr["ddr_bytes_per_s"] else "; %s" % ddr["ddr_source"])
@@ -208,24 +195,24 @@ def weight_memory(est: Dict) -> List[str]:
         "",
         "| bound | img/s | from |",
         "|---|---|---|",
-        "| compute (FINN's estimate) | %s | slowest node %s |" % (_n(est["fps"]), est["bottleneck"]),
+        "| compute (FINN's estimate) | %s | slowest node %s |" % (_n(est.fps), est.bottleneck),
         "| DDR | %s | %s bytes of weights + %s bytes of image and features per image over %s = %.2f GB/s%s |" % (
             _n(ddr["fps"]), _n(ddr["weight_bytes_per_image"]), _n(ddr["io_bytes_per_image"]), ddr["port"],
             ddr["bytes_per_s"] / 1e9, peak),
         "",
-        "Expected throughput: the lower of the two, **%s img/s**." % _n(min(est["fps"], ddr["fps"])),
+        "Expected throughput: the lower of the two, **%s img/s**." % _n(est.effective_fps),
     ]
 
 
-def readme(est: Dict, *, board, export: Dict, bitexact: Dict, hardware: bool) -> str:
-    fold = est.get("folding_mode", "")
+def readme(est: Estimate, *, board, export: Dict, bitexact: Dict, hardware: bool) -> str:
+    fold = est.folding_mode or ""
     lines = [
         "# FINN estimates: `%s` preset on %s (%s, %s MHz)" % (export["preset"], board.name, board.part,
-                                                               format(est["clock_mhz"], "g")),
+                                                               format(est.clock_mhz, "g")),
         "",
         "- estimated throughput: **%s img/s** (slowest node %s: %s cycles per image)" % (
-            _n(est["fps"]), est["bottleneck"], _n(est["max_cycles"])),
-        "- latency: %s cycles (%.2f ms)" % (_n(est["latency_cycles"]), est["latency_ms"]),
+            _n(est.fps), est.bottleneck, _n(est.max_cycles)),
+        "- latency: %s cycles (%.2f ms)" % (_n(est.latency_cycles), est.latency_ms),
         "- folding: %s; `folding_config.json` is FINN's folding config of this build: edit PE/SIMD and pass it "
         "back with `--folding`" % fold,
         "- %s" % ("synthesized with Vivado: see `finn/post_synth_resources.json` for measured resources"
@@ -238,7 +225,7 @@ def readme(est: Dict, *, board, export: Dict, bitexact: Dict, hardware: bool) ->
     lines += [""] + weight_memory(est)
     lines += ["", "FINN's margins are `finn.util.platforms.DEFAULT_RES_LIMITS` (Xilinx's recommended limits for "
               "timing closure). FF: FINN has no flip-flop estimate. Counted: the layers and what the hardware "
-              "build adds around them (below); not counted: %s." % est["excludes"], ""]
+              "build adds around them (below); not counted: %s." % est.excludes, ""]
     lines += ["## Layers, FIFOs, width converters, DMAs", ""]
     lines += parts_table(est)
     lines += ["", "FIFO and width-converter costs are FINN's own models on the nodes FINN's InsertDWC/InsertFIFO/"
@@ -283,22 +270,22 @@ def cppsim_section(rung: Dict) -> List[str]:
 # ---------------------------------------------------------------------------------------- chart
 
 
-def _per_layer(est: Dict) -> List[Dict]:
+def _per_layer(est: Estimate) -> List[Dict]:
     """Per backbone layer (conv1..fc2): cycles of its slowest node, summed LUT and BRAM18."""
     order, acc = [], {}
-    for ly in est["layers"]:
-        key = ly.get("layer") or ly["node"]
+    for ly in est.layers:
+        key = ly.layer or ly.node
         if key not in acc:
             order.append(key)
             acc[key] = {"layer": key, "cycles": 0, "lut": 0, "bram18": 0}
         a = acc[key]
-        a["cycles"] = max(a["cycles"], ly["cycles"])
-        a["lut"] += ly["lut"]
-        a["bram18"] += ly["bram18"]
+        a["cycles"] = max(a["cycles"], ly.cycles)
+        a["lut"] += ly.lut
+        a["bram18"] += ly.bram18
     return [acc[k] for k in order]
 
 
-def plot_layers(est: Dict, path: str) -> None:
+def plot_layers(est: Estimate, path: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -307,7 +294,7 @@ def plot_layers(est: Dict, path: str) -> None:
     rows = _per_layer(est)
     names = [r["layer"] for r in rows]
     fig, axes = plt.subplots(1, 3, figsize=(13, 0.45 * len(rows) + 1.8), sharey=True)
-    panels = [("cycles", "cycles per image (slowest node)", est["max_cycles"]),
+    panels = [("cycles", "cycles per image (slowest node)", est.max_cycles),
               ("lut", "LUT", None), ("bram18", "BRAM18", None)]
     for ax, (key, title, line) in zip(axes, panels):
         vals = [r[key] for r in rows]
@@ -320,7 +307,7 @@ def plot_layers(est: Dict, path: str) -> None:
         ax.margins(x=0.25)
     axes[0].invert_yaxis()  # shared y axis: conv1 on top, in dataflow order
     fig.suptitle("%s: %s img/s, LUT %s, BRAM18 %s (FINN estimates, dashed: slowest node)" % (
-        est["board"], _n(est["fps"]), _n(est["lut"]["used"]), _n(est["bram18"]["used"])), fontsize=11)
+        est.board, _n(est.fps), _n(est.lut.used), _n(est.bram18.used)), fontsize=11)
     fig.tight_layout()
     tmp = path + ".tmp.png"
     fig.savefig(tmp, dpi=110, metadata=PNG_METADATA)

@@ -7,8 +7,6 @@ import pytest
 
 from build_fpga.bundle_readme import PYNQ_IMAGES, readme
 
-EST = {"fps": 1234.4, "clock_mhz": 100.0}
-
 
 def _bundle(root, notebooks):
     """The files of a bundle as write_bundle has them when it writes the README."""
@@ -27,16 +25,17 @@ def _bundle(root, notebooks):
 
 def _manifest(board):
     return {"board": board, "preset": "tiny", "part": "xc7z020clg400-1", "clock_mhz": 100.0, "feature_width": 256,
-            "preprocess": {"input_size": 32, "resize_longest": 36}}
+            "preprocess": {"input_size": 32, "resize_longest": 36}, "estimates": {"fps": 1234.4}}
 
 
 def test_readme_copies_the_board_part_and_lists_the_bundled_notebooks(tmp_path):
     root = str(tmp_path / "pynq-z2")
     notebooks = {"teach.ipynb": "Teach the board live", "zz_new.ipynb": "A notebook added later"}
     _bundle(root, notebooks)
-    text = readme(_manifest("pynq-z2"), EST, False, None, root)
+    text = readme(_manifest("pynq-z2"), False, None, root)
     lines = text.splitlines()
     dest = "/home/xilinx/jupyter_notebooks/bnn-tiny-pynq-z2"
+    assert "Estimated throughput: **1,234 img/s** at 100 MHz (see `report/README.md`)." in lines  # the manifest's
     assert "ssh xilinx@<board-ip> mkdir -p %s" % dest in lines
     assert "scp -r README.md emulator.npz host manifest.json notebooks report xilinx@<board-ip>:%s/" % dest in lines
     assert "| `pc/` | `backbone.onnx` (2.5 MB): the QONNX graph" in text and "rsync -a --exclude pc/" in text
@@ -57,6 +56,6 @@ def test_readme_copies_the_board_part_and_lists_the_bundled_notebooks(tmp_path):
 def test_readme_has_the_notes_of_its_board(tmp_path, board, note):
     root = str(tmp_path / board)
     _bundle(root, {})
-    text = readme(_manifest(board), EST, True, None, root)
+    text = readme(_manifest(board), True, None, root)
     assert note in text and "(this bundle carries no notebooks)" in text
     assert "the copy left out `bitfile/`" in text and "## Building the bitstream" not in text

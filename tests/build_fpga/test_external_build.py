@@ -7,6 +7,7 @@ is refused with one line naming the layer. The paper preset's own estimate is `p
 import json
 import os
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -90,13 +91,16 @@ def test_a_folding_that_streams_a_conv_layer_is_refused(export):
 
 
 def test_a_target_above_the_ddr_bound_is_refused():
+    from test_flow import fake_estimate
+
+    from build_fpga.boards import get_board
     from build_fpga.build import ddr_refusal
     from build_fpga.config import BuildConfig
     from host.errors import BnnError
 
-    est = {"board": "kv260", "ddr": {"fps": 232.6, "streamed_layers": ["fc1", "fc2"],
-                                     "weight_bytes_per_image": 6815744, "io_bytes_per_image": 151040,
-                                     "port": "128-bit S_AXI_HP0 at 100 MHz", "bytes_per_s": 1.6e9}}
+    est = replace(fake_estimate(get_board("kv260")), ddr={
+        "fps": 232.6, "streamed_layers": ["fc1", "fc2"], "weight_bytes_per_image": 6815744,
+        "io_bytes_per_image": 151040, "port": "128-bit S_AXI_HP0 at 100 MHz", "bytes_per_s": 1.6e9})
     ddr_refusal(est, BuildConfig(target_fps=200), "D")
     ddr_refusal(est, BuildConfig(), "D")
     with pytest.raises(BnnError, match=r"^D: the kv260 cannot keep up with --target-fps 300: streaming fc1, fc2 "

@@ -163,20 +163,31 @@ def make_standin(preset, tmp_path, n_images=6, seed=0, ties=True):
 # ---------------------------------------------------------------- tests
 
 
+def fake_estimate(board, **used):
+    """An Estimate against ``board``'s resources: ``used`` per resource (0 where not given; FF not estimated)."""
+    from build_fpga.boards import RESOURCES
+    from build_fpga.estimate import Estimate, Resource
+
+    res = {r: Resource(used=None if r == "ff" else used.get(r, 0), available=board.totals[r], usable=board.usable[r],
+                       margin=board.margins[r]) for r in RESOURCES}
+    return Estimate(board=board.name, finn_board=board.finn_board, part=board.part, clock_mhz=100.0, fps=1000.0,
+                    latency_cycles=0, max_cycles=0, bottleneck="", latency_ms=0.0, layers=[], interconnect=[],
+                    weight_bits=0, excludes="", **res)
+
+
 def test_fit_check_messages():
     from build_fpga.boards import get_board
-    from build_fpga.estimates import check_fit
 
     b = get_board("pynq-z2")
-    est = {r: {"used": 0, "available": b.totals[r], "usable": b.usable[r], "margin": b.margins[r]}
-           for r in ("lut", "ff", "bram18", "uram", "dsp")}
-    est["ff"]["used"] = None
-    assert check_fit(est) == []
-    est["lut"]["used"], est["bram18"]["used"] = 40000, 200
-    assert check_fit(est) == ["LUT 40,000 > 37,240 usable (70% of 53,200)"]
-    assert check_fit(est, margins=False) == []
-    est["bram18"]["used"] = 281
-    assert check_fit(est, margins=False) == ["BRAM18 281 > 280 available"]
+    assert fake_estimate(b).check_fit() == [] and fake_estimate(b).fit_refusal("deploy", "fps") is None
+    est = fake_estimate(b, lut=40000, bram18=200)
+    assert est.check_fit() == ["LUT 40,000 > 37,240 usable (70% of 53,200)"]
+    assert est.check_fit(margins=False) == [] and est.fit_refusal("deploy", "fps") is None
+    est = fake_estimate(b, lut=40000, bram18=281)
+    assert est.check_fit(margins=False) == ["BRAM18 281 > 280 available"]
+    assert est.fit_refusal("deploy", "fps") == (
+        "deploy: the design does not fit the pynq-z2 at 1000 img/s: BRAM18 needs 281 of 280 (100%); use a lower "
+        "--target-fps or a smaller preset")
 
 
 def test_boards_come_from_finn():
@@ -222,7 +233,6 @@ def test_tiny_estimates_and_bitexact_ladder(tmp_path):
     from qonnx.core.modelwrapper import ModelWrapper
 
     from build_fpga.config import BuildConfig
-    from build_fpga.estimates import check_fit
     from build_fpga.finn_flow import run_flow
     from build_fpga.ladder import execute_batch
     from build_fpga.transforms import Despecialize
@@ -235,22 +245,18 @@ def test_tiny_estimates_and_bitexact_ladder(tmp_path):
 
     out = tmp_path / "build"
     est = run_flow(path, out, BuildConfig(board="pynq-z2", target_fps=1000), LAYER_NAMES)
-    for key in ("board", "part", "clock_mhz", "fps", "latency_cycles", "layers"):
-        assert key in est
-    for r in ("lut", "ff", "bram18", "dsp", "uram"):
-        assert set(est[r]) >= {"used", "available"}
-    assert est["board"] == "pynq-z2" and est["part"] == "xc7z020clg400-1" and est["clock_mhz"] == 100.0
-    assert 1000 <= est["fps"] < 5000
-    assert est["latency_cycles"] > est["max_cycles"] > 0
-    assert 2000 < est["lut"]["used"] < 37240 and 0 < est["bram18"]["used"] <= 224
-    assert est["ff"]["used"] is None and est["ff"]["available"] == 106400
-    assert check_fit(est) == []
-    mvaus = [ly for ly in est["layers"] if ly["op_type"].startswith("MVAU")]
-    assert [ly["layer"] for ly in mvaus] == LAYER_NAMES
-    assert [ly["layer"] for ly in est["layers"] if ly["op_type"].startswith("Pool")] == ["conv1", "conv2"]
-    assert est["layers"][0]["op_type"] == "FMPadding_rtl" and est["layers"][0]["layer"] == "conv1"
-    assert max(ly["cycles"] for ly in est["layers"]) == est["max_cycles"]
-    assert sum(ly["lut"] for ly in est["layers"]) == est["lut"]["layers"] < est["lut"]["used"]
+    assert est.board == "pynq-z2" and est.part == "xc7z020clg400-1" and est.clock_mhz == 100.0
+    assert 1000 <= est.fps < 5000
+    assert est.latency_cycles > est.max_cycles > 0
+    assert 2000 < est.lut.used < 37240 and 0 < est.bram18.used <= 224
+    assert est.ff.used is None and est.ff.available == 106400
+    assert est.check_fit() == []
+    mvaus = [ly for ly in est.layers if ly.op_type.startswith("MVAU")]
+    assert [ly.layer for ly in mvaus] == LAYER_NAMES
+    assert [ly.layer for ly in est.layers if ly.op_type.startswith("Pool")] == ["conv1", "conv2"]
+    assert est.layers[0].op_type == "FMPadding_rtl" and est.layers[0].layer == "conv1"
+    assert max(ly.cycles for ly in est.layers) == est.max_cycles
+    assert sum(ly.lut for ly in est.layers) == est.lut.layers < est.lut.used
 
     models = out / "intermediate_models"
     assert np.array_equal(execute_batch(ModelWrapper(str(models / "step_streamline.onnx")), images), feats)
@@ -287,7 +293,7 @@ def test_tiny_random_thresholds_bitexact(tmp_path):
     hw = ModelWrapper(str(out / "intermediate_models" / "step_generate_estimate_reports.onnx"))
     hw = hw.transform(Despecialize())
     assert np.array_equal(execute_batch(hw, images), feats)
-    assert est["board"] == "pynq-z1" and est["fps"] >= 200
+    assert est.board == "pynq-z1" and est.fps >= 200
     # step_hw_codegen ran offline: HLS C++ for HLS layers, filled RTL templates for RTL layers
     assert list((tmp_path / "finn_build").glob("finn_tmp/code_gen_ipgen_MVAU_hls_0_*/top_MVAU_hls_0.cpp"))
     assert list((tmp_path / "finn_build").glob("finn_tmp/code_gen_ipgen_ConvolutionInputGenerator_rtl_0_*/*.sv"))
@@ -306,11 +312,10 @@ def test_folding_file_round_trips(tmp_path):
     folding.write_text((out / "report" / "auto_folding_config.json").read_text())
     again = refold(out, BuildConfig(board="pynq-z2", folding=str(folding)))
     assert json.loads((out / "report" / "applied_folding_config.json").read_text()) == json.loads(folding.read_text())
-    for key in ("fps", "latency_cycles"):
-        assert again[key] == est[key]
-    assert again["lut"] == est["lut"] and again["bram18"] == est["bram18"]
+    assert (again.fps, again.latency_cycles) == (est.fps, est.latency_cycles)
+    assert again.lut == est.lut and again.bram18 == est.bram18
     slower = refold(out, BuildConfig(board="pynq-z2", target_fps=300))
-    assert slower["fps"] < est["fps"] and slower["lut"]["used"] < est["lut"]["used"]
+    assert slower.fps < est.fps and slower.lut.used < est.lut.used
 
 
 @pytest.mark.slow
@@ -318,7 +323,6 @@ def test_z2_fits_pynq_z2_bitexact(tmp_path):
     from qonnx.core.modelwrapper import ModelWrapper
 
     from build_fpga.config import BuildConfig
-    from build_fpga.estimates import check_fit
     from build_fpga.finn_flow import run_flow
     from build_fpga.ladder import execute_batch
     from build_fpga.transforms import Despecialize
@@ -327,7 +331,7 @@ def test_z2_fits_pynq_z2_bitexact(tmp_path):
     assert n_ties > 0
     assert np.array_equal(execute_batch(ModelWrapper(str(path)), images), feats)
     est = run_flow(path, tmp_path / "build", BuildConfig(board="pynq-z2", target_fps=1000))
-    assert est["fps"] >= 1000 and check_fit(est) == []
+    assert est.fps >= 1000 and est.check_fit() == []
     hw = ModelWrapper(str(tmp_path / "build" / "intermediate_models" / "step_generate_estimate_reports.onnx"))
     assert np.array_equal(execute_batch(hw.transform(Despecialize()), images), feats)
 

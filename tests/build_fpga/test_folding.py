@@ -57,7 +57,7 @@ def test_search_keeps_every_margin_and_names_the_binding_resource(tiny_flow, res
     assert found.bottleneck in found.binding_detail
     for r in RESOURCE_KEYS:
         assert found.used[r] <= board.usable[r], r
-    assert found.fps > 10 * smallest["fps"] and len(found.steps) > 5
+    assert found.fps > 10 * smallest.fps and len(found.steps) > 5
     assert found.fps == pytest.approx(100e6 / found.max_cycles)
 
 
@@ -65,7 +65,7 @@ def test_search_folding_is_what_finn_estimates(tiny_flow, tmp_path):
     """The search's numbers are FINN's: refolding FINN with the folding found gives the same fps and,
     with the FIFO/DWC/IODMA rows, the same resources; and a step was refused only for those rows."""
     from build_fpga.config import BuildConfig
-    from build_fpga.estimates import RESOURCE_KEYS, check_fit, parse_estimates
+    from build_fpga.estimates import RESOURCE_KEYS, parse_estimates
     from build_fpga.finn_flow import refold
     from build_fpga.folding import search
 
@@ -77,31 +77,58 @@ def test_search_folding_is_what_finn_estimates(tiny_flow, tmp_path):
     folding.write_text(json.dumps(found.config))
     refold(out, BuildConfig(board="pynq-z2", folding=str(folding)))
     est = parse_estimates(out / "report", board, 100.0, out / "intermediate_models")
-    assert est["fps"] == pytest.approx(found.fps) and est["bottleneck"] == found.bottleneck
-    assert {r: est[r]["used"] for r in RESOURCE_KEYS} == found.used
-    assert check_fit(est) == []
+    assert est.fps == pytest.approx(found.fps) and est.bottleneck == found.bottleneck
+    assert {r: getattr(est, r).used for r in RESOURCE_KEYS} == found.used
+    assert est.check_fit() == []
 
 
 def test_fifos_dwcs_and_iodmas_are_counted_in_the_fit_check(tiny_flow):
     """A design whose layers fit but which does not fit with its FIFOs, converters and DMAs is over the
     margin and, beyond the board, refused."""
-    from build_fpga.estimates import IODMA_RULE, check_fit, fit_refusal, parse_estimates
+    from build_fpga.estimates import IODMA_RULE, parse_estimates
 
     out, est = tiny_flow
-    kinds = [x["kind"] for x in est["interconnect"]]
+    kinds = [x["kind"] for x in est.interconnect]
     assert kinds.count("iodma") == 2 and kinds.count("fifo") > 0
-    assert all(x["lut"] == IODMA_RULE["lut"] for x in est["interconnect"] if x["kind"] == "iodma")
+    assert all(x["lut"] == IODMA_RULE["lut"] for x in est.interconnect if x["kind"] == "iodma")
     assert all(x["depth"] >= 32 and x["ram_style"] in ("srl", "distributed", "block")
-               for x in est["interconnect"] if x["kind"] == "fifo")
-    layers, around = est["lut"]["layers"], est["lut"]["interconnect"]
-    assert around > 0 and est["lut"]["used"] == layers + around
+               for x in est.interconnect if x["kind"] == "fifo")
+    layers, around = est.lut.layers, est.lut.interconnect
+    assert around > 0 and est.lut.used == layers + around
 
     squeezed = replace(tightened("lut", 1.0), lut=layers + around // 2)  # the layers alone fit
     small = parse_estimates(out / "report", squeezed, 100.0, out / "intermediate_models")
-    assert small["lut"]["layers"] <= squeezed.lut < small["lut"]["used"]
-    assert any(line.startswith("LUT ") for line in check_fit(small))
-    refusal = fit_refusal(small, "deploy", "file")
-    assert refusal is not None and "LUT needs %s" % format(small["lut"]["used"], ",") in refusal
+    assert small.lut.layers <= squeezed.lut < small.lut.used
+    assert any(line.startswith("LUT ") for line in small.check_fit())
+    refusal = small.fit_refusal("deploy", "file")
+    assert refusal is not None and "LUT needs %s" % format(small.lut.used, ",") in refusal
+
+
+def test_estimate_round_trips_through_its_json(tiny_flow):
+    """estimates.json is the Estimate's fields: read back it is the same Estimate, the report's extra keys
+    (fit, notes) ignored; a field added to the dataclass is written and read without listing it again."""
+    from dataclasses import dataclass, fields
+    from typing import Optional
+
+    from build_fpga.estimate import Estimate, FoldingSearch
+
+    _, est = tiny_flow
+    est = replace(est, folding_search=FoldingSearch("lut", "LUT over", 3, 1234.5), folding_mode="search")
+    data = json.loads(json.dumps(est.to_dict()))
+    assert Estimate.from_dict(dict(data, fit={}, notes=[])) == est
+    assert data["lut"] == {"used": est.lut.used, "available": 53200, "usable": est.lut.usable, "margin": 0.7,
+                           "layers": est.lut.layers, "interconnect": est.lut.interconnect}
+    assert "layers" not in data["ff"] and data["ff"]["used"] is None and "note" in data["ff"]
+    assert data["folding_search"]["binding"] == "lut" and data["layers"][0]["node"] == est.layers[0].node
+    assert "folding_search" not in replace(est, folding_search=None).to_dict()
+
+    @dataclass(frozen=True)
+    class Wider(Estimate):
+        extra: Optional[int] = None
+
+    wider = Wider(extra=7, **{f.name: getattr(est, f.name) for f in fields(Estimate)})
+    assert wider.to_dict() == dict(est.to_dict(), extra=7)
+    assert Wider.from_dict(wider.to_dict()) == wider
 
 
 def test_only_the_8bit_layer_goes_onto_dsps(tiny_flow):
@@ -118,15 +145,19 @@ def test_only_the_8bit_layer_goes_onto_dsps(tiny_flow):
     assert model.find_consumer(mvaus[0].output[0]).op_type == "Thresholding_rtl"
     assert all(n.op_type == "MVAU_hls" and getCustomOp(n).get_nodeattr("binaryXnorMode") == 1 and len(n.input) == 3
                for n in mvaus[1:])
-    dsp = {ly["op_type"]: ly["dsp"] for ly in est["layers"] if ly["dsp"]}
-    assert list(dsp) == ["MVAU_rtl"] and est["dsp"]["used"] == dsp["MVAU_rtl"]
+    dsp = {ly.op_type: ly.dsp for ly in est.layers if ly.dsp}
+    assert list(dsp) == ["MVAU_rtl"] and est.dsp.used == dsp["MVAU_rtl"]
 
 
 def test_ddr_search_goes_on_past_targets_over_the_margins_until_one_fits(tmp_path, monkeypatch):
     """A narrower folding can need more memory than a wider one (deep, narrow weight memories pack badly
     into URAM): the search does not stop at a first target that is over the margins."""
+    from test_flow import fake_estimate
+
     import build_fpga.folding as folding
+    from build_fpga.boards import get_board
     from build_fpga.config import BuildConfig
+    from build_fpga.estimate import Resource
     from build_fpga.steps import FOLDING_CONFIG
 
     (tmp_path / "report").mkdir()
@@ -136,11 +167,9 @@ def test_ddr_search_goes_on_past_targets_over_the_margins_until_one_fits(tmp_pat
 
     def refold(finn_dir, cfg, names):
         t = cfg.target_fps
-        res = {r: {"used": 0, "usable": 100000, "available": 200000, "margin": 0.7}
-               for r in ("lut", "ff", "uram", "dsp")}
-        res["bram18"] = {"used": bram[t], "usable": 488, "available": 610, "margin": 0.8}
-        return dict(res, fps=fps[t], bottleneck="fc2", ddr={"fps": 328.0, "streamed_layers": ["fc1"],
-                                                             "weight_bytes_per_image": 1, "port": "p"})
+        return replace(fake_estimate(get_board("zcu104")), fps=fps[t], bottleneck="fc2",
+                       bram18=Resource(used=bram[t], usable=488, available=610, margin=0.8),
+                       ddr={"fps": 328.0, "streamed_layers": ["fc1"], "weight_bytes_per_image": 1, "port": "p"})
 
     monkeypatch.setattr(folding, "refold", refold)
     fps[329] = 329.0
@@ -148,4 +177,4 @@ def test_ddr_search_goes_on_past_targets_over_the_margins_until_one_fits(tmp_pat
     est, rows = folding.search_ddr_bound(str(tmp_path), BuildConfig(board="zcu104"))
     assert [r["target_fps"] for r in rows] == [250, 500, 329]
     assert [r["fits_margins"] for r in rows] == [False, True, True]
-    assert est["fps"] == 329.0 and est["folding_search"]["binding"] == "ddr"
+    assert est.fps == 329.0 and est.folding_search.binding == "ddr"
