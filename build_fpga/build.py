@@ -67,7 +67,7 @@ def build(cfg: BuildConfig, log: Callable[[str], None] = _stderr) -> BuildResult
     cfg.check()
     headers = None
     if cfg.cppsim:
-        from .cppsim import find_headers
+        from .hls_toolchain import find_headers
 
         headers = find_headers(cfg.hls_include)  # before anything runs: a missing header is one line
     out = os.path.abspath(cfg.out)

@@ -123,6 +123,7 @@ def test_a_changed_threshold_in_the_generated_cpp_is_caught_at_its_layer(tiny_cp
 
     from build_fpga import bundle, cppsim
     from build_fpga.finn_flow import extract_layers
+    from build_fpga.hls_toolchain import find_headers
     from build_fpga.ladder import cppsim_message, cppsim_stage
 
     assert tiny_cppsim["run"].returncode == 0, tiny_cppsim["run"].stderr[-3000:]
@@ -130,7 +131,7 @@ def test_a_changed_threshold_in_the_generated_cpp_is_caught_at_its_layer(tiny_cp
     hw = ModelWrapper(str(build / "finn" / "intermediate_models" / "step_generate_estimate_reports.onnx"))
     names = ["conv1", "conv2", "conv3", "conv4", "conv5", "fc1", "fc2"]
     arrays = bundle.finn_emulator_arrays(extract_layers(hw), names, 32)
-    headers = cppsim.find_headers(hls_include=str(AP_INCLUDE), finn_deps=str(THIRD_PARTY), environ={})
+    headers = find_headers(hls_include=str(AP_INCLUDE), finn_deps=str(THIRD_PARTY), environ={})
     node, flips, generate_then_edit = zero_one_threshold(build)
     generate = cppsim.generate
 
