@@ -15,6 +15,8 @@ from typing import Dict, Optional
 
 import numpy as np
 
+from host.artifacts import CHECKPOINT
+
 __all__ = ["Network", "Networks", "calibrated_model"]
 
 
@@ -58,7 +60,7 @@ class Network:
             run = os.path.join(self.workdir, "%s_run" % self.preset)
             os.makedirs(run, exist_ok=True)
             cfg = self.model.cfg
-            save_checkpoint(os.path.join(run, "checkpoint.pt"), {
+            save_checkpoint(os.path.join(run, CHECKPOINT), {
                 "mode": "fit", "model_config": cfg.to_dict(), "classes": ["c%d" % i for i in range(cfg.num_classes)],
                 "preprocess": Preprocess.for_input_size(self.input_size).to_dict(), "epoch": 1,
                 "model": self.model.state_dict(), "metrics": {}})

@@ -32,6 +32,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Dict, Optional, Tuple
 
+from host.artifacts import BACKBONE, BUNDLE_MANIFEST, EXPORT_MANIFEST
 from host.atomic import make_temp_dir, output_lock
 from host.bundle import BUNDLE_KIND
 from host.errors import BnnError
@@ -41,8 +42,6 @@ from . import hardware
 from .config import BuildConfig
 from .estimate import Estimate
 from .finn_env import vivado_available, vivado_requested
-
-BUNDLE_MANIFEST = "manifest.json"
 
 
 @dataclass
@@ -62,7 +61,7 @@ def _stderr(line: str) -> None:
 def build(cfg: BuildConfig, log: Callable[[str], None] = _stderr) -> BuildResult:
     """Run the whole stage; see the module docstring. ``log`` gets progress lines (default: stderr;
     stdout is silenced while FINN runs)."""
-    from export.backbone import EXPORT_MANIFEST, load_export
+    from export.backbone import load_export
 
     cfg.check()
     headers = None
@@ -110,7 +109,7 @@ def _build(cfg, out, export, export_sha, params, folding_bytes, toolchain, build
     from .ladder import cppsim_message, cppsim_stage, reference_layers, verify_build
 
     board = cfg.target
-    onnx = os.path.join(cfg.export, "backbone.onnx")
+    onnx = os.path.join(cfg.export, BACKBONE)
     layers = reference_layers(cfg.export, export)
     names = [il.name for il in layers]
     finn_dir = os.path.join(build_dir, "finn")

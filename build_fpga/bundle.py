@@ -21,7 +21,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 import host
-from host.bundle import BUNDLE_KIND, BUNDLE_MANIFEST, PC_DIR
+from host.artifacts import BACKBONE, BUNDLE_MANIFEST, EMULATOR, PC_DIR
+from host.bundle import BUNDLE_KIND
 from host.emulator import save_emulator
 from host.errors import BnnError
 from host.manifest import finalize_manifest, list_files, new_manifest, package_versions
@@ -29,8 +30,7 @@ from host.manifest import finalize_manifest, list_files, new_manifest, package_v
 from .bundle_readme import readme
 from .estimate import Estimate
 
-EMULATOR = "emulator.npz"
-ONNX = PC_DIR + "/backbone.onnx"  # only the onnx backend on a PC reads it: the board copy leaves pc/ out
+ONNX = PC_DIR + "/" + BACKBONE  # only the onnx backend on a PC reads it: the board copy leaves pc/ out
 RUNTIME_WEIGHTS = "runtime_weights"  # FINN's driver folder name for external weight files
 # notebooks/: a checkout's, or an installed copy's (pyproject.toml ships it as build_fpga/notebooks, a
 # wheel having no place for a top-level folder that is not a package)

@@ -29,6 +29,7 @@ import json
 import os
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from host.artifacts import BUNDLE_MANIFEST
 from host.boards import pynq_names
 
 # (image, Ubuntu, Python, our boards with an image of it and whose), from the sources above
@@ -196,7 +197,7 @@ def readme(manifest: Dict, hardware: bool, build_dir: Optional[str], root: str) 
     """README.md of the bundle being written in ``root``: ``manifest`` before its hashes."""
     board = manifest["board"]
     folder = "bnn-%s-%s" % (manifest["preset"], board)
-    entries = sorted(set(os.listdir(root)) | {"README.md", "manifest.json"})
+    entries = sorted(set(os.listdir(root)) | {"README.md", BUNDLE_MANIFEST})
     board_part = [e for e in entries if e != "pc"]
     pc = os.path.join(root, "pc")
     pc_files = sorted(os.listdir(pc)) if os.path.isdir(pc) else []

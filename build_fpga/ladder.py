@@ -18,6 +18,7 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from export.verify import compare_layers
+from host.artifacts import BACKBONE
 from host.errors import BnnError
 
 from .finn_flow import FlowError
@@ -100,7 +101,7 @@ def reference_layers(export_dir: str, export: Dict):
     from host.backends.onnx import load_qonnx
     from host.intlayers import IntLayer, backbone_digest
 
-    path = os.path.join(export_dir, "backbone.onnx")
+    path = os.path.join(export_dir, BACKBONE)
     model = load_qonnx(path)
     nodes = [n for n in model.graph.node if n.op_type in ("Conv", "Gemm")]
     meta = export["layers"]

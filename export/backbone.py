@@ -10,6 +10,7 @@ from typing import Optional
 
 import numpy as np
 
+from host.artifacts import BACKBONE, CHECKPOINT, EXPORT_MANIFEST, RUN_MANIFEST
 from host.atomic import output_lock
 from host.errors import BnnError
 from host.intlayers import backbone_digest
@@ -24,17 +25,13 @@ from host.manifest import (
 )
 from host.preprocess import Preprocess, eval_transform
 from host.progress import log
-from train.checkpoint import CHECKPOINT, load_checkpoint, load_model_state
+from train.checkpoint import load_checkpoint, load_model_state
 from train.datasets import open_dataset
-from train.fit import RUN_MANIFEST
 from train.freeze import IntegerBackbone, fold_backbone
 from train.models import ModelConfig, build_model
 
 from .qonnx_graph import INPUT_DATATYPE, OUTPUT_DATATYPE, export_qonnx_backbone
 from .verify import describe_failure, verify_backbone
-
-EXPORT_MANIFEST = "export.json"
-BACKBONE = "backbone.onnx"
 
 
 @dataclass

@@ -10,12 +10,12 @@ import os
 import numpy as np
 import torch
 
+from host.artifacts import CHECKPOINT
 from host.errors import BnnError
 from host.heads import Head, load_head, save_head
 from host.intlayers import backbone_digest
 from host.manifest import check_replaceable_file
 from host.preprocess import Preprocess
-from train.checkpoint import CHECKPOINT
 from train.freeze import fold_backbone, sign_weights
 
 from .backbone import load_trained

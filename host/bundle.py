@@ -71,6 +71,7 @@ from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 
+from .artifacts import BUNDLE_MANIFEST, PC_DIR
 from .boards import our_board
 from .errors import BnnError
 from .manifest import load_manifest, manifest_digest
@@ -80,9 +81,7 @@ from .preprocess import Preprocess
 __all__ = ["BUNDLE_MANIFEST", "BUNDLE_KIND", "PC_DIR", "Bundle", "ExternalWeight", "RuntimeWeight", "load_bundle",
            "check_head_compatible"]
 
-BUNDLE_MANIFEST = "manifest.json"
 BUNDLE_KIND = "bundle"
-PC_DIR = "pc"  # the part of a bundle that stays on the PC (module docstring)
 
 # FINN-plus's settings.json names the DMA lists differently from the classic FINN driver.
 _DMA_KEY_ALIASES = {"input_dma_name": "idma_names", "output_dma_name": "odma_names"}

@@ -8,6 +8,7 @@ import os
 
 import torch
 
+from host.artifacts import CHECKPOINT
 from host.atomic import atomic_path
 from host.errors import BnnError
 from host.preprocess import Preprocess
@@ -15,7 +16,6 @@ from host.preprocess import Preprocess
 from .models import ModelConfig
 
 FORMAT = "bnn-transfer/checkpoint/v1"
-CHECKPOINT = "checkpoint.pt"
 
 
 FIELDS = {"model_config": dict, "model": dict, "epoch": int, "classes": list, "preprocess": dict}

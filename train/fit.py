@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from host.artifacts import CHECKPOINT, RUN_MANIFEST
 from host.atomic import output_lock, write_bytes_atomic
 from host.datasets import check_training_classes
 from host.errors import BnnError
@@ -27,14 +28,13 @@ from host.preprocess import Preprocess
 from host.progress import log, progress_bar
 
 from . import engine
-from .checkpoint import CHECKPOINT, load_checkpoint, load_model_state, save_checkpoint
+from .checkpoint import load_checkpoint, load_model_state, save_checkpoint
 from .data import make_loader
 from .datasets import open_dataset
 from .freeze import IntegerBackbone, fold_backbone
 from .models import ModelConfig, build_model
 from .plots import plot_curves, read_metrics
 
-RUN_MANIFEST = "run.json"
 METRICS = "metrics.jsonl"
 CURVES = "curves.png"
 CHECKPOINT_SECONDS = 30.0

@@ -51,13 +51,14 @@ import os
 from dataclasses import dataclass, field, replace
 from typing import List, Optional
 
+from host.artifacts import CHECKPOINT, RUN_MANIFEST
 from host.errors import BnnError
 from host.manifest import read_json, sha256_file
 from host.progress import log
 
-from .checkpoint import CHECKPOINT, load_checkpoint
+from .checkpoint import load_checkpoint
 from .datasets import open_dataset
-from .fit import RUN_MANIFEST, FitConfig, run
+from .fit import FitConfig, run
 from .models import ModelConfig
 from .table2_paper import PRETRAIN_HEADS, ROWS, TARGETS, Row, Target, row_group
 from .table2_rows import dataset_of, read_row, source_of

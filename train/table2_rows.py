@@ -3,10 +3,11 @@ resuming) and by its report alike: the datasets behind a row's key, and the stat
 
 import os
 
+from host.artifacts import CHECKPOINT, RUN_MANIFEST
 from host.manifest import read_json
 
-from .checkpoint import CHECKPOINT, load_checkpoint
-from .fit import RUN_MANIFEST, FitConfig
+from .checkpoint import load_checkpoint
+from .fit import FitConfig
 from .table2_paper import TARGETS
 
 # --synthetic: the generated stand-in of each of the paper's datasets (dataset name, options at scale 1)
