@@ -3,28 +3,35 @@
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields
 from typing import Dict, Optional, Tuple
 
 from host.errors import BnnError
 
 from .boards import Board, board_names, get_board
 
+# A field with this metadata shapes FINN's run: BuildConfig.finn_dict, recorded with every estimate
+FINN = {"finn": True}
+
 
 @dataclass
 class BuildConfig:
     export: Optional[str] = None  # export directory (backbone.onnx + export.json); required by build()
-    board: str = "pynq-z2"  # pynq-z1, pynq-z2, ultra96, zcu104, kv260
+    board: str = field(default="pynq-z2", metadata=FINN)  # pynq-z1, pynq-z2, ultra96, zcu104, kv260
     out: Optional[str] = None  # DEPLOY_DIR; required by build()
-    target_fps: Optional[int] = None  # None (and no folding): the highest that fits within FINN's margins
-    folding: Optional[str] = None  # FINN folding config JSON (e.g. a bundle's report/folding_config.json)
-    clock_mhz: Optional[float] = None  # default: the board's
-    mvau_wwidth_max: int = 36  # FINN's default; caps SIMD * weight bits per PE in SetFolding (--target-fps only)
+    # None (and no folding): the highest that fits within FINN's margins
+    target_fps: Optional[int] = field(default=None, metadata=FINN)
+    # FINN folding config JSON (e.g. a bundle's report/folding_config.json)
+    folding: Optional[str] = field(default=None, metadata=FINN)
+    clock_mhz: Optional[float] = field(default=None, metadata=FINN)  # default: the board's
+    # FINN's default; caps SIMD * weight bits per PE in SetFolding (--target-fps only)
+    mvau_wwidth_max: int = field(default=36, metadata=FINN)
     estimate_only: bool = False  # no synthesis even where Vivado is on PATH
-    hw_codegen: bool = False  # also generate the HLS C++/RTL sources (no Vivado needed)
+    hw_codegen: bool = field(default=False, metadata=FINN)  # also generate the HLS C++/RTL sources (no Vivado needed)
     build_dir: Optional[str] = None  # FINN's working dir; default: a temp dir, or <out>.finn-build with hw_codegen
     verify_images: int = 4  # seeded random images for the bit-exactness ladder (0: none)
-    fifo: str = "force_minimal_fifos"  # FINN's FIFO sizing strategy for the hardware build (preflight.FIFO_STRATEGIES)
+    # FINN's FIFO sizing strategy for the hardware build (preflight.FIFO_STRATEGIES)
+    fifo: str = field(default="force_minimal_fifos", metadata=FINN)
     clean: bool = False  # start the hardware build over instead of resuming it
     cppsim: int = 0  # images through FINN's C++ simulation of the HLS layers (0: no cppsim rung)
     hls_include: Optional[str] = None  # open ap_types headers for cppsim where Vitis HLS is not installed
@@ -77,7 +84,4 @@ class BuildConfig:
     def finn_dict(self) -> Dict:
         """The fields that shape FINN's run (recorded with every estimate)."""
         d = asdict(self)
-        for k in ("export", "out", "estimate_only", "build_dir", "verify_images", "clean", "cppsim", "hls_include",
-                  "board_repos", "accept_timing_violation"):
-            d.pop(k)
-        return d
+        return {f.name: d[f.name] for f in fields(self) if f.metadata.get("finn")}

@@ -11,7 +11,7 @@ import gc
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Optional
 
 import numpy as np
@@ -42,7 +42,7 @@ CHECKPOINT_SECONDS = 30.0
 
 @dataclass
 class FitConfig:
-    out: str
+    out: str = field(metadata={"runtime": True})  # runtime: where or how fast it runs, not what it computes
     preset: str = "tiny"
     dataset: str = "synthetic"
     data_dir: Optional[str] = None
@@ -55,17 +55,17 @@ class FitConfig:
     head: str = "binary"
     cut: str = "fc3"
     seed: int = 0
-    workers: int = 2
-    device: Optional[str] = None
+    workers: int = field(default=2, metadata={"runtime": True})
+    device: Optional[str] = field(default=None, metadata={"runtime": True})
     amp: bool = True
-    cache_dir: Optional[str] = None
+    cache_dir: Optional[str] = field(default=None, metadata={"runtime": True})
     flip: bool = True  # random left-right mirroring of training images
     # > 0: this fraction of each class's training images is held out and scored after every epoch
     # (the test split only after the last): the epoch with the best held-out top-1 is reported as
     # best_epoch, the budget to retrain with on every image (python -m demo does)
     val_fraction: float = 0.0
     init_from: Optional[str] = None  # fine-tuning: the pretrained run directory
-    resume: bool = False
+    resume: bool = field(default=False, metadata={"runtime": True})
 
     def optimizer_name(self):
         return "adam" if self.precision == "binary" else "sgd"
@@ -81,9 +81,7 @@ class FitConfig:
     def identity(self):
         """The parameters that define the result (not where or how fast it runs)."""
         d = asdict(self)
-        for k in ("out", "workers", "device", "resume", "cache_dir"):
-            d.pop(k)
-        return d
+        return {f.name: d[f.name] for f in fields(self) if not f.metadata.get("runtime")}
 
 
 def seed_everything(seed):
@@ -178,9 +176,8 @@ def is_up_to_date(out, cfg: FitConfig, mode):
 def check_resumable(state, cfg: FitConfig, path):
     """A resumed run must keep every parameter but the number of epochs."""
     saved = dict(state.get("fit_config", {}))
-    now = asdict(cfg)
-    ignore = ("epochs", "out", "resume", "workers", "device", "cache_dir")
-    changed = sorted(k for k in now if k not in ignore and k in saved and saved[k] != now[k])
+    now = cfg.identity()
+    changed = sorted(k for k in now if k != "epochs" and k in saved and saved[k] != now[k])
     if changed:
         raise BnnError("%s: cannot resume with other parameters (%s); use a new --out" % (
             path, ", ".join("%s %r -> %r" % (k, saved[k], now[k]) for k in changed)))
