@@ -94,49 +94,88 @@ def build(cfg: BuildConfig, log: Callable[[str], None] = _stderr) -> BuildResult
 
         try:
             with reused_heap():  # the ladder and the bundle copy and execute the paper preset's big graphs too
-                return _build(cfg, out, export, export_sha, params, folding_bytes, toolchain, build_dir, keep,
-                              headers, log)
+                return _build(_Job(cfg, out, export, export_sha, params, folding_bytes, toolchain, build_dir, keep,
+                                   headers, log))
         finally:
             if not keep:
                 shutil.rmtree(build_dir, ignore_errors=True)
 
 
-def _build(cfg, out, export, export_sha, params, folding_bytes, toolchain, build_dir, keep, headers,
-           log) -> BuildResult:
-    from . import bundle, report
-    from .finn_flow import extract_layers, run_flow
-    from .folding import SEARCH_FOLDING, search_max_fps
-    from .ladder import cppsim_message, cppsim_stage, reference_layers, verify_build
+@dataclass
+class _Job:
+    """One build's inputs, resolved by :func:`build` before FINN runs; each stage of :func:`_build` reads them."""
 
-    board = cfg.target
-    onnx = os.path.join(cfg.export, BACKBONE)
-    layers = reference_layers(cfg.export, export)
+    cfg: BuildConfig
+    out: str
+    export: Dict
+    export_sha: str
+    params: Dict
+    folding_bytes: Optional[bytes]
+    toolchain: Optional[Dict]
+    build_dir: str
+    keep: bool
+    headers: object
+    log: Callable[[str], None]
+
+    @property
+    def finn_dir(self) -> str:
+        return os.path.join(self.build_dir, "finn")
+
+
+def _build(job: _Job) -> BuildResult:
+    """Steps 2 to 7 of the module docstring, one function each."""
+    from .ladder import reference_layers
+
+    layers = reference_layers(job.cfg.export, job.export)
     names = [il.name for il in layers]
-    finn_dir = os.path.join(build_dir, "finn")
-    run_cfg = cfg
-    if folding_bytes is not None:
-        # FINN reads the folding from a file; the user's may live inside the DEPLOY_DIR this build replaces
-        run_cfg = replace(cfg, folding=os.path.join(build_dir, "folding_input.json"))
-        with open(run_cfg.folding, "wb") as f:
-            f.write(folding_bytes)
+    est, run_cfg = _estimate(job, names)
+    hw_model, finn_arrays, report_args = _verify(job, layers, names, est)
+    from .external_weights import streamed_weights
 
+    weight_streams = streamed_weights(hw_model, names)
+    hw = _hardware(job, run_cfg, weight_streams, names) if job.toolchain is not None else None
+    _write(job, est, finn_arrays, report_args, hw, weight_streams)
+    cfg = job.cfg
+    if hw is not None:
+        msg = "build_fpga: bitstream and bundle written to %s" % job.out
+    else:
+        why = "--estimate-only was given" if cfg.estimate_only and vivado_available() else "Vivado is not on PATH"
+        msg = "synthesis and bitstream skipped: %s (estimates and emulator bundle written to %s)" % (why, job.out)
+    return BuildResult(job.out, False, hw is not None, est, job.build_dir if job.keep else None, msg)
+
+
+def _estimate(job: _Job, names) -> Tuple[Estimate, BuildConfig]:
+    """Steps 3 and 4: FINN's estimate at the chosen folding, refused over 100% of a resource or above the
+    DDR bound; returns it with the config FINN's later steps run with (the folding as a file)."""
+    from .finn_flow import run_flow
+    from .folding import SEARCH_FOLDING, search_max_fps
+
+    cfg, log, board = job.cfg, job.log, job.cfg.target
+    onnx = os.path.join(cfg.export, BACKBONE)
+    run_cfg = cfg
+    if job.folding_bytes is not None:
+        # FINN reads the folding from a file; the user's may live inside the DEPLOY_DIR this build replaces
+        run_cfg = replace(cfg, folding=os.path.join(job.build_dir, "folding_input.json"))
+        with open(run_cfg.folding, "wb") as f:
+            f.write(job.folding_bytes)
     t0 = time.time()
     with _quiet_finn():
-        if cfg.target_fps is None and folding_bytes is None:
+        if cfg.target_fps is None and job.folding_bytes is None:
             log("build_fpga: searching the folding with the most img/s within FINN's margins on %s" % board.name)
-            est, _ = search_max_fps(onnx, finn_dir, run_cfg, names, log)
+            est, _ = search_max_fps(onnx, job.finn_dir, run_cfg, names, log)
             mode = "folding search (default): %s binds" % est.folding_search.binding
             # from here on FINN's folding is the search's file, as with --folding (hardware key, resume)
-            run_cfg = replace(run_cfg, folding=os.path.join(finn_dir, SEARCH_FOLDING))
+            run_cfg = replace(run_cfg, folding=os.path.join(job.finn_dir, SEARCH_FOLDING))
         else:
-            mode = "--folding %s" % cfg.folding if folding_bytes is not None else "--target-fps %d" % cfg.target_fps
+            mode = "--folding %s" % cfg.folding if job.folding_bytes is not None else "--target-fps %d" % cfg.target_fps
             log("build_fpga: FINN estimate flow for %s with %s" % (board.name, mode))
-            est = run_flow(onnx, finn_dir, run_cfg, names)
+            est = run_flow(onnx, job.finn_dir, run_cfg, names)
     est = replace(est, folding_mode=mode)
-    refusal = est.fit_refusal(out, "file" if folding_bytes is not None else "fps" if cfg.target_fps else "default")
+    refusal = est.fit_refusal(job.out, "file" if job.folding_bytes is not None else "fps" if cfg.target_fps
+                              else "default")
     if refusal:
         raise BnnError(refusal)
-    ddr_refusal(est, cfg, out)
+    ddr_refusal(est, cfg, job.out)
     log("build_fpga: estimate %.0f img/s, LUT %s, BRAM18 %s, URAM %s, DSP %s with FIFOs, DWCs and IODMAs (%.0f s)"
         % (est.fps, est.lut.pct(), est.bram18.pct(), est.uram.pct(), est.dsp.pct(), time.time() - t0))
     if est.folding_search is not None:
@@ -147,66 +186,77 @@ def _build(cfg, out, export, export_sha, params, folding_bytes, toolchain, build
             est.ddr["bytes_per_s"] / 1e9, est.ddr_fps))
     for line in est.check_fit():
         log("build_fpga: warning: %s: over FINN's recommended margin, timing closure may fail" % line)
+    return est, run_cfg
 
+
+def _verify(job: _Job, layers, names, est: Estimate):
+    """Step 5: the bit-exactness ladder (and cppsim's rung with --cppsim); returns FINN's HW graph, the
+    emulator arrays read from it and what the report needs. A failed cppsim rung writes its report into
+    the kept working folder and refuses the bundle."""
     from qonnx.core.modelwrapper import ModelWrapper
 
     from export.emulator_weights import emulator_arrays
 
-    from .external_weights import streamed_weights
+    from . import bundle, report
+    from .finn_flow import extract_layers
+    from .ladder import cppsim_message, cppsim_stage, verify_build
 
+    cfg, finn_dir = job.cfg, job.finn_dir
     hw_model = ModelWrapper(os.path.join(finn_dir, "intermediate_models", "step_generate_estimate_reports.onnx"))
-    weight_streams = streamed_weights(hw_model, names)
-    input_size = int(export["preprocess"]["input_size"])
+    input_size = int(job.export["preprocess"]["input_size"])
     finn_arrays = bundle.finn_emulator_arrays(extract_layers(hw_model), names, input_size)
-    bundle.check_emulator(finn_arrays, emulator_arrays(layers, input_size), layers, out)
-    bitexact = verify_build(layers, finn_dir, hw_model, finn_arrays, cfg.verify_images, export, out, log)
-    report_args = dict(board=board, export=export, bitexact=bitexact,
-                       folding_file=_folding_source(finn_dir))
+    bundle.check_emulator(finn_arrays, emulator_arrays(layers, input_size), layers, job.out)
+    bitexact = verify_build(layers, finn_dir, hw_model, finn_arrays, cfg.verify_images, job.export, job.out, job.log)
+    report_args = dict(board=cfg.target, export=job.export, bitexact=bitexact, folding_file=_folding_source(finn_dir))
     if cfg.cppsim:
-        bitexact["stages"]["cppsim"] = cppsim_stage(hw_model, build_dir, finn_arrays, names, cfg.cppsim, input_size,
-                                                    headers, log)
-        msg = cppsim_message(bitexact["stages"]["cppsim"], out)
+        bitexact["stages"]["cppsim"] = cppsim_stage(hw_model, job.build_dir, finn_arrays, names, cfg.cppsim,
+                                                    input_size, job.headers, job.log)
+        msg = cppsim_message(bitexact["stages"]["cppsim"], job.out)
         if msg:
             # No bundle (its hardware would not compute the emulator's features; DEPLOY_DIR is left as it
             # was), but the whole report, every rung included, in the kept working folder.
             from .cppsim import WORK
 
-            report_dir = os.path.join(build_dir, WORK, "report")
+            report_dir = os.path.join(job.build_dir, WORK, "report")
             shutil.rmtree(report_dir, ignore_errors=True)  # ours, from an earlier failed run
             report.write_report(report_dir, est, finn_dir, hardware=False, **report_args)
             raise BnnError("%s; the report is in %s" % (msg, report_dir))
+    return hw_model, finn_arrays, report_args
 
-    hw = None
-    if toolchain is not None:
-        log("build_fpga: Vivado found: FINN hardware steps (HLS IP, FIFOs, stitching, synthesis, bitstream); "
-            "this takes long and resumes if stopped")
-        hw_dir = hardware.hardware_dir(build_dir, hardware.hardware_key(export_sha, finn_dir, run_cfg, toolchain))
-        with _quiet_finn():
-            hw = hardware.run_hardware(finn_dir, hw_dir, run_cfg, log=log, clean=cfg.clean,
-                                       board_repos=toolchain["vivado_board_repos"])
-        hw["toolchain"] = toolchain
-        hw["timing"] = _checked_timing(hw_dir, cfg, out, log)
-        hardware.prune_hardware_dirs(hw_dir, log)
-        hardware.copy_reports(hw, os.path.join(finn_dir, "report"))
-        hw["runtime_weights"] = _weights_loaded_at_run_time(hw, weight_streams, names)
+
+def _hardware(job: _Job, run_cfg: BuildConfig, weight_streams, names) -> Dict:
+    """Step 7: FINN's hardware steps with Vivado, resumable; the routed design's timing checked."""
+    cfg, log = job.cfg, job.log
+    log("build_fpga: Vivado found: FINN hardware steps (HLS IP, FIFOs, stitching, synthesis, bitstream); "
+        "this takes long and resumes if stopped")
+    hw_dir = hardware.hardware_dir(job.build_dir, hardware.hardware_key(job.export_sha, job.finn_dir, run_cfg,
+                                                                        job.toolchain))
+    with _quiet_finn():
+        hw = hardware.run_hardware(job.finn_dir, hw_dir, run_cfg, log=log, clean=cfg.clean,
+                                   board_repos=job.toolchain["vivado_board_repos"])
+    hw["toolchain"] = job.toolchain
+    hw["timing"] = _checked_timing(hw_dir, cfg, job.out, log)
+    hardware.prune_hardware_dirs(hw_dir, log)
+    hardware.copy_reports(hw, os.path.join(job.finn_dir, "report"))
+    hw["runtime_weights"] = _weights_loaded_at_run_time(hw, weight_streams, names)
+    return hw
+
+
+def _write(job: _Job, est: Estimate, finn_arrays, report_args, hw: Optional[Dict], weight_streams) -> None:
+    """Step 6: the report and the bundle, under a temporary name renamed into place."""
+    from . import bundle, report
 
     if hw is not None:
         io = hw["io"]  # FINN's own driver settings, after ZynqBuild inserted the DMAs
     else:
-        with open(os.path.join(finn_dir, "report", "io_shapes.json"), encoding="utf-8") as f:
+        with open(os.path.join(job.finn_dir, "report", "io_shapes.json"), encoding="utf-8") as f:
             io = json.load(f)
-    with atomic_dir(out) as tmp:
-        report.write_report(os.path.join(tmp, "report"), est, finn_dir, hardware=hw is not None, **report_args)
+    with atomic_dir(job.out) as tmp:
+        report.write_report(os.path.join(tmp, "report"), est, job.finn_dir, hardware=hw is not None, **report_args)
         bundle.write_bundle(
-            tmp, export_dir=cfg.export, export=export, export_sha=export_sha, params=params, board=board,
-            emulator=finn_arrays, io=io, estimates=est, hw=hw,
-            build_dir=build_dir if keep else None, weight_streams=weight_streams)
-    if hw is not None:
-        msg = "build_fpga: bitstream and bundle written to %s" % out
-    else:
-        why = "--estimate-only was given" if cfg.estimate_only and vivado_available() else "Vivado is not on PATH"
-        msg = ("synthesis and bitstream skipped: %s (estimates and emulator bundle written to %s)" % (why, out))
-    return BuildResult(out, False, hw is not None, est, build_dir if keep else None, msg)
+            tmp, export_dir=job.cfg.export, export=job.export, export_sha=job.export_sha, params=job.params,
+            board=job.cfg.target, emulator=finn_arrays, io=io, estimates=est, hw=hw,
+            build_dir=job.build_dir if job.keep else None, weight_streams=weight_streams)
 
 
 def _checked_timing(hw_dir, cfg: BuildConfig, out: str, log) -> Dict:
