@@ -60,7 +60,7 @@ def _dataset_args(parser, what):
     from .datasets import DATASETS
 
     p = parser.add_argument_group("dataset")
-    p.add_argument("--dataset", required=True, choices=DATASETS, metavar="NAME",
+    p.add_argument("--dataset", required=True, choices=tuple(DATASETS), metavar="NAME",
                    help="dataset to %s, its %s split: %s"
                         % (what, "train" if what == "train on" else "test", ", ".join(DATASETS)))
     p.add_argument("--data-dir", metavar="DIR",
