@@ -7,12 +7,14 @@ matrix from DDR and streams it into the layer, once per image. The paper's AlexN
 of weights, fc1 (9216x4096) and fc2 (4096x4096) 54.5 Mbit of it, against ~5 Mbit of BRAM on a
 KV260 and ~9 Mbit of BRAM + ~21 Mbit of URAM on a ZCU104 (FINN's 80% margins).
 
-:func:`plan` decides per layer, before folding, from the board's usable BRAM18/URAM bits: the
-largest fully connected layers stream until the rest fits on chip. After folding,
-:func:`assign_ram_styles` moves the on-chip layers that save the most BRAM into URAM, from FINN's
-own BRAM/URAM estimates at that folding (a layer's URAM count depends on its PE*SIMD word width),
-and :func:`align_streams` makes every stream whole bytes per word. FINN's estimates then check the
-design like any other.
+:func:`plan` decides per layer, before folding, from FINN's own memory estimates: each layer's fewest
+BRAM18 and URAM over the foldings FINN allows (:func:`memory_floor`; FINN packs PE*SIMD-bit words into
+18-bit-wide, 1024-deep BRAM18s, so the shape decides the packing loss), and the largest fully
+connected layers stream until the rest fits the usable BRAM18 and URAM. After folding,
+:func:`assign_ram_styles` moves the on-chip layers that save the most BRAM into URAM, and
+:func:`assign_lutram` into LUTRAM (``ram_style`` "distributed", FINN's LUT estimate of it) while BRAM
+is over its margin, both from FINN's estimates at that folding, and :func:`align_streams` makes every
+stream whole bytes per word. FINN's estimates then check the design like any other.
 
 Only fully connected layers stream: FINN's weight IODMA replays the matrix once per image (its
 driver starts it with the batch size as count), while a conv layer reads its matrix once per
@@ -35,13 +37,6 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from host.errors import BnnError
-
-BRAM18_BITS = 18 * 1024
-URAM_BITS = 72 * 4096
-# Share of the usable BRAM18/URAM bits the stream decision may count on for weights: packing is not
-# perfect (FINN's words are PE*SIMD bits wide), thresholds take BRAM too, and FIFOs and width
-# converters come on top (build_fpga/FINN_NOTES.md: keep BRAM margin).
-MEMORY_FILL = 0.85
 
 
 @dataclass
@@ -96,34 +91,60 @@ def mvau_layers(model, layer_names: Optional[Sequence[str]] = None) -> List[Weig
     return rows
 
 
-def on_chip_bits(board) -> int:
-    """Weight bits the stream decision counts on: usable BRAM18 and URAM bits times MEMORY_FILL."""
-    return int((board.usable["bram18"] * BRAM18_BITS + board.usable["uram"] * URAM_BITS) * MEMORY_FILL)
+def memory_floor(inst, part: str) -> Dict[str, int]:
+    """FINN's fewest BRAM18 (``ram_style`` block) and fewest URAM (ultra) for one MVAU's weights over
+    every PE x SIMD it allows; the node's attributes are restored."""
+    saved = {k: inst.get_nodeattr(k) for k in ("PE", "SIMD", "ram_style", "mem_mode")}
+    inst.set_nodeattr("mem_mode", "internal_decoupled")
+    best = {"bram18": None, "uram": None}
+    for pe in _divisors(int(inst.get_nodeattr("MH"))):
+        for simd in _divisors(int(inst.get_nodeattr("MW"))):
+            inst.set_nodeattr("PE", pe)
+            inst.set_nodeattr("SIMD", simd)
+            for key, style, fn in (("bram18", "block", inst.bram_estimation), ("uram", "ultra", inst.uram_estimation)):
+                inst.set_nodeattr("ram_style", style)
+                n = int(fn(part))
+                best[key] = n if best[key] is None else min(best[key], n)
+    for k, v in saved.items():
+        inst.set_nodeattr(k, v)
+    return best
 
 
-def plan(layers: List[WeightLayer], board) -> List[WeightLayer]:
+def plan(layers: List[WeightLayer], board, floors: Dict[str, Dict[str, int]]) -> List[WeightLayer]:
     """Decide which layers stream (``mem_mode`` external) for ``board``; a copy, the input is not changed.
 
-    The largest fully connected layers stream, largest first, until the rest fits
-    :func:`on_chip_bits`. Where the rest goes (BRAM or URAM) depends on the folding and is decided
-    after it (:func:`assign_ram_styles`). BnnError when even with every FC layer streamed the rest
+    ``floors``: node -> :func:`memory_floor` (FINN's fewest BRAM18 and URAM for its weights). The
+    on-chip layers fit when, the largest going to URAM while the usable URAM lasts (as
+    :func:`assign_ram_styles` does after folding), the rest's BRAM18 stay within the usable BRAM18;
+    the largest fully connected layers stream until they do. Where each on-chip layer goes (BRAM,
+    URAM, LUTRAM) is decided after folding. FIFOs, width converters and DMAs are not in this count:
+    the fit check after folding adds them. BnnError when even with every FC layer streamed the rest
     does not fit.
     """
     rows = [replace(r, mem_mode="internal_decoupled") for r in layers]
-    budget = on_chip_bits(board)
-    on_chip = sum(r.bits for r in rows)
+
+    def bram_left():
+        uram, bram = board.usable["uram"], board.usable["bram18"]
+        for r in sorted((r for r in rows if r.mem_mode != "external"), key=lambda r: -floors[r.node]["bram18"]):
+            f = floors[r.node]
+            if 0 < f["uram"] <= uram and f["bram18"] > f["uram"]:
+                uram -= f["uram"]
+            else:
+                bram -= f["bram18"]
+        return bram
+
     for r in sorted((r for r in rows if r.streamable), key=lambda r: -r.bits):
-        if on_chip <= budget:
+        if bram_left() >= 0:
             break
         r.mem_mode = "external"
-        on_chip -= r.bits
-    if on_chip > budget:
-        raise BnnError("%s: with every fully connected layer streamed from DDR, %s still need %.1f Mbit of weights "
-                       "on chip, more than the %.1f Mbit a plan may use (%d%% of the usable %d BRAM18 and %d URAM, "
-                       "the rest is for packing losses, thresholds and FIFOs): use a smaller preset or a larger "
-                       "board" % (board.name, ", ".join(r.layer for r in rows if r.mem_mode != "external"),
-                                  on_chip / 1e6, budget / 1e6, round(MEMORY_FILL * 100), board.usable["bram18"],
-                                  board.usable["uram"]))
+    if bram_left() < 0:
+        rest = [r for r in rows if r.mem_mode != "external"]
+        raise BnnError("%s: with every fully connected layer streamed from DDR, %s still need %d BRAM18 for their "
+                       "weights at FINN's best packing (%s), more than the usable %d BRAM18 and %d URAM: use a "
+                       "smaller preset or a larger board" % (
+                           board.name, ", ".join(r.layer for r in rest), board.usable["bram18"] - bram_left(),
+                           ", ".join("%s %d" % (r.layer, floors[r.node]["bram18"]) for r in rest),
+                           board.usable["bram18"], board.usable["uram"]))
     return rows
 
 
@@ -145,6 +166,23 @@ def assign_ram_styles(costs: List[Dict], board, reserved_uram: int = 0) -> Dict[
             styles[c["node"]] = "ultra"
             uram_left -= c["uram"]
     return styles
+
+
+def assign_lutram(costs: List[Dict], bram_over: int, lut_left: int) -> List[str]:
+    """The on-chip layers whose weights move to LUTRAM (``ram_style`` "distributed"), while the design's
+    BRAM18 is ``bram_over`` above its margin: the fewest LUTs per BRAM18 freed first, while the
+    ``lut_left`` LUTs below the LUT margin last. ``costs``: ``{"node", "bram18", "lut"}`` per on-chip
+    MVAU, FINN's BRAM18 estimate of it in BRAM and the LUTs its weights add in LUTRAM (FINN's MVAU
+    LUT model: PE*SIMD*bits per 64 words of depth)."""
+    moved = []
+    for c in sorted((c for c in costs if c["bram18"] > 0), key=lambda c: c["lut"] / c["bram18"]):
+        if bram_over <= 0:
+            break
+        if c["lut"] <= lut_left:
+            moved.append(c["node"])
+            bram_over -= c["bram18"]
+            lut_left -= c["lut"]
+    return moved
 
 
 def align_streams(rows: List[WeightLayer], folding: Dict[str, Dict[str, int]]) -> Dict[str, Dict[str, int]]:

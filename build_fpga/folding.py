@@ -259,7 +259,7 @@ def search_max_fps(onnx: str, finn_dir: str, cfg: BuildConfig, layer_names: Opti
     board = cfg.target
     first = run_flow(onnx, finn_dir, replace(cfg, target_fps=None, folding=None, hw_codegen=False), layer_names)
     if first.ddr_fps is not None:
-        return search_ddr_bound(finn_dir, cfg, layer_names, log)
+        return search_ddr_bound(finn_dir, cfg, layer_names, log, ddr_fps=first.ddr_fps)
     model = ModelWrapper(os.path.join(finn_dir, "intermediate_models", "step_generate_estimate_reports.onnx"))
     found = search(model, board, cfg.clock(), log)
     path = os.path.join(finn_dir, SEARCH_FOLDING)
@@ -275,12 +275,15 @@ DDR_TARGETS = (250, 500, 1000, 2000, 4000, 8000)  # FINN target fps walked by se
 
 
 def search_ddr_bound(finn_dir: str, cfg: BuildConfig, layer_names: Optional[Sequence[str]] = None,
-                     log: Callable[[str], None] = lambda s: None) -> Tuple[Estimate, List[Dict]]:
+                     log: Callable[[str], None] = lambda s: None,
+                     ddr_fps: Optional[float] = None) -> Tuple[Estimate, List[Dict]]:
     """The folding of a design whose weights partly stream from DDR, on a finished :func:`run_flow` dir.
 
     Refolds with FINN's SetFolding at rising targets (:data:`DDR_TARGETS`) until an estimate leaves the
     margins after one fitted, or reaches the DDR bound; at the bound it adds the target just above it, the same
-    throughput in fewer resources. Keeps :func:`pick_best`'s row (refolding to it unless it was the
+    throughput in fewer resources. ``ddr_fps`` (the bound at the smallest folding) below the first target
+    starts the walk just above it (the Pynq-Z2's 64-bit port: about 115 img/s at 100 MHz), where a
+    narrower folding has a chance to fit a small board. Keeps :func:`pick_best`'s row (refolding to it unless it was the
     last one tried). Returns (its estimates with ``folding_search``, one row per target tried).
     """
     from .steps import FOLDING_CONFIG
@@ -298,7 +301,10 @@ def search_ddr_bound(finn_dir: str, cfg: BuildConfig, layer_names: Optional[Sequ
         return est
 
     over = []
-    for fps in DDR_TARGETS:
+    targets = DDR_TARGETS
+    if ddr_fps is not None and int(ddr_fps) + 1 < DDR_TARGETS[0]:
+        targets = (int(ddr_fps) + 1,) + DDR_TARGETS
+    for fps in targets:
         est = estimate(fps)
         over = est.check_fit()
         if over:

@@ -99,22 +99,36 @@ def external_weights_steps(board, layer_names=None) -> Tuple:
     """Our steps for weights in DDR (``external_weights.py``), bound to ``board`` and our layer names.
 
     ``step_bnn_external_weights`` (before folding): which MVAUs stream (mem_mode external), from
-    :func:`~build_fpga.external_weights.plan`; report/external_weights_plan.json.
+    :func:`~build_fpga.external_weights.plan` on FINN's fewest BRAM18/URAM per layer
+    (:func:`~build_fpga.external_weights.memory_floor`); report/external_weights_plan.json.
     ``step_bnn_weight_memory`` (after folding and any folding file, which may set any mem_mode): no
     conv layer streams; without a folding file, streams are made whole bytes per word and the
-    on-chip layers that save the most BRAM go to URAM (FINN's estimates at this folding); with one,
+    on-chip layers that save the most BRAM go to URAM, then, while BRAM is over its margin, the ones
+    whose weights cost the fewest LUTs per BRAM18 to LUTRAM (FINN's estimates at this folding); with one,
     a stream that is not whole bytes is refused. Writes the final folding (FOLDING_CONFIG).
     ``step_bnn_io_shapes`` (last): :func:`io_shapes` and report/external_weights.json.
     """
     from finn.util.config import extract_model_config_to_json
     from qonnx.custom_op.registry import getCustomOp
 
-    from .estimates import interconnect
-    from .external_weights import align_streams, assign_ram_styles, check_external, mvau_layers, plan, streamed_weights
+    from .estimates import RESOURCE_KEYS, interconnect, node_resources
+    from .external_weights import (
+        align_streams,
+        assign_lutram,
+        assign_ram_styles,
+        check_external,
+        memory_floor,
+        mvau_layers,
+        plan,
+        streamed_weights,
+    )
 
     def step_bnn_external_weights(model, cfg):
+        layers = mvau_layers(model, layer_names)
+        part = cfg._resolve_fpga_part()
+        floors = {r.node: memory_floor(getCustomOp(model.get_node_from_name(r.node)), part) for r in layers}
         try:
-            rows = plan(mvau_layers(model, layer_names), board)
+            rows = plan(layers, board, floors)
         except BnnError as e:
             fail(str(e))
         report = Path(cfg.output_dir) / "report"
@@ -158,12 +172,33 @@ def external_weights_steps(board, layer_names=None) -> Tuple:
             styles = assign_ram_styles(costs, board, fifos)
             model = model.transform(SetWeightMemory(
                 {n: dict(aligned.get(n, {}), **({"ram_style": styles[n]} if n in styles else {})) for n in insts}))
+            model = _weights_to_lutram(model, part)
         # FINN generates URAM weight memories only as runtime-writeable ones on UltraScale+ (MVAU's
         # generate_infra_hdl asserts it), whoever chose "ultra": our assignment or a folding file.
         model = model.transform(SetWeightMemory({r.node: {"runtime_writeable_weights": 1} for r in mvau_layers(model)
                                                  if r.ram_style == "ultra" and r.mem_mode == "internal_decoupled"}))
         extract_model_config_to_json(model, Path(cfg.output_dir) / "report" / FOLDING_CONFIG, FOLDING_ATTRS)
         return model
+
+    def _weights_to_lutram(model, part):
+        """LUTRAM for on-chip layers while the design's BRAM18 (layers, FIFOs, DWCs, DMAs) is over its
+        margin (:func:`~build_fpga.external_weights.assign_lutram`, FINN's estimates at this folding)."""
+        hw = [getCustomOp(n) for n in model.graph.node if n.domain.startswith("finn.custom_op.fpgadataflow")]
+        total = {k: sum(node_resources(i, part)[k] for i in hw) + sum(r[k] for r in interconnect(model, board))
+                 for k in RESOURCE_KEYS}
+        costs = []
+        for r in mvau_layers(model):
+            inst = getCustomOp(model.get_node_from_name(r.node))
+            if r.mem_mode == "external" or r.ram_style == "ultra":
+                continue
+            cost = {"node": r.node, "bram18": int(inst.bram_estimation(part))}
+            lut = int(inst.lut_estimation(part))
+            inst.set_nodeattr("ram_style", "distributed")
+            cost["lut"] = int(inst.lut_estimation(part)) - lut
+            inst.set_nodeattr("ram_style", r.ram_style)
+            costs.append(cost)
+        moved = assign_lutram(costs, total["bram18"] - board.usable["bram18"], board.usable["lut"] - total["lut"])
+        return model.transform(SetWeightMemory({n: {"ram_style": "distributed"} for n in moved}))
 
     def step_bnn_io_shapes(model, cfg):
         report = Path(cfg.output_dir) / "report"

@@ -12,10 +12,12 @@ import pytest
 from build_fpga.external_weights import (
     WeightLayer,
     align_streams,
+    assign_lutram,
     assign_ram_styles,
     check_external,
     ddr_bound,
     external_weight_bytes,
+    memory_floor,
     plan,
     weight_dma_names,
 )
@@ -38,29 +40,100 @@ def paper_layers():
     ]
 
 
+def _floors(layers, part):
+    """FINN's fewest BRAM18/URAM per layer (memory_floor on an MVAU_hls node of its geometry)."""
+    from onnx import helper
+    from qonnx.custom_op.registry import getCustomOp
+
+    out = {}
+    for r in layers:
+        wdt = "INT2" if r.weight_bits == 2 else "BINARY"
+        node = helper.make_node("MVAU_hls", ["x", "w"], ["y"], domain="finn.custom_op.fpgadataflow.hls", name=r.node,
+                                MW=r.mw, MH=r.mh, PE=1, SIMD=1, inputDataType="BINARY", weightDataType=wdt,
+                                outputDataType="BINARY", binaryXnorMode=1, noActivation=1, numInputVectors=[1])
+        out[r.node] = memory_floor(getCustomOp(node), part)
+    return out
+
+
+@needs_finn
+def test_memory_floor_is_finns_best_packing_over_the_foldings():
+    from onnx import helper
+    from qonnx.custom_op.registry import getCustomOp
+
+    from build_fpga.boards import get_board
+
+    part = get_board("pynq-z2").part
+    node = helper.make_node("MVAU_hls", ["x", "w"], ["y"], domain="finn.custom_op.fpgadataflow.hls", MW=3456, MH=384,
+                            PE=2, SIMD=128, inputDataType="BINARY", weightDataType="BINARY", outputDataType="BINARY",
+                            binaryXnorMode=1, noActivation=1, numInputVectors=[1, 13, 13], ram_style="auto")
+    inst = getCustomOp(node)
+    at_folding = inst.bram_estimation(part)
+    floor = memory_floor(inst, part)
+    # conv4: 1,327,104 bits are exactly 72 full BRAM18s (PE 3 x SIMD 108 words, 4096 deep); FINN counts
+    # 90 at PE 2 x SIMD 128 (1.25 BRAM18 deep, 8 wide) and 81 at PE = SIMD = 1
+    assert at_folding == 90 and floor["bram18"] == 72
+    assert floor["uram"] == 5  # 4096 deep x 324 bits: 5 URAMs 72 bits wide
+    assert (inst.get_nodeattr("PE"), inst.get_nodeattr("SIMD"), inst.get_nodeattr("ram_style")) == (2, 128, "auto")
+
+
 @needs_finn
 def test_plan_streams_what_does_not_fit_on_chip():
     from build_fpga.boards import get_board
 
-    zcu = {r.layer: r for r in plan(paper_layers(), get_board("zcu104"))}
-    assert [n for n, r in zcu.items() if r.mem_mode == "external"] == ["fc1"]  # fc2 fits its 73 URAMs
-    kv = {r.layer: r for r in plan(paper_layers(), get_board("kv260"))}
-    assert [n for n, r in kv.items() if r.mem_mode == "external"] == ["fc1", "fc2"]
+    def streamed(board):
+        b = get_board(board)
+        return [r.layer for r in plan(paper_layers(), b, _floors(paper_layers(), b.part)) if r.mem_mode == "external"]
+
+    assert streamed("zcu104") == ["fc1"]  # fc2 fits its 57 URAMs
+    assert streamed("kv260") == ["fc1", "fc2"]
+    # the conv layers' 206 BRAM18 at FINN's best packing fit the Pynq-Z2's usable 224
+    assert streamed("pynq-z2") == ["fc1", "fc2"]
     # small nets stay on chip
     small = [replace(r, mw=max(r.mw // 16, 1)) for r in paper_layers()]
-    assert all(r.mem_mode == "internal_decoupled" for r in plan(small, get_board("zcu104")))
+    b = get_board("zcu104")
+    assert all(r.mem_mode == "internal_decoupled" for r in plan(small, b, _floors(small, b.part)))
     # the input is not changed
     assert all(r.mem_mode == "internal_decoupled" for r in paper_layers())
+
+
+@needs_finn
+def test_plan_follows_finns_estimate_not_a_fixed_share():
+    """The same weight bits fit or not by FINN's BRAM18 count: all 224 usable BRAM18 may hold weights
+    (a fixed share of the bits, the 85% rule before, refused 3.8 Mbit on the Pynq-Z2)."""
+    from build_fpga.boards import get_board
+
+    z2 = get_board("pynq-z2")
+    rows = paper_layers()
+    floors = {r.node: {"bram18": 2000 if r.streamable else 224 // 5 + (r.layer == "conv1") * (224 % 5), "uram": 0}
+              for r in rows}
+    assert sum(f["bram18"] for r, f in zip(rows, floors.values()) if not r.streamable) == 224
+    assert [r.layer for r in plan(rows, z2, floors) if r.mem_mode == "external"] == ["fc1", "fc2"]
+    floors["MVAU_hls_3"]["bram18"] += 1
+    with pytest.raises(BnnError, match=r"^pynq-z2: with every fully connected layer streamed from DDR, conv1, conv2, "
+                                       r"conv3, conv4, conv5 still need 225 BRAM18 for their weights at FINN's best "
+                                       r"packing \(conv1 48, conv2 44, conv3 44, conv4 45, conv5 44\), more than the "
+                                       r"usable 224 BRAM18 and 0 URAM"):
+        plan(rows, z2, floors)
 
 
 @needs_finn
 def test_plan_refuses_when_the_conv_layers_alone_do_not_fit():
     from build_fpga.boards import get_board
 
-    with pytest.raises(BnnError, match=r"^pynq-z2: with every fully connected layer streamed from DDR, conv1, conv2, "
-                                       r"conv3, conv4, conv5 still need 3\.8 Mbit of weights on chip, more than the "
-                                       r"3\.5 Mbit a plan may use \(85% of the usable 224 BRAM18 and 0 URAM"):
-        plan(paper_layers(), get_board("pynq-z2"))
+    z2 = get_board("pynq-z2")
+    rows = [replace(r, mw=r.mw * 2) if r.layer == "conv4" else r for r in paper_layers()]
+    with pytest.raises(BnnError, match=r"^pynq-z2: .* conv1, conv2, conv3, conv4, conv5 still need 278 BRAM18 .*"
+                                       r"conv4 144"):
+        plan(rows, z2, _floors(rows, z2.part))
+
+
+def test_lutram_takes_the_layers_with_the_fewest_luts_per_bram():
+    costs = [{"node": "conv1", "bram18": 7, "lut": 1210}, {"node": "conv2", "bram18": 54, "lut": 9600},
+             {"node": "conv4", "bram18": 90, "lut": 20736}]
+    assert assign_lutram(costs, bram_over=0, lut_left=50000) == []  # BRAM within its margin: nothing moves
+    assert assign_lutram(costs, bram_over=5, lut_left=50000) == ["conv1"]  # 173 LUT per BRAM18
+    assert assign_lutram(costs, bram_over=8, lut_left=50000) == ["conv1", "conv2"]  # 178 next
+    assert assign_lutram(costs, bram_over=8, lut_left=9000) == ["conv1"]  # conv2 would leave the LUT margin
 
 
 @needs_finn
