@@ -224,18 +224,7 @@ def _run(cfg: FitConfig, mode, on_epoch_end, progress):
     out = os.path.abspath(cfg.out)
     check_run_dir(out)
     ckpt_path = os.path.join(out, CHECKPOINT)
-    pretrained = None
-    if mode == "finetune":
-        if not cfg.init_from:
-            raise BnnError("finetune needs --run RUN_DIR (a pretrained run)")
-        pretrained = load_checkpoint(cfg.init_from)
-        pcfg = ModelConfig.from_dict(pretrained["model_config"])
-        if pcfg.preset != cfg.preset:
-            raise BnnError(
-                "%s: pretrained run is of preset %r, not %r" % (cfg.init_from, pcfg.preset, cfg.preset)
-            )
-        # The backbone's precision is the pretrained network's (a copy: the caller's config stays as given)
-        cfg = replace(cfg, precision=pcfg.precision)
+    cfg, pretrained = _pretrained(cfg, mode)
     if cfg.precision == "fp" and cfg.head == "binary":
         raise BnnError("--head-type binary needs a binary network: floating-point networks have a float last layer")
     if is_up_to_date(out, cfg, mode):  # also under --resume: a finished run has nothing to continue
@@ -257,21 +246,8 @@ def _run(cfg: FitConfig, mode, on_epoch_end, progress):
     model = build_model(mcfg)
     pp = Preprocess.for_input_size(mcfg.spec().input_size)
 
-    start_epoch = 0
-    state = None
-    if cfg.resume and os.path.exists(ckpt_path):
-        state = load_checkpoint(ckpt_path, expect_preset=cfg.preset)
-        if state.get("mode") != mode:
-            raise BnnError("%s: is a %s run, cannot resume it as %s" % (ckpt_path, state.get("mode"), mode))
-        check_resumable(state, cfg, ckpt_path)
-        load_model_state(model, state, ckpt_path)
-        start_epoch = int(state["epoch"])
-    elif pretrained is not None:
-        # Everything but the new classifier comes from the pretrained network.
-        own = model.state_dict()
-        src = {k: v for k, v in pretrained["model"].items() if not k.startswith("blocks.fc3.") and k in own}
-        own.update(src)
-        model.load_state_dict(own)
+    state = _restore(model, cfg, mode, ckpt_path, pretrained)
+    start_epoch = int(state["epoch"]) if state is not None else 0
 
     model.to(rt.device)
     frozen = None
@@ -283,17 +259,7 @@ def _run(cfg: FitConfig, mode, on_epoch_end, progress):
     net = model
     if rt.distributed:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[rt.local_rank] if rt.cuda else None)
-    train_idx, val_idx = stratified_split(train_ds.labels, cfg.val_fraction, np.random.default_rng([cfg.seed, 7]))
-    train_loader = make_loader(
-        train_ds, pp, True, cfg.batch_size, cfg.workers, cfg.seed, cfg.cache_dir, rt.distributed, cfg.flip,
-        subset=train_idx,
-    )
-    test_loader = make_loader(
-        test_ds, pp, False, cfg.batch_size, cfg.workers, cfg.seed, cfg.cache_dir, rt.distributed
-    )
-    # Selection data: the held-out training images when there are any, never the test split
-    val_loader = make_loader(train_ds, pp, False, cfg.batch_size, cfg.workers, cfg.seed, cfg.cache_dir,
-                             rt.distributed, subset=val_idx) if len(val_idx) else None
+    train_loader, val_loader, test_loader = _loaders(cfg, train_ds, test_ds, pp, rt.distributed)
     steps = cfg.epochs * len(train_loader)
     optimizer = make_optimizer(trainable, cfg)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(steps, 1))
@@ -328,16 +294,9 @@ def _run(cfg: FitConfig, mode, on_epoch_end, progress):
         if bar is not None:
             bar.close()
         net.eval()
-        row = {"epoch": epoch + 1, "train_loss": tr["loss"], "train_top1": tr["top1"]}
-        skipped = tr["skipped"]
         last = epoch + 1 == cfg.epochs
-        for split, loader in (("val", val_loader), ("test", test_loader)):
-            if loader is None or (split == "test" and val_loader is not None and not last):
-                continue
-            ev = engine.run_epoch(rt, forward, loader, amp=cfg.amp)
-            row.update({split + "_loss": ev["loss"], split + "_top1": ev["top1"], split + "_top5": ev["top5"]})
-            skipped += ev["skipped"]
-        row.update(lr=scheduler.get_last_lr()[0], seconds=round(time.time() - t0, 2), skipped_images=skipped)
+        row = _scored_row(rt, forward, cfg, epoch, tr, val_loader, test_loader, last)
+        row.update(lr=scheduler.get_last_lr()[0], seconds=round(time.time() - t0, 2))
         if rt.main:
             if row["skipped_images"]:
                 log("train: skipped %d unreadable images this epoch" % row["skipped_images"])
@@ -351,16 +310,10 @@ def _run(cfg: FitConfig, mode, on_epoch_end, progress):
             due = epoch == start_epoch or last or time.time() - saved_at >= CHECKPOINT_SECONDS
             if due:
                 save_checkpoint(ckpt_path, {
-                    "mode": mode,
-                    "model_config": mcfg.to_dict(),
-                    "fit_config": asdict(cfg),
-                    "classes": list(train_ds.classes),
-                    "preprocess": pp.to_dict(),
-                    "epoch": epoch + 1,
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "scaler": scaler.state_dict() if scaler is not None else {},
+                    "mode": mode, "model_config": mcfg.to_dict(), "fit_config": asdict(cfg),
+                    "classes": list(train_ds.classes), "preprocess": pp.to_dict(), "epoch": epoch + 1,
+                    "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler is not None else {},
                     "metrics": row,
                 })
             _append_metrics(metrics, row)  # after the checkpoint: a failed save leaves no row of its epoch
@@ -382,6 +335,64 @@ def _run(cfg: FitConfig, mode, on_epoch_end, progress):
     del net, forward
     gc.collect()
     engine.shutdown_runtime(rt)
+    return row
+
+
+def _pretrained(cfg: FitConfig, mode):
+    """(the config to run, the pretrained checkpoint or None): fine-tuning takes the pretrained network's
+    preset (checked) and precision, in a copy of ``cfg``."""
+    if mode != "finetune":
+        return cfg, None
+    if not cfg.init_from:
+        raise BnnError("finetune needs --run RUN_DIR (a pretrained run)")
+    pretrained = load_checkpoint(cfg.init_from)
+    pcfg = ModelConfig.from_dict(pretrained["model_config"])
+    if pcfg.preset != cfg.preset:
+        raise BnnError("%s: pretrained run is of preset %r, not %r" % (cfg.init_from, pcfg.preset, cfg.preset))
+    return replace(cfg, precision=pcfg.precision), pretrained
+
+
+def _restore(model, cfg: FitConfig, mode, ckpt_path, pretrained):
+    """The checkpoint a resumed run continues from (its weights loaded into ``model``), else None; a new
+    fine-tuning run takes everything but the classifier from the pretrained network."""
+    if cfg.resume and os.path.exists(ckpt_path):
+        state = load_checkpoint(ckpt_path, expect_preset=cfg.preset)
+        if state.get("mode") != mode:
+            raise BnnError("%s: is a %s run, cannot resume it as %s" % (ckpt_path, state.get("mode"), mode))
+        check_resumable(state, cfg, ckpt_path)
+        load_model_state(model, state, ckpt_path)
+        return state
+    if pretrained is not None:
+        own = model.state_dict()
+        own.update({k: v for k, v in pretrained["model"].items() if not k.startswith("blocks.fc3.") and k in own})
+        model.load_state_dict(own)
+    return None
+
+
+def _loaders(cfg: FitConfig, train_ds, test_ds, pp, distributed):
+    """(train, held-out or None, test) loaders: ``val_fraction`` of each class's training images is held out."""
+    train_idx, val_idx = stratified_split(train_ds.labels, cfg.val_fraction, np.random.default_rng([cfg.seed, 7]))
+    train = make_loader(train_ds, pp, True, cfg.batch_size, cfg.workers, cfg.seed, cfg.cache_dir, distributed,
+                        cfg.flip, subset=train_idx)
+    test = make_loader(test_ds, pp, False, cfg.batch_size, cfg.workers, cfg.seed, cfg.cache_dir, distributed)
+    # Selection data: the held-out training images when there are any, never the test split
+    val = make_loader(train_ds, pp, False, cfg.batch_size, cfg.workers, cfg.seed, cfg.cache_dir, distributed,
+                      subset=val_idx) if len(val_idx) else None
+    return train, val, test
+
+
+def _scored_row(rt, forward, cfg: FitConfig, epoch, tr, val_loader, test_loader, last):
+    """The metrics row of an epoch: its training figures, the held-out split's every epoch, the test split's
+    only after the last one when there is a held-out split (every epoch otherwise)."""
+    row = {"epoch": epoch + 1, "train_loss": tr["loss"], "train_top1": tr["top1"]}
+    skipped = tr["skipped"]
+    for split, loader in (("val", val_loader), ("test", test_loader)):
+        if loader is None or (split == "test" and val_loader is not None and not last):
+            continue
+        ev = engine.run_epoch(rt, forward, loader, amp=cfg.amp)
+        row.update({split + "_loss": ev["loss"], split + "_top1": ev["top1"], split + "_top5": ev["top5"]})
+        skipped += ev["skipped"]
+    row["skipped_images"] = skipped
     return row
 
 
