@@ -113,6 +113,7 @@ def external_weights_steps(board, layer_names=None) -> Tuple:
 
     from .estimates import RESOURCE_KEYS, interconnect, node_resources
     from .external_weights import (
+        _divisors,
         align_streams,
         assign_lutram,
         assign_ram_styles,
@@ -158,6 +159,7 @@ def external_weights_steps(board, layer_names=None) -> Tuple:
             # cannot initialise URAM on UltraScale+, so its weights load over AXI-lite when the host opens
             # the overlay, one more thing that can go wrong that a design fitting in BRAM does without.
             part = cfg._resolve_fpga_part()
+            model = _pack_weights(model, part)
             costs = []
             for r in rows:
                 if r.mem_mode == "external":
@@ -178,6 +180,49 @@ def external_weights_steps(board, layer_names=None) -> Tuple:
         model = model.transform(SetWeightMemory({r.node: {"runtime_writeable_weights": 1} for r in mvau_layers(model)
                                                  if r.ram_style == "ultra" and r.mem_mode == "internal_decoupled"}))
         extract_model_config_to_json(model, Path(cfg.output_dir) / "report" / FOLDING_CONFIG, FOLDING_ATTRS)
+        return model
+
+    def _pack_weights(model, part):
+        """Per on-chip HLS MVAU fed by a window generator, the PE x SIMD with FINN's fewest BRAM18 (then
+        LUTs) among those no slower than the design's slowest node: SetFolding picks the narrowest
+        folding per target and ignores how its words pack into BRAM18 (the paper preset's conv4 takes 90
+        BRAM18 at PE 2 x SIMD 128, 72 at PE 3 x SIMD 108). The generator follows the MVAU's SIMD as in
+        :func:`~build_fpga.folding.knobs`."""
+        import math
+
+        from finn.util.basic import MAX_ALLOWED_AP_INT_W
+
+        hw = [getCustomOp(n) for n in model.graph.node if n.domain.startswith("finn.custom_op.fpgadataflow")]
+        limit = max(int(i.get_exp_cycles()) for i in hw)
+        for r in mvau_layers(model):
+            node = model.get_node_from_name(r.node)
+            src = model.find_producer(node.input[0])
+            if r.mem_mode == "external" or node.op_type != "MVAU_hls" or src is None \
+                    or not src.op_type.startswith("ConvolutionInputGenerator"):
+                continue
+            inst, swg = getCustomOp(node), getCustomOp(src)
+            channels = int(swg.get_nodeattr("IFMChannels"))
+            start = ((inst.get_nodeattr("PE"), inst.get_nodeattr("SIMD")),
+                     (swg.get_nodeattr("SIMD"), swg.get_nodeattr("parallel_window")))
+            cands = [(int(inst.bram_estimation(part)), int(inst.lut_estimation(part)) + int(swg.lut_estimation(part)),
+                      start)]
+            for pe in _divisors(r.mh):
+                for simd in _divisors(r.mw):
+                    inst.set_nodeattr("PE", pe)
+                    inst.set_nodeattr("SIMD", simd)
+                    swg.set_nodeattr("SIMD", math.gcd(simd, channels))
+                    swg.set_nodeattr("parallel_window", 0)
+                    if max(inst.get_exp_cycles(), swg.get_exp_cycles()) > limit or max(
+                            inst.get_instream_width(0), inst.get_instream_width(1)) > MAX_ALLOWED_AP_INT_W:
+                        continue
+                    cands.append((int(inst.bram_estimation(part)),
+                                  int(inst.lut_estimation(part)) + int(swg.lut_estimation(part)),
+                                  ((pe, simd), (math.gcd(simd, channels), 0))))
+            (pe, simd), (wsimd, pw) = min(cands, key=lambda c: c[:2])[2]
+            for a, v in (("PE", pe), ("SIMD", simd)):
+                inst.set_nodeattr(a, v)
+            for a, v in (("SIMD", wsimd), ("parallel_window", pw)):
+                swg.set_nodeattr(a, v)
         return model
 
     def _weights_to_lutram(model, part):
