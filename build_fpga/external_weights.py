@@ -97,8 +97,8 @@ def memory_floor(inst, part: str) -> Dict[str, int]:
     saved = {k: inst.get_nodeattr(k) for k in ("PE", "SIMD", "ram_style", "mem_mode")}
     inst.set_nodeattr("mem_mode", "internal_decoupled")
     best = {"bram18": None, "uram": None}
-    for pe in _divisors(int(inst.get_nodeattr("MH"))):
-        for simd in _divisors(int(inst.get_nodeattr("MW"))):
+    for pe in divisors(int(inst.get_nodeattr("MH"))):
+        for simd in divisors(int(inst.get_nodeattr("MW"))):
             inst.set_nodeattr("PE", pe)
             inst.set_nodeattr("SIMD", simd)
             for key, style, fn in (("bram18", "block", inst.bram_estimation), ("uram", "ultra", inst.uram_estimation)):
@@ -194,7 +194,7 @@ def align_streams(rows: List[WeightLayer], folding: Dict[str, Dict[str, int]]) -
         pe, simd = folding[r.node]["PE"], folding[r.node]["SIMD"]
         if r.mem_mode != "external" or (pe * simd * r.weight_bits) % 8 == 0:
             continue
-        options = [(p * q, p, q) for p in _divisors(r.mh) if p >= pe for q in _divisors(r.mw) if q >= simd
+        options = [(p * q, p, q) for p in divisors(r.mh) if p >= pe for q in divisors(r.mw) if q >= simd
                    and (p * q * r.weight_bits) % 8 == 0]
         if options:
             _, p, q = min(options)
@@ -202,8 +202,9 @@ def align_streams(rows: List[WeightLayer], folding: Dict[str, Dict[str, int]]) -
     return out
 
 
-def _divisors(n: int) -> List[int]:
-    return [d for d in range(1, n + 1) if n % d == 0]
+def divisors(n: int) -> List[int]:
+    """The PE (or SIMD) values FINN accepts for a dimension of ``n``: its divisors."""
+    return [d for d in range(1, int(n) + 1) if n % d == 0]
 
 
 def check_external(layers: List[WeightLayer], where: str) -> None:

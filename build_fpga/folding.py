@@ -35,6 +35,7 @@ from .boards import Board
 from .config import BuildConfig
 from .estimate import Estimate, FoldingSearch
 from .estimates import RESOURCE_KEYS, interconnect, node_resources
+from .external_weights import divisors
 from .finn_flow import refold, run_flow
 
 SEARCH_FOLDING = "search_folding_config.json"  # in the FINN output dir
@@ -93,10 +94,6 @@ class FoldingResult:
     steps: List[Dict] = field(default_factory=list)
 
 
-def _divisors(n: int) -> List[int]:
-    return [d for d in range(1, int(n) + 1) if n % d == 0]
-
-
 def knobs(model, part: str) -> List[Knob]:
     """One knob per foldable unit of the dataflow graph, priced, each at its smallest folding."""
     from qonnx.custom_op.registry import getCustomOp
@@ -112,25 +109,25 @@ def knobs(model, part: str) -> List[Knob]:
             pool_inst = getCustomOp(pool)
             taken.add(pool.name)
             opts = [({"SIMD": c, "parallel_window": 0}, {"PE": c})
-                    for c in _divisors(pool_inst.get_nodeattr("Channels"))]
+                    for c in divisors(pool_inst.get_nodeattr("Channels"))]
             out.append(Knob([inst, pool_inst], opts))
         elif op.startswith("ConvolutionInputGenerator"):
             mvau = model.find_consumer(node.output[0])
             if mvau is None or not mvau.op_type.startswith("MVAU"):
-                opts = [({"SIMD": s, "parallel_window": 0},) for s in _divisors(inst.get_nodeattr("IFMChannels"))]
+                opts = [({"SIMD": s, "parallel_window": 0},) for s in divisors(inst.get_nodeattr("IFMChannels"))]
                 out.append(Knob([inst], opts))
                 continue
             taken.add(mvau.name)
             mvau_inst = getCustomOp(mvau)
             out.append(Knob([inst, mvau_inst], _window_mvau_options(inst, mvau_inst)))
         elif op.startswith("MVAU"):
-            opts = [({"PE": p, "SIMD": s},) for p in _divisors(inst.get_nodeattr("MH"))
-                    for s in _divisors(inst.get_nodeattr("MW"))]
+            opts = [({"PE": p, "SIMD": s},) for p in divisors(inst.get_nodeattr("MH"))
+                    for s in divisors(inst.get_nodeattr("MW"))]
             out.append(Knob([inst], opts))
         elif op.startswith("Thresholding"):
-            out.append(Knob([inst], [({"PE": p},) for p in _divisors(inst.get_nodeattr("NumChannels"))]))
+            out.append(Knob([inst], [({"PE": p},) for p in divisors(inst.get_nodeattr("NumChannels"))]))
         elif op.startswith("FMPadding"):
-            out.append(Knob([inst], [({"SIMD": s},) for s in _divisors(inst.get_nodeattr("NumChannels"))]))
+            out.append(Knob([inst], [({"SIMD": s},) for s in divisors(inst.get_nodeattr("NumChannels"))]))
     for k in out:
         k.price(part)
     return out
@@ -141,8 +138,8 @@ def _window_mvau_options(swg, mvau) -> List[Tuple[Dict[str, int], ...]]:
     two streams match without a converter when one divides the other; or a parallel window."""
     channels = int(swg.get_nodeattr("IFMChannels"))
     opts = []
-    for p in _divisors(mvau.get_nodeattr("MH")):
-        for s in _divisors(mvau.get_nodeattr("MW")):
+    for p in divisors(mvau.get_nodeattr("MH")):
+        for s in divisors(mvau.get_nodeattr("MW")):
             opts.append(({"SIMD": math.gcd(s, channels), "parallel_window": 0}, {"PE": p, "SIMD": s}))
             opts.append(({"SIMD": channels, "parallel_window": 1}, {"PE": p, "SIMD": s}))
     return opts

@@ -113,11 +113,11 @@ def external_weights_steps(board, layer_names=None) -> Tuple:
 
     from .estimates import RESOURCE_KEYS, interconnect, node_resources
     from .external_weights import (
-        _divisors,
         align_streams,
         assign_lutram,
         assign_ram_styles,
         check_external,
+        divisors,
         memory_floor,
         mvau_layers,
         plan,
@@ -206,8 +206,8 @@ def external_weights_steps(board, layer_names=None) -> Tuple:
                      (swg.get_nodeattr("SIMD"), swg.get_nodeattr("parallel_window")))
             cands = [(int(inst.bram_estimation(part)), int(inst.lut_estimation(part)) + int(swg.lut_estimation(part)),
                       start)]
-            for pe in _divisors(r.mh):
-                for simd in _divisors(r.mw):
+            for pe in divisors(r.mh):
+                for simd in divisors(r.mw):
                     inst.set_nodeattr("PE", pe)
                     inst.set_nodeattr("SIMD", simd)
                     swg.set_nodeattr("SIMD", math.gcd(simd, channels))
