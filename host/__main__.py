@@ -13,7 +13,8 @@ import sys
 
 from .backends import BACKENDS, add_backend_options
 from .cli import ArgumentParser, run_cli
-from .commands import COMMANDS, HEAD_VARIANTS
+from .commands import COMMANDS
+from .heads import VARIANTS
 from .heads.fit import SOLVER_OPTIONS
 
 # Old spellings of renamed options, per command (issue 27): each is refused with a line naming the new one
@@ -102,7 +103,7 @@ def build_parser():
     _dataset_args(fit, "train on")
     _backend_args(fit)
     tr = fit.add_argument_group("head training")
-    tr.add_argument("--head-type", default="float", choices=HEAD_VARIANTS,
+    tr.add_argument("--head-type", default="float", choices=VARIANTS,
                     help="type of the last layer: float: softmax regression (paper variant b); binary: +-1 weights "
                          "(variant a); mlp: two software layers")
     tr.add_argument("--out", required=True, metavar="HEAD.npz", help="head file to write")
@@ -168,7 +169,7 @@ def build_parser():
     te.add_argument("--frames-per-class", type=int, default=10, metavar="K", help="frames to capture per class")
     te.add_argument("--examples", metavar="DIR", help="folder keeping the captured frames (default: HEAD-examples/ "
                                                       "next to --out)")
-    te.add_argument("--head-type", default="float", choices=HEAD_VARIANTS,
+    te.add_argument("--head-type", default="float", choices=VARIANTS,
                     help="type of the last layer: float (paper variant b), binary (variant a) or mlp")
     _source_args(te)
     _backend_args(te, batched=False)

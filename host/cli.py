@@ -162,7 +162,7 @@ def _parse_value(v):
     return v
 
 
-def dataset_options(pairs, flag="--option"):
+def key_value_options(pairs, flag="--option"):
     """['n_train_per_class=100', 'flowers_split=official'] -> {'n_train_per_class': 100, ...}: the values of
     the repeatable ``flag`` (numbers parsed, the rest kept as text)."""
     out = {}

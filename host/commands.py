@@ -11,11 +11,8 @@ import sys
 import time
 
 from .boards import SMALLEST_BOARD_BYTES
-from .cli import dataset_options
+from .cli import key_value_options
 from .errors import BnnError, ImageError
-
-HEAD_VARIANTS = ("float", "binary", "mlp")
-
 
 # ------------------------------------------------------------------------------------------- helpers
 
@@ -65,7 +62,7 @@ def _cache_dir(args, head_path):
 def _open_dataset(args, split):
     from .datasets import open_dataset
 
-    return open_dataset(args.dataset, split, args.data_dir, **dataset_options(args.option))
+    return open_dataset(args.dataset, split, args.data_dir, **key_value_options(args.option))
 
 
 def _extract(args, bundle, dataset, head_path):
@@ -126,7 +123,7 @@ def _fit(args, out):
     if args.seed < 0:
         raise BnnError("--seed: must be 0 or more, got %d" % args.seed)
     # checked here, not only in fit_head: a typo should not cost a whole feature extraction first
-    cfg = head_config(args.head_type, args.seed, dataset_options(args.solver_option, "--solver-option"))
+    cfg = head_config(args.head_type, args.seed, key_value_options(args.solver_option, "--solver-option"))
     bundle = _load_bundle(args)
     dataset = _open_dataset(args, "train")
     check_training_classes(dataset)

@@ -324,16 +324,11 @@ for _spec in (
     register_dataset(_spec)
 
 
-def dataset_option_names(name, table=DATASETS):
-    """The options ``open_dataset`` accepts for ``name`` (for CLI help and validation)."""
-    return tuple(sorted(table[name].options)) if name in table else ()
-
-
 def open_dataset(name, split, data_dir=None, table=DATASETS, **options):
     """The ``split`` ("train" or "test") of dataset ``name`` of ``table``, read from ``data_dir``.
 
-    ``data_dir`` is ignored by the generated datasets. Options are per dataset (see
-    ``dataset_option_names``); an unknown one raises BnnError rather than being ignored.
+    ``data_dir`` is ignored by the generated datasets. Options are per dataset (``DatasetSpec.options``);
+    an unknown one raises BnnError rather than being ignored.
     """
     if name not in table:
         raise BnnError("dataset %r: unknown, choose one of %s" % (name, ", ".join(table)))

@@ -5,7 +5,7 @@ import json
 import os
 import sys
 
-from host.cli import ArgumentParser, dataset_options, run_cli
+from host.cli import ArgumentParser, key_value_options, run_cli
 from host.errors import BnnError
 
 from .presets import PRESETS
@@ -166,7 +166,7 @@ def main(argv=None):
         from .table2 import main as table2_main
 
         return table2_main(args)
-    opts = dataset_options(args.option)
+    opts = key_value_options(args.option)
     if args.threads is not None:
         if args.threads < 1:
             raise BnnError("--threads %d: must be >= 1" % args.threads)

@@ -93,9 +93,9 @@ def test_a_union_option_named_for_a_part_goes_to_that_part_only():
 
 
 def test_a_union_option_keeps_a_hyphenated_part_name():
-    from host.cli import dataset_options
+    from host.cli import key_value_options
     from train.datasets import open_dataset
 
-    opts = dataset_options(["synthetic-transfer.n-train-per-class=2", "strokes.n_train_per_class=1"])
+    opts = key_value_options(["synthetic-transfer.n-train-per-class=2", "strokes.n_train_per_class=1"])
     assert opts == {"synthetic-transfer.n_train_per_class": 2, "strokes.n_train_per_class": 1}
     assert len(open_dataset("synthetic-transfer+strokes", "train", **opts)) == 10 * 2 + 100
