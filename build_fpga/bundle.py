@@ -162,7 +162,7 @@ def write_bundle(root: str, *, export_dir: str, export: Dict, export_sha: str, p
     """
     save_emulator(os.path.join(root, EMULATOR), *emulator)
     os.makedirs(os.path.join(root, PC_DIR))
-    shutil.copyfile(os.path.join(export_dir, os.path.basename(ONNX)), os.path.join(root, ONNX))
+    shutil.copyfile(os.path.join(export_dir, BACKBONE), os.path.join(root, ONNX))
     bitfile = hwh = None
     if hw is not None:
         os.makedirs(os.path.join(root, "bitfile"))

@@ -69,6 +69,7 @@ def parse_estimates(report_dir, board: Board, clock_mhz: float, models_dir=None,
             row.update(lut=fixed["lut"], dsp=fixed["dsp"], note=RTL_MVAU_NOTE)
         layers.append(LayerEstimate(**row))
     extra = interconnect(model, board) if model is not None else []
+    around = resource_totals(extra)
     resources = {}
     for r in RESOURCES:
         limits = dict(available=getattr(board, r), usable=board.usable[r], margin=board.margins[r])
@@ -76,8 +77,8 @@ def parse_estimates(report_dir, board: Board, clock_mhz: float, models_dir=None,
             resources[r] = Resource(used=None, note="not estimated: FINN's analytical resource models have no FF term",
                                     **limits)
         else:
-            in_layers, around = sum(getattr(ly, r) for ly in layers), sum(x[r] for x in extra)
-            resources[r] = Resource(used=in_layers + around, layers=in_layers, interconnect=around, **limits)
+            in_layers = sum(getattr(ly, r) for ly in layers)
+            resources[r] = Resource(used=in_layers + around[r], layers=in_layers, interconnect=around[r], **limits)
     return Estimate(
         board=board.name,
         finn_board=board.finn_board,
@@ -246,6 +247,11 @@ def _cheapest_fifo(inst, board: Board) -> Tuple[str, Dict[str, int]]:
             best = (score, style, res)
     inst.set_nodeattr("ram_style", best[1])
     return best[1], best[2]
+
+
+def resource_totals(rows: Sequence[Dict]) -> Dict[str, int]:
+    """Per resource of RESOURCE_KEYS, the sum over ``rows`` (:func:`interconnect` rows, :func:`node_resources`)."""
+    return {k: sum(int(r[k]) for r in rows) for k in RESOURCE_KEYS}
 
 
 def interconnect(model, board: Board) -> List[Dict]:

@@ -34,7 +34,7 @@ import numpy as np
 from .boards import Board
 from .config import BuildConfig
 from .estimate import Estimate, FoldingSearch
-from .estimates import RESOURCE_KEYS, interconnect, node_resources
+from .estimates import RESOURCE_KEYS, interconnect, node_resources, resource_totals
 from .external_weights import divisors
 from .finn_flow import refold, run_flow
 
@@ -169,8 +169,8 @@ def _over(used: np.ndarray, usable: np.ndarray) -> List[str]:
 
 
 def _interconnect_total(model, board: Board) -> np.ndarray:
-    rows = interconnect(model, board)
-    return np.array([sum(r[k] for r in rows) for k in RESOURCE_KEYS], dtype=np.int64)
+    total = resource_totals(interconnect(model, board))
+    return np.array([total[k] for k in RESOURCE_KEYS], dtype=np.int64)
 
 
 def search(model, board: Board, clock_mhz: float, log=None) -> FoldingResult:

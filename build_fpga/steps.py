@@ -111,7 +111,7 @@ def external_weights_steps(board, layer_names=None) -> Tuple:
     from finn.util.config import extract_model_config_to_json
     from qonnx.custom_op.registry import getCustomOp
 
-    from .estimates import RESOURCE_KEYS, interconnect, node_resources
+    from .estimates import interconnect, node_resources, resource_totals
     from .external_weights import (
         align_streams,
         assign_lutram,
@@ -170,7 +170,7 @@ def external_weights_steps(board, layer_names=None) -> Tuple:
                     cost[key] = int(getattr(inst, fn)(part))
                 inst.set_nodeattr("ram_style", r.ram_style)
                 costs.append(cost)
-            fifos = sum(r["uram"] for r in interconnect(model, board)) if board.uram else 0
+            fifos = resource_totals(interconnect(model, board))["uram"] if board.uram else 0
             styles = assign_ram_styles(costs, board, fifos)
             model = model.transform(SetWeightMemory(
                 {n: dict(aligned.get(n, {}), **({"ram_style": styles[n]} if n in styles else {})) for n in insts}))
@@ -229,8 +229,7 @@ def external_weights_steps(board, layer_names=None) -> Tuple:
         """LUTRAM for on-chip layers while the design's BRAM18 (layers, FIFOs, DWCs, DMAs) is over its
         margin (:func:`~build_fpga.external_weights.assign_lutram`, FINN's estimates at this folding)."""
         hw = [getCustomOp(n) for n in model.graph.node if n.domain.startswith("finn.custom_op.fpgadataflow")]
-        total = {k: sum(node_resources(i, part)[k] for i in hw) + sum(r[k] for r in interconnect(model, board))
-                 for k in RESOURCE_KEYS}
+        total = resource_totals([node_resources(i, part) for i in hw] + interconnect(model, board))
         costs = []
         for r in mvau_layers(model):
             inst = getCustomOp(model.get_node_from_name(r.node))
