@@ -17,8 +17,8 @@ v3.1 and the v4.0.0 release):
 - Avnet/Ultra96-PYNQ has images for 2.7 and 3.0.1 (its tags);
 - Xilinx/Kria-PYNQ installs PYNQ on AMD's Ubuntu image for the KV260 (user ``ubuntu``): its v1.0
   PYNQ 2.7 on 20.04, its v3.0 PYNQ 3.0.1 on 22.04, the same virtual environment, ``BOARD=KV260`` and
-  ``PYNQ_JUPYTER_NOTEBOOKS`` exported in ``/etc/profile.d/pynq_venv.sh`` (``/root/jupyter_notebooks``
-  since its install.sh resolves ``~`` after setting ``HOME=/root``).
+  ``PYNQ_JUPYTER_NOTEBOOKS`` exported in ``/etc/profile.d/pynq_venv.sh`` (a folder in root's home:
+  its install.sh resolves ``~`` after setting ``HOME`` to root's).
 
 PYNQ's names for the boards and how ``host/`` finds the board it runs on: ``host/boards.py``.
 """
@@ -107,8 +107,8 @@ def _board_lines(board: str, folder: str, board_part: Sequence[str]) -> List[str
     if board == "kv260":
         lines += [
             "Kria-PYNQ (PYNQ installed on AMD's Ubuntu image for the KV260) has no user `xilinx`: log in as "
-            "`ubuntu`, copy the same files to `/home/ubuntu/%s`, then put them where its Jupyter looks: "
-            "`sudo -i`, then `cp -r /home/ubuntu/%s \"$PYNQ_JUPYTER_NOTEBOOKS\"/` (`/root/jupyter_notebooks` with "
+            "`ubuntu`, copy the same files to `~/%s`, then put them where its Jupyter looks: "
+            "`sudo -i`, then `cp -r ~ubuntu/%s \"$PYNQ_JUPYTER_NOTEBOOKS\"/` (a folder in root's home with "
             "Kria-PYNQ's current install script); in the commands below, that folder stands for `%s`."
             % (folder, folder, JUPYTER_DIR),
             "",

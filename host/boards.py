@@ -55,9 +55,9 @@ class BoardRecord:
 # input batch, one decoded image or one npz file may take is a fraction of it, on a PC too (a bundle runs on both)
 SMALLEST_BOARD_BYTES = 512 << 20
 
-# How to add a board: register_board(BoardRecord(...)) in a module of its own, imported before the board is
-# named (a FINN board name from finn.util.basic.pynq_part_map, a PYNQ name from its image). Nothing else names
-# boards: build_fpga's --board choices, its resolved Board, and host's $BOARD check all read this table.
+# How to add a board: one BoardRecord in the list below (its FINN board name from finn.util.basic.pynq_part_map,
+# its PYNQ name from its image). Nothing else names boards: build_fpga's --board choices, its resolved Board,
+# and host's $BOARD check all read this table.
 BOARDS: Dict[str, BoardRecord] = {}
 
 
