@@ -324,6 +324,12 @@ for _spec in (
     register_dataset(_spec)
 
 
+def dataset_option_names(name):
+    """The options ``open_dataset`` accepts for ``name`` (live_classify.ipynb keeps a head's dataset options
+    by them)."""
+    return tuple(sorted(DATASETS[name].options)) if name in DATASETS else ()
+
+
 def open_dataset(name, split, data_dir=None, table=DATASETS, **options):
     """The ``split`` ("train" or "test") of dataset ``name`` of ``table``, read from ``data_dir``.
 
