@@ -11,9 +11,9 @@ import tempfile
 import time
 import traceback
 
-from host.atomic import output_lock
-from host.cli import ArgumentParser, run_cli
-from host.errors import BnnError
+from bnn_transfer.host.atomic import output_lock
+from bnn_transfer.host.cli import ArgumentParser, run_cli
+from bnn_transfer.host.errors import BnnError
 
 DEFAULT_OUT = os.curdir  # not this package's folder: in an installed copy that is site-packages
 # Thread pools of numpy's BLAS, torch (OpenMP) and MKL read these when they load, i.e. on first import.
@@ -143,7 +143,7 @@ def main(argv=None):
     report.check_replaceable(args.out)  # fail now, not after the measurements
     check_scope(args, report.previous_argv(args.out), report.read_results(args.out) is not None)
     if args.demo_bundle:
-        from host.bundle import load_bundle
+        from bnn_transfer.host.bundle import load_bundle
 
         load_bundle(args.demo_bundle)  # fail now, not after half an hour of measurements
     out = _json_stream()

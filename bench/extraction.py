@@ -66,7 +66,7 @@ def _batched(ctx, net):
     import onnxruntime as ort
     import torch
 
-    from train.freeze import IntegerBackbone
+    from bnn_transfer.train.freeze import IntegerBackbone
 
     torch.set_num_threads(ctx.threads)
     model, em = net.model, net.emulator
@@ -131,7 +131,7 @@ def _batched(ctx, net):
 def _qonnx(ctx, net):
     from qonnx.core.modelwrapper import ModelWrapper
 
-    from export.qonnx_graph import execute
+    from bnn_transfer.export.qonnx_graph import execute
 
     name = "emulator_vs_qonnx/%s/b1" % net.preset
     n = QUICK_QONNX_IMAGES if ctx.quick else QONNX_IMAGES[net.preset]

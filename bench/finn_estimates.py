@@ -84,8 +84,8 @@ def paper_command(ctx, board, clock_mhz=None):
     export = ctx.networks.get("paper").export_dir()
     out = os.path.join(ctx.workdir, "deploy_paper_%s_%s" % (board, clock_mhz or "default"))
     clock = ["--clock-mhz", str(clock_mhz)] if clock_mhz else []
-    cmd = [sys.executable, "-m", "build_fpga", "--export", export, "--board", board, "--out", out, "--estimate-only"]
-    cmd += clock
+    cmd = [sys.executable, "-m", "bnn_transfer.build_fpga", "--export", export, "--board", board, "--out", out,
+           "--estimate-only", *clock]
     with tempfile.TemporaryFile("w+") as err:
         t0 = time.time()
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err)
@@ -95,7 +95,7 @@ def paper_command(ctx, board, clock_mhz=None):
         if proc.returncode != 0:
             err.seek(0)
             raise RuntimeError("%s failed: %s" % (" ".join(cmd), err.read().strip().splitlines()[-1:]))
-    from build_fpga.estimate import Estimate
+    from bnn_transfer.build_fpga.estimate import Estimate
 
     with open(os.path.join(out, "report", "estimates.json"), encoding="utf-8") as f:
         est = Estimate.from_dict(json.load(f))
@@ -138,8 +138,8 @@ def run(ctx):
         if ctx.quick and not in_quick:
             yield skipped(name, "--quick estimates the tiny preset only")
             continue
-        from build_fpga.config import BuildConfig
-        from build_fpga.folding import search_max_fps
+        from bnn_transfer.build_fpga.config import BuildConfig
+        from bnn_transfer.build_fpga.folding import search_max_fps
 
         ctx.log("finn: %s, folding search (a minute for z2)" % name)
         net = ctx.networks.get(preset)

@@ -42,8 +42,8 @@ NAMES = ("head_vs_sklearn/flowers-size", "head_peak_rss/flowers-size", "head_vs_
 _RSS_CHILD = r"""
 import json, sys
 import numpy as np
-from host.benchmark import peak_rss_mb as peak_mb
-from host.heads import HeadConfig, fit_head
+from bnn_transfer.host.benchmark import peak_rss_mb as peak_mb
+from bnn_transfer.host.heads import HeadConfig, fit_head
 
 base = peak_mb()
 if sys.argv[1] != "--baseline":
@@ -87,7 +87,7 @@ def generate(n_train, test_per_class, n_classes, width, seed=0, group=6, share=0
 
 
 def _fit_ours(xtr, ytr, xte, yte, width, classes, **cfg):
-    from host.heads import HeadConfig, evaluate, fit_head
+    from bnn_transfer.host.heads import HeadConfig, evaluate, fit_head
 
     secs, (head, hist) = once(lambda: fit_head(xtr, ytr, classes, HeadConfig(**cfg), progress=False,
                                                feature_width=width))
@@ -99,7 +99,7 @@ def _fit_sklearn(xtr, ytr, xte, yte, width, C):
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
 
-    from host.features import unpack_features
+    from bnn_transfer.host.features import unpack_features
 
     dense_tr, dense_te = unpack_features(xtr, width), unpack_features(xte, width)
     clf = LogisticRegression(C=C, max_iter=SKLEARN_MAX_ITER)
@@ -124,7 +124,7 @@ def _why(rec):
     if d > TOP1_TOLERANCE:
         parts.append("top-1 %.1f points below scikit-learn's" % (100 * d))
     if rec["ours_s"] >= rec["theirs_s"]:
-        from host.heads import HeadConfig
+        from bnn_transfer.host.heads import HeadConfig
 
         cfg = HeadConfig()
         parts.append("%.1fx slower: %d passes over the features (an L2 path of up to %d values, at most %d L-BFGS "
@@ -194,9 +194,9 @@ def _rss(ctx, xtr, ytr, width, desc):
 
 def _demo_bundle(ctx):
     """The head on real features: the demo bundle's emulator on the synthetic-transfer task."""
-    from host.bundle import load_bundle
-    from host.datasets import open_dataset
-    from host.extract import extract_dataset
+    from bnn_transfer.host.bundle import load_bundle
+    from bnn_transfer.host.datasets import open_dataset
+    from bnn_transfer.host.extract import extract_dataset
 
     ctx.log("head: features of %s on synthetic-transfer" % ctx.demo_bundle)
     bundle = load_bundle(ctx.demo_bundle)

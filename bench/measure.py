@@ -14,8 +14,8 @@ import sys
 import time
 from typing import Callable, Dict, List, Sequence
 
-from host.benchmark import cpu_model
-from host.manifest import package_versions
+from bnn_transfer.host.benchmark import cpu_model
+from bnn_transfer.host.manifest import package_versions
 
 __all__ = ["side_by_side", "best_of", "once", "calls_per_sample", "machine", "comparison",
            "skipped", "fmt_seconds"]

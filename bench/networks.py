@@ -15,15 +15,15 @@ from typing import Dict, Optional
 
 import numpy as np
 
-from host.artifacts import CHECKPOINT
+from bnn_transfer.host.artifacts import CHECKPOINT
 
 __all__ = ["Network", "Networks", "calibrated_model"]
 
 
 def calibrated_model(preset: str, seed: int = 0, num_classes: int = 10):
     """The Brevitas network of ``preset`` in eval mode, with realistic random BatchNorm statistics."""
-    from train.calibrate import calibrated_random_model
-    from train.models import ModelConfig
+    from bnn_transfer.train.calibrate import calibrated_random_model
+    from bnn_transfer.train.models import ModelConfig
 
     return calibrated_random_model(ModelConfig(preset=preset, num_classes=num_classes), seed)
 
@@ -43,7 +43,7 @@ class Network:
     def qonnx_path(self) -> str:
         """The QONNX graph of the integer backbone (export/qonnx_graph.py, as the deploy flow makes it)."""
         if "qonnx" not in self._paths:
-            from export.qonnx_graph import export_qonnx_backbone
+            from bnn_transfer.export.qonnx_graph import export_qonnx_backbone
 
             path = os.path.join(self.workdir, "%s_backbone.onnx" % self.preset)
             export_qonnx_backbone(self.layers, self.input_size, path)
@@ -53,9 +53,9 @@ class Network:
     def export_dir(self) -> str:
         """An export directory of this network (``python -m export backbone`` on a run holding it)."""
         if "export" not in self._paths:
-            from export.backbone import ExportConfig, export_backbone
-            from host.preprocess import Preprocess
-            from train.checkpoint import save_checkpoint
+            from bnn_transfer.export.backbone import ExportConfig, export_backbone
+            from bnn_transfer.host.preprocess import Preprocess
+            from bnn_transfer.train.checkpoint import save_checkpoint
 
             run = os.path.join(self.workdir, "%s_run" % self.preset)
             os.makedirs(run, exist_ok=True)
@@ -80,7 +80,7 @@ class Network:
         if "float" not in self._paths:
             import torch
 
-            from train.freeze import IntegerBackbone
+            from bnn_transfer.train.freeze import IntegerBackbone
 
             path = os.path.join(self.workdir, "%s_float.onnx" % self.preset)
             s = self.input_size
@@ -107,10 +107,10 @@ class Networks:
 
     def get(self, preset: str) -> Network:
         if preset not in self._nets:
-            from export.emulator_weights import emulator_arrays
-            from host.emulator import Emulator
-            from train.freeze import fold_backbone
-            from train.presets import get_preset
+            from bnn_transfer.export.emulator_weights import emulator_arrays
+            from bnn_transfer.host.emulator import Emulator
+            from bnn_transfer.train.freeze import fold_backbone
+            from bnn_transfer.train.presets import get_preset
 
             size = get_preset(preset).input_size
             model = calibrated_model(preset, self.seed)

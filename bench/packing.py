@@ -23,7 +23,7 @@ def run(ctx):
     from finn.util.data_packing import finnpy_to_packed_bytearray, packed_bytearray_to_finnpy
     from qonnx.core.datatype import DataType
 
-    from host.packing import pack, unpack
+    from bnn_transfer.host.packing import pack, unpack
 
     sizes = QUICK if ctx.quick else FULL
     rng = np.random.default_rng(ctx.seed)

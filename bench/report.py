@@ -7,10 +7,10 @@ import shlex
 import time
 from typing import Dict, List, Optional, Sequence
 
-from host.atomic import write_bytes_atomic, write_json_atomic
-from host.errors import BnnError
-from host.manifest import read_json
-from host.report import PNG_METADATA
+from bnn_transfer.host.atomic import write_bytes_atomic, write_json_atomic
+from bnn_transfer.host.errors import BnnError
+from bnn_transfer.host.manifest import read_json
+from bnn_transfer.host.report import PNG_METADATA
 
 from .measure import fmt_seconds
 

@@ -25,7 +25,7 @@ PIXEL_MARGIN = 0.05  # frozen features may trail logistic regression on pixels b
 
 
 def _images(dataset, pp, indices=None):
-    from host.preprocess import eval_transform
+    from bnn_transfer.host.preprocess import eval_transform
 
     indices = range(len(dataset)) if indices is None else indices
     return np.stack([eval_transform(dataset.load(i), pp) for i in indices])
@@ -36,8 +36,8 @@ def random_backbone(preset, train_images, seed=0):
     import torch
     from torch import nn
 
-    from train.freeze import IntegerBackbone, fold_backbone
-    from train.models import ModelConfig, build_model
+    from bnn_transfer.train.freeze import IntegerBackbone, fold_backbone
+    from bnn_transfer.train.models import ModelConfig, build_model
 
     torch.manual_seed(seed)
     model = build_model(ModelConfig(preset=preset, num_classes=10))
@@ -64,7 +64,7 @@ def torch_layers(backbone):
 
 def _packed_layers(layer_outputs, images, batch=128):
     """Every layer's output of ``layer_outputs(batch) -> [+-1 arrays]`` for all ``images``, packed per layer."""
-    from host.features import pack_features
+    from bnn_transfer.host.features import pack_features
 
     parts = None
     for i in range(0, len(images), batch):
@@ -75,7 +75,7 @@ def _packed_layers(layer_outputs, images, batch=128):
 
 def by_layer(layer_outputs, names, img_tr, ytr, img_te, yte, classes):
     """Top-1 of host's float head on each layer's output: where the backbone loses the task's information."""
-    from host.heads import HeadConfig, evaluate, fit_head
+    from bnn_transfer.host.heads import HeadConfig, evaluate, fit_head
 
     tr, te = _packed_layers(layer_outputs, img_tr), _packed_layers(layer_outputs, img_te)
     widths = [int(np.prod(o.shape[1:])) for o in layer_outputs(img_tr[:1])]
@@ -100,7 +100,7 @@ def _sklearn(xtr, ytr, xte, yte):
 
 
 def _host(xtr, ytr, xte, yte, classes):
-    from host.heads import HeadConfig, evaluate, fit_head
+    from bnn_transfer.host.heads import HeadConfig, evaluate, fit_head
 
     head, _ = fit_head(xtr, ytr, classes, HeadConfig(), progress=False)
     r = evaluate(head, xte, yte)
@@ -109,9 +109,9 @@ def _host(xtr, ytr, xte, yte, classes):
 
 def measure(bundle, dataset_name, seed=0, log=lambda msg: None):
     """The transfer record of ``dataset_name`` for ``bundle`` (a loaded deploy bundle, the demo's)."""
-    from host.datasets import open_dataset
-    from host.emulator import load_emulator
-    from host.preprocess import Preprocess
+    from bnn_transfer.host.datasets import open_dataset
+    from bnn_transfer.host.emulator import load_emulator
+    from bnn_transfer.host.preprocess import Preprocess
 
     pp = Preprocess.from_dict(bundle.preprocess)
     train_ds, test_ds = open_dataset(dataset_name, "train"), open_dataset(dataset_name, "test")
@@ -120,7 +120,7 @@ def measure(bundle, dataset_name, seed=0, log=lambda msg: None):
     log("transfer/%s: preprocessing %d + %d images to %d px" % (dataset_name, len(ytr), len(yte), pp.input_size))
     img_tr, img_te = _images(train_ds, pp), _images(test_ds, pp)
     log("transfer/%s: frozen features (emulator of %s)" % (dataset_name, bundle.root))
-    from host.backends import make_backend
+    from bnn_transfer.host.backends import make_backend
 
     with make_backend("emulator", bundle) as backend:
         frozen = [backend.extract(imgs, batch_size=256) for imgs in (img_tr, img_te)]
@@ -171,6 +171,6 @@ def run(ctx):
         if not ctx.demo_bundle:
             yield skipped(name, "needs --demo-bundle DIR (the demo's deploy bundle, runs/demo/deploy/pynq-z2)")
             continue
-        from host.bundle import load_bundle
+        from bnn_transfer.host.bundle import load_bundle
 
         yield measure(load_bundle(ctx.demo_bundle), dataset_name, ctx.seed, ctx.log)

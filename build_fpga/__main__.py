@@ -6,7 +6,7 @@ with one line "error: ..." and exit code 2.
 
 import sys
 
-from host.cli import ArgumentParser, RawEpilogHelpFormatter, run_cli
+from bnn_transfer.host.cli import ArgumentParser, RawEpilogHelpFormatter, run_cli
 
 from .boards import board_names
 
@@ -102,7 +102,7 @@ def main(argv=None):
 
     args = build_parser().parse_args(argv)
     if args.cppsim is not None and args.cppsim < 1:
-        from host.errors import BnnError
+        from bnn_transfer.host.errors import BnnError
 
         raise BnnError("--cppsim %d: give a positive number of images, or leave --cppsim out" % args.cppsim)
     from .finn_env import launch_like_finn, vivado_requested

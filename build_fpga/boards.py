@@ -50,8 +50,8 @@ import functools
 from dataclasses import asdict, dataclass
 from typing import Dict, Optional
 
-from host.boards import BOARDS
-from host.errors import BnnError
+from bnn_transfer.host.boards import BOARDS
+from bnn_transfer.host.errors import BnnError
 
 RESOURCES = ("lut", "ff", "bram18", "uram", "dsp")
 MIN_CLOCK_MHZ, MAX_CLOCK_MHZ = 10.0, 250.0

@@ -32,11 +32,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Dict, Optional, Tuple
 
-from host.artifacts import BACKBONE, BUNDLE_MANIFEST, EXPORT_MANIFEST
-from host.atomic import make_temp_dir, output_lock
-from host.bundle import BUNDLE_KIND
-from host.errors import BnnError
-from host.manifest import MAX_JSON_BYTES, atomic_dir, check_replaceable, manifest_digest, sha256_bytes
+from bnn_transfer.host.artifacts import BACKBONE, BUNDLE_MANIFEST, EXPORT_MANIFEST
+from bnn_transfer.host.atomic import make_temp_dir, output_lock
+from bnn_transfer.host.bundle import BUNDLE_KIND
+from bnn_transfer.host.errors import BnnError
+from bnn_transfer.host.manifest import MAX_JSON_BYTES, atomic_dir, check_replaceable, manifest_digest, sha256_bytes
 
 from . import hardware
 from .config import BuildConfig
@@ -61,7 +61,7 @@ def _stderr(line: str) -> None:
 def build(cfg: BuildConfig, log: Callable[[str], None] = _stderr) -> BuildResult:
     """Run the whole stage; see the module docstring. ``log`` gets progress lines (default: stderr;
     stdout is silenced while FINN runs)."""
-    from export.backbone import load_export
+    from bnn_transfer.export.backbone import load_export
 
     cfg.check()
     headers = None
@@ -195,7 +195,7 @@ def _verify(job: _Job, layers, names, est: Estimate):
     the kept working folder and refuses the bundle."""
     from qonnx.core.modelwrapper import ModelWrapper
 
-    from export.emulator_weights import emulator_arrays
+    from bnn_transfer.export.emulator_weights import emulator_arrays
 
     from . import bundle, report
     from .finn_flow import extract_layers
@@ -352,7 +352,7 @@ def build_params(cfg: BuildConfig, folding_bytes: Optional[bytes], with_vivado: 
 def up_to_date(out: str, export_sha: str, params: Dict) -> bool:
     if not os.path.exists(os.path.join(out, BUNDLE_MANIFEST)):
         return False
-    from host.bundle import load_bundle
+    from bnn_transfer.host.bundle import load_bundle
 
     try:
         m = load_bundle(out).manifest

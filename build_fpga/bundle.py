@@ -20,12 +20,12 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-import host
-from host.artifacts import BACKBONE, BUNDLE_MANIFEST, EMULATOR, PC_DIR
-from host.bundle import BUNDLE_KIND
-from host.emulator import save_emulator
-from host.errors import BnnError
-from host.manifest import finalize_manifest, list_files, new_manifest, package_versions
+from bnn_transfer import host
+from bnn_transfer.host.artifacts import BACKBONE, BUNDLE_MANIFEST, EMULATOR, PC_DIR
+from bnn_transfer.host.bundle import BUNDLE_KIND
+from bnn_transfer.host.emulator import save_emulator
+from bnn_transfer.host.errors import BnnError
+from bnn_transfer.host.manifest import finalize_manifest, list_files, new_manifest, package_versions
 
 from .bundle_readme import readme
 from .estimate import Estimate

@@ -29,8 +29,8 @@ import json
 import os
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from host.artifacts import BUNDLE_MANIFEST
-from host.boards import pynq_names
+from bnn_transfer.host.artifacts import BUNDLE_MANIFEST
+from bnn_transfer.host.boards import pynq_names
 
 # (image, Ubuntu, Python, our boards with an image of it and whose), from the sources above
 PYNQ_IMAGES = (

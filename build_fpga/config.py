@@ -6,7 +6,7 @@ import os
 from dataclasses import asdict, dataclass, field, fields
 from typing import Dict, Optional, Tuple
 
-from host.errors import BnnError
+from bnn_transfer.host.errors import BnnError
 
 from .boards import Board, board_names, get_board
 

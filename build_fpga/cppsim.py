@@ -28,7 +28,7 @@ from typing import Callable, Dict, Iterator, List, Optional
 
 import numpy as np
 
-from host.progress import progress_bar
+from bnn_transfer.host.progress import progress_bar
 
 from .hls_toolchain import CppSimError, Headers, finn_version, stage_toolchain, toolchain_env, toolchain_fingerprint
 
@@ -256,7 +256,7 @@ def simulate(hw_model, build_dir, images_nhwc: np.ndarray, headers: Headers, lay
     Runs inside a FINN session rooted at ``build_dir`` (``build_dir/cppsim`` holds everything written).
     Returns (:class:`CppSimModel`, per-layer outputs).
     """
-    from build_fpga.finn_env import finn_session
+    from .finn_env import finn_session
 
     work = Path(build_dir).resolve() / WORK
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

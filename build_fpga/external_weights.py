@@ -36,7 +36,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from host.errors import BnnError
+from bnn_transfer.host.errors import BnnError
 
 
 @dataclass
@@ -257,7 +257,7 @@ def external_weight_bytes(weights: np.ndarray, pe: int, simd: int, dtype: str) -
     to_external_tensor writes each word as a hex number, bytes reversed: element j of the unflipped
     word lands at bits [j*b, (j+1)*b), little-endian, which is ``host.packing.pack``'s layout.
     """
-    from host.packing import pack
+    from bnn_transfer.host.packing import pack
 
     mw, mh = weights.shape
     if mw % simd or mh % pe:

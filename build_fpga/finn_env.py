@@ -40,7 +40,7 @@ puts them back afterwards.
 
 Usage::
 
-    from build_fpga.finn_env import prepare_finn
+    from bnn_transfer.build_fpga.finn_env import prepare_finn
     env = prepare_finn(build_dir)          # before importing finn.builder
     from finn.builder.build_dataflow import build_dataflow_cfg
 

@@ -21,8 +21,8 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from host.benchmark import peak_rss_mb
-from host.errors import BnnError
+from bnn_transfer.host.benchmark import peak_rss_mb
+from bnn_transfer.host.errors import BnnError
 
 from .boards import Board
 from .config import BuildConfig

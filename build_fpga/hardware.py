@@ -25,7 +25,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 from qonnx.transformation.base import Transformation
 
-from host.atomic import write_json_atomic
+from bnn_transfer.host.atomic import write_json_atomic
 
 from .config import BuildConfig
 from .finn_env import finn_session

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterator, Optional
 
-from host.errors import BnnError
-from host.manifest import package_versions
+from bnn_transfer.host.errors import BnnError
+from bnn_transfer.host.manifest import package_versions
 
 # Vitis-only declarations that finn-hlslib and FINN's npy stream templates include. Only what the
 # compiled layers instantiate has to be right: hls::vector as an array, qdma_axis as a data/keep/last

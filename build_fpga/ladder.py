@@ -17,9 +17,9 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from export.verify import compare_layers
-from host.artifacts import BACKBONE
-from host.errors import BnnError
+from bnn_transfer.export.verify import compare_layers
+from bnn_transfer.host.artifacts import BACKBONE
+from bnn_transfer.host.errors import BnnError
 
 from .finn_flow import FlowError
 from .transforms import Despecialize
@@ -98,8 +98,8 @@ def reference_layers(export_dir: str, export: Dict):
     exactly what the torch side folded, without needing the checkpoint (which may not travel with
     the export directory).
     """
-    from host.backends.onnx import load_qonnx
-    from host.intlayers import IntLayer, backbone_digest
+    from bnn_transfer.host.backends.onnx import load_qonnx
+    from bnn_transfer.host.intlayers import IntLayer, backbone_digest
 
     path = os.path.join(export_dir, BACKBONE)
     model = load_qonnx(path)
@@ -143,14 +143,14 @@ def torch_stage(layers, images_nhwc: np.ndarray) -> List[np.ndarray]:
     """Per-layer outputs of the torch integer backbone (the reference), NHWC rows."""
     import torch
 
-    from train.freeze import IntegerBackbone
+    from bnn_transfer.train.freeze import IntegerBackbone
 
     x = torch.from_numpy(np.ascontiguousarray(images_nhwc.transpose(0, 3, 1, 2)).astype(np.float32))
     return [_rows(o.numpy(), nchw=True) for o in IntegerBackbone(layers)(x, return_all=True)]
 
 
 def qonnx_stage(model, images_nhwc: np.ndarray) -> List[np.ndarray]:
-    from export.qonnx_graph import execute
+    from bnn_transfer.export.qonnx_graph import execute
 
     x = np.ascontiguousarray(images_nhwc.transpose(0, 3, 1, 2)).astype(np.float32)
     return [_rows(o, nchw=True) for o in execute(model, x, all_layers=True)]
@@ -176,7 +176,7 @@ def verify_build(layers, finn_dir: str, hw_model, finn_arrays, n_images: int, ex
     """FINN streamlined, FINN HW and emulator vs the torch integer backbone; BnnError on a difference."""
     from qonnx.core.modelwrapper import ModelWrapper
 
-    from host.emulator import Emulator
+    from bnn_transfer.host.emulator import Emulator
 
     result = {"reference": "torch integer backbone (train.freeze.IntegerBackbone)", "seed": VERIFY_SEED,
               "images": int(n_images), "qonnx_at_export": export.get("verify"), "stages": {}}
@@ -217,7 +217,7 @@ def cppsim_stage(hw_model, build_dir: str, finn_arrays, names: List[str], n_imag
     A difference is recorded (``mismatched_bits``, ``first_divergence`` naming the layer and its FINN
     node), not raised: :func:`cppsim_message` makes the error, after the report is written.
     """
-    from host.emulator import Emulator
+    from bnn_transfer.host.emulator import Emulator
 
     from .cppsim import simulate
 

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 from xml.etree import ElementTree
 
-from host.errors import BnnError
+from bnn_transfer.host.errors import BnnError
 
 # finn-plus 1.6.1's package description: "Vivado, Vitis, and Vitis HLS (2022.2 or 2024.2)".
 SUPPORTED_VERSIONS = ("2022.2", "2024.2")

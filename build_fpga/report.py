@@ -15,9 +15,9 @@ import os
 import shutil
 from typing import Dict, List, Optional
 
-from host.atomic import write_json_atomic
-from host.manifest import read_json
-from host.report import PNG_METADATA
+from bnn_transfer.host.atomic import write_json_atomic
+from bnn_transfer.host.manifest import read_json
+from bnn_transfer.host.report import PNG_METADATA
 
 from .estimate import Estimate
 from .estimates import RESOURCE_KEYS

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Dict, List, Tuple
 
-from host.errors import BnnError
+from bnn_transfer.host.errors import BnnError
 
 from .transforms import AbsorbBinaryPad, MapWideLayersToDsp, SetWeightMemory, WidenXnorAccumulators
 

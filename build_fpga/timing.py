@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Dict, Optional
 
-from host.errors import BnnError
+from bnn_transfer.host.errors import BnnError
 
 from .boards import MIN_CLOCK_MHZ
 

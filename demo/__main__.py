@@ -2,7 +2,7 @@
 
 import sys
 
-from host.cli import ArgumentParser, run_cli
+from bnn_transfer.host.cli import ArgumentParser, run_cli
 
 from .pipeline import DemoConfig
 
@@ -42,7 +42,7 @@ def build_parser():
 
 
 def main(argv=None):
-    from host.errors import BnnError
+    from bnn_transfer.host.errors import BnnError
 
     from .pipeline import run_demo
     from .report import format_table

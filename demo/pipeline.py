@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass
 from typing import Dict
 
-from host.progress import log
+from bnn_transfer.host.progress import log
 
 from . import report
 from .stages import run_side_by_side, run_stage

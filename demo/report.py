@@ -10,11 +10,11 @@ import platform
 import time
 from dataclasses import asdict
 
-from host.atomic import atomic_path, write_bytes_atomic
-from host.benchmark import cpu_model
-from host.errors import BnnError
-from host.manifest import finalize_manifest, load_manifest, new_manifest
-from host.report import PNG_METADATA
+from bnn_transfer.host.atomic import atomic_path, write_bytes_atomic
+from bnn_transfer.host.benchmark import cpu_model
+from bnn_transfer.host.errors import BnnError
+from bnn_transfer.host.manifest import finalize_manifest, load_manifest, new_manifest
+from bnn_transfer.host.report import PNG_METADATA
 
 from .tasks import CLASSES, CURVE_TASK, TASKS
 

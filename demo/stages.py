@@ -12,7 +12,7 @@ import sys
 import time
 from typing import List, Optional, Sequence, Tuple
 
-from host.errors import BnnError
+from bnn_transfer.host.errors import BnnError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # torch picks its CPU kernels by instruction set, and an AVX-512 kernel rounds differently from an AVX2
@@ -31,6 +31,12 @@ def stage_env(**extra):
     return env
 
 
+def _command(args: Sequence[str]) -> List[str]:
+    """``python -m <args>`` by the stage's namespaced name: an installed copy runs its own stages, not another
+    distribution's ``train`` (in the checkout both names are the same files)."""
+    return [sys.executable, "-m", "bnn_transfer." + args[0], *args[1:]]
+
+
 def _result(out, t0, log):
     out = out.strip()
     log("  %s (%.0f s)" % (out, time.time() - t0))
@@ -41,7 +47,7 @@ def run_stage(args: List[str], log) -> Optional[dict]:
     """Run ``python -m <args>`` from the repo root; its result: the JSON object it printed, if it printed one."""
     log("$ python -m " + " ".join(args))
     t0 = time.time()
-    proc = subprocess.run([sys.executable, "-m"] + args, cwd=ROOT, stdout=subprocess.PIPE, text=True, env=stage_env())
+    proc = subprocess.run(_command(args), cwd=ROOT, stdout=subprocess.PIPE, text=True, env=stage_env())
     if proc.returncode != 0:
         raise BnnError("stage failed (exit %d): python -m %s" % (proc.returncode, " ".join(args)))
     return _result(proc.stdout, t0, log)
@@ -80,7 +86,7 @@ def run_side_by_side(stages: Sequence[Tuple], jobs, log_dir: str, log) -> List[O
             path = os.path.join(log_dir, name + ".log")
             log("$ python -m %s  (log: %s)" % (" ".join(args), path))
             err = open(path, "w", encoding="utf-8")
-            proc = subprocess.Popen([sys.executable, "-m"] + args, cwd=ROOT, stdout=subprocess.PIPE,
+            proc = subprocess.Popen(_command(args), cwd=ROOT, stdout=subprocess.PIPE,
                                     stderr=err, text=True, env=env)
             running.append((k, stage, proc, err, path, time.time()))
         if failed is not None and not running:

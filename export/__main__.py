@@ -3,7 +3,7 @@
 import json
 import sys
 
-from host.cli import ArgumentParser, run_cli
+from bnn_transfer.host.cli import ArgumentParser, run_cli
 
 
 def build_parser():

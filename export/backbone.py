@@ -10,11 +10,11 @@ from typing import Optional
 
 import numpy as np
 
-from host.artifacts import BACKBONE, CHECKPOINT, EXPORT_MANIFEST, RUN_MANIFEST
-from host.atomic import output_lock
-from host.errors import BnnError
-from host.intlayers import backbone_digest
-from host.manifest import (
+from bnn_transfer.host.artifacts import BACKBONE, CHECKPOINT, EXPORT_MANIFEST, RUN_MANIFEST
+from bnn_transfer.host.atomic import output_lock
+from bnn_transfer.host.errors import BnnError
+from bnn_transfer.host.intlayers import backbone_digest
+from bnn_transfer.host.manifest import (
     atomic_dir,
     check_replaceable,
     finalize_manifest,
@@ -23,12 +23,12 @@ from host.manifest import (
     package_versions,
     sha256_file,
 )
-from host.preprocess import Preprocess, eval_transform
-from host.progress import log
-from train.checkpoint import load_checkpoint, load_model_state
-from train.datasets import open_dataset
-from train.freeze import IntegerBackbone, fold_backbone
-from train.models import ModelConfig, build_model
+from bnn_transfer.host.preprocess import Preprocess, eval_transform
+from bnn_transfer.host.progress import log
+from bnn_transfer.train.checkpoint import load_checkpoint, load_model_state
+from bnn_transfer.train.datasets import open_dataset
+from bnn_transfer.train.freeze import IntegerBackbone, fold_backbone
+from bnn_transfer.train.models import ModelConfig, build_model
 
 from .qonnx_graph import INPUT_DATATYPE, OUTPUT_DATATYPE, export_qonnx_backbone
 from .verify import describe_failure, verify_backbone

@@ -10,13 +10,13 @@ import os
 import numpy as np
 import torch
 
-from host.artifacts import CHECKPOINT
-from host.errors import BnnError
-from host.heads import Head, load_head, save_head
-from host.intlayers import backbone_digest
-from host.manifest import check_replaceable_file
-from host.preprocess import Preprocess
-from train.freeze import fold_backbone, sign_weights
+from bnn_transfer.host.artifacts import CHECKPOINT
+from bnn_transfer.host.errors import BnnError
+from bnn_transfer.host.heads import Head, load_head, save_head
+from bnn_transfer.host.intlayers import backbone_digest
+from bnn_transfer.host.manifest import check_replaceable_file
+from bnn_transfer.host.preprocess import Preprocess
+from bnn_transfer.train.freeze import fold_backbone, sign_weights
 
 from .backbone import load_trained
 

@@ -18,8 +18,8 @@ from qonnx.core.modelwrapper import ModelWrapper
 from qonnx.util.cleanup import cleanup_model
 from torch import nn
 
-from host.intlayers import IntLayer
-from train.models import binary_act
+from bnn_transfer.host.intlayers import IntLayer
+from bnn_transfer.train.models import binary_act
 
 INPUT_DATATYPE = "UINT8"
 OUTPUT_DATATYPE = "BIPOLAR"

@@ -117,6 +117,17 @@ def missing_package(e, stage):
     return BnnError("%s needs %s: pip install %s" % (command, e.name, install))
 
 
+def _stage(func):
+    """The stage ``func`` belongs to, however it was started: ``python -m train`` (its module is then
+    ``__main__``, whose spec names ``train.__main__``), ``python -m bnn_transfer.train`` or a console script."""
+    name = func.__module__
+    if name == "__main__":
+        spec = getattr(sys.modules["__main__"], "__spec__", None)
+        name = spec.name if spec is not None else name
+    parts = name.split(".")
+    return parts[1] if parts[0] == "bnn_transfer" and len(parts) > 1 else parts[0]
+
+
 def run_cli(main, argv=None):
     """Run ``main(argv)`` behind the error boundary every ``python -m <stage>`` shares.
 
@@ -148,7 +159,7 @@ def run_cli(main, argv=None):
     except Exception as e:
         if debug:
             traceback.print_exc()
-        e = missing_package(e, main.__module__.partition(".")[0]) or e
+        e = missing_package(e, _stage(main)) or e
         print(error_line(e), file=sys.stderr, flush=True)
         return 2 if isinstance(e, (BnnError, OSError, MemoryError)) else 1
 

@@ -10,8 +10,8 @@ import importlib
 
 import pytest
 
-from host.cli import run_cli
-from host.errors import BnnError
+from bnn_transfer.host.cli import run_cli
+from bnn_transfer.host.errors import BnnError
 
 STAGES = ("train", "export", "build_fpga", "host", "bench", "demo")
 
@@ -27,7 +27,7 @@ def _parsers(parser, prefix=()):
 def float_options():
     found = []
     for stage in STAGES:
-        parser = importlib.import_module(stage + ".__main__").build_parser()
+        parser = importlib.import_module("bnn_transfer." + stage + ".__main__").build_parser()
         for prefix, p in _parsers(parser):
             for action in p._actions:
                 if action.type is float and action.option_strings:
@@ -47,7 +47,7 @@ def test_every_stage_has_its_float_options_found():
 @pytest.mark.parametrize("value", ["inf", "-inf", "nan", "1e999"])
 @pytest.mark.parametrize("stage,prefix,option", FLOATS, ids=["%s %s %s" % (s, " ".join(p), o) for s, p, o in FLOATS])
 def test_a_float_option_refuses_what_is_not_a_finite_number(stage, prefix, option, value):
-    parser = importlib.import_module(stage + ".__main__").build_parser()
+    parser = importlib.import_module("bnn_transfer." + stage + ".__main__").build_parser()
     with pytest.raises(BnnError) as e:
         parser.parse_args(list(prefix) + [option + "=" + value])
     assert "argument %s" % option in str(e.value) and "must be a finite number, got %r" % value in str(e.value)
@@ -104,7 +104,7 @@ def parsers(monkeypatch):
     """(where, parser) of every parser of every stage; host's --board default must not come from the machine."""
     monkeypatch.delenv("BOARD", raising=False)
     return [(" ".join(("python -m " + stage,) + prefix), p) for stage in STAGES
-            for prefix, p in _parsers(importlib.import_module(stage + ".__main__").build_parser())]
+            for prefix, p in _parsers(importlib.import_module("bnn_transfer." + stage + ".__main__").build_parser())]
 
 
 def _options(parser):
@@ -187,7 +187,7 @@ def test_a_renamed_option_is_refused_naming_its_new_spelling(parsers):
 
 
 def test_an_old_spelling_is_one_line_and_exit_2(capsys):
-    from train.__main__ import main
+    from bnn_transfer.train.__main__ import main
 
     assert run_cli(main, ["finetune", "--from", "runs/x", "--out", "runs/y"]) == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from demo.report import CURVE_PNG, SUMMARY, TABLE, format_table
-from demo.tasks import CLASSES, CURVE_POINTS, TASKS
+from bnn_transfer.demo.report import CURVE_PNG, SUMMARY, TABLE, format_table
+from bnn_transfer.demo.tasks import CLASSES, CURVE_POINTS, TASKS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "demo", "results")

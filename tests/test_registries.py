@@ -8,12 +8,12 @@ import sys
 import numpy as np
 import pytest
 
-from host import boards
-from host.backends import BACKENDS, Backend, BackendOption, BackendSpec, make_backend, register_backend
-from host.bundle import load_bundle
-from host.datasets import DATASETS, DatasetSpec, register_dataset
-from host.errors import BnnError
-from host.imagedataset import ImageDataset
+from bnn_transfer.host import boards
+from bnn_transfer.host.backends import BACKENDS, Backend, BackendOption, BackendSpec, make_backend, register_backend
+from bnn_transfer.host.bundle import load_bundle
+from bnn_transfer.host.datasets import DATASETS, DatasetSpec, register_dataset
+from bnn_transfer.host.errors import BnnError
+from bnn_transfer.host.imagedataset import ImageDataset
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests", "host"))
@@ -74,11 +74,11 @@ def registered(restored, monkeypatch):
     register_dataset(DatasetSpec("stripes", lambda split, data_dir, **o: Stripes(split, **o), ("period",),
                                  on_disk=False))
     monkeypatch.delenv("BOARD", raising=False)
-    monkeypatch.setattr("host.boards.BOARD_FILES", ())
+    monkeypatch.setattr("bnn_transfer.host.boards.BOARD_FILES", ())
 
 
 def _host(capsys, *argv):
-    from host.__main__ import main
+    from bnn_transfer.host.__main__ import main
 
     capsys.readouterr()
     assert main([str(a) for a in argv]) == 0
@@ -87,7 +87,7 @@ def _host(capsys, *argv):
 
 def test_a_backend_and_a_dataset_added_through_their_registries_run_through_host_fit_and_eval(
         registered, tmp_path, capsys):
-    from host.__main__ import build_parser
+    from bnn_transfer.host.__main__ import build_parser
 
     network, io, width = colour_network()
     bundle = make_bundle(tmp_path / "bundle", with_bitfile=False, network=network, io=io, feature_width=width)
@@ -112,7 +112,7 @@ def test_a_backend_and_a_dataset_added_through_their_registries_run_through_host
 
 def test_a_dataset_added_to_host_is_one_that_training_reads_too(registered):
     pytest.importorskip("torch")
-    from train.datasets import open_dataset
+    from bnn_transfer.train.datasets import open_dataset
 
     assert len(open_dataset("stripes", "train", period=3)) == 20
     union = open_dataset("stripes+strokes", "train", **{"strokes.num_classes": 2, "strokes.n_train_per_class": 1})
@@ -123,9 +123,9 @@ def test_a_dataset_added_to_host_is_one_that_training_reads_too(registered):
 
 def test_a_board_added_through_the_registry_is_built_for_and_recognised_on_the_board(restored, monkeypatch):
     pytest.importorskip("finn")
-    from build_fpga.__main__ import build_parser
-    from build_fpga.boards import get_board
-    from build_fpga.config import BuildConfig
+    from bnn_transfer.build_fpga.__main__ import build_parser
+    from bnn_transfer.build_fpga.boards import get_board
+    from bnn_transfer.build_fpga.config import BuildConfig
 
     # A second Pynq-Z2 under another name: FINN knows its part and platform, so no FINN table changes
     boards.register_board(boards.BoardRecord("pynq-z2-lab", "Pynq-Z2-Lab", "Pynq-Z2", "Pynq-Z2", 90.0, 2.1e9,

@@ -5,8 +5,8 @@ import json
 import os
 import sys
 
-from host.cli import ArgumentParser, key_value_options, run_cli
-from host.errors import BnnError
+from bnn_transfer.host.cli import ArgumentParser, key_value_options, run_cli
+from bnn_transfer.host.errors import BnnError
 
 from .presets import PRESETS
 

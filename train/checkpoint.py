@@ -8,10 +8,10 @@ import os
 
 import torch
 
-from host.artifacts import CHECKPOINT
-from host.atomic import atomic_path
-from host.errors import BnnError
-from host.preprocess import Preprocess
+from bnn_transfer.host.artifacts import CHECKPOINT
+from bnn_transfer.host.atomic import atomic_path
+from bnn_transfer.host.errors import BnnError
+from bnn_transfer.host.preprocess import Preprocess
 
 from .models import ModelConfig
 

@@ -15,8 +15,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from host.errors import ImageError
-from host.preprocess import eval_transform, eval_transform_resized, train_transform, train_transform_resized
+from bnn_transfer.host.errors import ImageError
+from bnn_transfer.host.preprocess import (
+    eval_transform,
+    eval_transform_resized,
+    train_transform,
+    train_transform_resized,
+)
 
 from .imagecache import ImageCache
 

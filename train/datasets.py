@@ -13,12 +13,20 @@ from typing import Dict, Mapping
 
 import numpy as np
 
-from host.datasets import DATASETS as HOST_DATASETS
-from host.datasets import DatasetSpec, from_class_dirs, in_folder, list_subdirs, need_dir, read_lines, register_dataset
-from host.datasets import open_dataset as open_from_table
-from host.errors import BnnError
-from host.imagedataset import ImageDataset
-from host.synthetic import OPTION_NAMES
+from bnn_transfer.host.datasets import DATASETS as HOST_DATASETS
+from bnn_transfer.host.datasets import (
+    DatasetSpec,
+    from_class_dirs,
+    in_folder,
+    list_subdirs,
+    need_dir,
+    read_lines,
+    register_dataset,
+)
+from bnn_transfer.host.datasets import open_dataset as open_from_table
+from bnn_transfer.host.errors import BnnError
+from bnn_transfer.host.imagedataset import ImageDataset
+from bnn_transfer.host.synthetic import OPTION_NAMES
 
 from .strokes import StrokesDataset
 

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from host.errors import BnnError
+from bnn_transfer.host.errors import BnnError
 
 
 @dataclass

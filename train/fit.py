@@ -18,14 +18,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from host.artifacts import CHECKPOINT, RUN_MANIFEST
-from host.atomic import output_lock, write_bytes_atomic
-from host.datasets import check_training_classes
-from host.errors import BnnError
-from host.heads.fit import stratified_split
-from host.manifest import finalize_manifest, new_manifest, package_versions, read_json, sha256_file
-from host.preprocess import Preprocess
-from host.progress import log, progress_bar
+from bnn_transfer.host.artifacts import CHECKPOINT, RUN_MANIFEST
+from bnn_transfer.host.atomic import output_lock, write_bytes_atomic
+from bnn_transfer.host.datasets import check_training_classes
+from bnn_transfer.host.errors import BnnError
+from bnn_transfer.host.heads.fit import stratified_split
+from bnn_transfer.host.manifest import finalize_manifest, new_manifest, package_versions, read_json, sha256_file
+from bnn_transfer.host.preprocess import Preprocess
+from bnn_transfer.host.progress import log, progress_bar
 
 from . import engine
 from .checkpoint import load_checkpoint, load_model_state, save_checkpoint

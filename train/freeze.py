@@ -24,8 +24,8 @@ from brevitas.nn import QuantConv2d, QuantLinear
 from torch import nn
 from torch.nn import functional as F
 
-from host.errors import BnnError
-from host.intlayers import IntLayer
+from bnn_transfer.host.errors import BnnError
+from bnn_transfer.host.intlayers import IntLayer
 
 from .models import AlexNet
 

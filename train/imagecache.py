@@ -20,10 +20,10 @@ import time
 
 import numpy as np
 
-from host.atomic import atomic_path, write_json_atomic
-from host.errors import BnnError, ImageError
-from host.preprocess import resize_longest_side
-from host.progress import progress_bar
+from bnn_transfer.host.atomic import atomic_path, write_json_atomic
+from bnn_transfer.host.errors import BnnError, ImageError
+from bnn_transfer.host.preprocess import resize_longest_side
+from bnn_transfer.host.progress import progress_bar
 
 CACHE_FORMAT = "bnn-transfer/imagecache/v1"
 _CHUNK = 256  # images in flight at once: bounds the memory of the thread pool's results

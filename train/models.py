@@ -14,7 +14,7 @@ from brevitas.nn import QuantConv2d, QuantIdentity, QuantLinear
 from brevitas_examples.bnn_pynq.models.common import CommonActQuant, CommonWeightQuant
 from torch import nn
 
-from host.errors import BnnError
+from bnn_transfer.host.errors import BnnError
 
 from .presets import Preset, get_preset
 

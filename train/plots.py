@@ -2,8 +2,8 @@
 
 import json
 
-from host.atomic import atomic_path
-from host.report import PNG_METADATA
+from bnn_transfer.host.atomic import atomic_path
+from bnn_transfer.host.report import PNG_METADATA
 
 
 def read_metrics(path):

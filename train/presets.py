@@ -14,7 +14,7 @@ can agree on. ``tiny``, ``small`` and ``z2`` avoid binary padding altogether.
 from dataclasses import asdict, dataclass
 from typing import Optional, Tuple
 
-from host.errors import BnnError
+from bnn_transfer.host.errors import BnnError
 
 
 @dataclass(frozen=True)

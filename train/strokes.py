@@ -18,7 +18,7 @@ import math
 
 import numpy as np
 
-from host.synthetic import DEFAULT_IMAGE_SIZE, GeneratedDataset
+from bnn_transfer.host.synthetic import DEFAULT_IMAGE_SIZE, GeneratedDataset
 
 DEFAULTS = {"strokes": {"num_classes": 100, "n_train_per_class": 150, "n_test_per_class": 10}}
 _SALT = 0x57_0E5  # separates these streams from synthetic's and from any other use of the same seed

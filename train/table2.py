@@ -51,10 +51,10 @@ import os
 from dataclasses import dataclass, field, replace
 from typing import List, Optional
 
-from host.artifacts import CHECKPOINT, RUN_MANIFEST
-from host.errors import BnnError
-from host.manifest import read_json, sha256_file
-from host.progress import log
+from bnn_transfer.host.artifacts import CHECKPOINT, RUN_MANIFEST
+from bnn_transfer.host.errors import BnnError
+from bnn_transfer.host.manifest import read_json, sha256_file
+from bnn_transfer.host.progress import log
 
 from .checkpoint import load_checkpoint
 from .datasets import open_dataset

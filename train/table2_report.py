@@ -8,10 +8,10 @@ import os
 
 import numpy as np
 
-from host.artifacts import RUN_MANIFEST
-from host.atomic import atomic_path, write_bytes_atomic
-from host.manifest import finalize_manifest, new_manifest, read_json, sha256_file
-from host.report import PNG_METADATA
+from bnn_transfer.host.artifacts import RUN_MANIFEST
+from bnn_transfer.host.atomic import atomic_path, write_bytes_atomic
+from bnn_transfer.host.manifest import finalize_manifest, new_manifest, read_json, sha256_file
+from bnn_transfer.host.report import PNG_METADATA
 
 from .table2_paper import PAPER_CITATION, PAPER_IMAGENET, PAPER_TABLE2, PRETRAIN_HEADS, ROWS, TARGETS, row_group
 from .table2_rows import read_row, source_of

@@ -3,8 +3,8 @@ resuming) and by its report alike: the datasets behind a row's key, and the stat
 
 import os
 
-from host.artifacts import CHECKPOINT, RUN_MANIFEST
-from host.manifest import read_json
+from bnn_transfer.host.artifacts import CHECKPOINT, RUN_MANIFEST
+from bnn_transfer.host.manifest import read_json
 
 from .checkpoint import load_checkpoint
 from .fit import FitConfig

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from host.errors import BnnError
+from bnn_transfer.host.errors import BnnError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 HAVE_TOOLS = all(importlib.util.find_spec(m) is not None
@@ -144,7 +144,7 @@ def test_an_out_holding_results_the_bench_did_not_write_is_refused(tmp_path):
         % (out / "results.md"))
     assert (out / "results.md").read_text() == "my notes\n"
 
-    from bench.report import check_replaceable
+    from bnn_transfer.bench.report import check_replaceable
 
     (out / "results.md").unlink()
     (out / "results.png").write_bytes(b"a plot of mine")
@@ -154,7 +154,7 @@ def test_an_out_holding_results_the_bench_did_not_write_is_refused(tmp_path):
 
 
 def test_side_by_side_times_every_function_per_call():
-    from bench.measure import side_by_side
+    from bnn_transfer.bench.measure import side_by_side
 
     calls = [0, 0]
 
@@ -171,8 +171,8 @@ def test_side_by_side_times_every_function_per_call():
 
 
 def test_generated_head_features_have_the_requested_shape_and_structure():
-    from bench.head import generate
-    from host.features import unpack_features
+    from bnn_transfer.bench.head import generate
+    from bnn_transfer.host.features import unpack_features
 
     xtr, ytr, xte, yte = generate(300, 4, 10, 2048, seed=3)
     assert xtr.shape == (300, 256) and xtr.dtype == np.uint8 and ytr.shape == (300,)
@@ -188,7 +188,7 @@ def test_generated_head_features_have_the_requested_shape_and_structure():
 
 
 def test_report_lists_every_gap_and_skip():
-    from bench.report import markdown
+    from bnn_transfer.bench.report import markdown
 
     m = {"argv": "python -m bench", "cpu": "cpu", "cores": 2, "loadavg": [1.0, 2.0, 3.0], "python": "3.11",
          "numpy": "2", "blas": [{"library": "openblas", "version": "0.3", "threads": 2}], "torch": "2",
@@ -233,7 +233,7 @@ def test_a_commands_peak_rss_is_its_own_not_the_large_parents():
     import subprocess
     import sys
 
-    from bench.finn_estimates import _wait_with_peak_rss
+    from bnn_transfer.bench.finn_estimates import _wait_with_peak_rss
 
     ballast = bytearray(600 << 20)  # noqa: F841 (the parent's size is the point)
     proc = subprocess.Popen([sys.executable, "-c", "x = bytearray(200 << 20); import time; time.sleep(0.5)"])
@@ -260,7 +260,7 @@ def test_an_only_matching_no_measurement_is_a_usage_error(tmp_path):
 
 def test_a_narrower_run_does_not_replace_a_wider_report(tmp_path):
     """--only or --quick over a full report would replace its rows with fewer or unquotable ones."""
-    from bench.report import OWN_HEAD
+    from bnn_transfer.bench.report import OWN_HEAD
 
     out = tmp_path / "o"
     out.mkdir()
@@ -294,7 +294,7 @@ def test_quick_writes_to_the_current_folder_and_never_over_the_committed_report(
 
 
 def test_a_second_bench_on_the_same_out_is_refused(tmp_path):
-    from host.atomic import output_lock
+    from bnn_transfer.host.atomic import output_lock
 
     out = tmp_path / "o"
     out.mkdir()
@@ -307,8 +307,7 @@ def test_a_second_bench_on_the_same_out_is_refused(tmp_path):
 def test_scratch_folders_of_killed_runs_are_removed(tmp_path, monkeypatch):
     import tempfile
 
-    import bench.__main__ as bm
-
+    import bnn_transfer.bench.__main__ as bm
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     stale = tmp_path / ("bnn-bench-%s-x1" % dead.stdout.strip())
@@ -323,7 +322,7 @@ def test_scratch_folders_of_killed_runs_are_removed(tmp_path, monkeypatch):
 
 def test_an_only_run_replaces_its_own_rows_of_a_full_report_and_keeps_the_others(tmp_path):
     """`python -m bench --only transfer` replaced the committed full report with a one-row one."""
-    from bench.report import read_results, write
+    from bnn_transfer.bench.report import read_results, write
 
     def machine(argv):
         return {"argv": argv, "cpu": "cpu", "cores": 2, "loadavg": [0.5, 0.5, 0.5], "python": "3.11", "numpy": "2",

@@ -10,9 +10,9 @@ pytestmark = pytest.mark.skipif(any(importlib.util.find_spec(m) is None for m in
 
 
 def test_random_backbone_probe_reads_every_layer_of_the_tiny_preset():
-    from bench.transfer import _images, by_layer, random_backbone, torch_layers
-    from host.datasets import open_dataset
-    from host.preprocess import Preprocess
+    from bnn_transfer.bench.transfer import _images, by_layer, random_backbone, torch_layers
+    from bnn_transfer.host.datasets import open_dataset
+    from bnn_transfer.host.preprocess import Preprocess
 
     pp = Preprocess.for_input_size(32)
     tr, te = open_dataset("digits", "train"), open_dataset("digits", "test")

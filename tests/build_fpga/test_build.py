@@ -36,8 +36,8 @@ def make_export(tmp, preset, seed=1, tie_prone=False):
     sys.path.insert(0, os.path.join(ROOT, "tests", "export"))
     from test_export import calibrated_model, write_run
 
-    from export.backbone import ExportConfig, export_backbone
-    from train.models import ModelConfig
+    from bnn_transfer.export.backbone import ExportConfig, export_backbone
+    from bnn_transfer.train.models import ModelConfig
 
     model = calibrated_model(ModelConfig(preset=preset, num_classes=5), seed=seed, tie_prone=tie_prone)
     run = write_run(tmp / "run", model, ["c%d" % i for i in range(5)])
@@ -63,9 +63,9 @@ def tiny(tiny_export):
 
 @pytest.mark.slow
 def test_tiny_bundle_through_the_cli(tiny):
-    from host.backends import make_backend
-    from host.bundle import load_bundle
-    from train.freeze import IntegerBackbone, fold_backbone
+    from bnn_transfer.host.backends import make_backend
+    from bnn_transfer.host.bundle import load_bundle
+    from bnn_transfer.train.freeze import IntegerBackbone, fold_backbone
 
     r, out = tiny["run"], tiny["out"]
     assert r.returncode == 0, r.stderr[-3000:]
@@ -188,8 +188,8 @@ def test_a_design_that_does_not_fit_is_refused(tmp_path):
 
 
 def run_main(argv, capsys):
-    from build_fpga.__main__ import main
-    from host.cli import run_cli
+    from bnn_transfer.build_fpga.__main__ import main
+    from bnn_transfer.host.cli import run_cli
 
     rc = run_cli(main, argv)
     return rc, capsys.readouterr()

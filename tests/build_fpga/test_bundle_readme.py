@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from build_fpga.bundle_readme import PYNQ_IMAGES, readme
+from bnn_transfer.build_fpga.bundle_readme import PYNQ_IMAGES, readme
 
 
 def _bundle(root, notebooks):

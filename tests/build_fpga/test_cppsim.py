@@ -87,9 +87,9 @@ def zero_one_threshold(build):
     from qonnx.core.modelwrapper import ModelWrapper
     from qonnx.custom_op.registry import getCustomOp
 
-    from build_fpga import cppsim
-    from build_fpga.ladder import finn_stage, verification_images
-    from build_fpga.transforms import Despecialize
+    from bnn_transfer.build_fpga import cppsim
+    from bnn_transfer.build_fpga.ladder import finn_stage, verification_images
+    from bnn_transfer.build_fpga.transforms import Despecialize
 
     hw = ModelWrapper(str(build / "finn" / "intermediate_models" / "step_generate_estimate_reports.onnx"))
     node = mvau_nodes(build)[3]
@@ -121,10 +121,10 @@ def test_a_changed_threshold_in_the_generated_cpp_is_caught_at_its_layer(tiny_cp
     conv4 as the first divergent layer, with exactly that channel's -1 bits flipped."""
     from qonnx.core.modelwrapper import ModelWrapper
 
-    from build_fpga import bundle, cppsim
-    from build_fpga.finn_flow import extract_layers
-    from build_fpga.hls_toolchain import find_headers
-    from build_fpga.ladder import cppsim_message, cppsim_stage
+    from bnn_transfer.build_fpga import bundle, cppsim
+    from bnn_transfer.build_fpga.finn_flow import extract_layers
+    from bnn_transfer.build_fpga.hls_toolchain import find_headers
+    from bnn_transfer.build_fpga.ladder import cppsim_message, cppsim_stage
 
     assert tiny_cppsim["run"].returncode == 0, tiny_cppsim["run"].stderr[-3000:]
     build = tiny_cppsim["build"]
@@ -155,10 +155,10 @@ def test_a_changed_threshold_in_the_generated_cpp_is_caught_at_its_layer(tiny_cp
 def test_a_divergent_cppsim_fails_the_build_and_keeps_its_report(tiny_cppsim, monkeypatch):
     """The same edit through build(): BnnError naming the layer (exit 2 from the CLI), no bundle, and the
     whole report (every rung, the estimates) in the working folder."""
-    from build_fpga import cppsim
-    from build_fpga.build import build
-    from build_fpga.config import BuildConfig
-    from host.errors import BnnError
+    from bnn_transfer.build_fpga import cppsim
+    from bnn_transfer.build_fpga.build import build
+    from bnn_transfer.build_fpga.config import BuildConfig
+    from bnn_transfer.host.errors import BnnError
 
     assert tiny_cppsim["run"].returncode == 0, tiny_cppsim["run"].stderr[-3000:]
     work = tiny_cppsim["build"]

@@ -41,7 +41,7 @@ def test_streamed_fc_layers_reach_the_bundle_in_finns_layout(export):
     from qonnx.core.modelwrapper import ModelWrapper
     from qonnx.custom_op.registry import getCustomOp
 
-    from host.bundle import load_bundle
+    from bnn_transfer.host.bundle import load_bundle
 
     tmp, exp = export
     out, build_dir = tmp / "deploy", tmp / "build"
@@ -93,10 +93,10 @@ def test_a_folding_that_streams_a_conv_layer_is_refused(export):
 def test_a_target_above_the_ddr_bound_is_refused():
     from test_flow import fake_estimate
 
-    from build_fpga.boards import get_board
-    from build_fpga.build import ddr_refusal
-    from build_fpga.config import BuildConfig
-    from host.errors import BnnError
+    from bnn_transfer.build_fpga.boards import get_board
+    from bnn_transfer.build_fpga.build import ddr_refusal
+    from bnn_transfer.build_fpga.config import BuildConfig
+    from bnn_transfer.host.errors import BnnError
 
     est = replace(fake_estimate(get_board("kv260")), ddr={
         "fps": 232.6, "streamed_layers": ["fc1", "fc2"], "weight_bytes_per_image": 6815744,

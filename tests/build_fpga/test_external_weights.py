@@ -9,7 +9,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from build_fpga.external_weights import (
+from bnn_transfer.build_fpga.external_weights import (
     WeightLayer,
     align_streams,
     assign_lutram,
@@ -21,7 +21,7 @@ from build_fpga.external_weights import (
     plan,
     weight_dma_names,
 )
-from host.errors import BnnError
+from bnn_transfer.host.errors import BnnError
 
 HAVE_FINN = importlib.util.find_spec("finn") is not None
 needs_finn = pytest.mark.skipif(not HAVE_FINN, reason="needs finn-plus")
@@ -60,7 +60,7 @@ def test_memory_floor_is_finns_best_packing_over_the_foldings():
     from onnx import helper
     from qonnx.custom_op.registry import getCustomOp
 
-    from build_fpga.boards import get_board
+    from bnn_transfer.build_fpga.boards import get_board
 
     part = get_board("pynq-z2").part
     node = helper.make_node("MVAU_hls", ["x", "w"], ["y"], domain="finn.custom_op.fpgadataflow.hls", MW=3456, MH=384,
@@ -78,7 +78,7 @@ def test_memory_floor_is_finns_best_packing_over_the_foldings():
 
 @needs_finn
 def test_plan_streams_what_does_not_fit_on_chip():
-    from build_fpga.boards import get_board
+    from bnn_transfer.build_fpga.boards import get_board
 
     def streamed(board):
         b = get_board(board)
@@ -100,7 +100,7 @@ def test_plan_streams_what_does_not_fit_on_chip():
 def test_plan_follows_finns_estimate_not_a_fixed_share():
     """The same weight bits fit or not by FINN's BRAM18 count: all 224 usable BRAM18 may hold weights
     (a fixed share of the bits, the 85% rule before, refused 3.8 Mbit on the Pynq-Z2)."""
-    from build_fpga.boards import get_board
+    from bnn_transfer.build_fpga.boards import get_board
 
     z2 = get_board("pynq-z2")
     rows = paper_layers()
@@ -118,7 +118,7 @@ def test_plan_follows_finns_estimate_not_a_fixed_share():
 
 @needs_finn
 def test_plan_refuses_when_the_conv_layers_alone_do_not_fit():
-    from build_fpga.boards import get_board
+    from bnn_transfer.build_fpga.boards import get_board
 
     z2 = get_board("pynq-z2")
     rows = [replace(r, mw=r.mw * 2) if r.layer == "conv4" else r for r in paper_layers()]
@@ -138,7 +138,7 @@ def test_lutram_takes_the_layers_with_the_fewest_luts_per_bram():
 
 @needs_finn
 def test_ram_styles_move_the_largest_bram_users_to_uram():
-    from build_fpga.boards import get_board
+    from bnn_transfer.build_fpga.boards import get_board
 
     kv = get_board("kv260")  # 51 usable URAM
     costs = [{"node": "a", "bram18": 120, "uram": 6}, {"node": "b", "bram18": 100, "uram": 40},
@@ -177,7 +177,7 @@ def test_external_weights_on_a_conv_layer_are_refused():
 
 @needs_finn
 def test_ddr_bound_is_the_shell_port_over_the_bytes_per_image():
-    from build_fpga.boards import get_board
+    from bnn_transfer.build_fpga.boards import get_board
 
     streams = [{"layer": "fc1", "bytes": 9216 * 4096 // 8, "repeats": 1},
                {"layer": "fc2", "bytes": 4096 * 4096 // 8, "repeats": 1}]
@@ -229,7 +229,7 @@ def test_dma_names_follow_finns_insertion_order(tmp_path):
     from qonnx.core.modelwrapper import ModelWrapper
     from qonnx.util.basic import qonnx_make_model
 
-    from build_fpga.finn_env import finn_session
+    from bnn_transfer.build_fpga.finn_env import finn_session
 
     with finn_session(tmp_path / "fb"):
         from finn.transformation.fpgadataflow.insert_iodma import InsertIODMA
@@ -255,7 +255,7 @@ def test_dma_names_follow_finns_insertion_order(tmp_path):
 
 
 def test_the_search_keeps_the_smallest_folding_at_the_ddr_bound():
-    from build_fpga.folding import pick_best
+    from bnn_transfer.build_fpga.folding import pick_best
 
     def row(target, fps, ddr, fits=True):
         return {"target_fps": target, "fps": fps, "ddr_fps": ddr, "fits_margins": fits,
@@ -273,8 +273,8 @@ def test_the_search_keeps_the_smallest_folding_at_the_ddr_bound():
 def test_a_hardware_build_whose_weight_streams_differ_from_the_bundles_is_refused(tmp_path):
     """The bundle's weight files are ours (FINN's IODMA layout re-implemented): after a hardware build they
     must be exactly the ones FINN's driver generated, DMA for DMA and byte for byte."""
-    from build_fpga.build import _weights_loaded_at_run_time
-    from build_fpga.finn_flow import FlowError
+    from bnn_transfer.build_fpga.build import _weights_loaded_at_run_time
+    from bnn_transfer.build_fpga.finn_flow import FlowError
 
     (tmp_path / "runtime_weights").mkdir()
     data = np.arange(32, dtype=np.uint8)

@@ -69,7 +69,7 @@ def test_hls_runs_finns_template_and_needs_custom_hls_and_hlslib(tmp_path):
 def test_vivado_needs_the_board_part_in_a_board_repository(tmp_path):
     from finn.transformation.fpgadataflow.templates import custom_zynq_shell_template
 
-    from build_fpga.preflight import board_part
+    from bnn_transfer.build_fpga.preflight import board_part
 
     proj = tmp_path / "zynq"
     proj.mkdir()

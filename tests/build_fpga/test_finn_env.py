@@ -37,7 +37,7 @@ def _python(code, tmp_path, home="home", **extra_env):
 
 
 def test_vivado_available_matches_path():
-    from build_fpga.finn_env import vivado_available
+    from bnn_transfer.build_fpga.finn_env import vivado_available
 
     assert vivado_available() == (shutil.which("vivado") is not None and bool(os.environ.get("XILINX_VIVADO")))
     if NO_VIVADO:
@@ -57,7 +57,7 @@ def test_builder_import_fails_without_and_works_with_prepare_finn(tmp_path):
 
     code = """
         import json, os, sys
-        from build_fpga.finn_env import prepare_finn, vivado_available, VivadoRequired, NO_VIVADO_VERSION
+        from bnn_transfer.build_fpga.finn_env import prepare_finn, vivado_available, VivadoRequired, NO_VIVADO_VERSION
         env = prepare_finn(sys.argv[1] if len(sys.argv) > 1 else "build")
         from finn.builder.build_dataflow import build_dataflow_cfg, exit_buildflow
         from finn.builder.build_dataflow_config import DataflowBuildConfig
@@ -91,7 +91,7 @@ def test_builder_import_fails_without_and_works_with_prepare_finn(tmp_path):
 def test_finn_session_restores_environment(tmp_path, monkeypatch):
     import finn.util.settings as fs
 
-    from build_fpga.finn_env import finn_session
+    from bnn_transfer.build_fpga.finn_env import finn_session
 
     monkeypatch.delenv("FINN_BUILD_DIR", raising=False)
     monkeypatch.setenv("NUM_DEFAULT_WORKERS", "7")
@@ -108,7 +108,7 @@ def test_finn_session_restores_environment(tmp_path, monkeypatch):
 def test_contained_build_logging_restores_streams():
     import logging
 
-    from build_fpga.finn_env import contained_build_logging
+    from bnn_transfer.build_fpga.finn_env import contained_build_logging
 
     out, err, handlers = sys.stdout, sys.stderr, list(logging.getLogger().handlers)
     with contained_build_logging():
@@ -148,7 +148,7 @@ _LAUNCHER = """
 
 _OURS = """
     import json, os, sys
-    from build_fpga.finn_env import prepare_finn
+    from bnn_transfer.build_fpga.finn_env import prepare_finn
     before = dict(os.environ)
     prepare_finn(sys.argv[1])
     print(json.dumps({k: v for k, v in os.environ.items() if before.get(k) != v}))
@@ -192,7 +192,7 @@ def test_launch_like_finn_restarts_with_the_libraries_and_selects_spawn(tmp_path
     (pkg / "__init__.py").write_text("")
     (pkg / "__main__.py").write_text(textwrap.dedent("""
         import json, multiprocessing, os, sys
-        from build_fpga.finn_env import launch_like_finn
+        from bnn_transfer.build_fpga.finn_env import launch_like_finn
         launch_like_finn("probe")
         with open("/proc/self/environ", "rb") as f:
             start = dict(e.split(b"=", 1) for e in f.read().split(b"\\0") if b"=" in e)

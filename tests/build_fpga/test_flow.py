@@ -165,8 +165,8 @@ def make_standin(preset, tmp_path, n_images=6, seed=0, ties=True):
 
 def fake_estimate(board, **used):
     """An Estimate against ``board``'s resources: ``used`` per resource (0 where not given; FF not estimated)."""
-    from build_fpga.boards import RESOURCES
-    from build_fpga.estimate import Estimate, Resource
+    from bnn_transfer.build_fpga.boards import RESOURCES
+    from bnn_transfer.build_fpga.estimate import Estimate, Resource
 
     res = {r: Resource(used=None if r == "ff" else used.get(r, 0), available=board.totals[r], usable=board.usable[r],
                        margin=board.margins[r]) for r in RESOURCES}
@@ -176,7 +176,7 @@ def fake_estimate(board, **used):
 
 
 def test_fit_check_messages():
-    from build_fpga.boards import get_board
+    from bnn_transfer.build_fpga.boards import get_board
 
     b = get_board("pynq-z2")
     assert fake_estimate(b).check_fit() == [] and fake_estimate(b).fit_refusal("deploy", "fps") is None
@@ -194,7 +194,7 @@ def test_boards_come_from_finn():
     from finn.util.basic import pynq_part_map
     from finn.util.platforms import DEFAULT_RES_LIMITS
 
-    from build_fpga.boards import board_names, get_board
+    from bnn_transfer.build_fpga.boards import board_names, get_board
 
     assert board_names() == ("pynq-z1", "pynq-z2", "ultra96", "zcu104", "kv260")
     z2 = get_board("pynq-z2")
@@ -211,8 +211,8 @@ def test_boards_come_from_finn():
 
 @pytest.mark.parametrize("mhz", [float("inf"), float("nan"), 0.0, -5.0, 5.0, 251.0, 1e6])
 def test_clock_outside_what_the_pl_clock_can_be_is_one_line(tmp_path, mhz):
-    from build_fpga.config import BuildConfig
-    from host.errors import BnnError
+    from bnn_transfer.build_fpga.config import BuildConfig
+    from bnn_transfer.host.errors import BnnError
 
     cfg = BuildConfig(export=str(tmp_path), out=str(tmp_path / "out"), clock_mhz=mhz)
     with pytest.raises(BnnError, match=r"^--clock-mhz .*: must be a frequency from 10 to 250 MHz"):
@@ -221,8 +221,8 @@ def test_clock_outside_what_the_pl_clock_can_be_is_one_line(tmp_path, mhz):
 
 
 def test_unknown_board_is_a_one_line_error():
-    from build_fpga.boards import get_board
-    from host.errors import BnnError
+    from bnn_transfer.build_fpga.boards import get_board
+    from bnn_transfer.host.errors import BnnError
 
     with pytest.raises(BnnError, match="unknown board 'pynq-z3'"):
         get_board("pynq-z3")
@@ -232,10 +232,10 @@ def test_unknown_board_is_a_one_line_error():
 def test_tiny_estimates_and_bitexact_ladder(tmp_path):
     from qonnx.core.modelwrapper import ModelWrapper
 
-    from build_fpga.config import BuildConfig
-    from build_fpga.finn_flow import run_flow
-    from build_fpga.ladder import execute_batch
-    from build_fpga.transforms import Despecialize
+    from bnn_transfer.build_fpga.config import BuildConfig
+    from bnn_transfer.build_fpga.finn_flow import run_flow
+    from bnn_transfer.build_fpga.ladder import execute_batch
+    from bnn_transfer.build_fpga.transforms import Despecialize
 
     path, images, feats, n_ties = make_standin("tiny", tmp_path, n_images=6)
     assert n_ties > 100  # the tie-prone thresholds really produce acc == T
@@ -280,10 +280,10 @@ def test_tiny_estimates_and_bitexact_ladder(tmp_path):
 def test_tiny_random_thresholds_bitexact(tmp_path):
     from qonnx.core.modelwrapper import ModelWrapper
 
-    from build_fpga.config import BuildConfig
-    from build_fpga.finn_flow import run_flow
-    from build_fpga.ladder import execute_batch
-    from build_fpga.transforms import Despecialize
+    from bnn_transfer.build_fpga.config import BuildConfig
+    from bnn_transfer.build_fpga.finn_flow import run_flow
+    from bnn_transfer.build_fpga.ladder import execute_batch
+    from bnn_transfer.build_fpga.transforms import Despecialize
 
     path, images, feats, _ = make_standin("tiny", tmp_path, n_images=4, seed=3, ties=False)
     assert np.array_equal(execute_batch(ModelWrapper(str(path)), images), feats)
@@ -302,8 +302,8 @@ def test_tiny_random_thresholds_bitexact(tmp_path):
 
 @pytest.mark.slow
 def test_folding_file_round_trips(tmp_path):
-    from build_fpga.config import BuildConfig
-    from build_fpga.finn_flow import refold, run_flow
+    from bnn_transfer.build_fpga.config import BuildConfig
+    from bnn_transfer.build_fpga.finn_flow import refold, run_flow
 
     path, _, _, _ = make_standin("tiny", tmp_path, n_images=2, ties=False)
     out = tmp_path / "build"
@@ -322,10 +322,10 @@ def test_folding_file_round_trips(tmp_path):
 def test_z2_fits_pynq_z2_bitexact(tmp_path):
     from qonnx.core.modelwrapper import ModelWrapper
 
-    from build_fpga.config import BuildConfig
-    from build_fpga.finn_flow import run_flow
-    from build_fpga.ladder import execute_batch
-    from build_fpga.transforms import Despecialize
+    from bnn_transfer.build_fpga.config import BuildConfig
+    from bnn_transfer.build_fpga.finn_flow import run_flow
+    from bnn_transfer.build_fpga.ladder import execute_batch
+    from bnn_transfer.build_fpga.transforms import Despecialize
 
     path, images, feats, n_ties = make_standin("z2", tmp_path, n_images=2)
     assert n_ties > 0
@@ -341,10 +341,10 @@ def test_binary_padding_with_minus_one_is_bitexact(tmp_path):
     """ConstantPad2d(-1) before a binary conv: QONNX, FINN's streamlined and HW graphs all agree."""
     from qonnx.core.modelwrapper import ModelWrapper
 
-    from build_fpga.config import BuildConfig
-    from build_fpga.finn_flow import run_flow
-    from build_fpga.ladder import execute_batch
-    from build_fpga.transforms import Despecialize
+    from bnn_transfer.build_fpga.config import BuildConfig
+    from bnn_transfer.build_fpga.finn_flow import run_flow
+    from bnn_transfer.build_fpga.ladder import execute_batch
+    from bnn_transfer.build_fpga.transforms import Despecialize
 
     path, images, feats, _ = make_standin("padded", tmp_path, n_images=6)
     assert np.array_equal(execute_batch(ModelWrapper(str(path)), images), feats)
@@ -389,8 +389,8 @@ def emulate(rows, images):
 def test_extracted_layers_reproduce_the_features(tmp_path, preset):
     from qonnx.core.modelwrapper import ModelWrapper
 
-    from build_fpga.config import BuildConfig
-    from build_fpga.finn_flow import extract_layers, run_flow
+    from bnn_transfer.build_fpga.config import BuildConfig
+    from bnn_transfer.build_fpga.finn_flow import extract_layers, run_flow
 
     path, images, feats, _ = make_standin(preset, tmp_path, n_images=4)
     out = tmp_path / "build"

@@ -23,8 +23,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 def tiny_flow(tmp_path_factory):
     from test_flow import make_standin
 
-    from build_fpga.config import BuildConfig
-    from build_fpga.finn_flow import run_flow
+    from bnn_transfer.build_fpga.config import BuildConfig
+    from bnn_transfer.build_fpga.finn_flow import run_flow
 
     tmp = tmp_path_factory.mktemp("folding")
     path, _, _, _ = make_standin("tiny", tmp, n_images=2, ties=False)
@@ -39,7 +39,7 @@ def final_model(out):
 
 
 def tightened(resource, margin):
-    from build_fpga.boards import get_board
+    from bnn_transfer.build_fpga.boards import get_board
 
     board = get_board("pynq-z2")
     return replace(board, margins={**board.margins, resource: margin})
@@ -47,8 +47,8 @@ def tightened(resource, margin):
 
 @pytest.mark.parametrize("resource,margin", [("lut", 0.2), ("bram18", 0.15), ("dsp", 0.05)])
 def test_search_keeps_every_margin_and_names_the_binding_resource(tiny_flow, resource, margin):
-    from build_fpga.estimates import RESOURCE_KEYS
-    from build_fpga.folding import search
+    from bnn_transfer.build_fpga.estimates import RESOURCE_KEYS
+    from bnn_transfer.build_fpga.folding import search
 
     out, smallest = tiny_flow
     board = tightened(resource, margin)
@@ -64,10 +64,10 @@ def test_search_keeps_every_margin_and_names_the_binding_resource(tiny_flow, res
 def test_search_folding_is_what_finn_estimates(tiny_flow, tmp_path):
     """The search's numbers are FINN's: refolding FINN with the folding found gives the same fps and,
     with the FIFO/DWC/IODMA rows, the same resources; and a step was refused only for those rows."""
-    from build_fpga.config import BuildConfig
-    from build_fpga.estimates import RESOURCE_KEYS, parse_estimates
-    from build_fpga.finn_flow import refold
-    from build_fpga.folding import search
+    from bnn_transfer.build_fpga.config import BuildConfig
+    from bnn_transfer.build_fpga.estimates import RESOURCE_KEYS, parse_estimates
+    from bnn_transfer.build_fpga.finn_flow import refold
+    from bnn_transfer.build_fpga.folding import search
 
     out, _ = tiny_flow
     board = tightened("lut", 0.2)
@@ -85,7 +85,7 @@ def test_search_folding_is_what_finn_estimates(tiny_flow, tmp_path):
 def test_fifos_dwcs_and_iodmas_are_counted_in_the_fit_check(tiny_flow):
     """A design whose layers fit but which does not fit with its FIFOs, converters and DMAs is over the
     margin and, beyond the board, refused."""
-    from build_fpga.estimates import IODMA_RULE, parse_estimates
+    from bnn_transfer.build_fpga.estimates import IODMA_RULE, parse_estimates
 
     out, est = tiny_flow
     kinds = [x["kind"] for x in est.interconnect]
@@ -110,7 +110,7 @@ def test_estimate_round_trips_through_its_json(tiny_flow):
     from dataclasses import dataclass, fields
     from typing import Optional
 
-    from build_fpga.estimate import Estimate, FoldingSearch
+    from bnn_transfer.build_fpga.estimate import Estimate, FoldingSearch
 
     _, est = tiny_flow
     est = replace(est, folding_search=FoldingSearch("lut", "LUT over", 3, 1234.5), folding_mode="search")
@@ -154,11 +154,11 @@ def test_ddr_search_goes_on_past_targets_over_the_margins_until_one_fits(tmp_pat
     into URAM): the search does not stop at a first target that is over the margins."""
     from test_flow import fake_estimate
 
-    import build_fpga.folding as folding
-    from build_fpga.boards import get_board
-    from build_fpga.config import BuildConfig
-    from build_fpga.estimate import Resource
-    from build_fpga.steps import FOLDING_CONFIG
+    import bnn_transfer.build_fpga.folding as folding
+    from bnn_transfer.build_fpga.boards import get_board
+    from bnn_transfer.build_fpga.config import BuildConfig
+    from bnn_transfer.build_fpga.estimate import Resource
+    from bnn_transfer.build_fpga.steps import FOLDING_CONFIG
 
     (tmp_path / "report").mkdir()
     (tmp_path / "report" / FOLDING_CONFIG).write_text("{}")

@@ -32,7 +32,7 @@ BOARDS = {"pynq-z2": ("Pynq-Z2", "xc7z020clg400-1"), "kv260": ("KV260_SOM", "xck
 @pytest.fixture(scope="module")
 def fake(tmp_path_factory):
     """One tiny export, a fake Vivado/Vitis HLS 2024.2 and FINN deps with the three boards' files."""
-    from build_fpga.preflight import board_part
+    from bnn_transfer.build_fpga.preflight import board_part
 
     sys.path.insert(0, str(HERE))
     from test_build import make_export
@@ -62,8 +62,8 @@ def calls(out):
 
 
 def check_bundle(out, board):
-    from build_fpga.preflight import board_part
-    from host.bundle import load_bundle
+    from bnn_transfer.build_fpga.preflight import board_part
+    from bnn_transfer.host.bundle import load_bundle
 
     b = load_bundle(str(out))  # host/'s loader: manifest, hashes, bit/hwh pair
     finn_board, part = BOARDS[board]
@@ -150,10 +150,10 @@ def test_weights_loaded_at_run_time_reach_a_bundle_the_host_runs(fake, monkeypat
     sys.path.insert(0, str(ROOT / "tests" / "host"))
     from fake_pynq import FakeBoard
 
-    from host.backends import make_backend
-    from host.backends.pynq import read_runtime_words
-    from host.bundle import load_bundle
-    from host.emulator import load_emulator
+    from bnn_transfer.host.backends import make_backend
+    from bnn_transfer.host.backends.pynq import read_runtime_words
+    from bnn_transfer.host.bundle import load_bundle
+    from bnn_transfer.host.emulator import load_emulator
 
     folding = fake["tmp"] / "runtime_fold.json"
     folding.write_text(json.dumps({"Defaults": {},
@@ -205,15 +205,15 @@ def test_a_missed_clock_refuses_the_bundle_unless_accepted(fake):
     assert "timing VIOLATED (accepted): worst negative slack -0.412 ns at 150 MHz" in r.stderr
     assert "removed the earlier hardware build %s" % stale in r.stderr and not stale.exists()
     assert len(list(build.glob("hw-*"))) == 1
-    from host.bundle import load_bundle
+    from bnn_transfer.host.bundle import load_bundle
 
     timing = load_bundle(str(out)).manifest["hardware_build"]["timing"]
     assert timing["met"] is False and timing["wns_ns"] == -0.412 and timing["fmax_mhz"] == round(fmax, 1)
 
 
 def test_the_resume_key_changes_with_the_toolchain_and_the_default_clock(tmp_path):
-    from build_fpga.config import BuildConfig
-    from build_fpga.hardware import hardware_key
+    from bnn_transfer.build_fpga.config import BuildConfig
+    from bnn_transfer.build_fpga.hardware import hardware_key
 
     cfg = BuildConfig(board="kv260")
     tools = {"vivado": "2024.2", "vitis_hls": "2024.2"}
@@ -245,7 +245,7 @@ def test_a_missing_precondition_stops_the_build_before_anything_runs(fake, tmp_p
 
 
 def test_progress_is_trusted_only_as_a_prefix_of_the_steps_with_its_model(tmp_path):
-    from build_fpga.hardware import PROGRESS, _read_progress, _start_model_step, hardware_steps
+    from bnn_transfer.build_fpga.hardware import PROGRESS, _read_progress, _start_model_step, hardware_steps
 
     steps = hardware_steps()
     models = tmp_path / "intermediate_models"

@@ -26,9 +26,9 @@ def build_bundle(tmp, preset, fps):
     sys.path.insert(0, os.path.join(ROOT, "tests", "export"))
     from test_export import calibrated_model, write_run
 
-    from build_fpga.build import BuildConfig, build
-    from export.backbone import ExportConfig, export_backbone
-    from train.models import ModelConfig
+    from bnn_transfer.build_fpga.build import BuildConfig, build
+    from bnn_transfer.export.backbone import ExportConfig, export_backbone
+    from bnn_transfer.train.models import ModelConfig
 
     model = calibrated_model(ModelConfig(preset=preset, num_classes=4), seed=5, tie_prone=True)
     run = write_run(tmp / "run", model, ["a", "b", "c", "d"])
@@ -69,11 +69,11 @@ def ladder(model, export, out, finn_dir, images):
     """Every stage's per-layer outputs, compared with the torch integer backbone of the *model*."""
     from qonnx.core.modelwrapper import ModelWrapper
 
-    from build_fpga.ladder import emulator_stage, finn_stage, qonnx_stage, torch_stage
-    from build_fpga.transforms import Despecialize
-    from export.verify import compare_layers
-    from host.emulator import load_emulator
-    from train.freeze import fold_backbone
+    from bnn_transfer.build_fpga.ladder import emulator_stage, finn_stage, qonnx_stage, torch_stage
+    from bnn_transfer.build_fpga.transforms import Despecialize
+    from bnn_transfer.export.verify import compare_layers
+    from bnn_transfer.host.emulator import load_emulator
+    from bnn_transfer.train.freeze import fold_backbone
 
     layers = fold_backbone(model)
     names = [il.name for il in layers]
@@ -109,10 +109,10 @@ def test_tiny_ladder_is_bit_exact_with_ties(tiny):
 
 @pytest.mark.slow
 def test_a_corrupted_threshold_is_named_by_layer(tiny):
-    from build_fpga.ladder import divergence_message, emulator_stage, torch_stage
-    from export.verify import compare_layers
-    from host.emulator import Emulator
-    from train.freeze import fold_backbone
+    from bnn_transfer.build_fpga.ladder import divergence_message, emulator_stage, torch_stage
+    from bnn_transfer.export.verify import compare_layers
+    from bnn_transfer.host.emulator import Emulator
+    from bnn_transfer.train.freeze import fold_backbone
 
     model, _, out, _ = tiny
     with np.load(str(out / "emulator.npz"), allow_pickle=False) as z:
@@ -136,9 +136,9 @@ def test_a_corrupted_threshold_is_named_by_layer(tiny):
 
 
 def test_threshold_check_compares_semantics_not_raw_values():
-    from build_fpga.bundle import check_emulator, effective_thresholds
-    from host.errors import BnnError
-    from host.intlayers import IntLayer
+    from bnn_transfer.build_fpga.bundle import check_emulator, effective_thresholds
+    from bnn_transfer.host.errors import BnnError
+    from bnn_transfer.host.intlayers import IntLayer
 
     rng = np.random.default_rng(0)
     w1 = rng.choice([-1, 1], size=(4, 27)).astype(np.int8)

@@ -21,7 +21,7 @@ BOARD = "Pynq-Z2"
 
 
 def _setup(tmp_path, version="2024.2"):
-    from build_fpga.preflight import board_part
+    from bnn_transfer.build_fpga.preflight import board_part
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("XILINX", "FINN_TOOL"))}
     env.update(install.install(tmp_path / "xil", version))
@@ -30,7 +30,7 @@ def _setup(tmp_path, version="2024.2"):
 
 
 def test_complete_toolchain_passes_and_reports_versions(tmp_path):
-    from build_fpga.preflight import check
+    from bnn_transfer.build_fpga.preflight import check
 
     env, deps = _setup(tmp_path)
     found, problems = check(BOARD, "force_minimal_fifos", deps, env)
@@ -57,7 +57,7 @@ REMOVALS = {
 
 @pytest.mark.parametrize("name", sorted(REMOVALS))
 def test_each_missing_piece_is_one_line(tmp_path, name):
-    from build_fpga.preflight import check
+    from bnn_transfer.build_fpga.preflight import check
 
     env, deps = _setup(tmp_path)
     remove, expected = REMOVALS[name]
@@ -68,7 +68,7 @@ def test_each_missing_piece_is_one_line(tmp_path, name):
 
 
 def test_unsupported_and_mismatched_versions(tmp_path):
-    from build_fpga.preflight import check
+    from bnn_transfer.build_fpga.preflight import check
 
     env, deps = _setup(tmp_path, "2023.1")
     _, problems = check(BOARD, "force_minimal_fifos", deps, env)
@@ -82,7 +82,7 @@ def test_unsupported_and_mismatched_versions(tmp_path):
 
 
 def test_fifo_simulation_prerequisites_are_checked_only_when_chosen(tmp_path):
-    from build_fpga.preflight import check
+    from bnn_transfer.build_fpga.preflight import check
 
     env, deps = _setup(tmp_path)
     env["LD_LIBRARY_PATH"] = ""
@@ -94,8 +94,8 @@ def test_fifo_simulation_prerequisites_are_checked_only_when_chosen(tmp_path):
 
 
 def test_preflight_raises_one_error_line_per_problem(tmp_path):
-    from build_fpga.preflight import preflight
-    from host.errors import BnnError
+    from bnn_transfer.build_fpga.preflight import preflight
+    from bnn_transfer.host.errors import BnnError
 
     env, deps = _setup(tmp_path)
     shutil.rmtree(deps / "finn-hlslib")
@@ -109,8 +109,8 @@ def test_preflight_raises_one_error_line_per_problem(tmp_path):
 def test_board_files_where_vivado_ships_them(tmp_path):
     """ZCU104's board files exist only in Vivado's installed XilinxBoardStore, which `finn deps update`
     does not provide; Avnet's board.xml spells the board `Ultra96v2` where FINN's part says `ultra96v2`."""
-    from build_fpga.boards import get_board
-    from build_fpga.preflight import board_part, check
+    from bnn_transfer.build_fpga.boards import get_board
+    from bnn_transfer.build_fpga.preflight import board_part, check
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("XILINX", "FINN_TOOL"))}
     env.update(install.install(tmp_path / "xil", "2024.2"))
@@ -137,7 +137,7 @@ def test_board_files_where_vivado_ships_them(tmp_path):
 
 
 def test_board_repo_folders_and_the_user_board_store_are_searched(tmp_path):
-    from build_fpga.preflight import check, user_board_store
+    from bnn_transfer.build_fpga.preflight import check, user_board_store
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("XILINX", "FINN_TOOL"))}
     env.update(install.install(tmp_path / "xil", "2024.2"), HOME=str(tmp_path / "home"))
@@ -156,7 +156,7 @@ def test_board_repo_folders_and_the_user_board_store_are_searched(tmp_path):
 def test_simulation_needs_vivados_xsi_header_and_hlslib_off_its_pin_is_a_warning(tmp_path):
     import subprocess
 
-    from build_fpga.preflight import check, finn_pinned_commit
+    from bnn_transfer.build_fpga.preflight import check, finn_pinned_commit
 
     env, deps = _setup(tmp_path)
     (Path(env["XILINX_VIVADO"]) / "data" / "xsim" / "include" / "xsi.h").unlink()

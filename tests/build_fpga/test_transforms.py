@@ -37,7 +37,7 @@ def conv_pads(model):
 
 
 def test_minus_one_pad_of_a_bipolar_map_moves_into_the_conv():
-    from build_fpga.transforms import AbsorbBinaryPad
+    from bnn_transfer.build_fpga.transforms import AbsorbBinaryPad
 
     model = pad_conv_model(pads=(0, 0, 1, 2, 0, 0, 1, 2))
     model, changed = AbsorbBinaryPad().apply(model)
@@ -57,7 +57,7 @@ def test_minus_one_pad_of_a_bipolar_map_moves_into_the_conv():
     dict(conv_pads=(1, 1, 1, 1)),  # the conv pads already: two pads do not compose into one attribute
 ])
 def test_other_pads_are_left_alone(kwargs):
-    from build_fpga.transforms import AbsorbBinaryPad
+    from bnn_transfer.build_fpga.transforms import AbsorbBinaryPad
 
     model = pad_conv_model(**kwargs)
     before = [n.op_type for n in model.graph.node]
@@ -94,8 +94,8 @@ def test_xnor_thresholds_near_the_top_survive_finns_bit_width_steps():
     from finn.transformation.fpgadataflow.minimize_accumulator_width import MinimizeAccumulatorWidth
     from qonnx.custom_op.registry import getCustomOp
 
-    from build_fpga.steps import _minimize_bit_width
-    from build_fpga.transforms import WidenXnorAccumulators
+    from bnn_transfer.build_fpga.steps import _minimize_bit_width
+    from bnn_transfer.build_fpga.transforms import WidenXnorAccumulators
 
     # FINN alone sizes the popcount [0, 288] as [-66, 222]: INT9, whose clipping would cut 281 to 256.
     finn_only = xnor_mvau_model().transform(MinimizeAccumulatorWidth())

@@ -7,15 +7,15 @@ import numpy as np
 import pytest
 import torch
 
-from export.backbone import ExportConfig, export_backbone, load_export
-from export.head import export_head, torch_logits
-from host.errors import BnnError
-from host.heads import load_head
-from host.preprocess import Preprocess
-from train.calibrate import calibrated_random_model
-from train.checkpoint import save_checkpoint
-from train.freeze import IntegerBackbone, fold_backbone
-from train.models import ModelConfig
+from bnn_transfer.export.backbone import ExportConfig, export_backbone, load_export
+from bnn_transfer.export.head import export_head, torch_logits
+from bnn_transfer.host.errors import BnnError
+from bnn_transfer.host.heads import load_head
+from bnn_transfer.host.preprocess import Preprocess
+from bnn_transfer.train.calibrate import calibrated_random_model
+from bnn_transfer.train.checkpoint import save_checkpoint
+from bnn_transfer.train.freeze import IntegerBackbone, fold_backbone
+from bnn_transfer.train.models import ModelConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -76,7 +76,7 @@ def test_second_export_is_skipped_until_the_checkpoint_changes(tiny_export, tmp_
 def test_qonnx_graph_equals_integer_backbone_on_fresh_images(tiny_export):
     from qonnx.core.modelwrapper import ModelWrapper
 
-    from export.qonnx_graph import execute
+    from bnn_transfer.export.qonnx_graph import execute
 
     model, _, out, _ = tiny_export
     x = np.random.default_rng(5).integers(0, 256, (6, 3, 32, 32)).astype(np.float32)
@@ -167,8 +167,8 @@ def test_tampered_export_is_refused(tiny_export, tmp_path):
 
 
 def test_failed_verification_leaves_no_export(tiny_export, tmp_path, monkeypatch):
-    import export.backbone as eb
-    from export.verify import Verification
+    import bnn_transfer.export.backbone as eb
+    from bnn_transfer.export.verify import Verification
 
     _, run, _, _ = tiny_export
     monkeypatch.setattr(eb, "verify_backbone", lambda *a: Verification(8, 17, "conv3"))

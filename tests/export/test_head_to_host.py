@@ -12,12 +12,12 @@ import sys
 
 import pytest
 
-from export.backbone import ExportConfig, export_backbone, load_trained
-from export.emulator_weights import emulator_arrays
-from export.head import export_head
-from host.packing import packed_shape
-from train.fit import FitConfig, evaluate_run, run
-from train.freeze import fold_backbone
+from bnn_transfer.export.backbone import ExportConfig, export_backbone, load_trained
+from bnn_transfer.export.emulator_weights import emulator_arrays
+from bnn_transfer.export.head import export_head
+from bnn_transfer.host.packing import packed_shape
+from bnn_transfer.train.fit import FitConfig, evaluate_run, run
+from bnn_transfer.train.freeze import fold_backbone
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.join(ROOT, "tests", "host"))

@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from host.cli import run_cli
+from bnn_transfer.host.cli import run_cli
 from tests.faults.fsutil import snapshot
 from tests.host.fake_pynq import make_bundle
 
@@ -19,7 +19,7 @@ SMALL = ["--option", "n_train_per_class=4", "--option", "n_test_per_class=2", "-
 def command(stage):
     import importlib
 
-    return importlib.import_module(stage + ".__main__").main
+    return importlib.import_module("bnn_transfer." + stage + ".__main__").main
 
 
 def cli(capsys, stage, *args):
@@ -111,12 +111,11 @@ def test_unwritable_out_is_one_line_naming_the_file_and_debug_shows_the_tracebac
 
 
 def test_a_bug_is_one_line_with_exit_code_1(capsys, monkeypatch):
-    import train.fit
-
+    import bnn_transfer.train.fit as fit
     def bug(*a, **k):
         raise KeyError("oops")
 
-    monkeypatch.setattr(train.fit, "run", bug)
+    monkeypatch.setattr(fit, "run", bug)
     line = one_line_error(cli(capsys, "train", "fit", "--out", "x", *SMALL), code=1)
     assert line.startswith("error: internal error, please report it: KeyError: 'oops' (rerun with --debug")
 

@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from host.errors import BnnError
+from bnn_transfer.host.errors import BnnError
 
 # The RSS bound is measured over all of a test's examples: its fixture spans them on purpose.
 _CHECKS = [HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
@@ -65,8 +65,8 @@ def _npz(arrays):
 
 
 def _head_npz():
-    from host.heads.head import Head
-    from host.heads.headfile import save_head
+    from bnn_transfer.host.heads.head import Head
+    from bnn_transfer.host.heads.headfile import save_head
 
     path = _file(b"", "h.npz")
     save_head(path, Head("float", ["a", "b"], 8, {"W": np.ones((8, 2), np.float32), "b": np.zeros(2, np.float32)}))
@@ -102,7 +102,7 @@ def rss_bound():
 
 @given(st.binary(max_size=512) | _mutated(VALID["head"]))
 def test_head_loader(rss_bound, data):
-    from host.heads import load_head
+    from bnn_transfer.host.heads import load_head
 
     _only_bnn_errors(load_head, _file(data, "head.npz"))
 
@@ -112,15 +112,15 @@ def test_head_loader(rss_bound, data):
                        st.one_of(st.integers(-2, 9), st.text(max_size=20), st.lists(st.integers(-3, 3), max_size=9),
                                  st.lists(st.text(max_size=5), max_size=4), st.floats()), max_size=9))
 def test_head_loader_structured(rss_bound, fields):
-    from host.heads import load_head
+    from bnn_transfer.host.heads import load_head
 
     _only_bnn_errors(load_head, _file(_npz({k: np.asarray(v) for k, v in fields.items()}), "head.npz"))
 
 
 @given(st.binary(max_size=512))
 def test_emulator_and_feature_cache_loaders(rss_bound, data):
-    from host.emulator import load_emulator
-    from host.features import FeatureStore
+    from bnn_transfer.host.emulator import load_emulator
+    from bnn_transfer.host.features import FeatureStore
 
     _only_bnn_errors(load_emulator, _file(data, "emulator.npz"))
     _only_bnn_errors(FeatureStore.load, _file(data, "features.npz"))
@@ -137,8 +137,8 @@ JSON_TEXT = st.recursive(st.none() | st.booleans() | st.integers() | st.floats()
                      "files": JSON_TEXT, "preset": JSON_TEXT, "io": JSON_TEXT, "feature_width": JSON_TEXT,
                      "preprocess": JSON_TEXT}).map(lambda v: __import__("json").dumps(v).encode())))
 def test_manifest_and_bundle_loaders(rss_bound, data):
-    from host.bundle import load_bundle
-    from host.manifest import load_manifest
+    from bnn_transfer.host.bundle import load_bundle
+    from bnn_transfer.host.manifest import load_manifest
 
     path = _file(data, "manifest.json")
     _only_bnn_errors(load_manifest, os.path.dirname(path), "manifest.json")
@@ -161,7 +161,7 @@ IMAGES = _png_and_jpeg()
 
 @given(st.binary(max_size=300) | st.sampled_from(IMAGES).flatmap(_mutated))
 def test_image_decoder(rss_bound, data):
-    from host.preprocess import decode_image, decode_image_bytes
+    from bnn_transfer.host.preprocess import decode_image, decode_image_bytes
 
     _only_bnn_errors(decode_image, _file(data, "x.png"))
     _only_bnn_errors(decode_image_bytes, data, "upload")
@@ -169,7 +169,7 @@ def test_image_decoder(rss_bound, data):
 
 @given(st.binary(max_size=300))
 def test_zip_and_npz_checks(rss_bound, data):
-    from host.npzfile import check_npz
+    from bnn_transfer.host.npzfile import check_npz
 
     try:
         check_npz(_file(data, "a.npz"))
@@ -183,7 +183,7 @@ STAGES = ("train", "export", "build_fpga", "host", "bench", "demo")
 def _vocabulary():
     words = set()
     for stage in STAGES:
-        parser = importlib.import_module(stage + ".__main__").build_parser()
+        parser = importlib.import_module("bnn_transfer." + stage + ".__main__").build_parser()
         stack = [parser]
         while stack:
             p = stack.pop()
@@ -205,7 +205,7 @@ VALUES = st.sampled_from(WORDS) | st.text(max_size=12) | st.sampled_from(["0", "
 @pytest.mark.parametrize("stage", STAGES)
 @given(argv=st.lists(VALUES, max_size=8))
 def test_command_line_parsing(stage, argv):
-    parser = importlib.import_module(stage + ".__main__").build_parser()
+    parser = importlib.import_module("bnn_transfer." + stage + ".__main__").build_parser()
     try:
         parser.parse_args(argv)
     except BnnError:

@@ -7,10 +7,10 @@ import zlib
 import numpy as np
 import pytest
 
-from host.cli import run_cli
-from host.datasets import check_training_classes, list_images, open_dataset
-from host.errors import BnnError, ImageError
-from host.preprocess import MAX_PIXELS, decode_image
+from bnn_transfer.host.cli import run_cli
+from bnn_transfer.host.datasets import check_training_classes, list_images, open_dataset
+from bnn_transfer.host.errors import BnnError, ImageError
+from bnn_transfer.host.preprocess import MAX_PIXELS, decode_image
 from tests.conftest import write_image
 from tests.host.fake_pynq import make_bundle
 
@@ -89,7 +89,7 @@ def test_class_folder_with_a_non_utf8_name_through_host_fit_and_eval(tmp_path, c
 
 
 def _host_main(argv):
-    from host.__main__ import main
+    from bnn_transfer.host.__main__ import main
 
     return main(argv)
 

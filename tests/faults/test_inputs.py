@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from host.errors import BnnError
-from host.manifest import finalize_manifest, load_manifest, new_manifest, sha256_file
-from host.npzfile import check_npz, open_npz
+from bnn_transfer.host.errors import BnnError
+from bnn_transfer.host.manifest import finalize_manifest, load_manifest, new_manifest, sha256_file
+from bnn_transfer.host.npzfile import check_npz, open_npz
+from bnn_transfer.train.checkpoint import load_checkpoint, save_checkpoint
 from tests.host.fake_pynq import make_bundle
-from train.checkpoint import load_checkpoint, save_checkpoint
 
 
 def artifact(root, files):
@@ -64,7 +64,7 @@ def test_listed_directory_and_files_as_a_list_are_one_line_errors(tmp_path):
 
 
 def test_bundle_with_an_escaping_emulator_is_refused(tmp_path):
-    from host.bundle import load_bundle
+    from bnn_transfer.host.bundle import load_bundle
 
     root = make_bundle(tmp_path / "b")
     outside = tmp_path / "evil.npz"
@@ -75,7 +75,7 @@ def test_bundle_with_an_escaping_emulator_is_refused(tmp_path):
 
 
 def good_state():
-    from train.models import ModelConfig, build_model
+    from bnn_transfer.train.models import ModelConfig, build_model
 
     cfg = ModelConfig(preset="tiny", num_classes=3)
     return {"mode": "fit", "model_config": cfg.to_dict(), "classes": ["a", "b", "c"],
@@ -128,8 +128,7 @@ def test_zero_byte_and_pickle_checkpoints(tmp_path):
 def test_checkpoint_write_on_a_full_disk_names_the_file_and_keeps_the_old_one(tmp_path, monkeypatch):
     import errno
 
-    import train.checkpoint as ck
-
+    import bnn_transfer.train.checkpoint as ck
     save_checkpoint(tmp_path / "checkpoint.pt", good_state())
 
     class Full(io.FileIO):
@@ -155,7 +154,7 @@ def test_npz_that_lies_about_its_size_is_refused_before_allocation(tmp_path):
     npz_with_header(tmp_path / "h.npz", (270_000_000,), 1 << 20)
     with pytest.raises(ValueError, match=r"junk\.npy declares float32 \(270000000,\) \(1080000000 bytes\) but holds"):
         check_npz(str(tmp_path / "h.npz"))
-    from host.heads import load_head
+    from bnn_transfer.host.heads import load_head
 
     with pytest.raises(BnnError, match=r"h\.npz: .*junk\.npy declares float32"):
         load_head(str(tmp_path / "h.npz"))
@@ -187,7 +186,7 @@ def test_npz_members_limits(tmp_path):
 def test_crafted_export_manifest_fields_are_one_line_errors(export_dir, tmp_path, field, value, message):
     import shutil
 
-    from export.backbone import load_export
+    from bnn_transfer.export.backbone import load_export
 
     _, _, export = export_dir
     copy = str(tmp_path / "export")
@@ -207,7 +206,7 @@ def test_crafted_export_manifest_fields_are_one_line_errors(export_dir, tmp_path
 ])
 def test_heads_whose_logits_can_overflow_are_refused(variant, params):
     """Finite weights of 3e38 passed the NaN check, then every probability was NaN (not JSON)."""
-    from host.heads.head import Head
+    from bnn_transfer.host.heads.head import Head
 
     with pytest.raises(BnnError, match=r"^head: weights so large that a logit can reach .*: its probabilities "
                                        r"would be NaN$"):
@@ -217,7 +216,7 @@ def test_heads_whose_logits_can_overflow_are_refused(variant, params):
 
 
 def test_no_nan_reaches_a_json_line():
-    from host.commands import _print_json, _r
+    from bnn_transfer.host.commands import _print_json, _r
 
     assert _r(float("nan")) is None and _r(float("inf")) is None and _r(0.123456) == 0.1235
     with pytest.raises(ValueError):
@@ -228,7 +227,7 @@ def test_json_that_would_parse_into_too_many_values_is_refused_unparsed(tmp_path
     """A 63 MB manifest under the byte cap cost 1.7 GB of RSS to parse: a Pynq-Z2 has 512 MB."""
     import resource
 
-    from host.inputs import MAX_JSON_VALUES, loads_json
+    from bnn_transfer.host.inputs import MAX_JSON_VALUES, loads_json
 
     assert loads_json(b'{"a": [1, 2, {"b": 3}]}') == {"a": [1, 2, {"b": 3}]}
     big = tmp_path / "manifest.json"
@@ -244,7 +243,7 @@ def test_a_graph_whose_external_data_points_outside_is_one_line(tmp_path):
     """build_fpga read backbone.onnx with qonnx directly: onnx's refusal ended as exit 1 'internal error'."""
     from onnx import TensorProto, helper
 
-    from host.backends.onnx import load_qonnx
+    from bnn_transfer.host.backends.onnx import load_qonnx
 
     (tmp_path / "secret.bin").write_bytes(b"\0" * 16)
     w = helper.make_tensor("w", TensorProto.FLOAT, [4], [0.0] * 4)

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from host.cli import run_cli
+from bnn_transfer.host.cli import run_cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SMALL = ["--option", "n_train_per_class=8", "--option", "n_test_per_class=2", "--option", "num_classes=3"]
@@ -46,7 +46,7 @@ def rerun(capsys, stage, *args):
     import importlib
 
     capsys.readouterr()
-    rc = run_cli(importlib.import_module(stage + ".__main__").main, [str(a) for a in args])
+    rc = run_cli(importlib.import_module("bnn_transfer." + stage + ".__main__").main, [str(a) for a in args])
     err = capsys.readouterr().err
     assert rc == 0, err
 
@@ -65,7 +65,7 @@ def neighbours(parent):
 
 
 def test_train_killed_mid_epoch_keeps_its_checkpoint_refuses_a_second_writer_and_resumes(tmp_path, capsys):
-    from train.checkpoint import load_checkpoint
+    from bnn_transfer.train.checkpoint import load_checkpoint
 
     out = tmp_path / "run"
     intact = neighbours(tmp_path)
@@ -87,7 +87,7 @@ def test_second_train_into_the_same_run_is_refused_while_the_first_runs(tmp_path
         while not os.path.exists(str(tmp_path / ".run.lock")) and time.time() - t0 < 120:
             time.sleep(0.05)
         capsys.readouterr()
-        from train.__main__ import main
+        from bnn_transfer.train.__main__ import main
 
         rc = run_cli(main, ["fit", "--out", str(out), "--epochs", "1", "--workers", "0", *SMALL])
         err = capsys.readouterr().err.strip().splitlines()
@@ -99,7 +99,7 @@ def test_second_train_into_the_same_run_is_refused_while_the_first_runs(tmp_path
 
 
 def test_export_killed_while_writing_keeps_the_earlier_export(export_dir, capsys):
-    from export.backbone import load_export
+    from bnn_transfer.export.backbone import load_export
 
     tmp, run, out = export_dir
     intact = neighbours(tmp)
@@ -115,7 +115,7 @@ def test_export_killed_while_writing_keeps_the_earlier_export(export_dir, capsys
 @pytest.mark.skipif(pytest.importorskip("qonnx", reason="needs qonnx") is None, reason="needs qonnx")
 def test_build_fpga_killed_during_finn_keeps_the_earlier_bundle(export_dir, tmp_path, capsys):
     pytest.importorskip("finn", reason="needs finn-plus")
-    from host.bundle import load_bundle
+    from bnn_transfer.host.bundle import load_bundle
     from tests.host.fake_pynq import make_bundle
 
     _, _, export = export_dir
@@ -134,7 +134,7 @@ def test_build_fpga_killed_during_finn_keeps_the_earlier_bundle(export_dir, tmp_
 
 
 def test_host_fit_killed_before_writing_keeps_the_earlier_head(tmp_path, capsys):
-    from host.heads import load_head
+    from bnn_transfer.host.heads import load_head
     from tests.host.fake_pynq import make_bundle
 
     bundle = make_bundle(tmp_path / "bundle")

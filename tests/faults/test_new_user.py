@@ -4,15 +4,15 @@ import os
 
 import pytest
 
-from host.atomic import write_bytes_atomic
-from host.cli import run_cli
-from host.errors import BnnError
-from host.manifest import load_manifest
+from bnn_transfer.host.atomic import write_bytes_atomic
+from bnn_transfer.host.cli import run_cli
+from bnn_transfer.host.errors import BnnError
+from bnn_transfer.host.manifest import load_manifest
 from tests.host.fake_pynq import make_bundle
 
 
 def host(capsys, *args):
-    from host.__main__ import main
+    from bnn_transfer.host.__main__ import main
 
     capsys.readouterr()
     rc = run_cli(main, [str(a) for a in args])
@@ -28,7 +28,7 @@ def test_deeply_nested_manifest_is_one_line(tmp_path):
 
 def test_folding_file_that_never_ends_is_refused_after_a_bounded_read():
     pytest.importorskip("finn", reason="build_fpga needs finn-plus")
-    from build_fpga.build import _read_folding
+    from bnn_transfer.build_fpga.build import _read_folding
 
     with pytest.raises(BnnError, match=r"/dev/zero: not a FINN folding config \(larger than 64 MB\)"):
         _read_folding("/dev/zero")
@@ -54,7 +54,7 @@ def test_batch_sizes_that_cannot_fit_a_board_and_a_negative_seed_are_one_line(tm
 def test_unknown_or_absent_torch_device_is_one_line(tmp_path, capsys):
     import torch
 
-    from train.__main__ import main
+    from bnn_transfer.train.__main__ import main
 
     small = ["--option", "n_train_per_class=2", "--option", "n_test_per_class=1", "--option", "num_classes=3"]
     for device, what in [("tpu", "not a torch device")] + [("cuda", "CUDA is not available")] * (
@@ -88,7 +88,7 @@ def test_predict_table_of_a_file_name_that_is_not_utf8(tmp_path, capsys):
 
 
 def test_resume_with_a_crafted_metrics_file_or_run_manifest_is_one_line(tmp_path, capsys):
-    from train.__main__ import main
+    from bnn_transfer.train.__main__ import main
 
     small = ["--option", "n_train_per_class=2", "--option", "n_test_per_class=1", "--option", "num_classes=3",
              "--workers", "0", "--epochs", "1"]

@@ -7,9 +7,9 @@ import sys
 
 import pytest
 
-from host.atomic import output_lock
-from host.errors import BnnError
-from host.manifest import atomic_dir, check_replaceable, finalize_manifest, new_manifest
+from bnn_transfer.host.atomic import output_lock
+from bnn_transfer.host.errors import BnnError
+from bnn_transfer.host.manifest import atomic_dir, check_replaceable, finalize_manifest, new_manifest
 from tests.faults.fsutil import snapshot
 
 
@@ -141,7 +141,7 @@ def test_pngs_are_replaced_only_when_this_flow_wrote_them(tmp_path):
     """Every PNG writer marks its file (matplotlib's and the plain fallback); a user's file is refused."""
     import numpy as np
 
-    from host.report import check_replaceable_png, png_bytes, save_confusion_png
+    from bnn_transfer.host.report import check_replaceable_png, png_bytes, save_confusion_png
 
     ours = tmp_path / "cm.png"
     save_confusion_png(str(ours), np.eye(3, dtype=np.int64))

@@ -34,10 +34,10 @@ import types
 
 import numpy as np
 
-from host.atomic import write_bytes_atomic
-from host.emulator import load_emulator, save_emulator
-from host.manifest import finalize_manifest, new_manifest
-from host.packing import pack, packed_shape, unpack
+from bnn_transfer.host.atomic import write_bytes_atomic
+from bnn_transfer.host.emulator import load_emulator, save_emulator
+from bnn_transfer.host.manifest import finalize_manifest, new_manifest
+from bnn_transfer.host.packing import pack, packed_shape, unpack
 
 # Its sibling helpers, whichever way this file was imported (tests.host.fake_pynq, fake_pynq from a
 # notebook kernel's fake pynq module)

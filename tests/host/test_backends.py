@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from fake_pynq import FEATURE_WIDTH, INPUT_SIZE, make_bundle, tiny_network
 
-from host.backends import BACKENDS, available_backends, check_images, make_backend
-from host.bundle import load_bundle
-from host.emulator import Emulator
-from host.errors import BnnError
+from bnn_transfer.host.backends import BACKENDS, available_backends, check_images, make_backend
+from bnn_transfer.host.bundle import load_bundle
+from bnn_transfer.host.emulator import Emulator
+from bnn_transfer.host.errors import BnnError
 
 HAVE_ONNX_STACK = all(importlib.util.find_spec(m) is not None for m in ("qonnx", "brevitas", "torch"))
 

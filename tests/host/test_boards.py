@@ -5,12 +5,12 @@ import sys
 import pytest
 from fake_pynq import make_bundle
 
-from build_fpga.boards import board_names
-from host import boards
-from host.backends import available_backends, default_backends, make_backend
-from host.boards import our_board, pynq_board, pynq_names
-from host.bundle import load_bundle
-from host.errors import BnnError
+from bnn_transfer.build_fpga.boards import board_names
+from bnn_transfer.host import boards
+from bnn_transfer.host.backends import available_backends, default_backends, make_backend
+from bnn_transfer.host.boards import our_board, pynq_board, pynq_names
+from bnn_transfer.host.bundle import load_bundle
+from bnn_transfer.host.errors import BnnError
 
 
 @pytest.fixture

@@ -6,9 +6,9 @@ import re
 import pytest
 from fake_pynq import BACKBONE_DIGEST, DELETE, FEATURE_WIDTH, make_bundle, tiny_io, tiny_network
 
-from host.bundle import ExternalWeight, check_head_compatible, load_bundle
-from host.errors import BnnError
-from host.manifest import finalize_manifest
+from bnn_transfer.host.bundle import ExternalWeight, check_head_compatible, load_bundle
+from bnn_transfer.host.errors import BnnError
+from bnn_transfer.host.manifest import finalize_manifest
 
 
 def _rewrite_manifest(root, edit):
@@ -111,7 +111,7 @@ def test_bundle_for_another_board_is_refused(tmp_path):
 
 def test_the_board_copy_may_leave_pc_out(tmp_path):
     """pc/ (the QONNX graph, PCs only) stays off the board: absent it is no tampering, present it is checked."""
-    from host.backends import make_backend
+    from bnn_transfer.host.backends import make_backend
 
     graph = tmp_path / "g.onnx"
     graph.write_bytes(b"a QONNX graph")

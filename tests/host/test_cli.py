@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 from fake_pynq import FakeBoard, colour_network, make_bundle
 
-from host.__main__ import main
-from host.bundle import load_bundle
-from host.cli import run_cli
-from host.datasets import open_dataset
-from host.errors import BnnError
-from host.heads import Head, load_head, predict_topk, save_head
-from host.preprocess import Preprocess, eval_transform
-from host.report import save_confusion_png
+from bnn_transfer.host.__main__ import main
+from bnn_transfer.host.bundle import load_bundle
+from bnn_transfer.host.cli import run_cli
+from bnn_transfer.host.datasets import open_dataset
+from bnn_transfer.host.errors import BnnError
+from bnn_transfer.host.heads import Head, load_head, predict_topk, save_head
+from bnn_transfer.host.preprocess import Preprocess, eval_transform
+from bnn_transfer.host.report import save_confusion_png
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SYNTH = ["--dataset", "synthetic-transfer", "--option", "n_train_per_class=30", "--option", "n_test_per_class=10"]
@@ -34,7 +34,7 @@ EVAL_KEYS = {"command", "head", "variant", "backend", "dataset", "classes", "top
 def no_board_env(monkeypatch):
     """In-process commands read $BOARD and PYNQ's board files; a PYNQ machine running the tests must not change them."""
     monkeypatch.delenv("BOARD", raising=False)
-    monkeypatch.setattr("host.boards.BOARD_FILES", ())
+    monkeypatch.setattr("bnn_transfer.host.boards.BOARD_FILES", ())
 
 
 
@@ -169,8 +169,8 @@ def test_predict_prints_top5_per_image_and_flags_unreadable_ones(trained, image_
     # the same numbers as the library on the same pixels (PNG is lossless)
     head = load_head(trained["head"])
     bundle = load_bundle(trained["bundle"])
-    from host.backends import make_backend
-    from host.preprocess import decode_image
+    from bnn_transfer.host.backends import make_backend
+    from bnn_transfer.host.preprocess import decode_image
 
     pp = Preprocess.from_dict(bundle.preprocess)
     feats = make_backend("emulator", bundle).extract(np.stack([eval_transform(decode_image(p), pp) for p in paths]))
@@ -278,7 +278,7 @@ def test_on_a_board_a_missing_pynq_or_bitfile_is_an_error_not_the_emulator(tiny,
     monkeypatch.delenv("BOARD")
     chosen = tiny["dir"] / "pynq_board"
     chosen.write_bytes(b"ZCU104\0")
-    monkeypatch.setattr("host.boards.BOARD_FILES", (str(chosen),))
+    monkeypatch.setattr("bnn_transfer.host.boards.BOARD_FILES", (str(chosen),))
     rc, out, err = _cli(capsys, *argv)
     one_error_line(rc, err, "bundle was built for board 'pynq-z2', not 'ZCU104'")
 

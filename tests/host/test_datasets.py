@@ -3,8 +3,8 @@ import os
 import numpy as np
 import pytest
 
-from host.datasets import DATASETS, ImageDataset, open_dataset
-from host.errors import BnnError
+from bnn_transfer.host.datasets import DATASETS, ImageDataset, open_dataset
+from bnn_transfer.host.errors import BnnError
 
 
 def test_dataset_names():
@@ -166,7 +166,7 @@ def test_bad_arguments(tmp_path, fake_folder_split):
 
 
 def test_missing_image_is_an_image_error_not_a_crash(fake_indoor):
-    from host.errors import ImageError
+    from bnn_transfer.host.errors import ImageError
 
     root, _ = fake_indoor
     ds = open_dataset("indoor67", "test", str(root))

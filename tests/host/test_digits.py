@@ -7,9 +7,9 @@ import sys
 import numpy as np
 import pytest
 
-from host.datasets import open_dataset
-from host.digits import FILE_NAME, default_path
-from host.errors import BnnError
+from bnn_transfer.host.datasets import open_dataset
+from bnn_transfer.host.digits import FILE_NAME, default_path
+from bnn_transfer.host.errors import BnnError
 
 pytestmark = pytest.mark.skipif(default_path() is None, reason="scikit-learn (which ships the digits) is not installed")
 

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from host.emulator import Emulator, load_emulator, max_pool, save_emulator
-from host.errors import BnnError
+from bnn_transfer.host.emulator import Emulator, load_emulator, max_pool, save_emulator
+from bnn_transfer.host.errors import BnnError
 
 
 def _reference_conv(x, w, t, k, stride, pad, pad_value):

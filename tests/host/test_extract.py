@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 from fake_pynq import FEATURE_WIDTH, make_bundle, tiny_network
 
-from host.backends import make_backend
-from host.bundle import load_bundle
-from host.datasets import open_dataset
-from host.errors import BnnError
-from host.extract import cache_path, extract_dataset
-from host.features import FeatureStore, unpack_features
-from host.preprocess import Preprocess, eval_transform
+from bnn_transfer.host.backends import make_backend
+from bnn_transfer.host.bundle import load_bundle
+from bnn_transfer.host.datasets import open_dataset
+from bnn_transfer.host.errors import BnnError
+from bnn_transfer.host.extract import cache_path, extract_dataset
+from bnn_transfer.host.features import FeatureStore, unpack_features
+from bnn_transfer.host.preprocess import Preprocess, eval_transform
 
 SMALL = {"num_classes": 3, "n_train_per_class": 5, "image_size": 16}
 

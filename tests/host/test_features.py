@@ -5,8 +5,8 @@ import os
 import numpy as np
 import pytest
 
-from host.errors import BnnError
-from host.features import FeatureStore, pack_features, packed_width, unpack_features
+from bnn_transfer.host.errors import BnnError
+from bnn_transfer.host.features import FeatureStore, pack_features, packed_width, unpack_features
 
 KEY = {"bundle_sha256": "ab" * 32, "images": {"count": 3, "sha256": "cd" * 32}, "backend": "emulator"}
 

@@ -7,9 +7,9 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from host.errors import BnnError
-from host.features import pack_features, unpack_features
-from host.heads import (
+from bnn_transfer.host.errors import BnnError
+from bnn_transfer.host.features import pack_features, unpack_features
+from bnn_transfer.host.heads import (
     HEAD_FORMAT,
     Head,
     HeadConfig,
@@ -19,7 +19,7 @@ from host.heads import (
     predict_topk,
     save_head,
 )
-from host.heads.fit import _fit_inverse_temperature, stratified_split
+from bnn_transfer.host.heads.fit import _fit_inverse_temperature, stratified_split
 
 
 def prototypes(n, d, c, flip, seed):

@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 from fake_pynq import colour_network, make_bundle
 
-from host.__main__ import main
-from host.backends import make_backend
-from host.benchmark import BenchConfig, bench_live
-from host.bundle import load_bundle
-from host.cli import run_cli
-from host.errors import BnnError
-from host.heads import load_head
-from host.live import STAGES
-from host.sources import (
+from bnn_transfer.host.__main__ import main
+from bnn_transfer.host.backends import make_backend
+from bnn_transfer.host.benchmark import BenchConfig, bench_live
+from bnn_transfer.host.bundle import load_bundle
+from bnn_transfer.host.cli import run_cli
+from bnn_transfer.host.errors import BnnError
+from bnn_transfer.host.heads import load_head
+from bnn_transfer.host.live import STAGES
+from bnn_transfer.host.sources import (
     CameraSource,
     FolderSource,
     FrameError,
@@ -26,8 +26,8 @@ from host.sources import (
     decode_frame,
     open_source,
 )
-from host.synthetic import open_synthetic
-from host.teach import ExampleStore, Teacher
+from bnn_transfer.host.synthetic import open_synthetic
+from bnn_transfer.host.teach import ExampleStore, Teacher
 
 CLASSES = 3
 PER_CLASS = 8
@@ -318,19 +318,18 @@ def test_a_camera_that_stops_delivering(bundle, scenes, tmp_path, capsys, monkey
 
 
 def test_ctrl_c_in_teach_says_what_was_kept(bundle, scenes, tmp_path, capsys, monkeypatch):
-    import host.teach
-
+    import bnn_transfer.host.teach as teach
     monkeypatch.delenv("BOARD", raising=False)
     frames = [f[:, :, ::-1] for f in scenes["train"][0]]
     monkeypatch.setitem(sys.modules, "cv2", FakeCv2(frames * 4))
-    real = host.teach.Teacher.capture
+    real = teach.Teacher.capture
 
     def capture(self, name, n):
         if name == "b":
             raise KeyboardInterrupt
         return real(self, name, n)
 
-    monkeypatch.setattr(host.teach.Teacher, "capture", capture)
+    monkeypatch.setattr(teach.Teacher, "capture", capture)
     rc, out, err = cli(capsys, "teach", "--bundle", bundle.root, "--out", tmp_path / "h.npz", "--class", "a",
                        "--class", "b", "--frames-per-class", 2)
     assert rc == 130 and out == "" and not (tmp_path / "h.npz").exists()

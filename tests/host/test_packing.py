@@ -12,8 +12,8 @@ import itertools
 import numpy as np
 import pytest
 
-from host.errors import BnnError
-from host.packing import DataType, pack, packed_shape, unpack
+from bnn_transfer.host.errors import BnnError
+from bnn_transfer.host.packing import DataType, pack, packed_shape, unpack
 
 USED = ["UINT8", "INT8", "BIPOLAR", "BINARY", "INT2", "INT4", "UINT4"]
 # last dims: multiples of 8 bits, and not (13 x INT4 = 52 bits -> 7 bytes with padding)

@@ -6,8 +6,8 @@ import sys
 import numpy as np
 import pytest
 
-from host.errors import BnnError, ImageError
-from host.preprocess import (
+from bnn_transfer.host.errors import BnnError, ImageError
+from bnn_transfer.host.preprocess import (
     Preprocess,
     center_crop,
     check_batch,

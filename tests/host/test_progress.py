@@ -4,8 +4,8 @@ import time
 
 import pytest
 
-import host.progress
-from host.progress import log, progress_bar
+import bnn_transfer.host.progress as progress
+from bnn_transfer.host.progress import log, progress_bar
 
 
 def test_status_lines_go_to_stderr(capsys):
@@ -30,5 +30,5 @@ def test_bars_are_sparse_off_a_terminal(capsys, monkeypatch):
     pytest.importorskip("tqdm")
     # a bar on a terminal redraws ~10 times a second; in a log each redraw is another line
     assert _redraws(capsys) <= 3
-    monkeypatch.setattr(host.progress, "NON_TTY_INTERVAL_S", 0.1)
+    monkeypatch.setattr(progress, "NON_TTY_INTERVAL_S", 0.1)
     assert _redraws(capsys) > 5  # the same loop at a terminal's pace: what the log would hold

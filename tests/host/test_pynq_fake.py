@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from fake_pynq import DONE, FEATURE_WIDTH, INPUT_SIZE, FakeBoard, FakeMMIO, board_hwh, make_bundle, tiny_io
 
-from host.backends import available_backends, make_backend
-from host.bundle import load_bundle
-from host.emulator import load_emulator
-from host.errors import BnnError
+from bnn_transfer.host.backends import available_backends, make_backend
+from bnn_transfer.host.bundle import load_bundle
+from bnn_transfer.host.emulator import load_emulator
+from bnn_transfer.host.errors import BnnError
 
 
 def _images(n, seed=0):
@@ -33,8 +33,8 @@ def bundle(tmp_path):
 
 def test_module_imports_without_pynq(monkeypatch):
     monkeypatch.setitem(sys.modules, "pynq", None)
-    monkeypatch.delitem(sys.modules, "host.backends.pynq", raising=False)
-    module = importlib.import_module("host.backends.pynq")
+    monkeypatch.delitem(sys.modules, "bnn_transfer.host.backends.pynq", raising=False)
+    module = importlib.import_module("bnn_transfer.host.backends.pynq")
     assert module.PynqBackend.name == "pynq"
 
 
@@ -206,7 +206,7 @@ def test_weights_that_cannot_be_written_or_do_not_read_back_are_one_line_errors(
 
 
 def test_runtime_weights_that_do_not_fit_or_do_not_parse_are_one_line_errors(tmp_path, monkeypatch):
-    from host.backends.pynq import read_runtime_words
+    from bnn_transfer.host.backends.pynq import read_runtime_words
 
     ip = "StreamingDataflowPartition_1/s_axilite_0"
     bundle, words = _runtime_bundle(tmp_path, sizes=(1500,), ips=(ip,))

@@ -11,10 +11,10 @@ import pynq_twin
 import pytest
 from fake_pynq import FakeBoard, FakeMMIO, board_hwh, hwh_names, make_bundle
 
-from host.backends import make_backend
-from host.bundle import load_bundle
-from host.emulator import load_emulator
-from host.errors import BnnError
+from bnn_transfer.host.backends import make_backend
+from bnn_transfer.host.bundle import load_bundle
+from bnn_transfer.host.emulator import load_emulator
+from bnn_transfer.host.errors import BnnError
 
 PARTS = {"zynq_us+": "xck26-sfvc784-2LV-c", "zynq_7000": "xc7z020clg400-1"}
 # Words per memory: two in partition 1, one (in an 8 KiB window) in partition 3; board_hwh adds

@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from host.datasets import open_dataset
-from host.errors import BnnError
-from host.synthetic import COLOUR_NAMES, SHAPES, TEXTURES, class_combos, image_rng, render
+from bnn_transfer.host.datasets import open_dataset
+from bnn_transfer.host.errors import BnnError
+from bnn_transfer.host.synthetic import COLOUR_NAMES, SHAPES, TEXTURES, class_combos, image_rng, render
 
 SMALL = {"n_train_per_class": 6, "n_test_per_class": 3}
 

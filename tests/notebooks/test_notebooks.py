@@ -27,8 +27,8 @@ SMALL_DATASET = {"n_train_per_class": 12, "n_test_per_class": 4, "image_size": 8
 sys.path.insert(0, str(HOST_TESTS))
 from fake_pynq import FEATURE_WIDTH, colour_network, make_bundle  # noqa: E402
 
-from host.bundle import check_head_compatible, load_bundle  # noqa: E402
-from host.heads import load_head  # noqa: E402
+from bnn_transfer.host.bundle import check_head_compatible, load_bundle  # noqa: E402
+from bnn_transfer.host.heads import load_head  # noqa: E402
 
 FAKE_PYNQ = '''
 import os
@@ -37,7 +37,7 @@ import sys
 sys.path.insert(0, {tests!r})
 from fake_pynq import FakeBoard  # noqa: E402
 
-from host.bundle import load_bundle  # noqa: E402
+from bnn_transfer.host.bundle import load_bundle  # noqa: E402
 
 _module = FakeBoard(load_bundle(os.environ["BNN_FAKE_PYNQ_BUNDLE"])).module()
 Overlay = _module.Overlay
@@ -248,7 +248,7 @@ import os
 
 import numpy as np
 
-from host.synthetic import open_synthetic
+from bnn_transfer.host.synthetic import open_synthetic
 
 _FRAMES = int(os.environ["BNN_FRAMES_PER_CLASS"])
 _OPTIONS = {"num_classes": int(os.environ["BNN_FAKE_CAMERA_CLASSES"]), "image_size": 32}
@@ -361,7 +361,7 @@ def colour_board(root):
 
 def test_teach_with_a_camera_capture_train_live(board, tmp_path):
     pytest.importorskip("ipywidgets")
-    from host.synthetic import open_synthetic
+    from bnn_transfer.host.synthetic import open_synthetic
 
     root = colour_board(tmp_path / "board" / "bnn-transfer")
     mods = _module_dir(tmp_path / "mods", "cv2", FAKE_CAMERA)
@@ -410,7 +410,7 @@ print(message.value)
 
 def test_teach_without_opencv_uses_the_folder(board, tmp_path):
     pytest.importorskip("ipywidgets")
-    from host.synthetic import open_synthetic
+    from bnn_transfer.host.synthetic import open_synthetic
 
     frames = tmp_path / "frames"
     train = open_synthetic("synthetic-transfer", "train", num_classes=2, n_train_per_class=4, image_size=24)

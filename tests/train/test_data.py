@@ -2,10 +2,10 @@ import numpy as np
 import pytest
 import torch
 
-from host.datasets import open_dataset
-from host.preprocess import Preprocess, eval_transform
-from train.data import EpochSampler, ImageTorchDataset, collate_skip, make_loader
-from train.imagecache import ImageCache
+from bnn_transfer.host.datasets import open_dataset
+from bnn_transfer.host.preprocess import Preprocess, eval_transform
+from bnn_transfer.train.data import EpochSampler, ImageTorchDataset, collate_skip, make_loader
+from bnn_transfer.train.imagecache import ImageCache
 
 PP = Preprocess.for_input_size(32)
 
@@ -123,7 +123,7 @@ def test_distributed_sampler_shards_and_reshuffles(tmp_path):
 
 
 def test_training_without_flip_never_mirrors():
-    from host.preprocess import random_crop_flip
+    from bnn_transfer.host.preprocess import random_crop_flip
 
     img = np.arange(10 * 10 * 3, dtype=np.uint8).reshape(10, 10, 3)
     mirrored = [not np.array_equal(random_crop_flip(img, 10, np.random.default_rng(s)), img) for s in range(20)]

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from host.errors import BnnError
-from train.checkpoint import load_checkpoint
-from train.fit import FitConfig, run
+from bnn_transfer.host.errors import BnnError
+from bnn_transfer.train.checkpoint import load_checkpoint
+from bnn_transfer.train.fit import FitConfig, run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SMALL = {"n_train_per_class": 12, "n_test_per_class": 4, "num_classes": 6}
@@ -149,7 +149,7 @@ def test_held_out_images_choose_the_epoch_and_the_test_split_is_scored_once(tmp_
 
 
 def test_best_epoch_smooths_the_held_out_score_and_prefers_longer_training():
-    from train.fit import best_epoch
+    from bnn_transfer.train.fit import best_epoch
 
     def rows(scores):
         return [{"epoch": e + 1, "val_top1": v, "val_loss": 1.0} for e, v in enumerate(scores)]

@@ -3,12 +3,12 @@ import pytest
 import torch
 from torch import nn
 
-from export.qonnx_graph import to_brevitas
-from host.errors import BnnError
-from host.intlayers import backbone_digest
-from train.calibrate import calibrated_random_model
-from train.freeze import IntegerBackbone, fold_backbone, fold_threshold
-from train.models import ModelConfig, build_model
+from bnn_transfer.export.qonnx_graph import to_brevitas
+from bnn_transfer.host.errors import BnnError
+from bnn_transfer.host.intlayers import backbone_digest
+from bnn_transfer.train.calibrate import calibrated_random_model
+from bnn_transfer.train.freeze import IntegerBackbone, fold_backbone, fold_threshold
+from bnn_transfer.train.models import ModelConfig, build_model
 
 
 def _bn(gamma, beta, mean, var):

@@ -5,10 +5,10 @@ import pickle
 import numpy as np
 import pytest
 
-from host.datasets import open_dataset
-from host.errors import BnnError, ImageError
-from host.preprocess import decode_image, resize_longest_side
-from train.imagecache import ImageCache
+from bnn_transfer.host.datasets import open_dataset
+from bnn_transfer.host.errors import BnnError, ImageError
+from bnn_transfer.host.preprocess import decode_image, resize_longest_side
+from bnn_transfer.train.imagecache import ImageCache
 
 
 @pytest.fixture

@@ -5,12 +5,12 @@ import os
 import numpy as np
 import pytest
 
-from host.errors import BnnError
-from train.datasets import DATASETS, open_dataset
+from bnn_transfer.host.errors import BnnError
+from bnn_transfer.train.datasets import DATASETS, open_dataset
 
 
 def test_train_reads_imagenet_strokes_and_every_host_dataset():
-    from host.datasets import DATASETS as HOST
+    from bnn_transfer.host.datasets import DATASETS as HOST
 
     assert list(DATASETS) == list(HOST) + ["imagenet", "strokes"] and not {"imagenet", "strokes"} & set(HOST)
     assert len(open_dataset("synthetic", "test", n_test_per_class=1)) == 24

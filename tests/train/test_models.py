@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from host.errors import BnnError
-from train.models import ModelConfig, binary_act, build_model, count_weights
-from train.presets import PRESETS, get_preset, presets_table
+from bnn_transfer.host.errors import BnnError
+from bnn_transfer.train.models import ModelConfig, binary_act, build_model, count_weights
+from bnn_transfer.train.presets import PRESETS, get_preset, presets_table
 
 
 def test_binary_activation_forward_is_sign_with_zero_to_plus_one():

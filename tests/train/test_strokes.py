@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from host.errors import BnnError
-from train.datasets import dataset_name, open_dataset
-from train.strokes import glyph, render
+from bnn_transfer.host.errors import BnnError
+from bnn_transfer.train.datasets import dataset_name, open_dataset
+from bnn_transfer.train.strokes import glyph, render
 
 
 def test_strokes_images_are_a_pure_function_of_split_index_and_seed():
@@ -32,8 +32,7 @@ def test_strokes_classes_are_distinct_glyphs_and_images_show_ink_on_paper():
 def test_every_image_draws_its_own_class_glyph(monkeypatch, class_set):
     # Found in issue 22: a renamed variable seeded each image's glyph with the image index, so every
     # image showed a glyph of its own and the labels were noise (the backbone learnt nothing from them)
-    import train.strokes as strokes
-
+    import bnn_transfer.train.strokes as strokes
     drawn = []
     monkeypatch.setattr(strokes, "render", lambda g, rng, size: drawn.append(g) or np.zeros((size, size, 3), np.uint8))
     ds = open_dataset("strokes", "train", num_classes=3, n_train_per_class=2, class_set=class_set)
@@ -93,8 +92,8 @@ def test_a_union_option_named_for_a_part_goes_to_that_part_only():
 
 
 def test_a_union_option_keeps_a_hyphenated_part_name():
-    from host.cli import key_value_options
-    from train.datasets import open_dataset
+    from bnn_transfer.host.cli import key_value_options
+    from bnn_transfer.train.datasets import open_dataset
 
     opts = key_value_options(["synthetic-transfer.n-train-per-class=2", "strokes.n_train_per_class=1"])
     assert opts == {"synthetic-transfer.n_train_per_class": 2, "strokes.n_train_per_class": 1}

@@ -9,13 +9,13 @@ import time
 
 import pytest
 
-from host.errors import BnnError
-from train.__main__ import build_parser
-from train.__main__ import main as train_main
-from train.fit import FitConfig, run
-from train.table2 import Table2Config, check_layouts, load_imagenet_runs, plan_jobs, run_table2
-from train.table2_paper import PAPER_IMAGENET, PAPER_TABLE2, ROWS, TARGETS
-from train.table2_report import write_report
+from bnn_transfer.host.errors import BnnError
+from bnn_transfer.train.__main__ import build_parser
+from bnn_transfer.train.__main__ import main as train_main
+from bnn_transfer.train.fit import FitConfig, run
+from bnn_transfer.train.table2 import Table2Config, check_layouts, load_imagenet_runs, plan_jobs, run_table2
+from bnn_transfer.train.table2_paper import PAPER_IMAGENET, PAPER_TABLE2, ROWS, TARGETS
+from bnn_transfer.train.table2_report import write_report
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # A few images per class and one epoch per row (two for the fine-tuned rows, so one can be interrupted).
