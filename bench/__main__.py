@@ -12,7 +12,7 @@ import time
 import traceback
 
 from bnn_transfer.host.atomic import output_lock
-from bnn_transfer.host.cli import ArgumentParser, run_cli
+from bnn_transfer.host.cli import ArgumentParser, command_name, run_cli
 from bnn_transfer.host.errors import BnnError
 
 DEFAULT_OUT = os.curdir  # not this package's folder: in an installed copy that is site-packages
@@ -29,7 +29,7 @@ def parse_args(argv):
 
 
 def build_parser():
-    ap = ArgumentParser(prog="python -m bench", description=__doc__)
+    ap = ArgumentParser(prog=command_name("bench"), description=__doc__)
     ap.add_argument("--quick", action="store_true",
                     help="small sizes, tiny preset only: a harness check in about a minute, not numbers to quote")
     ap.add_argument("--only", action="append", default=[], metavar="NAME-PREFIX",

@@ -6,7 +6,7 @@ with one line "error: ..." and exit code 2.
 
 import sys
 
-from bnn_transfer.host.cli import ArgumentParser, RawEpilogHelpFormatter, run_cli
+from bnn_transfer.host.cli import ArgumentParser, RawEpilogHelpFormatter, command_name, run_cli
 
 from .boards import board_names
 
@@ -29,7 +29,7 @@ its last finished FINN step when the command is run again (--clean starts over);
 
 def build_parser():
     ap = ArgumentParser(
-        prog="python -m build_fpga",
+        prog=command_name("build_fpga"),
         description="Build the frozen binary backbone of an export directory into a FINN dataflow accelerator "
                     "for a PYNQ board: FINN's resource and throughput estimates, a fit check against the board, "
                     "a bit-exact emulator, and (with Vivado) the bitstream, all in one deploy bundle.",

@@ -2,14 +2,14 @@
 
 import sys
 
-from bnn_transfer.host.cli import ArgumentParser, run_cli
+from bnn_transfer.host.cli import ArgumentParser, command_name, run_cli
 
 from .pipeline import DemoConfig
 
 
 def build_parser():
     ap = ArgumentParser(
-        prog="python -m demo",
+        prog=command_name("demo"),
         description="Trains the small binary backbone on synthetic+strokes, exports and verifies it, builds the "
                     "FINN accelerator bundle (estimates + emulator without Vivado), and on the host trains software "
                     "heads (a) binary and (b) float on three transfer tasks with 10, 30 and 80 training images per "

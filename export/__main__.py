@@ -3,11 +3,11 @@
 import json
 import sys
 
-from bnn_transfer.host.cli import ArgumentParser, run_cli
+from bnn_transfer.host.cli import ArgumentParser, command_name, run_cli
 
 
 def build_parser():
-    ap = ArgumentParser(prog="python -m export", description="Export the frozen binary backbone and the head.")
+    ap = ArgumentParser(prog=command_name("export"), description="Export the frozen binary backbone and the head.")
     sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
     bb = sub.add_parser(
         "backbone", help="frozen part -> QONNX (uint8 in, +-1 features out), verified bit-exact",

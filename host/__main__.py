@@ -12,7 +12,7 @@ This module defines the command line; ``commands.py`` does what each command doe
 import sys
 
 from .backends import BACKENDS, add_backend_options
-from .cli import ArgumentParser, run_cli
+from .cli import ArgumentParser, command_name, run_cli
 from .commands import COMMANDS
 from .heads import VARIANTS
 from .heads.fit import SOLVER_OPTIONS
@@ -86,7 +86,7 @@ def _source_args(parser):
 
 def build_parser():
     ap = ArgumentParser(
-        prog="python -m host",
+        prog=command_name("host"),
         description="Train, evaluate and run the software last layer on the binary features of a deploy bundle.",
         epilog="Typical use on the board: 'fit' a head on a labelled dataset, 'eval' it on the test split, "
                "'predict' new images. Run '<command> --help' for the options of each command.")

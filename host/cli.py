@@ -103,13 +103,19 @@ def error_line(e):
             % (type(e).__name__, _one_line(e)[:300], DEBUG_ENV))
 
 
+def command_name(stage):
+    """How the user started ``stage``, for usage lines and messages: its console script (``bnn-host``) or
+    ``python -m host``."""
+    script = os.path.basename(sys.argv[0]) if sys.argv else ""
+    return script if script.startswith("bnn-") else "python -m " + stage
+
+
 def missing_package(e, stage):
     """The BnnError for ``e`` when it is a package ``stage`` needs and this install lacks, else None: the
     extra (or package) to install, rather than an "internal error" that is none."""
     if not isinstance(e, ModuleNotFoundError) or e.name not in PIP_NAMES:
         return None
-    script = os.path.basename(sys.argv[0]) if sys.argv else ""
-    command = script if script.startswith("bnn-") else "python -m " + stage  # a console script, or -m
+    command = command_name(stage)
     if e.name in STAGE_EXTRAS.get(stage, ()):
         install = "'bnn-transfer[%s]'" % stage
     else:

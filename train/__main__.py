@@ -5,7 +5,7 @@ import json
 import os
 import sys
 
-from bnn_transfer.host.cli import ArgumentParser, key_value_options, run_cli
+from bnn_transfer.host.cli import ArgumentParser, command_name, key_value_options, run_cli
 from bnn_transfer.host.errors import BnnError
 
 from .presets import PRESETS
@@ -117,7 +117,7 @@ def _table2(sub):
 
 
 def build_parser():
-    ap = ArgumentParser(prog="python -m train", description="Train binary AlexNets (Brevitas).")
+    ap = ArgumentParser(prog=command_name("train"), description="Train binary AlexNets (Brevitas).")
     sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
     fit = sub.add_parser(
