@@ -265,6 +265,7 @@ def run_bench(bundle, cfg=None, progress=None):
         "available_backends": available,
         "backends": {},
     }
+    result["streaming_peak_rss_mb"] = {}
     for name in names:
         say("backend %s: batch sizes %s" % (name, ",".join(map(str, cfg.batch_sizes))))
         try:
@@ -272,6 +273,9 @@ def run_bench(bundle, cfg=None, progress=None):
         except BnnError as e:
             # one broken backend (no overlay, no qonnx) must not hide the others' numbers
             result["backends"][name] = {"error": str(e)}
+        # before the live loop, packing and head training: the peak of streaming batches through the
+        # backends so far (with --backends one of them, that backend's own), against a board's RAM
+        result["streaming_peak_rss_mb"][name] = peak_rss_mb()
     live = [n for n in names if n in available and "error" not in result["backends"][n]][:1]
     if live:
         say("live loop on %s (%dx%d frames)" % (live[0], LIVE_FRAME[1], LIVE_FRAME[0]))

@@ -16,6 +16,11 @@ moved to that domain, so a layer's output is one comparison and the next im2col 
 im2col is done in chunks of images so that its buffer stays small (a 512 MB board; and a chunk that
 fits the cache is consumed by BLAS right away).
 
+Memory (a Pynq-Z2 leaves Python about 350 MB): a conv layer's weights serve every output pixel, so
+they are cast to float32 once (the paper preset's convs: 15 MB); a fully connected layer's serve one
+product per batch, so a large one keeps its int8 weights and casts a block of them at a time (the
+paper preset's fc1 and fc2, 54.5 M weights: 55 MB instead of 218 MB as float32).
+
 File format (``emulator.npz``, no pickle):
   spec                JSON string: {"format", "input": {"shape": [H, W, C], "datatype": "UINT8"},
                       "layers": [{"name", "kind": "conv"|"fc", "kernel", "stride", "padding",
@@ -41,6 +46,8 @@ _EXACT_LIMIT = 1 << 24
 # im2col buffer per chunk of images: large enough for BLAS to run at full speed, small enough for
 # a board's RAM (64 paper-size images at once would need 450 MB for conv2 alone).
 _IM2COL_BYTES = 16 << 20
+# float32 bytes of an fc layer's weights above which they stay int8 and are cast block by block
+_FC_BLOCK_BYTES = 8 << 20
 
 
 def _patches(x: np.ndarray, k: int, s: int, oh: int, ow: int) -> np.ndarray:
@@ -88,6 +95,28 @@ def _bits(acc: np.ndarray, t: np.ndarray) -> np.ndarray:
     return np.greater_equal(acc, t).view(np.uint8)
 
 
+def _fc_acc(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """float32 ``x @ w``, ``w`` an fc layer's (fan_in, out) weights: float32, or int8 cast a few columns at a time."""
+    x = x.astype(np.float32)
+    if w.dtype == np.float32:
+        return np.matmul(x, w)
+    out = np.empty((x.shape[0], w.shape[1]), np.float32)
+    # Every row of the batch reuses a block: a few rows are memory-bound (a 1 MB block stays in the
+    # cache), many are compute-bound (wider blocks keep BLAS efficient), up to _FC_BLOCK_BYTES.
+    block = min(_FC_BLOCK_BYTES, max(1 << 20, x.shape[0] << 17))
+    cols = max(1, block // (4 * w.shape[0]))
+    for j in range(0, w.shape[1], cols):
+        out[:, j: j + cols] = np.matmul(x, w[:, j: j + cols].astype(np.float32))
+    return out
+
+
+def _all_pm1(w: np.ndarray) -> bool:
+    """Every element of ``w`` is -1 or +1, checked in slices (no temporaries the size of fc1's 38 M weights)."""
+    flat = w.reshape(-1)
+    step = 1 << 20
+    return all(np.all(np.abs(flat[i: i + step]) == 1) for i in range(0, flat.size, step))
+
+
 def _pm1(bits: np.ndarray) -> np.ndarray:
     """float32 +-1 from 0/1 bits."""
     out = bits.astype(np.float32)
@@ -103,7 +132,9 @@ class Emulator:
         self.spec = spec
         self.layers = spec["layers"]
         self.input_shape = tuple(spec["input"]["shape"])
-        self.w = [np.ascontiguousarray(w, dtype=np.float32).T for w in weights]  # (fan_in, out)
+        # (fan_in, out): float32, or int8 for a large fc layer (see the module docstring)
+        self.w = [np.ascontiguousarray(w, dtype=np.int8 if layer["kind"] == "fc" and 4 * np.size(w) > _FC_BLOCK_BYTES
+                                       else np.float32).T for layer, w in zip(self.layers, weights)]
         # Binary maps travel as bits b = (x + 1) / 2 (uint8 0/1: a quarter of float32's memory traffic,
         # and no +-1 conversion pass). For x in {-1, +1}: w.x = 2 w.b - sum(w), so w.x >= T becomes
         # w.b >= (T + sum(w)) / 2, a multiple of 1/2: exact in float32 (FINN's popcount domain).
@@ -175,7 +206,7 @@ class Emulator:
             if layer["kind"] == "conv":
                 x = self._conv(x, layer, w, t, first=i == 0)
             else:
-                x = _bits(np.matmul(x.reshape(x.shape[0], w.shape[0]).astype(np.float32), w), t)
+                x = _bits(_fc_acc(x.reshape(x.shape[0], w.shape[0]), w), t)
             if keep_all:
                 outs.append(x)
         return outs if keep_all else [x]
@@ -221,6 +252,6 @@ def load_emulator(path: str) -> Emulator:
     except Exception as e:  # zipfile/ValueError/KeyError for corrupt or foreign files
         raise BnnError("%s: cannot read emulator weights (%s)" % (path, e)) from None
     for layer, w in zip(spec["layers"], weights):
-        if w.dtype != np.int8 or not np.all(np.abs(w) == 1):
+        if w.dtype != np.int8 or not _all_pm1(w):
             raise BnnError("%s: layer %s weights are not +-1 int8" % (path, layer["name"]))
     return Emulator(spec, weights, thresholds)

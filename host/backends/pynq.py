@@ -6,7 +6,10 @@ the bundle manifest's io dict (see ``host.bundle``):
 
 1. Load the overlay from the bundle's bitfile (pynq finds the .hwh next to it) and look up the
    IODMA IPs by name: ``io.input_dma_name``, ``io.output_dma_name`` and the external weights'
-   DMAs. External weights are copied once into DMA buffers. Runtime-writeable weights (on-chip
+   DMAs. External weights are read once, straight from their .npy files into DMA buffers that
+   live until ``close`` (the paper preset streams 6.8 MB of fc1/fc2 weights per image: the same
+   buffers serve every batch); the weights must fit the board's contiguous memory (CMA) pool, which
+   /proc/meminfo reports. Runtime-writeable weights (on-chip
    memories the bitstream cannot initialise: URAM on UltraScale+) are written once, word by word
    through ``pynq.MMIO``, into their layer's AXI-lite window and read back; then one batch of
    zeros runs and is discarded, because the layers' weight streamers had prefetched the memories'
@@ -57,6 +60,14 @@ CTRL_START = 0x1
 CTRL_DONE = 0x2
 CTRL_IDLE = 0x4
 
+# pynq.allocate takes DMA buffers from the kernel's contiguous memory (CMA) pool, through XRT's zocl
+# driver on PYNQ 2.7 and 3.1: 128 MB on every PYNQ image (CONFIG_CMA_SIZE_MBYTES=128 in PYNQ's kernel
+# configuration, sdbuild/boot/meta-pynq/recipes-kernel/linux/linux-xlnx/pynq.cfg), shared with other
+# overlays' buffers. The kernel reports the pool's size and what is free in /proc/meminfo.
+MEMINFO = "/proc/meminfo"
+PYNQ_CMA_MB = 128
+_CMA_REMEDY = "other programs hold DMA buffers (a notebook with an overlay loaded: shut its kernel down), or reboot"
+
 
 def _import_pynq():
     try:
@@ -89,6 +100,42 @@ def read_runtime_words(path):
     if words.size == 0 or (words >> 32).any():
         raise BnnError("%s: not a FINN runtime weight file (empty, or a word wider than 32 bits)" % path)
     return words.astype(np.uint32)
+
+
+def cma_pool(path=None):
+    """(total, free) bytes of the kernel's CMA pool as ``/proc/meminfo`` gives them, or None where it has none."""
+    fields = {}
+    try:
+        with open(path or MEMINFO, encoding="ascii") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key in ("CmaTotal", "CmaFree"):
+                    fields[key] = int(value.split()[0]) * 1024  # kB
+    except (OSError, UnicodeDecodeError, ValueError, IndexError):
+        return None
+    if len(fields) != 2 or fields["CmaTotal"] == 0:
+        return None
+    return fields["CmaTotal"], fields["CmaFree"]
+
+
+def _mb(nbytes):
+    return "%.1f MB" % (nbytes / 1e6)
+
+
+def _npy_layout(path):
+    """(shape, data offset) of a .npy file of uint8 bytes, from its header alone."""
+    try:
+        with open(regular_file(path), "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)
+            shape, fortran, dtype = read_header(f)
+            offset = f.tell()
+    except Exception as e:  # missing, or not a .npy file (the bundle hash guards against tampering)
+        raise BnnError("%s: cannot read external weights (%s)" % (path, e)) from None
+    if dtype != np.uint8 or int(np.prod(shape)) == 0 or (fortran and len(shape) > 1):
+        raise BnnError("%s: external weights must be non-empty packed uint8 bytes, got %s %r" % (path, dtype, shape))
+    return tuple(shape), offset
 
 
 def _window_entry(ip_dict, partition, port):
@@ -147,8 +194,10 @@ class PynqBackend(Backend):
         try:
             self._idma = self._ip(io["input_dma_name"][0])
             self._odma = self._ip(io["output_dma_name"][0])
-            for ew in bundle.external_weights:
-                self._weights.append((self._ip(ew.dma), self._load_weights(ew), ew.repeats))
+            layouts = [_npy_layout(ew.path) for ew in bundle.external_weights]
+            self._check_weights_fit(bundle.external_weights, [int(np.prod(shape)) for shape, _ in layouts])
+            for ew, layout in zip(bundle.external_weights, layouts):
+                self._weights.append((self._ip(ew.dma), self._load_weights(ew, *layout), ew.repeats))
             if bundle.runtime_weights:
                 for rw in bundle.runtime_weights:
                     self._write_runtime_weights(rw)
@@ -172,25 +221,43 @@ class PynqBackend(Backend):
             ip = getattr(ip, part)
         return ip
 
-    def _allocate(self, shape, what):
+    def _allocate(self, shape, what, remedy="try a smaller batch size"):
         try:
             # Cacheable, as in FINN's Zynq driver: reading results from uncached memory is slow on
             # the ARM cores, and the flush/invalidate around every run keeps the DMA coherent.
             return self._pynq.allocate(shape=shape, dtype=np.uint8, cacheable=True)
         except Exception as e:  # out of CMA memory, mostly
-            raise BnnError("%s: cannot allocate %d bytes of DMA memory for %s (%s: %s); try a smaller batch size"
-                           % (self._bitfile, int(np.prod(shape)), what, type(e).__name__, e)) from None
+            raise BnnError("%s: cannot allocate %d bytes of DMA memory for %s (%s: %s); %s"
+                           % (self._bitfile, int(np.prod(shape)), what, type(e).__name__, e, remedy)) from None
 
-    def _load_weights(self, ew):
+    def _check_weights_fit(self, weights, sizes):
+        """One line before any allocation when the weights cannot fit the CMA pool, rather than pynq's error."""
+        pool = cma_pool()
+        need = sum(sizes)
+        if pool is None or need <= pool[1]:
+            return
+        total, free = pool
+        what = "%s: the external weights (%s) need %s of contiguous DMA memory" % (
+            self._bitfile, ", ".join("%s %s" % (ew.dma, _mb(n)) for ew, n in zip(weights, sizes)), _mb(need))
+        if need > total:
+            raise BnnError("%s, more than the board's whole CMA pool (%s, %s; PYNQ's images reserve %d MB): "
+                           "boot with a larger cma= kernel argument, or build with fewer layers streamed from DDR"
+                           % (what, _mb(total), MEMINFO, PYNQ_CMA_MB))
+        raise BnnError("%s, but the board's CMA pool has %s free of %s (%s): %s"
+                       % (what, _mb(free), _mb(total), MEMINFO, _CMA_REMEDY))
+
+    def _load_weights(self, ew, shape, offset):
+        """A DMA buffer holding the weight file's bytes, read into it directly (no copy in this process's heap)."""
+        buf = self._allocate(shape, "the external weights of %s" % ew.dma, _CMA_REMEDY)
         try:
-            arr = np.load(ew.path, allow_pickle=False)
-        except Exception as e:  # corrupt or foreign file (the bundle hash guards against tampering)
+            with open(ew.path, "rb") as f:
+                f.seek(offset)
+                got = f.readinto(memoryview(buf).cast("B"))
+            if got != buf.nbytes:
+                raise OSError("%d of %d bytes" % (got, buf.nbytes))
+        except (OSError, ValueError) as e:
+            _free(buf)
             raise BnnError("%s: cannot read external weights (%s)" % (ew.path, e)) from None
-        if arr.dtype != np.uint8 or arr.size == 0:
-            raise BnnError("%s: external weights must be non-empty packed uint8 bytes, got %s %r"
-                           % (ew.path, arr.dtype, arr.shape))
-        buf = self._allocate(arr.shape, "the external weights of %s" % ew.dma)
-        buf[...] = arr
         buf.flush()
         return buf
 

@@ -17,6 +17,9 @@ It models what the real protocol depends on, so the backend cannot pass by accid
   done -- but only if the external weight DMAs (with the right bytes) and the output DMA were
   started first with matching counts. Otherwise it records a protocol error and never
   completes, as a real accelerator would stall. ``hang=True`` never completes at all.
+- The buffers come from a contiguous memory (CMA) pool of ``cma_bytes`` (PYNQ's images: 128 MB),
+  as XRT's zocl driver takes them on PYNQ 2.7 and 3.1: an allocation beyond what is free raises
+  PYNQ 3.1's RuntimeError; ``meminfo()`` is the pool as /proc/meminfo reports it.
 - Runtime-writeable weight memories (``runtime=``) are AXI-lite windows at the addresses the
   design's address map gives them, reached word by word through ``MMIO`` on one bus (``bus``,
   physical address -> word, the twin of /dev/mem). A run stalls unless every window holds its
@@ -46,6 +49,7 @@ import finn_hwh  # noqa: E402
 import pynq_twin  # noqa: E402
 
 DONE, IDLE = 0x2, 0x4
+PYNQ_CMA_BYTES = 128 << 20  # CONFIG_CMA_SIZE_MBYTES=128 in PYNQ's kernel configuration
 # Whose ip_dict a FakeBoard's overlay gets: PYNQ 3.x/4.0's where .ci/install put the real pynq, else
 # hwh_names (PYNQ 2.7's naming)
 DEFAULT_PARSER = None if pynq_twin.missing("pynq-4.0.0-pynqmetadata") else "pynq-4.0.0-pynqmetadata"
@@ -238,7 +242,7 @@ class FakeBuffer(np.ndarray):
 
     def freebuffer(self):
         self.board.freed.append(self.device_address)
-        del self.board.dram[self.device_address]
+        self.board.cma_used -= self.board.dram.pop(self.device_address).size
 
 
 class FakeDMA:
@@ -350,10 +354,12 @@ class FakeBoard:
     not be the words' (a bitfile that does not match its bundle). ``parser`` names the PYNQ whose
     ip_dict the overlay gets (``pynq_twin.PARSERS``), None for ``hwh_names``. Counters and logs for
     the tests: ``allocations`` (shapes), ``freed``, ``flushes``, ``invalidates``, ``log`` ((dma,
-    count) per start), ``runs`` (images per completed run), ``errors``, ``bus_log``, ``hwh_parsed``.
+    count) per start), ``runs`` (images per completed run), ``errors``, ``bus_log``, ``hwh_parsed``,
+    ``cma_used`` and ``cma_peak`` (bytes of the CMA pool).
     """
 
-    def __init__(self, bundle, hang=False, weights=None, runtime=None, windows=None, parser=DEFAULT_PARSER):
+    def __init__(self, bundle, hang=False, weights=None, runtime=None, windows=None, parser=DEFAULT_PARSER,
+                 cma_bytes=PYNQ_CMA_BYTES):
         io = bundle.io
         self.emulator = load_emulator(bundle.emulator_path)
         self.idt, self.odt = io["idt"][0], io["odt"][0]
@@ -379,6 +385,7 @@ class FakeBoard:
         self.stale = False
         self.dram = {}
         self.next_address = 0x1_2000_0000  # above 4 GiB, so the high address word matters
+        self.cma_bytes, self.cma_used, self.cma_peak = cma_bytes, 0, 0
         self.allocations, self.freed, self.overlays = [], [], []
         self.flushes = self.invalidates = 0
         self.log, self.runs, self.errors = [], [], []
@@ -421,7 +428,17 @@ class FakeBoard:
             ip_dict = hwh_names(windows)
         return types.SimpleNamespace(ip_dict=ip_dict)
 
+    def meminfo(self):
+        """The CMA lines of the board's /proc/meminfo (kB, as the kernel writes them)."""
+        return "MemTotal:         505664 kB\nCmaTotal:       %8d kB\nCmaFree:        %8d kB\n" % (
+            self.cma_bytes // 1024, (self.cma_bytes - self.cma_used) // 1024)
+
     def allocate(self, shape, dtype=np.uint8, **kwargs):
+        nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+        if self.cma_used + nbytes > self.cma_bytes:  # PYNQ 3.1's XrtDevice.allocate_bo
+            raise RuntimeError("BO allocation failed: [Errno 12] Cannot allocate memory")
+        self.cma_used += nbytes
+        self.cma_peak = max(self.cma_peak, self.cma_used)
         buf = np.zeros(shape, dtype).view(FakeBuffer)
         buf.board, buf.device_address = self, self.next_address
         self.dram[buf.device_address] = np.full(buf.nbytes, 0xEE, np.uint8)  # DRAM is never zeroed

@@ -362,6 +362,9 @@ def test_bench_in_a_subprocess_reports_a_broken_backend_without_failing(tiny):
     res = json.loads(r.stdout)
     assert res["backends"]["emulator"]["2"]["images_per_s"] > 0
     assert "cannot import the pynq package" in res["backends"]["pynq"]["error"]
+    # the process's peak after each backend's batches, before the live loop and head training
+    rss = res["streaming_peak_rss_mb"]
+    assert sorted(rss) == ["emulator", "pynq"] and 20 < rss["emulator"] <= rss["pynq"] <= res["peak_rss_mb"]
 
 
 def test_confusion_png_without_matplotlib_is_a_plain_heat_map(tmp_path, monkeypatch, capsys):

@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 
+from bnn_transfer.host import emulator
 from bnn_transfer.host.emulator import Emulator, load_emulator, max_pool, save_emulator
 from bnn_transfer.host.errors import BnnError
 
@@ -37,7 +38,11 @@ def _net(rng):
     return spec, [w1, w2, w3], [t1, t2, t3]
 
 
-def test_emulator_matches_direct_loops_including_ties_padding_and_pooling():
+@pytest.mark.parametrize("fc_block_bytes", [None, 200])
+def test_emulator_matches_direct_loops_including_ties_padding_and_pooling(fc_block_bytes, monkeypatch):
+    """Also with fc1's weights (480 bytes as float32) over the block size: kept int8, cast 2 columns at a time."""
+    if fc_block_bytes:
+        monkeypatch.setattr(emulator, "_FC_BLOCK_BYTES", fc_block_bytes)
     rng = np.random.default_rng(0)
     spec, ws, ts = _net(rng)
     x = rng.integers(0, 256, size=(5, 9, 9, 3)).astype(np.uint8)
@@ -46,7 +51,9 @@ def test_emulator_matches_direct_loops_including_ties_padding_and_pooling():
     y2 = _reference_conv(y1, ws[1], ts[1], 2, 1, 1, -1)
     y2 = y2[:, :4, :4].reshape(5, 2, 2, 2, 2, 6).max(axis=(2, 4))
     y3 = np.where(y2.reshape(5, -1) @ ws[2].T.astype(np.int64) >= ts[2], 1, -1)
-    got = Emulator(spec, ws, ts).extract(x, batch_size=2)
+    em = Emulator(spec, ws, ts)
+    assert [w.dtype for w in em.w] == [np.float32, np.float32, np.int8 if fc_block_bytes else np.float32]
+    got = em.extract(x, batch_size=2)
     assert got.dtype == np.int8
     assert np.array_equal(got, y3)
 

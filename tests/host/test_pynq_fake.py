@@ -11,6 +11,7 @@ import pytest
 from fake_pynq import DONE, FEATURE_WIDTH, INPUT_SIZE, FakeBoard, FakeMMIO, board_hwh, make_bundle, tiny_io
 
 from bnn_transfer.host.backends import available_backends, make_backend
+from bnn_transfer.host.backends import pynq as pynq_backend
 from bnn_transfer.host.bundle import load_bundle
 from bnn_transfer.host.emulator import load_emulator
 from bnn_transfer.host.errors import BnnError
@@ -98,6 +99,72 @@ def test_external_weights_start_first_and_are_loaded_once(tmp_path, monkeypatch)
     assert board.allocations.count((37,)) == 1 and board.allocations.count((16,)) == 1
     assert len(weight_buffers) == 2 and all(a in board.freed for a in weight_buffers)
     assert board.dram == {}  # every buffer (weights, input, output) went back to the CMA pool
+
+
+# The paper preset's streamed weights (fc1: 9216 x 4096 bits, fc2: 4096 x 4096), bytes per image
+PAPER_FC1, PAPER_FC2 = 9216 * 4096 // 8, 4096 * 4096 // 8
+
+
+def _paper_weights_bundle(tmp_path, monkeypatch, **board):
+    """A bundle streaming paper-size fc1/fc2 weights (6.8 MB) on a fake board whose /proc/meminfo the backend reads."""
+    rng = np.random.default_rng(11)
+    fc1, fc2 = (rng.integers(0, 256, size=n, dtype=np.uint8) for n in (PAPER_FC1, PAPER_FC2))
+    io = dict(tiny_io(), input_dma_name=["idma2"])
+    bundle = load_bundle(make_bundle(tmp_path / "b", io=io, external_weights=[("idma1", fc1, 1), ("idma0", fc2, 1)]))
+    board = _install(monkeypatch, bundle, weights={"idma1": (fc1, 1), "idma0": (fc2, 1)}, **board)
+    meminfo = tmp_path / "meminfo"
+    monkeypatch.setattr(pynq_backend, "MEMINFO", str(meminfo))
+    return bundle, board, meminfo
+
+
+def test_paper_size_weights_are_read_once_into_dma_buffers_that_serve_every_batch(tmp_path, monkeypatch):
+    """6.8 MB of weights in PYNQ's 128 MB CMA pool: one buffer per stream, filled when the backend is made,
+    reused by batches of every size (only the image and feature buffers follow the batch size), freed on close."""
+    bundle, board, meminfo = _paper_weights_bundle(tmp_path, monkeypatch)
+    meminfo.write_text(board.meminfo())
+    x = _images(9, seed=6)
+    want = load_emulator(bundle.emulator_path).extract(x)
+    with make_backend("pynq", bundle) as b:
+        assert board.allocations == [(PAPER_FC1,), (PAPER_FC2,)] and board.runs == []
+        for bs in (4, 2, 9, 4):
+            assert np.array_equal(b.extract(x, batch_size=bs), want)
+    assert board.errors == [] and board.runs == [4, 4, 1, 2, 2, 2, 2, 1, 9, 4, 4, 1]
+    assert board.allocations.count((PAPER_FC1,)) == 1 and board.allocations.count((PAPER_FC2,)) == 1
+    batch_bytes = 9 * (8 * 8 * 3 + 2)  # the largest batch's image and feature buffers
+    assert board.cma_peak == PAPER_FC1 + PAPER_FC2 + batch_bytes and board.cma_used == 0
+
+
+def test_weights_the_cma_pool_cannot_hold_are_one_line_before_any_allocation(tmp_path, monkeypatch):
+    bundle, board, meminfo = _paper_weights_bundle(tmp_path, monkeypatch)
+    board.cma_used = board.cma_bytes - (4 << 20)  # other programs hold all but 4 MiB
+    meminfo.write_text(board.meminfo())
+    with pytest.raises(BnnError) as e:
+        make_backend("pynq", bundle)
+    assert str(e.value) == (
+        "%s: the external weights (idma1 4.7 MB, idma0 2.1 MB) need 6.8 MB of contiguous DMA memory, but the "
+        "board's CMA pool has 4.2 MB free of 134.2 MB (%s): other programs hold DMA buffers (a notebook with an "
+        "overlay loaded: shut its kernel down), or reboot" % (bundle.bitfile_path, meminfo))
+    assert board.allocations == []
+
+    small, board, meminfo = _paper_weights_bundle(tmp_path / "small", monkeypatch, cma_bytes=6 << 20)
+    meminfo.write_text(board.meminfo())
+    with pytest.raises(BnnError, match=r"need 6\.8 MB of contiguous DMA memory, more than the board's whole CMA pool "
+                                       r"\(6\.3 MB, .*meminfo; PYNQ's images reserve 128 MB\): boot with a larger "
+                                       r"cma= kernel argument, or build with fewer layers streamed from DDR$"):
+        make_backend("pynq", small)
+    assert board.allocations == []
+
+
+def test_a_weight_allocation_pynq_refuses_is_one_line_naming_the_stream(tmp_path, monkeypatch):
+    """Without /proc/meminfo's CMA lines (or when another program takes the memory meanwhile) pynq's own error."""
+    bundle, board, meminfo = _paper_weights_bundle(tmp_path, monkeypatch, cma_bytes=5 << 20)
+    with pytest.raises(BnnError) as e:
+        make_backend("pynq", bundle)
+    assert str(e.value) == (
+        "%s: cannot allocate %d bytes of DMA memory for the external weights of idma0 (RuntimeError: BO allocation "
+        "failed: [Errno 12] Cannot allocate memory); other programs hold DMA buffers (a notebook with an overlay "
+        "loaded: shut its kernel down), or reboot" % (bundle.bitfile_path, PAPER_FC2))
+    assert board.cma_used == 0 and board.freed  # fc1's buffer, taken first, went back
 
 
 def test_missing_or_tampered_weight_file_is_one_line_naming_it(tmp_path, monkeypatch):
