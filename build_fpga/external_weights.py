@@ -270,11 +270,12 @@ def external_weight_bytes(weights: np.ndarray, pe: int, simd: int, dtype: str) -
 def weight_dma_names(n_streamed: int) -> List[str]:
     """IODMA instance names ZynqBuild gives the weight streams, in the MVAUs' graph order.
 
-    InsertIODMA puts each weight DMA at the head of the graph (so the last layer's ends up first),
-    SortGraph keeps that order among the source nodes, ahead of the image DMA, and MakeZYNQProject
-    names the source partitions idma0, idma1, ... in graph order: the image is idma<n>.
+    InsertIODMA puts each weight DMA at the head of the graph (the last layer's first), but after
+    ZynqBuild's Floorplan and CreateDataflowPartition the source partitions feed the MVAUs in graph
+    order, ahead of the image's, and MakeZYNQProject names them idma0, idma1, ... in that order: the
+    first streamed layer's DMA is idma0, the image's idma<n> (FINN's driver names its weight files so).
     """
-    return ["idma%d" % (n_streamed - 1 - i) for i in range(n_streamed)]
+    return ["idma%d" % i for i in range(n_streamed)]
 
 
 # ------------------------------------------------------------------------------------ FINN graph

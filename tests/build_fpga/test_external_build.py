@@ -50,13 +50,13 @@ def test_streamed_fc_layers_reach_the_bundle_in_finns_layout(export):
     assert r.returncode == 0, r.stderr[-3000:]
     b = load_bundle(str(out))
     assert b.io["input_dma_name"] == ["idma2"] and b.io["number_of_external_weights"] == 2
-    assert [(w.dma, w.repeats) for w in b.external_weights] == [("idma1", 1), ("idma0", 1)]  # fc1, fc2
+    assert [(w.dma, w.repeats) for w in b.external_weights] == [("idma0", 1), ("idma1", 1)]  # fc1, fc2
     assert {"runtime_weights/idma0.npy", "runtime_weights/idma1.npy"} <= set(b.manifest["files"])
-    assert "fc1 (idma1" in b.manifest["weights_memory"] and "fc2 (idma0" in b.manifest["weights_memory"]
+    assert "fc1 (idma0" in b.manifest["weights_memory"] and "fc2 (idma1" in b.manifest["weights_memory"]
 
     # the bytes are what FINN's own code makes for the weight IODMA (InsertIODMA + to_external_tensor)
     model = ModelWrapper(str(build_dir / "finn" / "intermediate_models" / "step_generate_estimate_reports.onnx"))
-    for node, dma in (("MVAU_hls_4", "idma1"), ("MVAU_hls_5", "idma0")):
+    for node, dma in (("MVAU_hls_4", "idma0"), ("MVAU_hls_5", "idma1")):
         n = model.get_node_from_name(node)
         inst = getCustomOp(n)
         assert inst.get_nodeattr("mem_mode") == "external"

@@ -221,17 +221,23 @@ def _mvau(name, inp, out, mw, mh, pe, simd, mem_mode):
 
 
 @needs_finn
-def test_dma_names_follow_finns_insertion_order(tmp_path):
-    """Run FINN's InsertIODMA on three FC MVAUs, two streamed: the weight DMAs and the image DMA end up in
-    the order weight_dma_names predicts (MakeZYNQProject names source partitions idma0, idma1, ...)."""
+def test_dma_names_follow_finns_partitions(tmp_path):
+    """Run ZynqBuild's graph transforms (InsertIODMA, Floorplan, CreateDataflowPartition) on three FC MVAUs,
+    two streamed: MakeZYNQProject names the source partitions idma0, idma1, ... in graph order, and they
+    feed the streamed layers in the order weight_dma_names predicts, the image last (idma2). InsertIODMA
+    alone puts the last layer's DMA first: names read off that graph would swap fcA's and fcC's weights."""
     from onnx import TensorProto, helper
     from qonnx.core.datatype import DataType
     from qonnx.core.modelwrapper import ModelWrapper
+    from qonnx.custom_op.registry import getCustomOp
+    from qonnx.transformation.general import GiveReadableTensorNames, GiveUniqueNodeNames
     from qonnx.util.basic import qonnx_make_model
 
     from bnn_transfer.build_fpga.finn_env import finn_session
 
     with finn_session(tmp_path / "fb"):
+        from finn.transformation.fpgadataflow.create_dataflow_partition import CreateDataflowPartition
+        from finn.transformation.fpgadataflow.floorplan import Floorplan
         from finn.transformation.fpgadataflow.insert_iodma import InsertIODMA
 
         nodes = [_mvau("fcA", "x", "a", 64, 32, 4, 8, "external"),
@@ -247,11 +253,22 @@ def test_dma_names_follow_finns_insertion_order(tmp_path):
             model.set_tensor_datatype(n.input[1], DataType["BINARY"])
         for t in ("x", "a", "b", "y"):
             model.set_tensor_datatype(t, DataType["BINARY"])
-        model = model.transform(InsertIODMA(128))
-        sources = [n for n in model.graph.node if n.op_type == "IODMA_hls" and model.find_producer(n.input[0]) is None]
-        assert [n.input[0] == "x" for n in sources] == [False, False, True]  # the image DMA comes last: idma2
-        got = {model.find_consumer(n.output[0]).name: "idma%d" % i for i, n in enumerate(sources[:2])}
-        assert got == dict(zip(["fcA", "fcC"], weight_dma_names(2)))
+        for transform in (InsertIODMA(128), Floorplan(), CreateDataflowPartition(partition_model_dir=str(tmp_path))):
+            model = model.transform(transform).transform(GiveUniqueNodeNames()).transform(GiveReadableTensorNames())
+        # as MakeZYNQProject tells them: a partition without a producer is a source, named idma<k>
+        sources = [n for n in model.graph.node if not n.input or model.find_producer(n.input[0]) is None]
+        compute = [n for n in model.graph.node if n not in sources and model.find_consumers(n.output[0])]
+        assert len(sources) == 3 and len(compute) == 1
+        inner = ModelWrapper(getCustomOp(compute[0]).get_nodeattr("model"))
+        mvaus = [n.name for n in inner.graph.node]  # fcA, fcB, fcC renamed MVAU_hls_0..2
+        fed = {}
+        for outer, inner_input in zip(compute[0].input, inner.graph.input):
+            k = [s.name for s in sources].index(model.find_producer(outer).name)
+            fed["idma%d" % k] = inner.find_consumer(inner_input.name)
+        # the image (the first MVAU's data input) comes from the last source partition
+        assert fed["idma2"].name == mvaus[0] and fed["idma2"].input[0] == inner.graph.input[0].name
+        got = {dma: ["fcA", "fcB", "fcC"][mvaus.index(node.name)] for dma, node in fed.items() if dma != "idma2"}
+        assert got == dict(zip(weight_dma_names(2), ["fcA", "fcC"]))
 
 
 def test_the_search_keeps_the_smallest_folding_at_the_ddr_bound():

@@ -69,7 +69,13 @@ def check_bundle(out, board):
     finn_board, part = BOARDS[board]
     assert Path(b.bitfile_path).read_text().startswith(
         "fake bitstream of top_wrapper for %s (%s)" % (part, board_part(finn_board)))
-    assert "fake hardware handoff of top" in Path(b.hwh_path).read_text()
+    # the hardware handoff of FINN's block design: the PS of the part's family, FINN's IODMAs
+    sys.path.insert(0, str(ROOT / "tests" / "host"))
+    from fake_pynq import hwh_design
+
+    text = Path(b.hwh_path).read_text()
+    assert '<SYSTEMINFO ARCH="%s"' % ("zynq" if part.startswith("xc7z") else "zynquplus") in text
+    assert hwh_design(text)[1] == ["idma0", "odma0"]
     m = b.manifest
     assert m["params"]["hardware"] is True and m["params"]["fifo"] == "force_minimal_fifos"
     assert m["hardware_build"]["toolchain"]["vivado"] == m["hardware_build"]["toolchain"]["vitis_hls"] == "2024.2"
@@ -141,44 +147,88 @@ def test_killed_hardware_build_resumes_from_its_last_finished_step(fake):
     check_bundle(out, "pynq-z2")
 
 
+# Per board: the folding of tiny's fc1 (MVAU_hls_4) and fc2 (MVAU_hls_5); the DMAs (fc1's, fc2's, the image's)
+# and runtime-writeable memories the bundle must list; the PYNQ parsers of the images the board runs.
+RUNTIME_WEIGHTS = {
+    # UltraScale+: fc1 streamed from DDR, fc2 in URAM, which the bitstream cannot initialise
+    "kv260": ({"MVAU_hls_4": {"PE": 8, "SIMD": 16, "mem_mode": "external"},
+               "MVAU_hls_5": {"PE": 8, "SIMD": 16, "ram_style": "ultra"}},
+              ("idma0", None, "idma1"), ["pynq-4.0.0-pynqmetadata"]),
+    # Zynq-7000 (no URAM): fc1 and fc2 streamed, as the paper preset on this board; PYNQ 2.7 and 3.1 images
+    "pynq-z2": ({"MVAU_hls_4": {"PE": 8, "SIMD": 16, "mem_mode": "external"},
+                 "MVAU_hls_5": {"PE": 8, "SIMD": 8, "mem_mode": "external"}},
+                ("idma0", "idma1", "idma2"), ["pynq-2.7.0-hwh", "pynq-3.1.1-pynqmetadata"]),
+}
+
+
 @pytest.mark.slow
-def test_weights_loaded_at_run_time_reach_a_bundle_the_host_runs(fake, monkeypatch):
-    """The paper design's two kinds of run-time weights, on tiny: fc1 streamed from DDR by a weight IODMA
-    and fc2 in URAM (runtime-writeable on UltraScale+), through FINN's real hardware steps. The bundle
-    holds FINN's driver files for both, the host's pynq backend (on the fake board) loads them where
-    FINN's block design put them and returns the emulator's features."""
+@pytest.mark.parametrize("board", sorted(RUNTIME_WEIGHTS))
+def test_weights_loaded_at_run_time_reach_a_bundle_the_host_runs(fake, board, monkeypatch):
+    """The paper design's run-time weights, on tiny, through FINN's real hardware steps: fc1 (and on the
+    Pynq-Z2 fc2) streamed from DDR by weight IODMAs; on the KV260 fc2 in URAM (runtime-writeable on
+    UltraScale+). The bundle holds FINN's driver files for them, and the host's pynq backend, on a fake
+    board whose overlay is the bundle's .hwh as the PYNQ of each image the board runs parses it, loads
+    them where FINN's block design put them and returns the emulator's features."""
     sys.path.insert(0, str(ROOT / "tests" / "host"))
-    from fake_pynq import FakeBoard
+    import pynq_twin
+    from fake_pynq import FakeBoard, hwh_design
 
     from bnn_transfer.host.backends import make_backend
     from bnn_transfer.host.backends.pynq import read_runtime_words
     from bnn_transfer.host.bundle import load_bundle
     from bnn_transfer.host.emulator import load_emulator
 
-    folding = fake["tmp"] / "runtime_fold.json"
-    folding.write_text(json.dumps({"Defaults": {},
-                                   "MVAU_hls_4": {"PE": 8, "SIMD": 16, "mem_mode": "external"},
-                                   "MVAU_hls_5": {"PE": 8, "SIMD": 16, "ram_style": "ultra"}}))
-    out = fake["tmp"] / "kv260-runtime"
-    r = cli(fake, out, "--board", "kv260", "--folding", str(folding))
+    fold, (fc1_dma, fc2_dma, image_dma), parsers = RUNTIME_WEIGHTS[board]
+    folding = fake["tmp"] / ("runtime_fold_%s.json" % board)
+    folding.write_text(json.dumps(dict(fold, Defaults={})))
+    out = fake["tmp"] / ("%s-runtime" % board)
+    r = cli(fake, out, "--board", board, "--folding", str(folding))
     assert r.returncode == 0, r.stderr[-3000:]
     b = load_bundle(str(out))
-    assert [(w.dma, w.repeats) for w in b.external_weights] == [("idma0", 1)] and b.io["input_dma_name"] == ["idma1"]
-    assert [(w.layer, os.path.basename(w.path)) for w in b.runtime_weights] == [
-        ("fc2", "3_0_StreamingDataflowPartition_3_MVAU_hls_0.dat")]
-    # ZynqBuild ends a partition at fc1, whose weights its IODMA feeds: fc2 sits in a partition of its own
-    assert b.runtime_weights[0].ip == "StreamingDataflowPartition_3/s_axilite_0"
-    assert "fc2 in URAM, written over AXI-lite" in b.manifest["weights_memory"]
-    words = read_runtime_words(b.runtime_weights[0].path)
-    assert words.size == 256 * 256 // 32  # fc2's 65,536 bits in 32-bit words (128-bit memory lines)
+    streams = [(fc1_dma, "fc1", 1)] + ([(fc2_dma, "fc2", 1)] if fc2_dma else [])
+    assert [(e["dma"], e["layer"], e["repeats"]) for e in b.manifest["io"]["external_weights"]] == streams
+    assert b.io["input_dma_name"] == [image_dma] and b.io["output_dma_name"] == ["odma0"]
+    runtime = {}
+    if fc2_dma is None:
+        assert [(w.layer, os.path.basename(w.path)) for w in b.runtime_weights] == [
+            ("fc2", "3_0_StreamingDataflowPartition_3_MVAU_hls_0.dat")]
+        # ZynqBuild ends a partition at fc1, whose weights its IODMA feeds: fc2 sits in a partition of its own
+        assert b.runtime_weights[0].ip == "StreamingDataflowPartition_3/s_axilite_0"
+        assert "fc2 in URAM, written over AXI-lite" in b.manifest["weights_memory"]
+        words = read_runtime_words(b.runtime_weights[0].path)
+        assert words.size == 256 * 256 // 32  # fc2's 65,536 bits in 32-bit words (128-bit memory lines)
+        runtime = {b.runtime_weights[0].ip: words}
+    else:
+        assert b.runtime_weights == () and "fc1 (%s" % fc1_dma in b.manifest["weights_memory"]
+        # FINN's Zynq-7000 shell: its IODMAs' windows from 0x40000000 (M_AXI_GP0), in FINN's order, and
+        # their DDR port S_AXI_HP0, as the .hwh says and each PYNQ of the board's images reads it
+        text = Path(b.hwh_path).read_text()
+        windows, dmas = hwh_design(text)
+        assert windows == {"%s/s_axi_control_0" % d: (0x40000000 + 0x1000 * i, 0x1000)
+                           for i, d in enumerate(["idma0", "idma1", "idma2", "odma0"])}
+        assert dmas == ["idma0", "idma1", "idma2", "odma0"] and 'SLAVEBUSINTERFACE="S_AXI_HP0"' in text
+        for parser in parsers:
+            if not pynq_twin.missing(parser):
+                ip_dict = pynq_twin.parse(text, parser)
+                assert {k: v["phys_addr"] for k, v in ip_dict.items() if k != "zynq_ps"} == {
+                    d: base for d, (base, _) in ((k.split("/")[0], w) for k, w in windows.items())}, parser
 
-    board = FakeBoard(b, weights={"idma0": (np.load(b.external_weights[0].path), 1)},
-                      runtime={b.runtime_weights[0].ip: words})
-    monkeypatch.setitem(sys.modules, "pynq", board.module())
     x = np.random.default_rng(0).integers(0, 256, size=(3, 32, 32, 3)).astype(np.uint8)
-    with make_backend("pynq", b) as backend:
-        assert np.array_equal(backend.extract(x), load_emulator(b.emulator_path).extract(x))
-    assert board.errors == [] and board.runs == [1, 3]
+    for parser in parsers:  # without the real pynq (.ci/install), PYNQ 2.7's naming rule (fake_pynq.hwh_names)
+        parser = None if pynq_twin.missing(parser) else parser
+        if runtime:
+            # the fake Vivado's AXI-lite windows are 4 KiB (it answers ADDR_WIDTH 12): too small for fc2's
+            # 8 KiB of URAM words, so this board's design is board_hwh's, for the manifest's DMAs and memories
+            board_ = FakeBoard(b, weights={w.dma: (np.load(w.path), w.repeats) for w in b.external_weights},
+                               runtime=runtime, parser=parser)
+        else:
+            # the bitstream's .hwh as Vivado wrote it for FINN's block design, FINN's driver's weight files
+            board_ = FakeBoard.from_finn_build(b, parser=parser)
+            assert sorted(board_.dmas) == sorted([fc1_dma, fc2_dma, image_dma, "odma0"])
+        monkeypatch.setitem(sys.modules, "pynq", board_.module())
+        with make_backend("pynq", b) as backend:
+            assert np.array_equal(backend.extract(x), load_emulator(b.emulator_path).extract(x))
+        assert board_.errors == [] and board_.runs == ([1, 3] if runtime else [3]), parser
 
 
 @pytest.mark.slow

@@ -8,8 +8,9 @@ It models what the real protocol depends on, so the backend cannot pass by accid
   ``invalidate()`` DRAM -> CPU. A missing flush feeds the hardware stale bytes, a missing
   invalidate returns stale features.
 - ``Overlay`` parses the .hwh of FINN's block design around the board's DMAs and memories
-  (``board_hwh``, the same design ``make_bundle`` writes next to the bitfile) with the real
-  PYNQ parser (``pynq_twin``), so its ``ip_dict`` names IPs as PYNQ does, and exposes the DMAs
+  (``board_hwh``, the same design ``make_bundle`` writes next to the bitfile; or, with
+  ``FakeBoard.from_finn_build``, the bundle's own .hwh and FINN's driver files from a hardware
+  build) with the real PYNQ parser (``pynq_twin``), so its ``ip_dict`` names IPs as PYNQ does, and exposes the DMAs
   with registers 0x00 (control: write 1 to start; read: 0x2 done, clear-on-read like HLS's
   ap_done, 0x4 idle), 0x10/0x14 (address) and 0x1C (count).
 - Starting the input DMA "runs the hardware": it unpacks the input DRAM bytes with FINN's
@@ -31,9 +32,11 @@ import collections
 import copy
 import importlib.machinery
 import itertools
+import json
 import os
 import sys
 import types
+from xml.etree import ElementTree
 
 import numpy as np
 
@@ -210,6 +213,20 @@ def board_hwh(zynq, dmas, runtime_bytes):
     return text, {"%s/%s" % key: w for key, w in windows.items()}
 
 
+def hwh_design(text):
+    """What a Vivado .hwh says of FINN's design: its AXI-lite windows {"<instance>/<interface>": (base, size)}
+    (the PS's REGISTER memory ranges) and its DMAs (the modules whose m_axi_gmem0 maps DDR)."""
+    windows, dmas = {}, []
+    for module in ElementTree.fromstring(text.encode("utf-8")).iter("MODULE"):
+        for r in module.iter("MEMRANGE"):
+            if r.get("MEMTYPE") == "REGISTER":
+                base, high = int(r.get("BASEVALUE"), 16), int(r.get("HIGHVALUE"), 16)
+                windows["%s/%s" % (r.get("INSTANCE"), r.get("SLAVEBUSINTERFACE"))] = (base, high - base + 1)
+            elif r.get("MASTERBUSINTERFACE") == "m_axi_gmem0" and module.get("INSTANCE") not in dmas:
+                dmas.append(module.get("INSTANCE"))
+    return windows, dmas
+
+
 def hwh_names(windows):
     """The ip_dict PYNQ's HWH parser makes of ``board_hwh``'s windows, for machines without the real pynq
     (``test_pynq_twin`` holds it to the real parsers): a core with one AXI-lite window under its own
@@ -355,12 +372,14 @@ class FakeBoard:
     ip_dict the overlay gets (``pynq_twin.PARSERS``), None for ``hwh_names``. Counters and logs for
     the tests: ``allocations`` (shapes), ``freed``, ``flushes``, ``invalidates``, ``log`` ((dma,
     count) per start), ``runs`` (images per completed run), ``errors``, ``bus_log``, ``hwh_parsed``,
-    ``cma_used`` and ``cma_peak`` (bytes of the CMA pool).
+    ``cma_used`` and ``cma_peak`` (bytes of the CMA pool). ``design`` is the text of the .hwh the board's
+    bitstream came with (default: ``board_hwh``'s for the DMAs and memories above), ``io`` the io dict of
+    the DMAs' names and shapes (default: the bundle manifest's).
     """
 
     def __init__(self, bundle, hang=False, weights=None, runtime=None, windows=None, parser=DEFAULT_PARSER,
-                 cma_bytes=PYNQ_CMA_BYTES):
-        io = bundle.io
+                 cma_bytes=PYNQ_CMA_BYTES, design=None, io=None):
+        io = io or bundle.io
         self.emulator = load_emulator(bundle.emulator_path)
         self.idt, self.odt = io["idt"][0], io["odt"][0]
         self.ishape_folded = io["ishape_folded"][0][1:]
@@ -370,8 +389,10 @@ class FakeBoard:
         self.input_shape = tuple(io["ishape_normal"][0][1:])
         self.hang = hang
         self.weights = dict(weights or {})
-        self.idma = FakeDMA(self, io["input_dma_name"][0], "input")
-        self.odma = FakeDMA(self, io["output_dma_name"][0], "output")
+        # the manifest's names, or FINN's driver's (idma_names/odma_names in its settings.json)
+        self.idma = FakeDMA(self, (io.get("input_dma_name") or io["idma_names"])[0], "input")
+        self.odma = FakeDMA(self, (io.get("output_dma_name") or io["odma_names"])[0], "output")
+        self.design = design
         self.dmas = {self.idma.name: self.idma, self.odma.name: self.odma}
         for name in self.weights:
             self.dmas[name] = FakeDMA(self, name, "weights")
@@ -391,6 +412,23 @@ class FakeBoard:
         self.log, self.runs, self.errors = [], [], []
         self.pending = []  # DMAs started since the last completed run, in order
 
+    @classmethod
+    def from_finn_build(cls, bundle, **kwargs):
+        """The board running the bundle's bitstream as FINN built it, nothing taken from our manifest: the
+        design is the bundle's .hwh (what Vivado wrote for FINN's block design), the input and output DMAs
+        and the weights each weight DMA must stream are FINN's driver's (``driver/settings.json``,
+        ``driver/runtime_weights/<dma>.npy``, repeated H*W times per image for an NHWC shape)."""
+        driver = os.path.join(bundle.root, "driver")
+        with open(os.path.join(driver, "settings.json"), encoding="utf-8") as f:
+            io = json.load(f)["driver_information"]["io_shape_dict"]
+        weights = {}
+        for dma, shape in (io.get("external_weights_input_shapes") or {}).items():
+            data = np.asarray(np.load(os.path.join(driver, "runtime_weights", dma + ".npy")), np.uint8).reshape(-1)
+            weights[dma] = (data, int(np.prod(shape[1:-1])) if len(shape) == 4 else 1)
+        with open(bundle.hwh_path, encoding="utf-8") as f:
+            design = f.read()
+        return cls(bundle, weights=weights, design=design, io=io, **kwargs)
+
     def module(self):
         mod = types.ModuleType("pynq")
         # a spec, so that importlib.util.find_spec("pynq") sees an importable package
@@ -402,9 +440,16 @@ class FakeBoard:
         return mod
 
     def hwh(self):
-        """The .hwh of the design this board runs (``board_hwh``); places the memories on the bus."""
-        sizes = {name: self.windows.get(name, 4 * mem.expected.size) for name, mem in self.mems.items()}
-        text, windows = board_hwh(self.zynq, list(self.dmas), sizes)
+        """The .hwh of the design this board runs (``design``, else ``board_hwh``'s for its DMAs and
+        memories), and its windows; places the memories on the bus."""
+        if self.design is not None:
+            text, (windows, dmas) = self.design, hwh_design(self.design)
+            missing = sorted(set(self.dmas) - set(dmas))
+            if missing:
+                raise ValueError("the design has no DMA %s (it has %s)" % (", ".join(missing), ", ".join(dmas)))
+        else:
+            sizes = {name: self.windows.get(name, 4 * mem.expected.size) for name, mem in self.mems.items()}
+            text, windows = board_hwh(self.zynq, list(self.dmas), sizes)
         for name, mem in self.mems.items():
             mem.base, mem.size = windows[name]
         return text, windows

@@ -18,6 +18,8 @@ no parser reads them, so every clock comes from the PS's PL clock.
 """
 
 import collections
+import json
+import sys
 import xml.etree.ElementTree as ET
 
 # A design: cores in FINN's graph order. ``slaves`` are (interface, ADDR_WIDTH); ``dma`` says the
@@ -207,3 +209,23 @@ def finn_hwh(cores, zynq="zynq_us+", name="top"):
         block, low, high = z["ddr"]
         d.memrange(c.instance, "m_axi_gmem0", "zynq_ps", z["slave"], block, low, high, "MEMORY")
     return d.xml(name, z), windows
+
+
+def main(design_path, hwh_path):
+    """The fake Vivado's hardware handoff (tests/build_fpga/fake_toolchain): the .hwh of the block design it
+    recorded from FINN's scripts (``design_path``, JSON: name, zynq, cores with their address segments as
+    FINN's assign_axi_addr_proc placed them), laid out by ``finn_hwh``, whose address map must agree."""
+    with open(design_path, encoding="utf-8") as f:
+        design = json.load(f)
+    cores = [Core(c["instance"], c["vlnv"], [(intf, addr_width(size)) for intf, _, size in c["slaves"]], c["dma"])
+             for c in design["cores"]]
+    text, windows = finn_hwh(cores, design["zynq"], design["name"])
+    placed = {(c["instance"], intf): (base, size) for c in design["cores"] for intf, base, size in c["slaves"]}
+    if windows != placed:
+        sys.exit("finn_hwh: FINN's script placed the AXI-lite windows at %s, finn_hwh at %s" % (placed, windows))
+    with open(hwh_path, "w", encoding="utf-8") as f:
+        f.write(text)
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])

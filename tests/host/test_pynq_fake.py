@@ -80,8 +80,8 @@ def test_binary_output_datatype(tmp_path, monkeypatch):
 
 
 def test_external_weights_start_first_and_are_loaded_once(tmp_path, monkeypatch):
-    """A bundle with two weight streams (as build_fpga writes for the paper preset: fc2's DMA is idma0,
-    fc1's idma1, the image's idma2): both loaded once, programmed with address and n * repeats before
+    """A bundle with two weight streams (any order of DMA names: the backend takes the manifest's; build_fpga
+    names fc1's idma0, fc2's idma1, the image's idma2): both loaded once, programmed with address and n * repeats before
     the output and input DMAs of every batch, and freed on close."""
     rng = np.random.default_rng(7)
     fc1, fc2 = rng.integers(0, 256, size=37).astype(np.uint8), rng.integers(0, 256, size=16).astype(np.uint8)

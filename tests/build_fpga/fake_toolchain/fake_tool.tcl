@@ -9,6 +9,7 @@
 # argv: <tool> <path the tool was called by> <the tool's own arguments...>
 
 set ::tool [lindex $argv 0]
+set ::fake_dir [file dirname [file normalize [info script]]]
 set ::called_as [lindex $argv 1]
 set ::targs [lrange $argv 2 end]
 # <root>/Vivado/<version>/bin/vivado: the version is the install folder's name, as for real installs
@@ -286,6 +287,12 @@ proc ip_in_repos {name} {
     }
     return 0
 }
+# The block design as FINN's scripts build it, for the hardware handoff: cells in creation order with
+# their VLNV, the cells whose m_axi_gmem0 reaches the smartconnect (the IODMAs), and every address
+# segment FINN's assign_axi_addr_proc places ({cell interface offset range}).
+set ::bd_cells {}
+set ::bd_masters {}
+set ::bd_segs {}
 proc create_bd_cell {args} {
     lassign [parse_opts $args] opts pos
     if {[dict exists $opts -vlnv]} {
@@ -293,8 +300,55 @@ proc create_bd_cell {args} {
         if {$lib in {hls finn} && ![ip_in_repos $name]} {
             fail "create_bd_cell: IP [dict get $opts -vlnv] not found in the IP repositories $::viv(ip_repo_paths)"
         }
+        lappend ::bd_cells [lindex $pos 0] [dict get $opts -vlnv]
     }
     return [lindex $pos 0]
+}
+# the pins and segments themselves, by path, so that connections and addresses can be recorded
+proc get_bd_intf_pins {args} {
+    lassign [parse_opts $args {-quiet}] opts pos
+    return [join $pos]
+}
+proc get_bd_addr_segs {args} {
+    lassign [parse_opts $args {-quiet}] opts pos
+    return [join $pos]
+}
+proc connect_bd_intf_net {args} {
+    lassign [parse_opts $args] opts pos
+    foreach pin $pos {
+        if {[string match */m_axi_gmem0 $pin]} { lappend ::bd_masters [lindex [split $pin /] 0] }
+    }
+}
+proc assign_bd_address {args} {
+    lassign [parse_opts $args] opts pos
+    if {![dict exists $opts -offset]} { return }
+    lassign [split [lindex $pos 0] /] cell intf
+    lappend ::bd_segs [list $cell $intf [dict get $opts -offset] [dict get $opts -range]]
+}
+# The .hwh Vivado writes for this design, laid out by tests/host/finn_hwh.py (the layout PYNQ's parsers
+# read): the design goes there as JSON, with FINN's cells (its partitions and IODMAs) in creation order.
+proc write_hwh {path} {
+    set zynq ""
+    set cores {}
+    foreach {cell vlnv} $::bd_cells {
+        if {[string match *:processing_system7:* $vlnv]} { set zynq zynq_7000 }
+        if {[string match *:zynq_ultra_ps_e:* $vlnv]} { set zynq zynq_us+ }
+        if {[lindex [split $vlnv :] 1] ne "finn"} { continue }
+        set slaves {}
+        foreach seg $::bd_segs {
+            lassign $seg c intf offset range
+            if {$c eq $cell} { lappend slaves "\[\"$intf\", $offset, $range\]" }
+        }
+        set dma [expr {$cell in $::bd_masters ? "true" : "false"}]
+        lappend cores "{\"instance\": \"$cell\", \"vlnv\": \"$vlnv\", \"slaves\": \[[join $slaves {, }]\], \"dma\": $dma}"
+    }
+    if {$zynq eq ""} { fail "write_hwh: the block design has no Zynq PS" }
+    set design [file join [file dirname $path] design.json]
+    write_file $design "{\"name\": \"$::viv(bd)\", \"zynq\": \"$zynq\", \"cores\": \[[join $cores {, }]\]}"
+    set script [file join [file dirname [file dirname $::fake_dir]] host finn_hwh.py]
+    if {[catch {exec [env_or_fail FAKE_TOOLCHAIN_PYTHON "install.py sets it"] $script $design $path} msg]} {
+        fail "write_hwh: $msg"
+    }
 }
 proc create_bd_design {name} {
     set ::viv(bd) $name
@@ -321,9 +375,9 @@ proc make_wrapper {args} {
     write_file [file join [file dirname $bd] hdl ${name}_wrapper.v] \
         "// fake Vivado wrapper\nmodule ${name}_wrapper();\nendmodule"
 }
-foreach cmd {create_bd_port create_bd_intf_port create_bd_pin create_bd_intf_pin connect_bd_net connect_bd_intf_net
-             make_bd_pins_external make_bd_intf_pins_external get_bd_cells get_bd_pins get_bd_ports get_bd_intf_pins
-             get_bd_intf_ports get_bd_nets get_bd_intf_nets get_bd_addr_segs assign_bd_address apply_bd_automation
+foreach cmd {create_bd_port create_bd_intf_port create_bd_pin create_bd_intf_pin connect_bd_net
+             make_bd_pins_external make_bd_intf_pins_external get_bd_cells get_bd_pins get_bd_ports
+             get_bd_intf_ports get_bd_nets get_bd_intf_nets apply_bd_automation
              save_bd_design validate_bd_design current_bd_instance delete_bd_objs regenerate_bd_layout
              generate_target set_false_path get_ports get_clocks get_cells get_nets opt_design place_design
              route_design phys_opt_design report_timing_summary report_power wait_on_run close_design
@@ -338,8 +392,7 @@ proc launch_runs {args} {
         set runs [file join $::viv(proj_dir) $::viv(proj_name).runs impl_1]
         write_file [file join $runs $top.bit] "fake bitstream of $top for $::viv(part) ($::viv(board_part))"
         write_file [file join $runs ${top}_timing_summary_routed.rpt] [timing_summary]
-        write_file [file join $::viv(proj_dir) $::viv(proj_name).gen sources_1 bd $::viv(bd) hw_handoff $::viv(bd).hwh] \
-            "<?xml version=\"1.0\"?>\n<EDKSYSTEM><!-- fake hardware handoff of $::viv(bd) --></EDKSYSTEM>"
+        write_hwh [file join $::viv(proj_dir) $::viv(proj_name).gen sources_1 bd $::viv(bd) hw_handoff $::viv(bd).hwh]
     }
 }
 # report_timing_summary's layout after routing (its Design Timing Summary table, which FINN's parser

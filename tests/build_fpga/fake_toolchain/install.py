@@ -11,6 +11,7 @@ header names and a board.xml per board part, as ``finn deps update`` would (cont
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Dict, Iterable
 
@@ -35,7 +36,8 @@ def install(root, version: str = "2024.2") -> Dict[str, str]:
     (vivado / "data" / "xsim" / "include").mkdir(parents=True, exist_ok=True)
     (vivado / "data" / "xsim" / "include" / "xsi.h").write_text("/* placeholder of Vivado's xsi.h */\n")
     (hls / "lnx64" / "tools" / "fpo_v7_1").mkdir(parents=True, exist_ok=True)
-    return {"XILINX_VIVADO": str(vivado), "XILINX_HLS": str(hls),
+    # the fake Vivado lays out its .hwh with tests/host/finn_hwh.py, in this Python
+    return {"XILINX_VIVADO": str(vivado), "XILINX_HLS": str(hls), "FAKE_TOOLCHAIN_PYTHON": sys.executable,
             "PATH": os.pathsep.join([str(vivado / "bin"), str(hls / "bin"), os.environ.get("PATH", "")])}
 
 
