@@ -102,11 +102,11 @@ def read_runtime_words(path):
     return words.astype(np.uint32)
 
 
-def cma_pool(path=None):
+def cma_pool():
     """(total, free) bytes of the kernel's CMA pool as ``/proc/meminfo`` gives them, or None where it has none."""
     fields = {}
     try:
-        with open(path or MEMINFO, encoding="ascii") as f:
+        with open(MEMINFO, encoding="ascii") as f:
             for line in f:
                 key, _, value = line.partition(":")
                 if key in ("CmaTotal", "CmaFree"):
