@@ -207,6 +207,19 @@ def test_weights_loaded_at_run_time_reach_a_bundle_the_host_runs(fake, board, mo
         assert windows == {"%s/s_axi_control_0" % d: (0x40000000 + 0x1000 * i, 0x1000)
                            for i, d in enumerate(["idma0", "idma1", "idma2", "odma0"])}
         assert dmas == ["idma0", "idma1", "idma2", "odma0"] and 'SLAVEBUSINTERFACE="S_AXI_HP0"' in text
+        # behind them FINN's IODMAs at the Pynq-Z2's port width (pynq_native_port_width: 64 bits), the
+        # weight streams in wrap mode (the same bytes again for every image)
+        from qonnx.core.modelwrapper import ModelWrapper
+        from qonnx.custom_op.registry import getCustomOp
+
+        (hw,) = Path(str(out) + ".finn-build").glob("hw-*")
+        parent = ModelWrapper(str(hw / "intermediate_models" / "step_synthesize_bitfile.onnx"))
+        iodmas = {getCustomOp(sdp).get_nodeattr("instance_name"): (getCustomOp(n).get_nodeattr("intfWidth"),
+                                                                   getCustomOp(n).get_nodeattr("burstMode"))
+                  for sdp in parent.graph.node
+                  for n in ModelWrapper(getCustomOp(sdp).get_nodeattr("model")).graph.node if n.op_type == "IODMA_hls"}
+        assert iodmas == {"idma0": (64, "wrap"), "idma1": (64, "wrap"), "idma2": (64, "increment"),
+                          "odma0": (64, "increment")}
         for parser in parsers:
             if not pynq_twin.missing(parser):
                 ip_dict = pynq_twin.parse(text, parser)
