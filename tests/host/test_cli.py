@@ -42,8 +42,9 @@ def host(*args, env=None):
     """``python -m host ARGS`` in a subprocess, without the caller's $BOARD."""
     e = {k: v for k, v in os.environ.items() if k != "BOARD"}
     e.update(env or {})
+    # the timeout only guards against a hang: bench --quick takes ~20 s idle, minutes beside a loaded CI's jobs
     return subprocess.run([sys.executable, "-m", "host"] + [str(a) for a in args], cwd=ROOT, env=e,
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=300)
 
 
 def one_json_line(r):
