@@ -49,6 +49,16 @@ def _load_remark(start: Dict, end: Dict) -> str:
     return " (other work was running: multi-threaded timings include stalls of descheduled threads)"
 
 
+def _bram_parts(r) -> str:
+    """" (210 + 0 + 0 + 8)": a command row's BRAM18 by part, where it was recorded."""
+    parts = r.get("bram18_by_part")
+    return "" if not parts else " (%s)" % " + ".join(str(parts[k]) for k in ("layers", "fifo", "dwc", "iodma"))
+
+
+def _dsp(r) -> str:
+    return "%s / %s" % (r["dsp"], r["dsp_usable"]) if "dsp" in r else "-"
+
+
 def markdown(records: List[Dict], start: Dict, end: Dict, wall_s: float, quick: bool, date: Optional[str] = None,
              later: Sequence[Dict] = ()) -> str:
     """results.md; ``later``: the --only runs (:func:`write`'s run dicts) whose rows replaced this run's."""
@@ -108,15 +118,21 @@ def markdown(records: List[Dict], start: Dict, end: Dict, wall_s: float, quick: 
         lines += ["", "The `paper` estimate command per board (`python -m build_fpga ... --estimate-only`, whole "
                   "command in a child process; compute bound = FINN's estimate, DDR bound = weight + image bytes "
                   "per image over the shell's DDR port):", "",
-                  "| command | wall (CPU) | peak RSS | compute img/s | DDR img/s | streamed | LUT | BRAM18 | URAM "
-                  "| met |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+                  "| command | wall (CPU) | peak RSS | compute img/s | DDR img/s | streamed | LUT | BRAM18 "
+                  "(layers + FIFOs + DWCs + DMAs) | URAM | DSP | met |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in commands:
-            lines.append("| `%s` | %.0f s (%.0f s) | %s MB | %s | %s | %s | %s / %s | %s / %s | %s / %s | %s |" % (
-                r["name"], r["ours_s"], r["cpu_s"], format(r["peak_rss_mb"], ","), format(r["fps"], ","),
-                format(r["ddr_fps"], ",") if r["ddr_fps"] else "-", ", ".join(r["streamed_layers"]) or "-",
-                format(r["lut"], ","), format(r["lut_usable"], ","), r["bram18"], r["bram18_usable"], r["uram"],
-                r["uram_usable"], _yes(r["met"]) if r["met"] else "no: %s" % r["gap"]))
+            lines.append("| `%s` | %.0f s (%.0f s) | %s MB | %s | %s | %s | %s / %s | %s / %s%s | %s / %s | %s |"
+                         " %s |" % (
+                             r["name"], r["ours_s"], r["cpu_s"], format(r["peak_rss_mb"], ","), format(r["fps"], ","),
+                             format(r["ddr_fps"], ",") if r["ddr_fps"] else "-",
+                             ", ".join(r["streamed_layers"]) or "-", format(r["lut"], ","),
+                             format(r["lut_usable"], ","), r["bram18"], r["bram18_usable"], _bram_parts(r), r["uram"],
+                             r["uram_usable"], _dsp(r), _yes(r["met"]) if r["met"] else "no: %s" % r["gap"]))
+        strategies = sorted({r["fifo_strategy"] for r in commands if r.get("fifo_strategy")})
+        if strategies:
+            lines += ["", "FIFOs as the hardware build's `--fifo %s` makes them (build_fpga/estimates.py)."
+                      % ", ".join(strategies)]
     if acc:
         lines += ["", "Transfer to real images: frozen binary features of the `--demo-bundle` backbone, a random "
                   "backbone of the same preset (BatchNorm statistics from the task's images) and the raw input pixels, "

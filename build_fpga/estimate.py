@@ -142,6 +142,7 @@ class Estimate(_Record):
     interconnect: List[Dict]  # rows of estimates.interconnect: FIFOs, width converters, DMAs
     weight_bits: int
     excludes: str  # what the fit check does not count
+    fifo_strategy: Optional[str] = None  # the --fifo whose FIFOs the interconnect rows price (None: older files)
     # set by the flow (finn_flow._estimates): the DDR bound (external_weights.ddr_bound), the target
     # asked for (written even when None), the run's wall time, peak RSS and FINN config
     ddr: Optional[Dict] = _optional()

@@ -18,6 +18,7 @@ import numpy as np
 
 from .boards import RESOURCES, Board
 from .estimate import Estimate, LayerEstimate, Resource
+from .preflight import DEFAULT_FIFO
 
 _FINN_RES = {"lut": "LUT", "bram18": "BRAM_18K", "uram": "URAM", "dsp": "DSP"}
 RESOURCE_KEYS = ("lut", "bram18", "uram", "dsp")  # what FINN's analytical models estimate (no FF)
@@ -25,7 +26,7 @@ EXCLUDES = "the Zynq shell (the processing system's AXI interconnect, clock wiza
 
 
 def parse_estimates(report_dir, board: Board, clock_mhz: float, models_dir=None,
-                    layer_names: Optional[Sequence[str]] = None) -> Estimate:
+                    layer_names: Optional[Sequence[str]] = None, fifo: str = DEFAULT_FIFO) -> Estimate:
     """FINN's estimate reports -> our :class:`~build_fpga.estimate.Estimate` (the figures issue #5 asks
     for, and per-layer rows).
 
@@ -68,7 +69,7 @@ def parse_estimates(report_dir, board: Board, clock_mhz: float, models_dir=None,
             fixed = node_resources(getCustomOp(model.get_node_from_name(name)), board.part)
             row.update(lut=fixed["lut"], dsp=fixed["dsp"], note=RTL_MVAU_NOTE)
         layers.append(LayerEstimate(**row))
-    extra = interconnect(model, board) if model is not None else []
+    extra = interconnect(model, board, fifo) if model is not None else []
     around = resource_totals(extra)
     resources = {}
     for r in RESOURCES:
@@ -93,6 +94,7 @@ def parse_estimates(report_dir, board: Board, clock_mhz: float, models_dir=None,
         interconnect=extra,
         weight_bits=int(sum(ly.weight_bits for ly in layers)),
         excludes=EXCLUDES,
+        fifo_strategy=fifo if model is not None else None,
         **resources,
     )
 
@@ -171,14 +173,19 @@ def ddr_estimate(report_dir, board: Board, clock_mhz: float) -> Dict:
 # - FIFOs and DWCs: inserted by FINN's own transformations (InsertIODMA, InsertDWC, InsertFIFO,
 #   SpecializeLayers, as ZynqBuild and step_set_fifo_depths do) on a weightless copy of the graph,
 #   and priced by FINN's own models (StreamingFIFO's fifo.sv cost model, the DWC's LUT model).
-# - FIFO depths: FINN sizes FIFOs only by simulation (rtlsim/XSI or live on the board), which needs
-#   Vivado. Our rule instead: each FIFO holds one row of the feature map passing through it (the
+# - FIFO depths: those of the FIFO strategy the hardware build runs (``--fifo``, FINN's
+#   step_set_fifo_depths). force_minimal_fifos (the default) inserts every FIFO with
+#   InsertFIFO(create_shallow_fifos=True) at the depth its neighbours ask for (the larger of the
+#   producer's outFIFODepths and the consumer's inFIFODepths, 2 unless set) and FINN's ram_style
+#   "auto": the estimate makes the same FIFOs and prices them with FINN's StreamingFIFO model
+#   (fifo.sv builds depth <= 33 as one shift-register stage, W + a few LUTs, no BRAM).
+#   distributed_sim sizes FIFOs by simulating the layers (XSI, needs Vivado), which no estimate can
+#   run. Our allowance for it: each FIFO holds one row of the feature map passing through it (the
 #   whole vector after the flatten), in stream words, rounded up to a power of two, at least
-#   FIFO_MIN_DEPTH; each FIFO takes the cheapest storage (shift register, LUTRAM, BRAM; URAM where
-#   the board has it) by share of the usable budget. Around a width converter both FIFOs carry the
-#   same elements: the narrower one holds the row, the other stays at FINN's minimal depth 2, which
-#   FINN does not build. The sliding-window generators buffer their own rows, so a row per stream is
-#   generous for a balanced pipeline; the hardware build (#18) sizes the real FIFOs by simulation.
+#   FIFO_MIN_DEPTH, in the cheapest storage (shift register, LUTRAM, BRAM; URAM where the board has
+#   it) by share of the usable budget. Around a width converter both FIFOs carry the same elements:
+#   the narrower one holds the row, the other stays at FINN's minimal depth. The sliding-window
+#   generators buffer their own rows, so a row per stream is generous for a balanced pipeline.
 # - IODMAs: FINN has no resource model for IODMA_hls; IODMA_RULE per DMA is our allowance (not a
 #   measurement) for a Vitis HLS AXI4 master with its default 64-bit burst buffers (one BRAM36) and
 #   AXI-lite control.
@@ -190,7 +197,7 @@ def ddr_estimate(report_dir, board: Board, clock_mhz: float) -> Dict:
 
 FIFO_MIN_DEPTH = 32
 IODMA_RULE = {"lut": 1500, "bram18": 2, "uram": 0, "dsp": 0}
-SHALLOW_DEPTH = 2  # FINN does not build FIFOs this shallow (InsertFIFO(create_shallow_fifos=False))
+SHALLOW_DEPTH = 2  # FINN's minimal FIFO depth (HWCustomOp inFIFODepths/outFIFODepths default)
 AXI_PORT_WIDTH = 64  # FINN's ZynqBuild default (axi_port_width)
 RTL_MVAU_NOTE = "LUT and DSP from finn-rtllib's mvu.sv (FINN's estimate: 0 LUT, 4 products per DSP48)"
 
@@ -254,9 +261,10 @@ def resource_totals(rows: Sequence[Dict]) -> Dict[str, int]:
     return {k: sum(int(r[k]) for r in rows) for k in RESOURCE_KEYS}
 
 
-def interconnect(model, board: Board) -> List[Dict]:
+def interconnect(model, board: Board, fifo: str = DEFAULT_FIFO) -> List[Dict]:
     """What the hardware build adds to the dataflow graph ``model``: one row per FIFO, DWC and IODMA
-    (``kind`` "fifo"/"dwc"/"iodma", resources, stream widths, FIFO depth and storage); see above."""
+    (``kind`` "fifo"/"dwc"/"iodma", resources, stream widths, FIFO depth and storage), the FIFOs as
+    the FIFO strategy ``fifo`` (``--fifo``) makes them; see above."""
     from finn.transformation.fpgadataflow.insert_dwc import InsertDWC
     from finn.transformation.fpgadataflow.insert_fifo import InsertFIFO
     from finn.transformation.fpgadataflow.insert_iodma import InsertIODMA
@@ -281,14 +289,16 @@ def interconnect(model, board: Board) -> List[Dict]:
     for t in (InsertDWC(), InsertFIFO(create_shallow_fifos=True), InsertIODMA(AXI_PORT_WIDTH), InsertDWC(),
               SpecializeLayers(board.part)):
         m = m.transform(t, make_deepcopy=False, cleanup=False)  # our private copy; only node costs are read
-    _set_fifo_depths(m)
+    if fifo == "distributed_sim":
+        _set_fifo_depths(m)
     rows = []
     for n in m.graph.node:
         inst = getCustomOp(n) if n.domain.startswith("finn.custom_op.fpgadataflow") else None
         if n.op_type.startswith("StreamingFIFO"):
-            if inst.get_nodeattr("depth") <= SHALLOW_DEPTH:
-                continue  # not built: FINN's InsertFIFO(create_shallow_fifos=False) skips depth <= 2
-            style, res = _cheapest_fifo(inst, board)
+            if fifo == "distributed_sim":
+                style, res = _cheapest_fifo(inst, board)
+            else:
+                style, res = inst.resolve_ram_style(), node_resources(inst, board.part)
             rows.append(dict(node=n.name, kind="fifo", depth=int(inst.get_nodeattr("depth")), ram_style=style,
                              width=int(inst.get_instream_width_padded()), **res))
         elif n.op_type.startswith("StreamingDataWidthConverter"):

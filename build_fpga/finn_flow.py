@@ -142,7 +142,7 @@ def _libc():
 def _estimates(out_dir: Path, cfg: BuildConfig, board: Board, wall: float,
                layer_names: Optional[Sequence[str]]) -> Estimate:
     clock = cfg.clock()
-    est = parse_estimates(out_dir / "report", board, clock, out_dir / "intermediate_models", layer_names)
+    est = parse_estimates(out_dir / "report", board, clock, out_dir / "intermediate_models", layer_names, cfg.fifo)
     return replace(est, ddr=ddr_estimate(out_dir / "report", board, clock), target_fps=cfg.target_fps,
                    run={"wall_s": round(wall, 2), "peak_rss_mb": peak_rss_mb(), "config": cfg.finn_dict()})
 

@@ -37,6 +37,7 @@ from .estimate import Estimate, FoldingSearch
 from .estimates import RESOURCE_KEYS, interconnect, node_resources, resource_totals
 from .external_weights import divisors
 from .finn_flow import refold, run_flow
+from .preflight import DEFAULT_FIFO
 
 SEARCH_FOLDING = "search_folding_config.json"  # in the FINN output dir
 
@@ -168,18 +169,19 @@ def _over(used: np.ndarray, usable: np.ndarray) -> List[str]:
     return [k for k, u, lim in zip(RESOURCE_KEYS, used, usable) if u > lim]
 
 
-def _interconnect_total(model, board: Board) -> np.ndarray:
-    total = resource_totals(interconnect(model, board))
+def _interconnect_total(model, board: Board, fifo: str) -> np.ndarray:
+    total = resource_totals(interconnect(model, board, fifo))
     return np.array([total[k] for k in RESOURCE_KEYS], dtype=np.int64)
 
 
-def search(model, board: Board, clock_mhz: float, log=None) -> FoldingResult:
+def search(model, board: Board, clock_mhz: float, log=None, fifo: str = DEFAULT_FIFO) -> FoldingResult:
     """Fold ``model`` (a FINN dataflow graph, e.g. step_generate_estimate_reports.onnx; its folding
-    attributes are changed in place) for the highest fps within the board's margins."""
+    attributes are changed in place) for the highest fps within the board's margins, the FIFOs counted
+    as the FIFO strategy ``fifo`` makes them."""
     usable = np.array([board.usable[k] for k in RESOURCE_KEYS], dtype=np.int64)
     ks = knobs(model, board.part)
     steps: List[Dict] = []
-    extra = _interconnect_total(model, board)
+    extra = _interconnect_total(model, board, fifo)
     while True:
         cycles = np.array([k.cycles[k.current] for k in ks])
         b = int(np.argmax(cycles))
@@ -197,7 +199,7 @@ def search(model, board: Board, clock_mhz: float, log=None) -> FoldingResult:
             if tries >= INTERCONNECT_TRIES:
                 break
             kb.set(i)
-            ext = _interconnect_total(model, board)
+            ext = _interconnect_total(model, board, fifo)
             over = _over(used + ext, usable)
             if not over:
                 accepted, extra = i, ext
@@ -258,7 +260,7 @@ def search_max_fps(onnx: str, finn_dir: str, cfg: BuildConfig, layer_names: Opti
     if first.ddr_fps is not None:
         return search_ddr_bound(finn_dir, cfg, layer_names, log, ddr_fps=first.ddr_fps)
     model = ModelWrapper(os.path.join(finn_dir, "intermediate_models", "step_generate_estimate_reports.onnx"))
-    found = search(model, board, cfg.clock(), log)
+    found = search(model, board, cfg.clock(), log, cfg.fifo)
     path = os.path.join(finn_dir, SEARCH_FOLDING)
     with open(path, "w", encoding="utf-8") as f:
         json.dump(found.config, f, indent=2)

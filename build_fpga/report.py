@@ -35,7 +35,8 @@ def estimates_json(est: Estimate, bitexact: Dict) -> Dict:
         "ff.used is null: FINN's analytical resource models have no flip-flop estimate (only Vivado's HLS "
         "and synthesis reports do); no number is invented here",
         "used counts the layers and the FIFOs, data-width converters and DMAs the hardware build adds "
-        "(interconnect rows; FIFO depths and DMA cost by our rule, build_fpga/estimates.py); it excludes "
+        "(interconnect rows; FIFOs as the --fifo strategy builds them, DMA cost by our rule, "
+        "build_fpga/estimates.py); it excludes "
         + est.excludes,
         "fps is the clock divided by the cycles of the slowest node (%s: %s cycles)" % (
             est.bottleneck, format(est.max_cycles, ",")),
@@ -126,6 +127,18 @@ def parts_table(est: Estimate) -> List[str]:
         lines.append("| %s | %s | %s | %s | %s | %s |" % (label, count, _n(res["lut"]), _n(res["bram18"]),
                                                       _n(res["uram"]), _n(res["dsp"])))
     return lines
+
+
+def fifo_note(strategy: Optional[str]) -> str:
+    """What the FIFO rows price, by the FIFO strategy the estimate was made for (``--fifo``)."""
+    if strategy == "distributed_sim":
+        return ("FIFO depths: `--fifo distributed_sim` sizes them by simulation in the hardware build; here each "
+                "holds one feature-map row of its stream (our allowance), in its cheapest storage.")
+    if strategy is None:
+        return "FIFO depths: not recorded (an estimate written before the FIFO strategy was)."
+    return ("FIFOs as `--fifo force_minimal_fifos` builds them: FINN's minimal depth (2) on every stream, a shift "
+            "register. FINN's img/s assumes every layer keeps its pace; FIFOs this shallow may not hold it where "
+            "a layer emits in bursts (`--fifo distributed_sim` sizes them by simulation).")
 
 
 def tradeoff(est: Estimate, export: Dict, board) -> List[str]:
@@ -229,8 +242,8 @@ def readme(est: Estimate, *, board, export: Dict, bitexact: Dict, hardware: bool
     lines += ["## Layers, FIFOs, width converters, DMAs", ""]
     lines += parts_table(est)
     lines += ["", "FIFO and width-converter costs are FINN's own models on the nodes FINN's InsertDWC/InsertFIFO/"
-              "InsertIODMA insert; FIFO depths (one feature-map row per stream: FINN sizes FIFOs only by "
-              "simulation) and the IODMA cost (FINN has no model) are our rules, `build_fpga/estimates.py`.", ""]
+              "InsertIODMA insert; the IODMA cost is our allowance (FINN has no model), `build_fpga/estimates.py`. "
+              + fifo_note(est.fifo_strategy), ""]
     lines += ["## Per layer", "", "![per-layer cycles and resources](layers.png)", ""]
     lines += layer_table(est)
     lines += [""] + tradeoff(est, export, board)

@@ -170,11 +170,11 @@ def external_weights_steps(board, layer_names=None) -> Tuple:
                     cost[key] = int(getattr(inst, fn)(part))
                 inst.set_nodeattr("ram_style", r.ram_style)
                 costs.append(cost)
-            fifos = resource_totals(interconnect(model, board))["uram"] if board.uram else 0
+            fifos = resource_totals(interconnect(model, board, _fifo(cfg)))["uram"] if board.uram else 0
             styles = assign_ram_styles(costs, board, fifos)
             model = model.transform(SetWeightMemory(
                 {n: dict(aligned.get(n, {}), **({"ram_style": styles[n]} if n in styles else {})) for n in insts}))
-            model = _weights_to_lutram(model, part)
+            model = _weights_to_lutram(model, part, _fifo(cfg))
         # FINN generates URAM weight memories only as runtime-writeable ones on UltraScale+ (MVAU's
         # generate_infra_hdl asserts it), whoever chose "ultra": our assignment or a folding file.
         model = model.transform(SetWeightMemory({r.node: {"runtime_writeable_weights": 1} for r in mvau_layers(model)
@@ -225,11 +225,14 @@ def external_weights_steps(board, layer_names=None) -> Tuple:
                 swg.set_nodeattr(a, v)
         return model
 
-    def _weights_to_lutram(model, part):
+    def _fifo(cfg):
+        return cfg.auto_fifo_strategy.value  # the FIFOs the hardware build will make (estimates.interconnect)
+
+    def _weights_to_lutram(model, part, fifo):
         """LUTRAM for on-chip layers while the design's BRAM18 (layers, FIFOs, DWCs, DMAs) is over its
         margin (:func:`~build_fpga.external_weights.assign_lutram`, FINN's estimates at this folding)."""
         hw = [getCustomOp(n) for n in model.graph.node if n.domain.startswith("finn.custom_op.fpgadataflow")]
-        total = resource_totals([node_resources(i, part) for i in hw] + interconnect(model, board))
+        total = resource_totals([node_resources(i, part) for i in hw] + interconnect(model, board, fifo))
         costs = []
         for r in mvau_layers(model):
             inst = getCustomOp(model.get_node_from_name(r.node))

@@ -227,6 +227,29 @@ def test_report_lists_every_gap_and_skip():
             "random backbone conv1 (8 bits) 25.0%.") in md
 
 
+def test_paper_rows_show_dsp_bram_by_part_and_the_fifo_strategy():
+    """A paper command row shows what the Pynq-Z2 needs to read its fit: DSPs and BRAM18 split into the
+    layers, FIFOs, width converters and DMAs, and the FIFO strategy those rows price; each board's row
+    is checked against its own img/s target."""
+    from bnn_transfer.bench.finn_estimates import PAPER_RUNS
+    from bnn_transfer.bench.report import markdown
+
+    m = {"argv": "python -m bench", "cpu": "cpu", "cores": 2, "loadavg": [1.0, 1.0, 1.0], "python": "3.11",
+         "numpy": "2", "blas": [], "torch": "2", "torch_threads": 2, "onnxruntime": "1", "qonnx": "1",
+         "brevitas": "0", "finn-plus": "1", "scikit-learn": "1"}
+    row = {"name": "build_fpga_estimate/paper/pynq-z2", "kind": "command", "ours_s": 286.0, "cpu_s": 250.0,
+           "theirs_s": None, "speedup": None, "identical": None, "target": ">= 100 img/s", "met": True, "gap": None,
+           "peak_rss_mb": 4664, "fps": 125, "ddr_fps": 115, "streamed_layers": ["fc1", "fc2"], "lut": 29840,
+           "lut_usable": 37240, "bram18": 218, "bram18_usable": 224, "uram": 0, "uram_usable": 0, "dsp": 44,
+           "dsp_usable": 176, "bram18_by_part": {"layers": 210, "fifo": 0, "dwc": 0, "iodma": 8},
+           "fifo_strategy": "force_minimal_fifos"}
+    md = markdown([row], m, m, 300.0, quick=False)
+    assert ("| `build_fpga_estimate/paper/pynq-z2` | 286 s (250 s) | 4,664 MB | 125 | 115 | fc1, fc2 | "
+            "29,840 / 37,240 | 218 / 224 (210 + 0 + 0 + 8) | 0 / 0 | 44 / 176 | yes |") in md
+    assert "`--fifo force_minimal_fifos`" in md
+    assert ("pynq-z2", None, 100) in PAPER_RUNS and ("kv260", None, 300) in PAPER_RUNS
+
+
 def test_a_commands_peak_rss_is_its_own_not_the_large_parents():
     """ru_maxrss survives exec: a child of a 600 MB process would report 600 MB. The paper estimate runs
     as a child of the bench, which holds the paper network by then."""

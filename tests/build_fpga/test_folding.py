@@ -91,17 +91,51 @@ def test_fifos_dwcs_and_iodmas_are_counted_in_the_fit_check(tiny_flow):
     kinds = [x["kind"] for x in est.interconnect]
     assert kinds.count("iodma") == 2 and kinds.count("fifo") > 0
     assert all(x["lut"] == IODMA_RULE["lut"] for x in est.interconnect if x["kind"] == "iodma")
-    assert all(x["depth"] >= 32 and x["ram_style"] in ("srl", "distributed", "block")
-               for x in est.interconnect if x["kind"] == "fifo")
+    fifos = [x for x in est.interconnect if x["kind"] == "fifo"]
+    assert all(x["depth"] == 2 and x["ram_style"] == "srl" and x["bram18"] == 0 for x in fifos)  # force_minimal
     layers, around = est.lut.layers, est.lut.interconnect
     assert around > 0 and est.lut.used == layers + around
 
+    # the design in out/ now (an earlier test may have refolded it)
+    now = parse_estimates(out / "report", tightened("lut", 1.0), 100.0, out / "intermediate_models")
+    layers, around = now.lut.layers, now.lut.interconnect
     squeezed = replace(tightened("lut", 1.0), lut=layers + around // 2)  # the layers alone fit
     small = parse_estimates(out / "report", squeezed, 100.0, out / "intermediate_models")
     assert small.lut.layers <= squeezed.lut < small.lut.used
     assert any(line.startswith("LUT ") for line in small.check_fit())
     refusal = small.fit_refusal("deploy", "file")
     assert refusal is not None and "LUT needs %s" % format(small.lut.used, ",") in refusal
+
+
+def test_fifos_are_priced_as_the_fifo_strategy_builds_them(tiny_flow):
+    """force_minimal_fifos (the hardware build's default) builds every FIFO at the depth its neighbours
+    ask for (FINN's InsertFIFO: 2 unless a node's inFIFODepths/outFIFODepths say more), in the storage
+    fifo.sv picks for it, priced by FINN's StreamingFIFO model: a shift register of one LUT per bit,
+    no BRAM. distributed_sim (depths by simulation) is priced by our allowance: a map row per FIFO."""
+    from qonnx.custom_op.registry import getCustomOp
+
+    from bnn_transfer.build_fpga.boards import get_board
+    from bnn_transfer.build_fpga.estimates import interconnect
+
+    out, _ = tiny_flow
+    board = get_board("pynq-z2")
+    model = final_model(out)
+    minimal = [x for x in interconnect(model, board, "force_minimal_fifos") if x["kind"] == "fifo"]
+    for x in minimal:
+        assert (x["depth"], x["ram_style"], x["bram18"], x["uram"]) == (2, "srl", 0, 0)
+        assert x["width"] <= x["lut"] < x["width"] + 32  # one SRL per bit plus the pointer
+    sim = [x for x in interconnect(model, board, "distributed_sim") if x["kind"] == "fifo"]
+    assert [x["width"] for x in sim] == [x["width"] for x in minimal]  # FINN builds the same FIFOs, deeper
+    assert all(s["depth"] >= 2 for s in sim) and max(s["depth"] for s in sim) >= 32
+
+    # a node asking for a deeper output FIFO gets it, in the storage fifo.sv picks at that depth
+    first = next(n for n in model.graph.node if n.op_type.startswith("MVAU"))
+    getCustomOp(first).set_nodeattr("outFIFODepths", [256])
+    deeper = [x for x in interconnect(model, board, "force_minimal_fifos") if x["kind"] == "fifo"]
+    changed = [(a, b) for a, b in zip(minimal, deeper) if a["depth"] != b["depth"]]
+    assert len(deeper) == len(minimal) and len(changed) == 1
+    shallow, deep = changed[0]
+    assert deep["depth"] == 256 and deep["ram_style"] in ("srl", "distributed") and deep["lut"] > shallow["lut"]
 
 
 def test_estimate_round_trips_through_its_json(tiny_flow):
