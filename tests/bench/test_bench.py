@@ -274,6 +274,16 @@ def test_readme_quotes_the_transfer_table_of_bench_results(golden):
     golden.check("bench_transfer.md", text[start:end + 1])
 
 
+def test_build_fpga_readme_quotes_the_paper_table_of_bench_paper_results(golden):
+    """build_fpga/README.md's per-board table of the paper preset is bench/paper/results.md's (python -m bench
+    --only build_fpga_estimate/paper --with-paper-finn --out bench/paper), copied, never typed."""
+    with open(os.path.join(ROOT, "bench", "paper", "results.md"), encoding="utf-8") as f:
+        text = f.read()
+    start = text.index("The `paper` estimate command per board")
+    end = text.index("\n\n", text.index("\n|", start))
+    golden.quote("bench_paper.md", text[start:end + 1])
+
+
 def test_an_only_matching_no_measurement_is_a_usage_error(tmp_path):
     res, lines = bench(tmp_path, "--only", "pakc", "--out", str(tmp_path / "o"), timeout=120)
     assert res.returncode == 2 and lines == [] and not (tmp_path / "o").exists()
