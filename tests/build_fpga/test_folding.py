@@ -138,6 +138,27 @@ def test_fifos_are_priced_as_the_fifo_strategy_builds_them(tiny_flow):
     assert deep["depth"] == 256 and deep["ram_style"] in ("srl", "distributed") and deep["lut"] > shallow["lut"]
 
 
+def test_the_estimate_records_and_reports_the_fifo_strategy_it_priced(tiny_flow):
+    """estimates.json and the report say which --fifo the FIFO rows price: the same layers, FIFOs at the
+    minimal depth for force_minimal_fifos, at the one-row allowance for distributed_sim."""
+    from bnn_transfer.build_fpga.boards import get_board
+    from bnn_transfer.build_fpga.estimate import Estimate
+    from bnn_transfer.build_fpga.estimates import parse_estimates
+    from bnn_transfer.build_fpga.report import fifo_note
+
+    out, _ = tiny_flow
+    board = get_board("pynq-z2")
+    ests = {f: parse_estimates(out / "report", board, 100.0, out / "intermediate_models", fifo=f)
+            for f in ("force_minimal_fifos", "distributed_sim")}
+    for f, est in ests.items():
+        assert est.fifo_strategy == f and Estimate.from_dict(est.to_dict()).fifo_strategy == f
+        assert "`--fifo %s`" % f in fifo_note(est.fifo_strategy)
+    minimal, sim = ([x["depth"] for x in e.interconnect if x["kind"] == "fifo"] for e in ests.values())
+    assert ests["distributed_sim"].lut.layers == ests["force_minimal_fifos"].lut.layers
+    assert set(minimal) == {2} and len(sim) == len(minimal) and sum(sim) > sum(minimal)
+    assert fifo_note(None) != fifo_note("force_minimal_fifos")
+
+
 def test_estimate_round_trips_through_its_json(tiny_flow):
     """estimates.json is the Estimate's fields: read back it is the same Estimate, the report's extra keys
     (fit, notes) ignored; a field added to the dataclass is written and read without listing it again."""
