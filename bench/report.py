@@ -117,18 +117,20 @@ def markdown(records: List[Dict], start: Dict, end: Dict, wall_s: float, quick: 
     if commands:
         lines += ["", "The `paper` estimate command per board (`python -m build_fpga ... --estimate-only`, whole "
                   "command in a child process; compute bound = FINN's estimate, DDR bound = weight + image bytes "
-                  "per image over the shell's DDR port):", "",
+                  "per image over the shell's DDR port; host RSS = peak RSS of `python -m host bench --backends "
+                  "emulator --quick` streaming images through the bundle, the board's host process):", "",
                   "| command | wall (CPU) | peak RSS | compute img/s | DDR img/s | streamed | LUT | BRAM18 "
-                  "(layers + FIFOs + DWCs + DMAs) | URAM | DSP | met |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "(layers + FIFOs + DWCs + DMAs) | URAM | DSP | host RSS | met |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in commands:
+            host_rss = "%d MB" % r["host_streaming_rss_mb"] if r.get("host_streaming_rss_mb") else "-"
             lines.append("| `%s` | %.0f s (%.0f s) | %s MB | %s | %s | %s | %s / %s | %s / %s%s | %s / %s | %s |"
-                         " %s |" % (
+                         " %s | %s |" % (
                              r["name"], r["ours_s"], r["cpu_s"], format(r["peak_rss_mb"], ","), format(r["fps"], ","),
                              format(r["ddr_fps"], ",") if r["ddr_fps"] else "-",
                              ", ".join(r["streamed_layers"]) or "-", format(r["lut"], ","),
                              format(r["lut_usable"], ","), r["bram18"], r["bram18_usable"], _bram_parts(r), r["uram"],
-                             r["uram_usable"], _dsp(r), _yes(r["met"]) if r["met"] else "no: %s" % r["gap"]))
+                             r["uram_usable"], _dsp(r), host_rss, _yes(r["met"]) if r["met"] else "no: %s" % r["gap"]))
         strategies = sorted({r["fifo_strategy"] for r in commands if r.get("fifo_strategy")})
         if strategies:
             lines += ["", "FIFOs as the hardware build's `--fifo %s` makes them (build_fpga/estimates.py)."

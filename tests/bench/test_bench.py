@@ -242,10 +242,10 @@ def test_paper_rows_show_dsp_bram_by_part_and_the_fifo_strategy():
            "peak_rss_mb": 4664, "fps": 125, "ddr_fps": 115, "streamed_layers": ["fc1", "fc2"], "lut": 29840,
            "lut_usable": 37240, "bram18": 218, "bram18_usable": 224, "uram": 0, "uram_usable": 0, "dsp": 44,
            "dsp_usable": 176, "bram18_by_part": {"layers": 210, "fifo": 0, "dwc": 0, "iodma": 8},
-           "fifo_strategy": "force_minimal_fifos"}
+           "fifo_strategy": "force_minimal_fifos", "host_streaming_rss_mb": 175}
     md = markdown([row], m, m, 300.0, quick=False)
     assert ("| `build_fpga_estimate/paper/pynq-z2` | 286 s (250 s) | 4,664 MB | 125 | 115 | fc1, fc2 | "
-            "29,840 / 37,240 | 218 / 224 (210 + 0 + 0 + 8) | 0 / 0 | 44 / 176 | yes |") in md
+            "29,840 / 37,240 | 218 / 224 (210 + 0 + 0 + 8) | 0 / 0 | 44 / 176 | 175 MB | yes |") in md
     assert "`--fifo force_minimal_fifos`" in md
     assert ("pynq-z2", None, 100) in PAPER_RUNS and ("kv260", None, 300) in PAPER_RUNS
 
@@ -382,3 +382,16 @@ def test_an_only_run_replaces_its_own_rows_of_a_full_report_and_keeps_the_others
     # a new full run starts the report over
     write(out, full[:1], machine("python -m bench"), machine("python -m bench"), 1.0, False)
     assert len(read_results(out)["runs"]) == 1 and "remeasured" not in (tmp_path / "o" / "results.md").read_text()
+
+
+def test_the_host_streaming_rss_of_a_bundle_is_its_host_bench_peak(tmp_path):
+    """The paper rows' host RSS: python -m host bench's own process, at least numpy's size and below a board's."""
+    sys.path.insert(0, os.path.join(ROOT, "tests", "host"))
+    from fake_pynq import make_bundle
+
+    from bnn_transfer.bench.finn_estimates import HOST_RSS_TARGET_MB, host_streaming_rss_mb
+
+    rss = host_streaming_rss_mb(make_bundle(tmp_path / "bundle"))
+    assert 20 < rss < HOST_RSS_TARGET_MB
+    with pytest.raises(RuntimeError, match="host bench .* failed: .*missing: bundle directory not found"):
+        host_streaming_rss_mb(str(tmp_path / "missing"))
