@@ -18,14 +18,19 @@ from .inputs import regular_file
 DEFAULT_MAX_BYTES = SMALLEST_BOARD_BYTES // 2  # no head or weights file of ours comes near this
 
 
+def npy_header(f):
+    """(shape, fortran order, dtype, data offset) of the ``.npy`` file ``f`` (binary, at its start), from its
+    header alone: nothing the header claims is allocated."""
+    version = np.lib.format.read_magic(f)
+    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, fortran, dtype = read(f)
+    return shape, fortran, dtype, f.tell()
+
+
 def _member_header(zf, info):
     with zf.open(info) as f:
-        version = np.lib.format.read_magic(f)
-        if version == (1, 0):
-            shape, _, dtype = np.lib.format.read_array_header_1_0(f)
-        else:
-            shape, _, dtype = np.lib.format.read_array_header_2_0(f)
-        return shape, dtype, f.tell()
+        shape, _, dtype, offset = npy_header(f)
+        return shape, dtype, offset
 
 
 def check_npz(path, names=None, max_bytes=DEFAULT_MAX_BYTES):

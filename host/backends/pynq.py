@@ -47,6 +47,7 @@ import numpy as np
 
 from ..errors import BnnError
 from ..inputs import regular_file
+from ..npzfile import npy_header
 from ..packing import pack, unpack
 from .base import Backend
 
@@ -126,11 +127,7 @@ def _npy_layout(path):
     """(shape, data offset) of a .npy file of uint8 bytes, from its header alone."""
     try:
         with open(regular_file(path), "rb") as f:
-            version = np.lib.format.read_magic(f)
-            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                           else np.lib.format.read_array_header_2_0)
-            shape, fortran, dtype = read_header(f)
-            offset = f.tell()
+            shape, fortran, dtype, offset = npy_header(f)
     except Exception as e:  # missing, or not a .npy file (the bundle hash guards against tampering)
         raise BnnError("%s: cannot read external weights (%s)" % (path, e)) from None
     if dtype != np.uint8 or int(np.prod(shape)) == 0 or (fortran and len(shape) > 1):
