@@ -192,8 +192,7 @@ def external_weights_steps(board, layer_names=None) -> Tuple:
 
         from finn.util.basic import MAX_ALLOWED_AP_INT_W
 
-        hw = [getCustomOp(n) for n in model.graph.node if n.domain.startswith("finn.custom_op.fpgadataflow")]
-        limit = max(int(i.get_exp_cycles()) for i in hw)
+        limit = max(int(i.get_exp_cycles()) for i in _hw_nodes(model))
         for r in mvau_layers(model):
             node = model.get_node_from_name(r.node)
             src = model.find_producer(node.input[0])
@@ -225,14 +224,16 @@ def external_weights_steps(board, layer_names=None) -> Tuple:
                 swg.set_nodeattr(a, v)
         return model
 
+    def _hw_nodes(model):
+        return [getCustomOp(n) for n in model.graph.node if n.domain.startswith("finn.custom_op.fpgadataflow")]
+
     def _fifo(cfg):
         return cfg.auto_fifo_strategy.value  # the FIFOs the hardware build will make (estimates.interconnect)
 
     def _weights_to_lutram(model, part, fifo):
         """LUTRAM for on-chip layers while the design's BRAM18 (layers, FIFOs, DWCs, DMAs) is over its
         margin (:func:`~build_fpga.external_weights.assign_lutram`, FINN's estimates at this folding)."""
-        hw = [getCustomOp(n) for n in model.graph.node if n.domain.startswith("finn.custom_op.fpgadataflow")]
-        total = resource_totals([node_resources(i, part) for i in hw] + interconnect(model, board, fifo))
+        total = resource_totals([node_resources(i, part) for i in _hw_nodes(model)] + interconnect(model, board, fifo))
         costs = []
         for r in mvau_layers(model):
             inst = getCustomOp(model.get_node_from_name(r.node))
