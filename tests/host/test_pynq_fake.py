@@ -110,8 +110,9 @@ def _paper_weights_bundle(tmp_path, monkeypatch, **board):
     rng = np.random.default_rng(11)
     fc1, fc2 = (rng.integers(0, 256, size=n, dtype=np.uint8) for n in (PAPER_FC1, PAPER_FC2))
     io = dict(tiny_io(), input_dma_name=["idma2"])
-    bundle = load_bundle(make_bundle(tmp_path / "b", io=io, external_weights=[("idma1", fc1, 1), ("idma0", fc2, 1)]))
-    board = _install(monkeypatch, bundle, weights={"idma1": (fc1, 1), "idma0": (fc2, 1)}, **board)
+    # FINN's names: the streamed layers' DMAs in graph order, then the image's (build_fpga's weight_dma_names)
+    bundle = load_bundle(make_bundle(tmp_path / "b", io=io, external_weights=[("idma0", fc1, 1), ("idma1", fc2, 1)]))
+    board = _install(monkeypatch, bundle, weights={"idma0": (fc1, 1), "idma1": (fc2, 1)}, **board)
     meminfo = tmp_path / "meminfo"
     monkeypatch.setattr(pynq_backend, "MEMINFO", str(meminfo))
     return bundle, board, meminfo
@@ -141,7 +142,7 @@ def test_weights_the_cma_pool_cannot_hold_are_one_line_before_any_allocation(tmp
     with pytest.raises(BnnError) as e:
         make_backend("pynq", bundle)
     assert str(e.value) == (
-        "%s: the external weights (idma1 4.7 MB, idma0 2.1 MB) need 6.8 MB of contiguous DMA memory, but the "
+        "%s: the external weights (idma0 4.7 MB, idma1 2.1 MB) need 6.8 MB of contiguous DMA memory, but the "
         "board's CMA pool has 4.2 MB free of 134.2 MB (%s): other programs hold DMA buffers (a notebook with an "
         "overlay loaded: shut its kernel down), or reboot" % (bundle.bitfile_path, meminfo))
     assert board.allocations == []
@@ -161,7 +162,7 @@ def test_a_weight_allocation_pynq_refuses_is_one_line_naming_the_stream(tmp_path
     with pytest.raises(BnnError) as e:
         make_backend("pynq", bundle)
     assert str(e.value) == (
-        "%s: cannot allocate %d bytes of DMA memory for the external weights of idma0 (RuntimeError: BO allocation "
+        "%s: cannot allocate %d bytes of DMA memory for the external weights of idma1 (RuntimeError: BO allocation "
         "failed: [Errno 12] Cannot allocate memory); other programs hold DMA buffers (a notebook with an overlay "
         "loaded: shut its kernel down), or reboot" % (bundle.bitfile_path, PAPER_FC2))
     assert board.cma_used == 0 and board.freed  # fc1's buffer, taken first, went back
